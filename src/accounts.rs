@@ -1,0 +1,356 @@
+//! Accounts: registration, login tokens, authentication, and the guards around passwords
+//! (argon2id behind a bounded gate, failed-login throttling). Nothing here knows about HTTP.
+
+use std::collections::HashMap;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use rand::RngCore;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use sha2::{Digest, Sha256};
+
+use crate::domain::{Email, Password, Timestamp, Username};
+use crate::error::AppError;
+
+/// Random bytes in a token: 256 bits.
+pub const TOKEN_BYTES: usize = 32;
+/// Password hashes waiting for the gate beyond which a login is refused with 503 rather than
+/// holding an HTTP worker that transfers need.
+pub const HASH_WAITERS_MAX: usize = 16;
+/// Distinct throttling keys remembered; beyond it expired ones are dropped first.
+pub const THROTTLE_KEYS_MAX: usize = 100_000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: i64,
+    pub username: String,
+    pub email: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub is_staff: bool,
+    pub date_joined: Timestamp,
+}
+
+const USER_COLUMNS: &str = "id, username, email, first_name, last_name, is_staff, date_joined";
+
+fn user_from_row(r: &Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: r.get(0)?,
+        username: r.get(1)?,
+        email: r.get(2)?,
+        first_name: r.get(3)?,
+        last_name: r.get(4)?,
+        is_staff: r.get(5)?,
+        date_joined: Timestamp::from_stored(&r.get::<_, String>(6)?),
+    })
+}
+
+/// Who made a request, as established by their token.
+#[derive(Debug, Clone)]
+pub struct AuthUser {
+    pub user_id: i64,
+    pub is_staff: bool,
+    pub wallet_id: String,
+    pub token_hash: [u8; 32],
+}
+
+/// A freshly issued token: the secret goes to the client once; only its hash is stored.
+pub struct IssuedToken {
+    pub secret: String,
+    pub hash: [u8; 32],
+    pub expires_at: Timestamp,
+}
+
+pub fn hash_token(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+pub fn new_token(now: Timestamp, ttl: Duration) -> IssuedToken {
+    let mut bytes = [0u8; TOKEN_BYTES];
+    rand::rng().fill_bytes(&mut bytes);
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+    IssuedToken { hash: hash_token(&secret), secret, expires_at: now.plus_millis(ttl_ms) }
+}
+
+pub struct NewUser {
+    pub username: Username,
+    pub email: Email,
+    pub password_hash: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub is_staff: bool,
+}
+
+/// Creates the user and its one wallet (and a first token, when given) in the caller's
+/// transaction.
+pub fn create_user(conn: &Connection, now: Timestamp, u: &NewUser, token: Option<&IssuedToken>) -> Result<User, AppError> {
+    let taken = |sql: &str, key: String| -> Result<bool, AppError> {
+        Ok(conn.prepare_cached(sql)?.query_row([key], |_| Ok(())).optional()?.is_some())
+    };
+    if taken("SELECT 1 FROM users WHERE username_key = ?1", u.username.key())? {
+        return Err(AppError::UsernameTaken);
+    }
+    if taken("SELECT 1 FROM users WHERE email_key = ?1", u.email.key())? {
+        return Err(AppError::EmailTaken);
+    }
+    conn.prepare_cached(
+        "INSERT INTO users (username, username_key, email, email_key, password_hash, first_name, last_name,
+             is_staff, date_joined) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        u.username.as_str(),
+        u.username.key(),
+        u.email.as_str(),
+        u.email.key(),
+        u.password_hash,
+        u.first_name,
+        u.last_name,
+        u.is_staff,
+        now.to_text()
+    ])?;
+    let user_id = conn.last_insert_rowid();
+    conn.prepare_cached(
+        "INSERT INTO wallets (id, user_id, last_balance_update, created_at) VALUES (?1, ?2, ?3, ?3)",
+    )?
+    .execute(params![uuid::Uuid::new_v4().to_string(), user_id, now.to_text()])?;
+    if let Some(t) = token {
+        store_token(conn, now, user_id, t)?;
+    }
+    find_user(conn, user_id)
+}
+
+pub fn store_token(conn: &Connection, now: Timestamp, user_id: i64, t: &IssuedToken) -> Result<(), AppError> {
+    conn.prepare_cached("INSERT INTO tokens (user_id, token_hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![user_id, &t.hash[..], now.to_text(), t.expires_at.to_text()])?;
+    Ok(())
+}
+
+pub fn revoke_token(conn: &Connection, now: Timestamp, hash: &[u8; 32]) -> Result<(), AppError> {
+    conn.prepare_cached("UPDATE tokens SET revoked_at = ?2 WHERE token_hash = ?1 AND revoked_at IS NULL")?
+        .execute(params![&hash[..], now.to_text()])?;
+    Ok(())
+}
+
+pub fn find_user(conn: &Connection, id: i64) -> Result<User, AppError> {
+    conn.prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))?
+        .query_row([id], user_from_row)
+        .optional()?
+        .ok_or(AppError::NotFound("user"))
+}
+
+/// The user and stored password hash for a login attempt.
+pub fn find_login(conn: &Connection, username: &str) -> Result<Option<(User, String)>, AppError> {
+    Ok(conn
+        .prepare_cached(&format!("SELECT {USER_COLUMNS}, password_hash FROM users WHERE username_key = ?1"))?
+        .query_row([username.to_lowercase()], |r| Ok((user_from_row(r)?, r.get(7)?)))
+        .optional()?)
+}
+
+/// Users whose username or email contains `search` (case-insensitive), by id.
+pub fn list_users(conn: &Connection, search: Option<&str>, limit: u32, offset: u32) -> Result<(i64, Vec<User>), AppError> {
+    let pattern = search.map(|s| {
+        let escaped = s.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+        format!("%{escaped}%")
+    });
+    let filter = "(?1 IS NULL OR username_key LIKE ?1 ESCAPE '\\' OR email_key LIKE ?1 ESCAPE '\\')";
+    let count: i64 = conn
+        .prepare_cached(&format!("SELECT count(*) FROM users WHERE {filter}"))?
+        .query_row([&pattern], |r| r.get(0))?;
+    let users = conn
+        .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE {filter} ORDER BY id LIMIT ?2 OFFSET ?3"))?
+        .query_map(params![pattern, limit, offset], user_from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((count, users))
+}
+
+/// The user behind a token that is known, unrevoked and unexpired. The lookup is by the
+/// token's SHA-256, so no secret is ever compared byte by byte.
+pub fn authenticate(conn: &Connection, now: Timestamp, secret: &str) -> Result<AuthUser, AppError> {
+    let hash = hash_token(secret);
+    let found: Option<(i64, bool, String, String, Option<String>)> = conn
+        .prepare_cached(
+            "SELECT t.user_id, u.is_staff, w.id, t.expires_at, t.revoked_at
+             FROM tokens t JOIN users u ON u.id = t.user_id JOIN wallets w ON w.user_id = t.user_id
+             WHERE t.token_hash = ?1",
+        )?
+        .query_row([&hash[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+        .optional()?;
+    match found {
+        Some((user_id, is_staff, wallet_id, expires_at, None)) if expires_at > now.to_text() => {
+            Ok(AuthUser { user_id, is_staff, wallet_id, token_hash: hash })
+        }
+        _ => Err(AppError::Unauthorized),
+    }
+}
+
+/// argon2id hashing and verification, at most `permits` at once. A login flood queues here,
+/// up to `HASH_WAITERS_MAX`, and is refused beyond it instead of taking every HTTP worker.
+pub struct PasswordGuard {
+    argon: Argon2<'static>,
+    gate: Mutex<(usize, usize)>,
+    cond: Condvar,
+    permits: usize,
+    /// A hash of a random password, verified against when the user does not exist, so an
+    /// unknown user costs the same time as a wrong password.
+    dummy_hash: String,
+}
+
+impl PasswordGuard {
+    pub fn new(memory_kib: u32, iterations: u32, permits: usize) -> Result<PasswordGuard, String> {
+        let params = Params::new(memory_kib, iterations, 1, None).map_err(|e| format!("argon2 parameters: {e}"))?;
+        let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+        let mut guard = PasswordGuard {
+            argon,
+            gate: Mutex::new((0, 0)),
+            cond: Condvar::new(),
+            permits: permits.max(1),
+            dummy_hash: String::new(),
+        };
+        let mut random = [0u8; 16];
+        rand::rng().fill_bytes(&mut random);
+        let random: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        guard.dummy_hash = guard.hash_now(&random).map_err(|e| format!("argon2: {e:?}"))?;
+        Ok(guard)
+    }
+
+    fn hash_now(&self, password: &str) -> Result<String, AppError> {
+        let mut salt = [0u8; 16];
+        rand::rng().fill_bytes(&mut salt);
+        let salt = SaltString::encode_b64(&salt).map_err(|e| AppError::internal("salt", e))?;
+        self.argon
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| AppError::internal("argon2 hash", e))
+    }
+
+    fn gated<T>(&self, f: impl FnOnce() -> T) -> Result<T, AppError> {
+        {
+            let mut g = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+            if g.0 >= self.permits && g.1 >= HASH_WAITERS_MAX {
+                return Err(AppError::Unavailable("too many logins at once; try again"));
+            }
+            g.1 += 1;
+            while g.0 >= self.permits {
+                g = self.cond.wait(g).unwrap_or_else(|p| p.into_inner());
+            }
+            g.1 -= 1;
+            g.0 += 1;
+        }
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        self.gate.lock().unwrap_or_else(|p| p.into_inner()).0 -= 1;
+        self.cond.notify_one();
+        result.map_err(|_| AppError::Internal("password hashing panicked".into()))
+    }
+
+    pub fn hash(&self, password: &Password) -> Result<String, AppError> {
+        self.gated(|| self.hash_now(password.expose()))?
+    }
+
+    /// Checks a password against a stored hash, or against the dummy when there is no user.
+    pub fn verify(&self, password: &str, stored: Option<&str>) -> Result<bool, AppError> {
+        let stored_or_dummy = stored.unwrap_or(&self.dummy_hash).to_string();
+        let ok = self.gated(|| {
+            PasswordHash::new(&stored_or_dummy)
+                .map(|h| self.argon.verify_password(password.as_bytes(), &h).is_ok())
+                .unwrap_or(false)
+        })?;
+        Ok(ok && stored.is_some())
+    }
+}
+
+/// Failed logins per key (a username or a client address) within a sliding window.
+pub struct LoginThrottle {
+    failures_max: u32,
+    window: Duration,
+    keys: Mutex<HashMap<String, (u32, Instant)>>,
+}
+
+impl LoginThrottle {
+    pub fn new(failures_max: u32, window: Duration) -> LoginThrottle {
+        LoginThrottle { failures_max, window, keys: Mutex::new(HashMap::new()) }
+    }
+
+    /// `RateLimited` when any key has used up its failures in the current window.
+    pub fn check(&self, keys: &[String]) -> Result<(), AppError> {
+        if self.failures_max == 0 {
+            return Ok(());
+        }
+        let map = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        for key in keys {
+            if let Some((count, start)) = map.get(key) {
+                let elapsed = now.duration_since(*start);
+                if *count >= self.failures_max && elapsed < self.window {
+                    let retry_after_s = (self.window - elapsed).as_secs().max(1);
+                    return Err(AppError::RateLimited { retry_after_s });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn record_failure(&self, keys: &[String]) {
+        if self.failures_max == 0 {
+            return;
+        }
+        let mut map = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if map.len() >= THROTTLE_KEYS_MAX {
+            let window = self.window;
+            map.retain(|_, (_, start)| now.duration_since(*start) < window);
+        }
+        if map.len() >= THROTTLE_KEYS_MAX {
+            return;
+        }
+        for key in keys {
+            let slot = map.entry(key.clone()).or_insert((0, now));
+            if now.duration_since(slot.1) >= self.window {
+                *slot = (0, now);
+            }
+            slot.0 += 1;
+        }
+    }
+
+    /// A successful login clears the username's failures (not the address's).
+    pub fn clear(&self, key: &str) {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_verify_and_unknown_users_never_do() {
+        let g = PasswordGuard::new(64, 1, 1).unwrap();
+        let h = g.hash(&Password::parse("correct horse").unwrap()).unwrap();
+        assert!(h.starts_with("$argon2id$"), "{h}");
+        assert!(g.verify("correct horse", Some(&h)).unwrap());
+        assert!(!g.verify("wrong horse!", Some(&h)).unwrap());
+        assert!(!g.verify("correct horse", None).unwrap());
+    }
+
+    #[test]
+    fn tokens_are_256_bits_and_stored_hashed() {
+        let t = new_token(Timestamp::from_micros(0).unwrap(), Duration::from_secs(60));
+        assert_eq!(t.secret.len(), 64);
+        assert_eq!(t.hash, hash_token(&t.secret));
+        assert_ne!(t.secret, new_token(Timestamp::from_micros(0).unwrap(), Duration::from_secs(60)).secret);
+    }
+
+    #[test]
+    fn throttle_blocks_after_max_failures() {
+        let t = LoginThrottle::new(2, Duration::from_secs(60));
+        let keys = vec!["u:alice".to_string()];
+        t.record_failure(&keys);
+        assert!(t.check(&keys).is_ok());
+        t.record_failure(&keys);
+        assert!(matches!(t.check(&keys), Err(AppError::RateLimited { .. })));
+        t.clear("u:alice");
+        assert!(t.check(&keys).is_ok());
+    }
+}

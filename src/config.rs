@@ -1,0 +1,258 @@
+//! Command-line flags with environment fallbacks. `wallet --help` shows them all.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::domain::Currency;
+
+#[derive(Parser, Debug)]
+#[command(name = "wallet", version, about = "A self-hosted wallet ledger: REST API over an embedded SQLite file.\n\nWith no subcommand, serves the API.")]
+pub struct Cli {
+    /// The SQLite database file; created on first start.
+    #[arg(long, env = "WALLET_DB", default_value = "./wallet.db", global = true)]
+    pub db: PathBuf,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a staff user. The password is read from a prompt, or from standard input when
+    /// that is not a terminal (never from a flag: it would show in `ps`).
+    Createsuperuser {
+        #[arg(long)]
+        username: String,
+        #[arg(long)]
+        email: String,
+    },
+    /// Take one balance snapshot now. Safe while the server runs. Exits 1 on a mismatch.
+    Snapshot,
+    /// Check the hash chain, every balance against its entries, conservation of money and
+    /// SQLite's integrity. Safe while the server runs. Exits 1 on any finding.
+    Verify,
+    /// Copy the database consistently (SQLite's online backup API) while the server runs.
+    Backup {
+        /// Where to write the copy; must not exist yet.
+        file: PathBuf,
+    },
+    /// Load-test a server: see README "Performance".
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Synchronous {
+    /// An acknowledged write survives power loss (fsync on every commit).
+    Full,
+    /// Survives a crash of the process, not of the machine.
+    Normal,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, env = "WALLET_LISTEN", default_value = "127.0.0.1:8000")]
+    pub listen: SocketAddr,
+
+    /// HTTP worker threads (each blocks while its write is committed, so more than cores).
+    #[arg(long, env = "WALLET_THREADS", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: u16,
+
+    /// How long a login token lasts: seconds, or a number with s, m, h or d.
+    #[arg(long, env = "WALLET_TOKEN_TTL", default_value = "7d", value_parser = parse_duration)]
+    pub token_ttl: Duration,
+
+    /// The deployment's currency code.
+    #[arg(long, env = "WALLET_CURRENCY", default_value = "USD")]
+    pub currency: String,
+
+    /// Fractional digits of the currency; fixed once the database holds money.
+    #[arg(long, env = "WALLET_CURRENCY_SCALE", default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=8))]
+    pub currency_scale: u32,
+
+    /// The largest amount one request may move, in whole units.
+    #[arg(long, env = "WALLET_AMOUNT_MAX", default_value_t = 1_000_000_000, value_parser = clap::value_parser!(i64).range(1..))]
+    pub amount_max: i64,
+
+    /// Largest request body accepted, in bytes (413 above it).
+    #[arg(long, env = "WALLET_REQUEST_BODY_BYTES_MAX", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1024..=16_777_216))]
+    pub request_body_bytes_max: u64,
+
+    /// SQLite durability: `full` survives power loss; `normal` only a process crash.
+    #[arg(long, env = "WALLET_SYNCHRONOUS", value_enum, default_value_t = Synchronous::Full)]
+    pub synchronous: Synchronous,
+
+    /// Most requests committed together in one SQLite transaction (group commit).
+    #[arg(long, env = "WALLET_WRITE_BATCH_MAX", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub write_batch_max: u16,
+
+    /// Most writes waiting for the writer; beyond it requests get 503 instead of queueing forever.
+    #[arg(long, env = "WALLET_WRITE_QUEUE_MAX", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub write_queue_max: u32,
+
+    /// Password hashes computed at once (argon2 is deliberately slow; this keeps a login storm
+    /// from starving money movement). Default: cores - 1, at least 1.
+    #[arg(long, env = "WALLET_HASH_THREADS")]
+    pub hash_threads: Option<u16>,
+
+    /// argon2id memory cost in KiB (OWASP's minimum is 19456).
+    #[arg(long, env = "WALLET_ARGON2_MEMORY_KIB", default_value_t = 19_456, value_parser = clap::value_parser!(u32).range(8..=1_048_576))]
+    pub argon2_memory_kib: u32,
+
+    /// argon2id iterations.
+    #[arg(long, env = "WALLET_ARGON2_ITERATIONS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub argon2_iterations: u32,
+
+    /// Failed logins allowed per username and per client address within the window; 0 turns
+    /// throttling off.
+    #[arg(long, env = "WALLET_LOGIN_FAILURES_MAX", default_value_t = 10)]
+    pub login_failures_max: u32,
+
+    /// The failed-login window.
+    #[arg(long, env = "WALLET_LOGIN_WINDOW", default_value = "5m", value_parser = parse_duration)]
+    pub login_window: Duration,
+
+    /// When to snapshot every wallet's balance: a cron expression with seconds
+    /// (`sec min hour day month weekday`), in UTC, or `off`.
+    #[arg(long, env = "WALLET_SNAPSHOT_CRON", default_value = "0 0 0 * * *")]
+    pub snapshot_cron: String,
+
+    /// Where scheduled withdrawals are paid out (POST JSON). Unset: they complete internally.
+    #[arg(long, env = "WALLET_PAYOUT_URL")]
+    pub payout_url: Option<String>,
+
+    /// Payout attempts before a withdrawal fails and is refunded.
+    #[arg(long, env = "WALLET_PAYOUT_ATTEMPTS_MAX", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub payout_attempts_max: u32,
+
+    /// Delay before the first payout retry, in ms; it doubles on each retry.
+    #[arg(long, env = "WALLET_PAYOUT_RETRY_BASE_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub payout_retry_base_ms: u64,
+
+    /// Timeout of one payout call, in ms.
+    #[arg(long, env = "WALLET_PAYOUT_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=300_000))]
+    pub payout_timeout_ms: u64,
+
+    /// How far ahead a withdrawal may be scheduled, in days.
+    #[arg(long, env = "WALLET_SCHEDULE_HORIZON_DAYS", default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub schedule_horizon_days: u32,
+
+    /// Read timeout of a request body, in ms.
+    #[arg(long, env = "WALLET_REQUEST_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub request_timeout_ms: u64,
+
+    /// How long in-flight requests may take to finish at shutdown, in ms.
+    #[arg(long, env = "WALLET_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    pub shutdown_grace_ms: u64,
+}
+
+/// Parses `90`, `90s`, `15m`, `24h` or `7d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a duration such as 90s, 15m, 24h or 7d"))?;
+    let secs = match unit {
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        "d" => n.checked_mul(86_400),
+        _ => None,
+    }
+    .filter(|s| *s > 0 && *s <= 10 * 365 * 86_400)
+    .ok_or_else(|| format!("{s:?} is not a duration from 1s to 3650d such as 90s, 15m, 24h or 7d"))?;
+    Ok(Duration::from_secs(secs))
+}
+
+/// The checked, derived settings the server runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub db: PathBuf,
+    pub serve: ServeArgs,
+    pub currency: Currency,
+    pub snapshot_schedule: Option<cron::Schedule>,
+    pub hash_threads: usize,
+}
+
+impl Config {
+    /// Checks what clap cannot. The error names the setting, for a one-line message.
+    pub fn from_args(db: PathBuf, serve: ServeArgs) -> Result<Config, String> {
+        let currency = Currency::new(&serve.currency, serve.currency_scale, serve.amount_max)
+            .map_err(|e| format!("--currency/WALLET_CURRENCY: {e}"))?;
+        let snapshot_schedule = parse_cron(&serve.snapshot_cron)
+            .map_err(|e| format!("--snapshot-cron/WALLET_SNAPSHOT_CRON: {e}"))?;
+        if let Some(url) = &serve.payout_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!("--payout-url/WALLET_PAYOUT_URL: {url:?} is not an http(s) URL"));
+            }
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let hash_threads = match serve.hash_threads {
+            Some(0) => return Err("--hash-threads/WALLET_HASH_THREADS: must be at least 1".into()),
+            Some(n) => usize::from(n),
+            None => cores.saturating_sub(1).max(1),
+        };
+        Ok(Config { db, serve, currency, snapshot_schedule, hash_threads })
+    }
+
+    /// Settings for tests and tools: everything default, cheap password hashing.
+    pub fn for_tests(db: PathBuf) -> Config {
+        let mut serve = Cli::parse_from(["wallet", "--listen", "127.0.0.1:0"]).serve;
+        serve.argon2_memory_kib = 64;
+        serve.argon2_iterations = 1;
+        serve.threads = 32;
+        serve.snapshot_cron = "off".into();
+        Config::from_args(db, serve).expect("test defaults are valid")
+    }
+}
+
+/// `off` disables the schedule; anything else must be a valid cron expression (UTC).
+pub fn parse_cron(s: &str) -> Result<Option<cron::Schedule>, String> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    s.parse::<cron::Schedule>()
+        .map(Some)
+        .map_err(|e| format!("{s:?} is not a cron expression such as \"0 0 0 * * *\" (sec min hour day month weekday): {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn cron_expressions() {
+        assert!(parse_cron("off").unwrap().is_none());
+        assert!(parse_cron("0 0 0 * * *").unwrap().is_some());
+        assert!(parse_cron("every night").is_err());
+    }
+
+    #[test]
+    fn bad_settings_name_the_setting() {
+        let serve = Cli::parse_from(["wallet", "--snapshot-cron", "nope"]).serve;
+        let err = Config::from_args("x.db".into(), serve).unwrap_err();
+        assert!(err.starts_with("--snapshot-cron"), "{err}");
+        let serve = Cli::parse_from(["wallet", "--currency", "dollars"]).serve;
+        let err = Config::from_args("x.db".into(), serve).unwrap_err();
+        assert!(err.starts_with("--currency"), "{err}");
+    }
+}

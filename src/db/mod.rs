@@ -1,0 +1,182 @@
+//! Storage: opening SQLite, applying `schema.sql`, the reader pool and the single writer.
+
+pub mod writer;
+
+use std::path::Path;
+use std::time::Duration;
+
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::config::Synchronous;
+use crate::domain::Currency;
+
+pub use writer::{Writer, WriterStats};
+
+/// The schema, embedded so the binary is all a user needs.
+pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
+/// `PRAGMA user_version` after `SCHEMA_SQL`; later migrations bump it one at a time.
+pub const SCHEMA_VERSION: i32 = 1;
+/// How long a connection waits for another process's lock (say `wallet snapshot`) before
+/// giving up with 503. Inside the server only the writer writes, so it never waits on itself.
+pub const BUSY_TIMEOUT_MS: u64 = 5_000;
+
+pub type Pool = r2d2::Pool<SqliteConnectionManager>;
+
+fn sync_pragma(sync: Synchronous) -> &'static str {
+    match sync {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    }
+}
+
+/// Opens a read-write connection with the service's pragmas.
+pub fn open(path: &Path, sync: Synchronous) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    configure(&conn, sync)?;
+    Ok(conn)
+}
+
+fn configure(conn: &Connection, sync: Synchronous) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
+    // journal_mode returns a row, so it is read rather than executed.
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(rusqlite::Error::InvalidQuery);
+    }
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {}; PRAGMA foreign_keys = ON;",
+        sync_pragma(sync)
+    ))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+/// A pool of read-only connections for queries; writes go through the `Writer`.
+pub fn reader_pool(path: &Path, size: u32) -> Result<Pool, String> {
+    let manager = SqliteConnectionManager::file(path).with_init(|c| {
+        c.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
+        c.execute_batch("PRAGMA foreign_keys = ON; PRAGMA query_only = ON;")?;
+        c.set_prepared_statement_cache_capacity(64);
+        Ok(())
+    });
+    r2d2::Pool::builder()
+        .max_size(size)
+        .min_idle(Some(size.min(4)))
+        .connection_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))
+        .build(manager)
+        .map_err(|e| format!("cannot open database pool: {e}"))
+}
+
+/// Applies the schema to a new database, or checks an existing one is ours and current.
+pub fn migrate(conn: &mut Connection) -> Result<(), String> {
+    let version: i32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| format!("cannot read the database: {e}"))?;
+    if version > SCHEMA_VERSION {
+        return Err(format!(
+            "the database has schema version {version}, newer than this binary's {SCHEMA_VERSION}; use a newer wallet"
+        ));
+    }
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
+        .map_err(|e| format!("cannot lock the database to migrate it: {e}"))?;
+    if version == 0 {
+        let tables: i64 = tx
+            .query_row("SELECT count(*) FROM sqlite_schema WHERE type = 'table'", [], |r| r.get(0))
+            .map_err(|e| e.to_string())?;
+        if tables > 0 {
+            return Err("the database file holds tables but no wallet schema version; is it another program's?".into());
+        }
+        tx.execute_batch(SCHEMA_SQL).map_err(|e| format!("cannot apply schema.sql: {e}"))?;
+    }
+    tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+        .map_err(|e| e.to_string())?;
+    tx.commit().map_err(|e| format!("cannot commit the schema: {e}"))
+}
+
+/// Records the currency on first start; afterwards the configured one must match while the
+/// database holds any money, because stored minor units mean nothing at another scale.
+pub fn check_currency(conn: &Connection, currency: &Currency) -> Result<(), String> {
+    let stored: Option<(String, u32)> = conn
+        .query_row("SELECT currency, scale FROM settings WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .map_err(|e| e.to_string())?;
+    let has_money: bool = conn
+        .query_row("SELECT EXISTS (SELECT 1 FROM entries)", [], |r| r.get(0))
+        .map_err(|e| e.to_string())?;
+    match stored {
+        Some((code, scale)) if code == currency.code && scale == currency.scale => Ok(()),
+        Some((code, scale)) if has_money => Err(format!(
+            "--currency/--currency-scale: the database holds money in {code} with {scale} fractional digits; \
+             it cannot be served as {} with {}",
+            currency.code, currency.scale
+        )),
+        _ => conn
+            .execute(
+                "INSERT INTO settings (id, currency, scale) VALUES (1, ?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET currency = excluded.currency, scale = excluded.scale",
+                rusqlite::params![currency.code, currency.scale],
+            )
+            .map(drop)
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// The stored currency, for tools that run without the server's flags.
+pub fn stored_currency(conn: &Connection) -> Result<Currency, String> {
+    let (code, scale): (String, u32) = conn
+        .query_row("SELECT currency, scale FROM settings WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .map_err(|e| e.to_string())?
+        .unwrap_or(("USD".into(), 2));
+    Currency::new(&code, scale, 1_000_000_000)
+}
+
+/// Runs a closure in one write transaction. The server's `Writer` is one; `DirectWriter` is the
+/// other, for command-line tools that run beside a live server (they wait on its lock).
+pub trait Exec {
+    fn exec<T, F>(&self, f: F) -> Result<T, crate::error::AppError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, crate::domain::Timestamp) -> Result<T, crate::error::AppError> + Send + 'static;
+}
+
+impl Exec for Writer {
+    fn exec<T, F>(&self, f: F) -> Result<T, crate::error::AppError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, crate::domain::Timestamp) -> Result<T, crate::error::AppError> + Send + 'static,
+    {
+        self.execute(f)
+    }
+}
+
+/// One `BEGIN IMMEDIATE … COMMIT` per call on a connection of its own.
+pub struct DirectWriter {
+    conn: std::sync::Mutex<Connection>,
+    clock: crate::clock::SharedClock,
+}
+
+impl DirectWriter {
+    pub fn new(conn: Connection, clock: crate::clock::SharedClock) -> DirectWriter {
+        DirectWriter { conn: std::sync::Mutex::new(conn), clock }
+    }
+}
+
+impl Exec for DirectWriter {
+    fn exec<T, F>(&self, f: F) -> Result<T, crate::error::AppError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, crate::domain::Timestamp) -> Result<T, crate::error::AppError> + Send + 'static,
+    {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let value = f(&tx, self.clock.now())?;
+        tx.commit()?;
+        Ok(value)
+    }
+}

@@ -1,0 +1,202 @@
+//! An incoming request, read and bounded: path, query, the few headers we use, the body.
+
+use std::io::Read;
+
+use serde_json::{Map, Value};
+
+use crate::error::{AppError, FieldErrors};
+
+/// Longest `Authorization` token accepted; ours are 64 hex characters.
+pub const TOKEN_CHARS_MAX: usize = 256;
+/// Longest client-sent `X-Request-Id` echoed back; longer ones are replaced.
+pub const REQUEST_ID_CHARS_MAX: usize = 64;
+
+pub struct Incoming {
+    pub method: tiny_http::Method,
+    /// The path without query and without a trailing slash.
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    pub authorization: Option<String>,
+    pub content_type: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub request_id: String,
+    pub client: String,
+    pub body: Vec<u8>,
+}
+
+impl Incoming {
+    /// Reads the request's head and at most `body_bytes_max` bytes of body.
+    pub fn read(rq: &mut tiny_http::Request, body_bytes_max: usize) -> (Incoming, Option<AppError>) {
+        let header = |name: &str| {
+            rq.headers()
+                .iter()
+                .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
+                .map(|h| h.value.as_str().to_string())
+        };
+        let request_id = header("X-Request-Id")
+            .filter(|id| {
+                !id.is_empty()
+                    && id.len() <= REQUEST_ID_CHARS_MAX
+                    && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+            })
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        let url = rq.url().to_string();
+        let (raw_path, raw_query) = url.split_once('?').unwrap_or((&url, ""));
+        let path = match raw_path.trim_end_matches('/') {
+            "" => "/".to_string(),
+            p => p.to_string(),
+        };
+        let query = raw_query
+            .split('&')
+            .filter(|kv| !kv.is_empty())
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                (percent_decode(k), percent_decode(v))
+            })
+            .collect();
+        let mut incoming = Incoming {
+            method: rq.method().clone(),
+            path,
+            query,
+            authorization: header("Authorization"),
+            content_type: header("Content-Type"),
+            idempotency_key: header("Idempotency-Key"),
+            request_id,
+            client: rq.remote_addr().map(|a| a.ip().to_string()).unwrap_or_default(),
+            body: Vec::new(),
+        };
+        if rq.body_length().is_some_and(|n| n > body_bytes_max) {
+            return (incoming, Some(AppError::PayloadTooLarge { limit_bytes: body_bytes_max }));
+        }
+        let limit = body_bytes_max as u64 + 1;
+        if let Err(e) = rq.as_reader().take(limit).read_to_end(&mut incoming.body) {
+            return (incoming, Some(AppError::MalformedJson(format!("could not read the request body: {}", e.kind()))));
+        }
+        if incoming.body.len() > body_bytes_max {
+            return (incoming, Some(AppError::PayloadTooLarge { limit_bytes: body_bytes_max }));
+        }
+        (incoming, None)
+    }
+
+    pub fn query(&self, name: &str) -> Option<&str> {
+        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The body as a JSON object. An empty body is an empty object, so that routes whose
+    /// fields are all optional accept no body.
+    pub fn json(&self) -> Result<Map<String, Value>, AppError> {
+        if let Some(ct) = &self.content_type {
+            let mime = ct.split(';').next().unwrap_or("").trim();
+            if !mime.eq_ignore_ascii_case("application/json") {
+                return Err(AppError::UnsupportedMediaType);
+            }
+        }
+        if self.body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Map::new());
+        }
+        let text = std::str::from_utf8(&self.body)
+            .map_err(|_| AppError::MalformedJson("request body is not valid UTF-8".into()))?;
+        match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(map)) => Ok(map),
+            Ok(_) => Err(AppError::MalformedJson("request body must be a JSON object".into())),
+            Err(e) => Err(AppError::MalformedJson(format!(
+                "request body is not valid JSON (line {}, column {})",
+                e.line(),
+                e.column()
+            ))),
+        }
+    }
+
+    /// The token from `Authorization: Token <t>` or `Authorization: Bearer <t>`.
+    pub fn token(&self) -> Option<&str> {
+        let (scheme, token) = self.authorization.as_deref()?.trim().split_once(' ')?;
+        let token = token.trim();
+        let known = scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer");
+        (known && !token.is_empty() && token.len() <= TOKEN_CHARS_MAX).then_some(token)
+    }
+}
+
+/// Decodes `%XX` escapes and `+` as a space; invalid escapes stay as they are.
+pub fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = match bytes.get(i..i + 3) {
+            Some([b'%', hi, lo]) => std::str::from_utf8(&[*hi, *lo]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()),
+            _ => None,
+        };
+        match (escaped, bytes[i]) {
+            (Some(b), _) => {
+                out.push(b);
+                i += 3;
+            }
+            (None, b'+') => {
+                out.push(b' ');
+                i += 1;
+            }
+            (None, b) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads the typed fields of a JSON object, collecting every problem before failing.
+pub struct Fields<'a> {
+    map: &'a Map<String, Value>,
+    pub errors: FieldErrors,
+}
+
+impl<'a> Fields<'a> {
+    pub fn new(map: &'a Map<String, Value>) -> Fields<'a> {
+        Fields { map, errors: FieldErrors::default() }
+    }
+
+    pub fn raw(&self, name: &str) -> Option<&'a Value> {
+        self.map.get(name).filter(|v| !v.is_null())
+    }
+
+    /// A string field; `required` adds "this field is required" when absent.
+    pub fn string(&mut self, name: &str, required: bool) -> Option<&'a str> {
+        match self.map.get(name) {
+            None | Some(Value::Null) => {
+                if required {
+                    self.errors.add(name, "this field is required");
+                }
+                None
+            }
+            Some(Value::String(s)) => Some(s.as_str()),
+            Some(_) => {
+                self.errors.add(name, "must be a string");
+                None
+            }
+        }
+    }
+
+    /// Parses a required field with `parse`.
+    pub fn parsed<T>(&mut self, name: &str, parse: impl FnOnce(&str) -> Result<T, String>) -> Option<T> {
+        let s = self.string(name, true)?;
+        self.errors.check(name, parse(s))
+    }
+
+    pub fn finish(self) -> Result<(), AppError> {
+        self.errors.into_result()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn decodes_query_values() {
+        assert_eq!(percent_decode("2026-01-01T00%3A00%3A00Z"), "2026-01-01T00:00:00Z");
+        assert_eq!(percent_decode("a+b"), "a b");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(percent_decode("%4"), "%4");
+    }
+}

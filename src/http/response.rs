@@ -1,0 +1,78 @@
+//! Replies, and the one place an `AppError` becomes a status and a body.
+
+use serde_json::{json, Value};
+
+use crate::error::AppError;
+
+pub enum Body {
+    Json(Value),
+    Text { content_type: &'static str, text: String },
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub body: Body,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: Value) -> Reply {
+        Reply { status, body: Body::Json(body), headers: Vec::new() }
+    }
+
+    pub fn text(content_type: &'static str, text: String) -> Reply {
+        Reply { status: 200, body: Body::Text { content_type, text }, headers: Vec::new() }
+    }
+
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// A money-moving result: `created` on first sight, 200 and the replay header on a replay.
+    pub fn created_or_replayed(created: u16, replayed: bool, body: Value) -> Reply {
+        if replayed {
+            Reply::json(200, body).header("Idempotent-Replayed", "true")
+        } else {
+            Reply::json(created, body)
+        }
+    }
+}
+
+/// Maps an error to its reply. `Internal` causes are logged by the caller, never sent.
+pub fn error_reply(e: &AppError) -> Reply {
+    let (status, code, message): (u16, &str, String) = match e {
+        AppError::MalformedJson(m) => (400, "malformed_json", m.clone()),
+        AppError::Unauthorized => (401, "unauthorized", "authentication required: send a valid, unexpired token as `Authorization: Token <token>`".into()),
+        AppError::InvalidCredentials => (401, "invalid_credentials", "invalid username or password".into()),
+        AppError::Forbidden => (403, "forbidden", "you are not allowed to do this".into()),
+        AppError::NotFound(what) => (404, "not_found", format!("{what} not found")),
+        AppError::MethodNotAllowed { allow } => (405, "method_not_allowed", format!("method not allowed here; allowed: {allow}")),
+        AppError::ReferenceConflict { .. } => (409, "reference_conflict", "this reference was already used with a different request".into()),
+        AppError::UsernameTaken => (409, "username_taken", "a user with this username already exists".into()),
+        AppError::EmailTaken => (409, "email_taken", "a user with this email already exists".into()),
+        AppError::Conflict(m) => (409, "conflict", m.clone()),
+        AppError::PayloadTooLarge { limit_bytes } => (413, "payload_too_large", format!("request body is larger than {limit_bytes} bytes")),
+        AppError::UnsupportedMediaType => (415, "unsupported_media_type", "request body must be application/json".into()),
+        AppError::Validation(_) => (422, "validation_error", "some fields are missing or invalid".into()),
+        AppError::InsufficientFunds { available, required } => {
+            (422, "insufficient_funds", format!("insufficient funds: available {available}, required {required}"))
+        }
+        AppError::RateLimited { .. } => (429, "rate_limited", "too many attempts; try again later".into()),
+        AppError::Unavailable(m) => (503, "unavailable", (*m).to_string()),
+        AppError::Internal(_) => (500, "internal", "internal error".into()),
+    };
+    let mut error = json!({"code": code, "message": message});
+    match e {
+        AppError::Validation(fields) => error["fields"] = json!(fields),
+        AppError::ReferenceConflict { holder } => error["fields"] = json!({"reference": [holder]}),
+        _ => {}
+    }
+    let reply = Reply::json(status, json!({ "error": error }));
+    match e {
+        AppError::MethodNotAllowed { allow } => reply.header("Allow", *allow),
+        AppError::RateLimited { retry_after_s } => reply.header("Retry-After", retry_after_s.to_string()),
+        AppError::Unavailable(_) => reply.header("Retry-After", "1"),
+        _ => reply,
+    }
+}

@@ -1,0 +1,218 @@
+//! The money rules. Every function that moves money runs inside the writer's transaction
+//! (`db::Writer::execute`) and takes `now` from it. Nothing here knows about HTTP.
+//!
+//! Idempotency: a reference is unique per wallet and kind (deposit, withdrawal, transfer
+//! out). The same kind, reference and payload replays the original result; a different payload
+//! is `ReferenceConflict`. A failed request rolls back its savepoint, so it consumes nothing.
+
+pub mod entries;
+pub mod queries;
+pub mod snapshot;
+pub mod withdrawals;
+
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::domain::{Amount, Currency, EntryKind, Metadata, Reference, Timestamp};
+use crate::error::AppError;
+pub use entries::Entry;
+use entries::NewEntry;
+
+/// A result, and whether it is the replay of an earlier identical request.
+#[derive(Debug)]
+pub struct Outcome<T> {
+    pub value: T,
+    pub replayed: bool,
+}
+
+impl<T> Outcome<T> {
+    fn new(value: T) -> Outcome<T> {
+        Outcome { value, replayed: false }
+    }
+    fn replay(value: T) -> Outcome<T> {
+        Outcome { value, replayed: true }
+    }
+}
+
+/// A deposit, an immediate withdrawal, or an operator credit.
+#[derive(Debug, Clone)]
+pub struct Movement {
+    pub amount: Amount,
+    pub reference: Reference,
+    pub metadata: Metadata,
+}
+
+#[derive(Debug, Clone)]
+pub enum Recipient {
+    UserId(i64),
+    Username(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct TransferRequest {
+    pub to: Recipient,
+    pub movement: Movement,
+}
+
+#[derive(Debug, Clone)]
+pub struct TransferResult {
+    pub transfer_out: Entry,
+    pub transfer_in: Entry,
+}
+
+fn conflict(holder: impl std::fmt::Display) -> AppError {
+    AppError::ReferenceConflict { holder: format!("already used by {holder}") }
+}
+
+/// Returns the earlier entry when this request is a replay of it, a conflict when the reference
+/// is taken by a different request, or `None` when the reference is new.
+fn replay_of(
+    conn: &Connection,
+    wallet_id: &str,
+    kind: EntryKind,
+    m: &Movement,
+    counterparty: Option<i64>,
+) -> Result<Option<Entry>, AppError> {
+    match entries::find_by_reference(conn, wallet_id, kind, m.reference.as_str())? {
+        None => Ok(None),
+        Some(e)
+            if e.amount == m.amount.minor()
+                && e.metadata == m.metadata
+                && e.counterparty_user_id == counterparty =>
+        {
+            Ok(Some(e))
+        }
+        Some(e) => Err(conflict(format_args!("transaction {}", e.id))),
+    }
+}
+
+pub fn deposit(
+    conn: &Connection,
+    now: Timestamp,
+    currency: &Currency,
+    wallet_id: &str,
+    m: &Movement,
+) -> Result<Outcome<Entry>, AppError> {
+    if let Some(e) = replay_of(conn, wallet_id, EntryKind::Deposit, m, None)? {
+        return Ok(Outcome::replay(e));
+    }
+    let entry = entries::append(
+        conn,
+        now,
+        NewEntry {
+            wallet_id,
+            kind: EntryKind::Deposit,
+            amount: m.amount.minor(),
+            reference: m.reference.as_str(),
+            counterparty_user_id: None,
+            transfer_id: None,
+            metadata: &m.metadata,
+        },
+        |v| currency.format(v),
+    )?;
+    Ok(Outcome::new(entry))
+}
+
+pub fn withdraw_now(
+    conn: &Connection,
+    now: Timestamp,
+    currency: &Currency,
+    wallet_id: &str,
+    m: &Movement,
+) -> Result<Outcome<Entry>, AppError> {
+    // A scheduled withdrawal holds its reference from the moment it is requested.
+    if let Some(w) = withdrawals::find_by_reference(conn, wallet_id, m.reference.as_str())? {
+        return Err(conflict(format_args!("withdrawal {}", w.id)));
+    }
+    if let Some(e) = replay_of(conn, wallet_id, EntryKind::Withdrawal, m, None)? {
+        return Ok(Outcome::replay(e));
+    }
+    let entry = entries::append(
+        conn,
+        now,
+        NewEntry {
+            wallet_id,
+            kind: EntryKind::Withdrawal,
+            amount: m.amount.minor(),
+            reference: m.reference.as_str(),
+            counterparty_user_id: None,
+            transfer_id: None,
+            metadata: &m.metadata,
+        },
+        |v| currency.format(v),
+    )?;
+    Ok(Outcome::new(entry))
+}
+
+/// The recipient's user id and wallet id; unknown users and oneself are validation errors.
+fn resolve_recipient(conn: &Connection, sender_user_id: i64, to: &Recipient) -> Result<(i64, String), AppError> {
+    let (field, found) = match to {
+        Recipient::UserId(id) => (
+            "to_user_id",
+            conn.prepare_cached("SELECT u.id, w.id FROM users u JOIN wallets w ON w.user_id = u.id WHERE u.id = ?1")?
+                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?,
+        ),
+        Recipient::Username(name) => (
+            "to_username",
+            conn.prepare_cached(
+                "SELECT u.id, w.id FROM users u JOIN wallets w ON w.user_id = u.id WHERE u.username_key = ?1",
+            )?
+            .query_row([name.to_lowercase()], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?,
+        ),
+    };
+    match found {
+        None => Err(AppError::field(field, "no such user")),
+        Some((id, _)) if id == sender_user_id => Err(AppError::field(field, "cannot transfer to yourself")),
+        Some(found) => Ok(found),
+    }
+}
+
+pub fn transfer(
+    conn: &Connection,
+    now: Timestamp,
+    currency: &Currency,
+    sender: (i64, &str),
+    req: &TransferRequest,
+) -> Result<Outcome<TransferResult>, AppError> {
+    let (sender_user_id, sender_wallet) = sender;
+    let (to_user_id, to_wallet) = resolve_recipient(conn, sender_user_id, &req.to)?;
+    let m = &req.movement;
+    if let Some(out) = replay_of(conn, sender_wallet, EntryKind::TransferOut, m, Some(to_user_id))? {
+        let transfer_in = entries::find_transfer_in(conn, &out)?
+            .ok_or_else(|| AppError::internal("transfer replay", "incoming half missing"))?;
+        return Ok(Outcome::replay(TransferResult { transfer_out: out, transfer_in }));
+    }
+    let transfer_id = uuid::Uuid::new_v4().to_string();
+    let transfer_out = entries::append(
+        conn,
+        now,
+        NewEntry {
+            wallet_id: sender_wallet,
+            kind: EntryKind::TransferOut,
+            amount: m.amount.minor(),
+            reference: m.reference.as_str(),
+            counterparty_user_id: Some(to_user_id),
+            transfer_id: Some(&transfer_id),
+            metadata: &m.metadata,
+        },
+        |v| currency.format(v),
+    )?;
+    let transfer_in = entries::append(
+        conn,
+        now,
+        NewEntry {
+            wallet_id: &to_wallet,
+            kind: EntryKind::TransferIn,
+            amount: m.amount.minor(),
+            reference: m.reference.as_str(),
+            counterparty_user_id: Some(sender_user_id),
+            transfer_id: Some(&transfer_id),
+            metadata: &m.metadata,
+        },
+        |v| currency.format(v),
+    )?;
+    // A transfer's two entries sum to zero.
+    assert_eq!(transfer_out.amount, transfer_in.amount);
+    Ok(Outcome::new(TransferResult { transfer_out, transfer_in }))
+}

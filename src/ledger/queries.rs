@@ -1,0 +1,111 @@
+//! Reads: a wallet with its newest entries, history pages, and the balance at any moment.
+//! These run on reader connections, never inside the writer.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::entries::{self, entry_from_row, Entry, ENTRY_COLUMNS};
+use crate::domain::{EntryKind, Timestamp};
+use crate::error::AppError;
+
+pub const RECENT_TRANSACTIONS: u32 = 10;
+pub const PAGE_LIMIT_MAX: u32 = 100;
+pub const PAGE_LIMIT_DEFAULT: u32 = 20;
+
+#[derive(Debug, Clone)]
+pub struct Wallet {
+    pub id: String,
+    pub user_id: i64,
+    pub balance: i64,
+    pub last_balance: i64,
+    pub last_balance_update: Timestamp,
+    pub created_at: Timestamp,
+}
+
+pub fn wallet_of_user(conn: &Connection, user_id: i64) -> Result<Wallet, AppError> {
+    conn.prepare_cached(
+        "SELECT id, user_id, balance, last_balance, last_balance_update, created_at FROM wallets WHERE user_id = ?1",
+    )?
+    .query_row([user_id], |r| {
+        Ok(Wallet {
+            id: r.get(0)?,
+            user_id: r.get(1)?,
+            balance: r.get(2)?,
+            last_balance: r.get(3)?,
+            last_balance_update: Timestamp::from_stored(&r.get::<_, String>(4)?),
+            created_at: Timestamp::from_stored(&r.get::<_, String>(5)?),
+        })
+    })
+    .optional()?
+    .ok_or(AppError::NotFound("wallet"))
+}
+
+/// The wallet and its newest entries; O(1) in history length (an index walk from the end).
+pub fn wallet_view(conn: &Connection, user_id: i64) -> Result<(Wallet, Vec<Entry>), AppError> {
+    let wallet = wallet_of_user(conn, user_id)?;
+    let recent = conn
+        .prepare_cached(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM entries WHERE wallet_id = ?1 ORDER BY seq DESC LIMIT ?2"
+        ))?
+        .query_map(params![wallet.id, RECENT_TRANSACTIONS], entry_from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((wallet, recent))
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    pub limit: u32,
+    pub offset: u32,
+    /// Only entries older than this position (from a previous page's `next_cursor`).
+    pub before_seq: Option<i64>,
+    pub kind: Option<EntryKind>,
+    pub from: Option<Timestamp>,
+    pub to: Option<Timestamp>,
+}
+
+pub struct HistoryPage {
+    pub count: i64,
+    pub results: Vec<Entry>,
+    /// The position to continue from, when more entries follow.
+    pub next_before_seq: Option<i64>,
+}
+
+/// Newest first. `count` is the number of entries matching the filters (all pages).
+pub fn history(conn: &Connection, wallet_id: &str, q: &HistoryQuery) -> Result<HistoryPage, AppError> {
+    let kind = q.kind.map(EntryKind::as_str);
+    let from = q.from.map(Timestamp::to_text);
+    let to = q.to.map(Timestamp::to_text);
+    let filters = "wallet_id = ?1 AND (?2 IS NULL OR kind = ?2) AND (?3 IS NULL OR created_at >= ?3)
+         AND (?4 IS NULL OR created_at <= ?4)";
+    let count: i64 = conn
+        .prepare_cached(&format!("SELECT count(*) FROM entries WHERE {filters}"))?
+        .query_row(params![wallet_id, kind, from, to], |r| r.get(0))?;
+    // One row more than asked tells whether another page follows.
+    let mut results = conn
+        .prepare_cached(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM entries WHERE {filters} AND (?5 IS NULL OR seq < ?5)
+             ORDER BY seq DESC LIMIT ?6 OFFSET ?7"
+        ))?
+        .query_map(
+            params![wallet_id, kind, from, to, q.before_seq, q.limit + 1, q.offset],
+            entry_from_row,
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    let more = results.len() > q.limit as usize;
+    results.truncate(q.limit as usize);
+    let next_before_seq = if more { results.last().map(|e| e.seq) } else { None };
+    Ok(HistoryPage { count, results, next_before_seq })
+}
+
+/// The exact balance at `at`: the newest snapshot at or before it, plus the entries between.
+pub fn balance_at(conn: &Connection, wallet_id: &str, at: Timestamp) -> Result<i64, AppError> {
+    let (base, since): (i64, String) = conn
+        .prepare_cached(
+            "SELECT balance, taken_at FROM balance_snapshots WHERE wallet_id = ?1 AND taken_at <= ?2
+             ORDER BY taken_at DESC LIMIT 1",
+        )?
+        .query_row(params![wallet_id, at.to_text()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .unwrap_or((0, String::new()));
+    let net = entries::net_between(conn, wallet_id, &since, &at.to_text())?;
+    base.checked_add(net).ok_or_else(|| AppError::internal("balance_at", "overflow"))
+}

@@ -1,0 +1,81 @@
+//! The `wallet` binary: parses the command line and calls into the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use wallet::config::{Cli, Command, Config};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            // One line naming the setting, and exit code 2.
+            let first = e.to_string().lines().next().unwrap_or("invalid arguments").to_string();
+            eprintln!("{first}");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
+    wallet::log::init_from_env();
+    let result = match &cli.command {
+        None => serve(cli.db.clone(), cli.serve.clone()),
+        Some(Command::Createsuperuser { username, email }) => {
+            wallet::tools::createsuperuser(&cli.db, username, email).map(|m| {
+                println!("{m}");
+                true
+            })
+        }
+        Some(Command::Snapshot) => wallet::tools::snapshot_now(&cli.db),
+        Some(Command::Verify) => wallet::tools::verify(&cli.db),
+        Some(Command::Backup { file }) => wallet::tools::backup(&cli.db, file).map(|m| {
+            println!("{m}");
+            true
+        }),
+        Some(Command::Bench(args)) => wallet::bench::run(args),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(if e.starts_with("--") { 2 } else { 1 })
+        }
+    }
+}
+
+fn serve(db: std::path::PathBuf, args: wallet::config::ServeArgs) -> Result<bool, String> {
+    let config = Config::from_args(db, args)?;
+    // Block SIGINT and SIGTERM before any thread starts, so every thread inherits the mask
+    // and the main thread alone receives them through sigwait.
+    let signals = block_shutdown_signals();
+    let app = wallet::App::start(config)?;
+    wallet::log::info(&format!("wallet listening on http://{}", app.addr));
+    println!("wallet listening on http://{}", app.addr);
+    let signal = wait_for(&signals);
+    wallet::log::info(&format!("received signal {signal}; shutting down"));
+    app.shutdown()?;
+    wallet::log::info("shut down cleanly");
+    Ok(true)
+}
+
+fn block_shutdown_signals() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a local set; pthread_sigmask on the calling thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_for(set: &libc::sigset_t) -> i32 {
+    let mut sig = 0;
+    // SAFETY: sigwait on a set of blocked signals.
+    unsafe { libc::sigwait(set, &mut sig) };
+    sig
+}

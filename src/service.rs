@@ -1,0 +1,231 @@
+//! The use cases, as the HTTP edge calls them: each takes parsed domain values, reads through
+//! the pool or writes through the writer, and returns domain values. No HTTP here.
+
+use std::sync::Arc;
+
+use rusqlite::params;
+
+use crate::accounts::{self, AuthUser, IssuedToken, LoginThrottle, NewUser, PasswordGuard, User};
+use crate::clock::{SharedClock, Wakeup};
+use crate::config::Config;
+use crate::db::{Pool, Writer};
+use crate::domain::{Email, Password, Timestamp, Username, WithdrawalStatus};
+use crate::error::AppError;
+use crate::ledger::queries::{self, HistoryPage, HistoryQuery, Wallet};
+use crate::ledger::withdrawals::{self, Withdrawal};
+use crate::ledger::{self, Entry, Movement, Outcome, TransferRequest, TransferResult};
+use crate::metrics::Metrics;
+
+/// Everything a request needs, shared by all HTTP workers.
+pub struct Service {
+    pub config: Config,
+    pub pool: Pool,
+    pub writer: Writer,
+    pub clock: SharedClock,
+    pub passwords: PasswordGuard,
+    pub throttle: LoginThrottle,
+    pub metrics: Arc<Metrics>,
+    /// Wakes the payout worker when a new withdrawal is scheduled.
+    pub payout_wakeup: Arc<Wakeup>,
+}
+
+pub struct Registration {
+    pub username: Username,
+    pub email: Email,
+    pub password: Password,
+    pub first_name: String,
+    pub last_name: String,
+}
+
+/// An immediate withdrawal gives an entry; a scheduled one a withdrawal to be paid later.
+pub enum WithdrawResult {
+    Now(Entry),
+    Scheduled(Withdrawal),
+}
+
+impl Service {
+    fn read(&self) -> Result<r2d2::PooledConnection<r2d2_sqlite::SqliteConnectionManager>, AppError> {
+        Ok(self.pool.get()?)
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    pub fn register(&self, r: Registration) -> Result<(User, IssuedToken), AppError> {
+        // Hashing happens before the write: the writer never waits on argon2.
+        let password_hash = self.passwords.hash(&r.password)?;
+        let token = accounts::new_token(self.now(), self.config.serve.token_ttl);
+        let new_user = NewUser {
+            username: r.username,
+            email: r.email,
+            password_hash,
+            first_name: r.first_name,
+            last_name: r.last_name,
+            is_staff: false,
+        };
+        let ttl = self.config.serve.token_ttl;
+        let (user, token) = self.writer.execute(move |conn, now| {
+            // The token's expiry counts from the commit's time, not from before hashing.
+            let token = IssuedToken { expires_at: accounts::new_token(now, ttl).expires_at, ..token };
+            let user = accounts::create_user(conn, now, &new_user, Some(&token))?;
+            Ok((user, token))
+        })?;
+        Ok((user, token))
+    }
+
+    /// Unknown user and wrong password give the same error after the same work.
+    pub fn login(&self, username: &str, password: &str, client: &str) -> Result<(User, IssuedToken), AppError> {
+        let user_key = format!("u:{}", username.to_lowercase());
+        let keys = [user_key.clone(), format!("ip:{client}")];
+        self.throttle.check(&keys)?;
+        let found = accounts::find_login(&*self.read()?, username)?;
+        let ok = self.passwords.verify(password, found.as_ref().map(|(_, h)| h.as_str()))?;
+        let user = match found {
+            Some((user, _)) if ok => user,
+            _ => {
+                self.throttle.record_failure(&keys);
+                self.metrics.failed_logins.inc();
+                return Err(AppError::InvalidCredentials);
+            }
+        };
+        self.throttle.clear(&user_key);
+        let ttl = self.config.serve.token_ttl;
+        let user_id = user.id;
+        let token = self.writer.execute(move |conn, now| {
+            let token = accounts::new_token(now, ttl);
+            accounts::store_token(conn, now, user_id, &token)?;
+            Ok(token)
+        })?;
+        Ok((user, token))
+    }
+
+    pub fn logout(&self, auth: &AuthUser) -> Result<(), AppError> {
+        let hash = auth.token_hash;
+        self.writer.execute(move |conn, now| accounts::revoke_token(conn, now, &hash))
+    }
+
+    pub fn authenticate(&self, secret: &str) -> Result<AuthUser, AppError> {
+        accounts::authenticate(&*self.read()?, self.now(), secret)
+    }
+
+    pub fn user(&self, user_id: i64) -> Result<User, AppError> {
+        accounts::find_user(&*self.read()?, user_id)
+    }
+
+    pub fn wallet(&self, user_id: i64) -> Result<(Wallet, Vec<Entry>), AppError> {
+        queries::wallet_view(&*self.read()?, user_id)
+    }
+
+    pub fn deposit(&self, auth: &AuthUser, m: Movement) -> Result<Outcome<Entry>, AppError> {
+        let (currency, wallet) = (self.config.currency.clone(), auth.wallet_id.clone());
+        let out = self.writer.execute(move |conn, now| ledger::deposit(conn, now, &currency, &wallet, &m))?;
+        self.count_money(&out, |e| vec![e]);
+        Ok(out)
+    }
+
+    pub fn withdraw(&self, auth: &AuthUser, m: Movement, at: Option<Timestamp>) -> Result<Outcome<WithdrawResult>, AppError> {
+        let (currency, wallet) = (self.config.currency.clone(), auth.wallet_id.clone());
+        let Some(at) = at else {
+            let out = self.writer.execute(move |conn, now| ledger::withdraw_now(conn, now, &currency, &wallet, &m))?;
+            self.count_money(&out, |e| vec![e]);
+            return Ok(Outcome { value: WithdrawResult::Now(out.value), replayed: out.replayed });
+        };
+        let horizon_days = i64::from(self.config.serve.schedule_horizon_days);
+        let out = self.writer.execute(move |conn, now| {
+            if at <= now {
+                return Err(AppError::field("scheduled_at", "must be in the future"));
+            }
+            if at > now.plus_millis(horizon_days * 86_400_000) {
+                return Err(AppError::field("scheduled_at", format!("must be at most {horizon_days} days ahead")));
+            }
+            withdrawals::schedule(conn, now, &wallet, &m, at)
+        })?;
+        self.payout_wakeup.nudge();
+        Ok(Outcome { value: WithdrawResult::Scheduled(out.value), replayed: out.replayed })
+    }
+
+    pub fn transfer(&self, auth: &AuthUser, req: TransferRequest) -> Result<Outcome<TransferResult>, AppError> {
+        let (currency, wallet, user_id) = (self.config.currency.clone(), auth.wallet_id.clone(), auth.user_id);
+        let out = self
+            .writer
+            .execute(move |conn, now| ledger::transfer(conn, now, &currency, (user_id, &wallet), &req))?;
+        self.count_money(&out, |t| vec![t.transfer_out]);
+        Ok(out)
+    }
+
+    fn count_money<T: Clone>(&self, out: &Outcome<T>, entries: impl Fn(T) -> Vec<Entry>) {
+        if !out.replayed {
+            for e in entries(out.value.clone()) {
+                self.metrics.money_moved(e.kind, e.amount);
+            }
+        }
+    }
+
+    pub fn history(&self, wallet_id: &str, q: &HistoryQuery) -> Result<HistoryPage, AppError> {
+        queries::history(&*self.read()?, wallet_id, q)
+    }
+
+    pub fn balance_at(&self, wallet_id: &str, at: Option<Timestamp>) -> Result<(i64, Timestamp), AppError> {
+        let now = self.now();
+        let at = at.unwrap_or(now);
+        if at > now {
+            return Err(AppError::field("at", "must not be in the future"));
+        }
+        Ok((queries::balance_at(&*self.read()?, wallet_id, at)?, at))
+    }
+
+    pub fn withdrawals(&self, wallet_id: &str, status: Option<WithdrawalStatus>, limit: u32, offset: u32) -> Result<(i64, Vec<Withdrawal>), AppError> {
+        withdrawals::list(&*self.read()?, wallet_id, status, limit, offset)
+    }
+
+    pub fn withdrawal(&self, wallet_id: &str, id: &str) -> Result<Withdrawal, AppError> {
+        withdrawals::find(&*self.read()?, wallet_id, id)
+    }
+
+    pub fn cancel_withdrawal(&self, wallet_id: &str, id: &str) -> Result<Withdrawal, AppError> {
+        let (wallet, id) = (wallet_id.to_string(), id.to_string());
+        self.writer.execute(move |conn, now| withdrawals::cancel(conn, now, &wallet, &id))
+    }
+
+    pub fn admin_users(&self, search: Option<&str>, limit: u32, offset: u32) -> Result<(i64, Vec<User>), AppError> {
+        accounts::list_users(&*self.read()?, search, limit, offset)
+    }
+
+    /// An operator deposit into any user's wallet, recorded in the audit log with the staff id.
+    pub fn admin_credit(&self, staff: &AuthUser, user_id: i64, m: Movement) -> Result<Outcome<Entry>, AppError> {
+        let wallet = queries::wallet_of_user(&*self.read()?, user_id)?;
+        let (currency, staff_id) = (self.config.currency.clone(), staff.user_id);
+        let out = self.writer.execute(move |conn, now| {
+            let out = ledger::deposit(conn, now, &currency, &wallet.id, &m)?;
+            if !out.replayed {
+                let detail = serde_json::json!({"entry_id": out.value.id, "amount": out.value.amount}).to_string();
+                audit(conn, now, staff_id, "credit", &format!("user:{user_id}"), &detail)?;
+            }
+            Ok(out)
+        })?;
+        self.count_money(&out, |e| vec![e]);
+        Ok(out)
+    }
+
+    /// Records a staff read in the audit log.
+    pub fn audit_read(&self, staff: &AuthUser, action: &'static str, target: String) -> Result<(), AppError> {
+        let staff_id = staff.user_id;
+        self.writer.execute(move |conn, now| audit(conn, now, staff_id, action, &target, "{}"))
+    }
+
+    /// `/health`: the database answers a query.
+    pub fn health(&self) -> Result<(), AppError> {
+        let conn = self.pool.get()?;
+        conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?;
+        Ok(())
+    }
+}
+
+fn audit(conn: &rusqlite::Connection, now: Timestamp, staff: i64, action: &str, target: &str, detail: &str) -> Result<(), AppError> {
+    conn.prepare_cached(
+        "INSERT INTO audit_log (staff_user_id, action, target, detail, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![staff, action, target, detail, now.to_text()])?;
+    Ok(())
+}

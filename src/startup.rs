@@ -1,0 +1,141 @@
+//! Starting and stopping the whole service. Tests drive this same path: `App::start` with
+//! `--listen 127.0.0.1:0`, read `addr`, talk HTTP, `shutdown`.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::accounts::{LoginThrottle, PasswordGuard};
+use crate::clock::{SharedClock, SystemClock, Wakeup};
+use crate::config::Config;
+use crate::db::{self, Writer};
+use crate::http::HttpServer;
+use crate::jobs::payout::{PayoutSettings, PayoutWorker};
+use crate::jobs::snapshot::SnapshotJob;
+use crate::metrics::Metrics;
+use crate::service::Service;
+
+/// Reader connections: readers are quick, and workers waiting on the writer hold none.
+pub const READER_CONNECTIONS_MAX: u32 = 16;
+
+pub struct App {
+    pub addr: SocketAddr,
+    http: HttpServer,
+    service: Arc<Service>,
+    writer_thread: JoinHandle<()>,
+    jobs: Vec<JoinHandle<()>>,
+    wakeups: Vec<Arc<Wakeup>>,
+}
+
+/// Options that tests set and production never does.
+#[derive(Default, Clone)]
+pub struct TestHooks {
+    /// Routes `/__test/panic`, to prove a panicking handler costs one request only.
+    pub panic_route: bool,
+}
+
+impl App {
+    pub fn start(config: Config) -> Result<App, String> {
+        App::start_with(config, Arc::new(SystemClock), TestHooks::default())
+    }
+
+    pub fn start_with(config: Config, clock: SharedClock, hooks: TestHooks) -> Result<App, String> {
+        raise_descriptor_limit();
+        let mut conn = db::open(&config.db, config.serve.synchronous)
+            .map_err(|e| format!("--db/WALLET_DB: cannot open {}: {e}", config.db.display()))?;
+        db::migrate(&mut conn)?;
+        db::check_currency(&conn, &config.currency)?;
+        let (writer, writer_thread) = Writer::start(
+            conn,
+            clock.clone(),
+            usize::from(config.serve.write_batch_max),
+            config.serve.write_queue_max as usize,
+        );
+        let threads = usize::from(config.serve.threads);
+        let pool = db::reader_pool(&config.db, (threads as u32).clamp(2, READER_CONNECTIONS_MAX) + 2)?;
+        let passwords = PasswordGuard::new(config.serve.argon2_memory_kib, config.serve.argon2_iterations, config.hash_threads)?;
+        let metrics = Arc::new(Metrics::default());
+        let payout_wakeup = Arc::new(Wakeup::default());
+        let snapshot_wakeup = Arc::new(Wakeup::default());
+        let listener = TcpListener::bind(config.serve.listen)
+            .map_err(|e| format!("--listen/WALLET_LISTEN: cannot listen on {}: {e}", config.serve.listen))?;
+        let service = Arc::new(Service {
+            throttle: LoginThrottle::new(config.serve.login_failures_max, config.serve.login_window),
+            config: config.clone(),
+            pool: pool.clone(),
+            writer: writer.clone(),
+            clock: clock.clone(),
+            passwords,
+            metrics: metrics.clone(),
+            payout_wakeup: payout_wakeup.clone(),
+        });
+        let http = HttpServer::start(service.clone(), listener, threads, hooks.panic_route)?;
+        let mut jobs = vec![PayoutWorker {
+            settings: PayoutSettings {
+                url: config.serve.payout_url.clone(),
+                attempts_max: config.serve.payout_attempts_max,
+                retry_base_ms: config.serve.payout_retry_base_ms,
+                timeout_ms: config.serve.payout_timeout_ms,
+            },
+            currency: config.currency.clone(),
+            writer: writer.clone(),
+            pool: pool.clone(),
+            clock: clock.clone(),
+            wakeup: payout_wakeup.clone(),
+            metrics: metrics.clone(),
+        }
+        .spawn()];
+        if let Some(schedule) = config.snapshot_schedule.clone() {
+            jobs.push(
+                SnapshotJob { schedule, writer, pool, clock, wakeup: snapshot_wakeup.clone(), metrics }.spawn(),
+            );
+        }
+        Ok(App {
+            addr: http.addr,
+            http,
+            service,
+            writer_thread,
+            jobs,
+            wakeups: vec![payout_wakeup, snapshot_wakeup],
+        })
+    }
+
+    pub fn service(&self) -> &Arc<Service> {
+        &self.service
+    }
+
+    /// Stops accepting, lets in-flight requests finish within the grace period, stops the
+    /// background threads, lets the writer drain, and checkpoints the WAL.
+    pub fn shutdown(self) -> Result<(), String> {
+        let grace = Duration::from_millis(self.service.config.serve.shutdown_grace_ms);
+        let db_path = self.service.config.db.clone();
+        let sync = self.service.config.serve.synchronous;
+        self.http.stop(grace);
+        for w in &self.wakeups {
+            w.stop();
+        }
+        for j in self.jobs {
+            let _ = j.join();
+        }
+        // The writer thread ends once the last `Writer` handle (inside the service) is gone.
+        drop(self.service);
+        let _ = self.writer_thread.join();
+        let conn = db::open(&db_path, sync).map_err(|e| e.to_string())?;
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(|e| format!("checkpoint: {e}"))
+    }
+}
+
+/// Each connection costs descriptors; the default soft limit (often 1024) is far below what a
+/// server needs, and tiny_http stops accepting for good when `accept` fails with EMFILE.
+fn raise_descriptor_limit() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max.min(1 << 20);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}

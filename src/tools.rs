@@ -1,0 +1,132 @@
+//! The subcommands other than serving: createsuperuser, snapshot, verify, backup.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::accounts::{self, NewUser, PasswordGuard};
+use crate::clock::{Clock, SystemClock};
+use crate::config::Synchronous;
+use crate::db::{self, DirectWriter, Exec};
+use crate::domain::{Email, Password, Username};
+use crate::ledger::snapshot;
+
+fn open_migrated(path: &Path) -> Result<rusqlite::Connection, String> {
+    let mut conn = db::open(path, Synchronous::Full).map_err(|e| format!("--db: cannot open {}: {e}", path.display()))?;
+    db::migrate(&mut conn)?;
+    Ok(conn)
+}
+
+/// Reads a line with the terminal's echo off.
+fn prompt_hidden(prompt: &str) -> Result<String, String> {
+    eprint!("{prompt}");
+    let _ = std::io::stderr().flush();
+    // SAFETY: termios calls on standard input, with a struct they fill in.
+    let saved = unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(0, &mut t) != 0 {
+            return Err("cannot read the terminal's settings".into());
+        }
+        let saved = t;
+        t.c_lflag &= !libc::ECHO;
+        libc::tcsetattr(0, libc::TCSANOW, &t);
+        saved
+    };
+    let mut line = String::new();
+    let read = std::io::stdin().lock().read_line(&mut line);
+    // SAFETY: restores the settings read above.
+    unsafe { libc::tcsetattr(0, libc::TCSANOW, &saved) };
+    eprintln!();
+    read.map_err(|e| e.to_string())?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+fn read_password() -> Result<String, String> {
+    if std::io::stdin().is_terminal() {
+        let first = prompt_hidden("Password: ")?;
+        let again = prompt_hidden("Password (again): ")?;
+        if first != again {
+            return Err("the passwords do not match".into());
+        }
+        Ok(first)
+    } else {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).map_err(|e| format!("cannot read the password from standard input: {e}"))?;
+        Ok(line.trim_end_matches(['\r', '\n']).to_string())
+    }
+}
+
+pub fn createsuperuser(db_path: &Path, username: &str, email: &str) -> Result<String, String> {
+    let username = Username::parse(username).map_err(|e| format!("--username: {e}"))?;
+    let email = Email::parse(email).map_err(|e| format!("--email: {e}"))?;
+    let password = Password::parse(&read_password()?).map_err(|e| format!("password: {e}"))?;
+    if password.expose().eq_ignore_ascii_case(username.as_str()) {
+        return Err("password: must not be the same as the username".into());
+    }
+    let conn = open_migrated(db_path)?;
+    let guard = PasswordGuard::new(19_456, 2, 1)?;
+    let password_hash = guard.hash(&password).map_err(|e| format!("{e:?}"))?;
+    let writer = DirectWriter::new(conn, Arc::new(SystemClock));
+    let new_user = NewUser { username, email, password_hash, first_name: String::new(), last_name: String::new(), is_staff: true };
+    let user = writer
+        .exec(move |conn, now| accounts::create_user(conn, now, &new_user, None))
+        .map_err(|e| match e {
+            crate::error::AppError::UsernameTaken => "--username: a user with this username already exists".to_string(),
+            crate::error::AppError::EmailTaken => "--email: a user with this email already exists".to_string(),
+            other => format!("cannot create the user: {other:?}"),
+        })?;
+    Ok(format!("created staff user {} (id {})", user.username, user.id))
+}
+
+/// Runs one snapshot. `Ok(false)` when a mismatch was found.
+pub fn snapshot_now(db_path: &Path) -> Result<bool, String> {
+    let conn = open_migrated(db_path)?;
+    let clock = Arc::new(SystemClock);
+    let cutoff = clock.now();
+    let writer = DirectWriter::new(conn, clock);
+    let started = std::time::Instant::now();
+    let report = snapshot::run(&writer, cutoff).map_err(|e| format!("snapshot failed: {e:?}"))?;
+    println!(
+        "snapshot run {}: cut-off {}, {} wallets, {} mismatches, {:.3}s",
+        report.run_id,
+        report.cutoff.to_text(),
+        report.wallets,
+        report.mismatches.len(),
+        started.elapsed().as_secs_f64()
+    );
+    for m in &report.mismatches {
+        println!("mismatch: wallet {} computed {} from entries, running balance {}", m.wallet_id, m.computed, m.running);
+    }
+    Ok(report.mismatches.is_empty())
+}
+
+pub fn verify(db_path: &Path) -> Result<bool, String> {
+    if !db_path.exists() {
+        return Err(format!("--db: {} does not exist", db_path.display()));
+    }
+    let mut conn = open_migrated(db_path)?;
+    let report = crate::verify::verify(&mut conn).map_err(|e| format!("verify failed to read the database: {e}"))?;
+    println!(
+        "verified {} entries in {} wallets in {:.3}s: {}",
+        report.entries,
+        report.wallets,
+        report.took.as_secs_f64(),
+        if report.ok() { "OK".to_string() } else { format!("{} findings", report.findings_total) }
+    );
+    for f in &report.findings {
+        println!("finding: {f}");
+    }
+    Ok(report.ok())
+}
+
+pub fn backup(db_path: &Path, target: &Path) -> Result<String, String> {
+    if target.exists() {
+        return Err(format!("{} exists already; choose a new file", target.display()));
+    }
+    if !db_path.exists() {
+        return Err(format!("--db: {} does not exist", db_path.display()));
+    }
+    let conn = db::open(db_path, Synchronous::Full).map_err(|e| e.to_string())?;
+    conn.backup(rusqlite::MAIN_DB, target, None).map_err(|e| format!("backup failed: {e}"))?;
+    Ok(format!("backed up {} to {}", db_path.display(), target.display()))
+}
