@@ -72,7 +72,11 @@ pub fn new_token(now: Timestamp, ttl: Duration) -> IssuedToken {
     rand::rng().fill_bytes(&mut bytes);
     let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
-    IssuedToken { hash: hash_token(&secret), secret, expires_at: now.plus_millis(ttl_ms) }
+    IssuedToken {
+        hash: hash_token(&secret),
+        secret,
+        expires_at: now.plus_millis(ttl_ms),
+    }
 }
 
 pub struct NewUser {
@@ -86,11 +90,23 @@ pub struct NewUser {
 
 /// Creates the user and its one wallet (and a first token, when given) in the caller's
 /// transaction.
-pub fn create_user(conn: &Connection, now: Timestamp, u: &NewUser, token: Option<&IssuedToken>) -> Result<User, AppError> {
+pub fn create_user(
+    conn: &Connection,
+    now: Timestamp,
+    u: &NewUser,
+    token: Option<&IssuedToken>,
+) -> Result<User, AppError> {
     let taken = |sql: &str, key: String| -> Result<bool, AppError> {
-        Ok(conn.prepare_cached(sql)?.query_row([key], |_| Ok(())).optional()?.is_some())
+        Ok(conn
+            .prepare_cached(sql)?
+            .query_row([key], |_| Ok(()))
+            .optional()?
+            .is_some())
     };
-    if taken("SELECT 1 FROM users WHERE username_key = ?1", u.username.key())? {
+    if taken(
+        "SELECT 1 FROM users WHERE username_key = ?1",
+        u.username.key(),
+    )? {
         return Err(AppError::UsernameTaken);
     }
     if taken("SELECT 1 FROM users WHERE email_key = ?1", u.email.key())? {
@@ -122,15 +138,29 @@ pub fn create_user(conn: &Connection, now: Timestamp, u: &NewUser, token: Option
     find_user(conn, user_id)
 }
 
-pub fn store_token(conn: &Connection, now: Timestamp, user_id: i64, t: &IssuedToken) -> Result<(), AppError> {
-    conn.prepare_cached("INSERT INTO tokens (user_id, token_hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![user_id, &t.hash[..], now.to_text(), t.expires_at.to_text()])?;
+pub fn store_token(
+    conn: &Connection,
+    now: Timestamp,
+    user_id: i64,
+    t: &IssuedToken,
+) -> Result<(), AppError> {
+    conn.prepare_cached(
+        "INSERT INTO tokens (user_id, token_hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        user_id,
+        &t.hash[..],
+        now.to_text(),
+        t.expires_at.to_text()
+    ])?;
     Ok(())
 }
 
 pub fn revoke_token(conn: &Connection, now: Timestamp, hash: &[u8; 32]) -> Result<(), AppError> {
-    conn.prepare_cached("UPDATE tokens SET revoked_at = ?2 WHERE token_hash = ?1 AND revoked_at IS NULL")?
-        .execute(params![&hash[..], now.to_text()])?;
+    conn.prepare_cached(
+        "UPDATE tokens SET revoked_at = ?2 WHERE token_hash = ?1 AND revoked_at IS NULL",
+    )?
+    .execute(params![&hash[..], now.to_text()])?;
     Ok(())
 }
 
@@ -144,23 +174,39 @@ pub fn find_user(conn: &Connection, id: i64) -> Result<User, AppError> {
 /// The user and stored password hash for a login attempt.
 pub fn find_login(conn: &Connection, username: &str) -> Result<Option<(User, String)>, AppError> {
     Ok(conn
-        .prepare_cached(&format!("SELECT {USER_COLUMNS}, password_hash FROM users WHERE username_key = ?1"))?
-        .query_row([username.to_lowercase()], |r| Ok((user_from_row(r)?, r.get(7)?)))
+        .prepare_cached(&format!(
+            "SELECT {USER_COLUMNS}, password_hash FROM users WHERE username_key = ?1"
+        ))?
+        .query_row([username.to_lowercase()], |r| {
+            Ok((user_from_row(r)?, r.get(7)?))
+        })
         .optional()?)
 }
 
 /// Users whose username or email contains `search` (case-insensitive), by id.
-pub fn list_users(conn: &Connection, search: Option<&str>, limit: u32, offset: u32) -> Result<(i64, Vec<User>), AppError> {
+pub fn list_users(
+    conn: &Connection,
+    search: Option<&str>,
+    limit: u32,
+    offset: u32,
+) -> Result<(i64, Vec<User>), AppError> {
     let pattern = search.map(|s| {
-        let escaped = s.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+        let escaped = s
+            .to_lowercase()
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
         format!("%{escaped}%")
     });
-    let filter = "(?1 IS NULL OR username_key LIKE ?1 ESCAPE '\\' OR email_key LIKE ?1 ESCAPE '\\')";
+    let filter =
+        "(?1 IS NULL OR username_key LIKE ?1 ESCAPE '\\' OR email_key LIKE ?1 ESCAPE '\\')";
     let count: i64 = conn
         .prepare_cached(&format!("SELECT count(*) FROM users WHERE {filter}"))?
         .query_row([&pattern], |r| r.get(0))?;
     let users = conn
-        .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE {filter} ORDER BY id LIMIT ?2 OFFSET ?3"))?
+        .prepare_cached(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE {filter} ORDER BY id LIMIT ?2 OFFSET ?3"
+        ))?
         .query_map(params![pattern, limit, offset], user_from_row)?
         .collect::<Result<Vec<_>, _>>()?;
     Ok((count, users))
@@ -176,11 +222,18 @@ pub fn authenticate(conn: &Connection, now: Timestamp, secret: &str) -> Result<A
              FROM tokens t JOIN users u ON u.id = t.user_id JOIN wallets w ON w.user_id = t.user_id
              WHERE t.token_hash = ?1",
         )?
-        .query_row([&hash[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+        .query_row([&hash[..]], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
         .optional()?;
     match found {
         Some((user_id, is_staff, wallet_id, expires_at, None)) if expires_at > now.to_text() => {
-            Ok(AuthUser { user_id, is_staff, wallet_id, token_hash: hash })
+            Ok(AuthUser {
+                user_id,
+                is_staff,
+                wallet_id,
+                token_hash: hash,
+            })
         }
         _ => Err(AppError::Unauthorized),
     }
@@ -200,7 +253,8 @@ pub struct PasswordGuard {
 
 impl PasswordGuard {
     pub fn new(memory_kib: u32, iterations: u32, permits: usize) -> Result<PasswordGuard, String> {
-        let params = Params::new(memory_kib, iterations, 1, None).map_err(|e| format!("argon2 parameters: {e}"))?;
+        let params = Params::new(memory_kib, iterations, 1, None)
+            .map_err(|e| format!("argon2 parameters: {e}"))?;
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
         let mut guard = PasswordGuard {
             argon,
@@ -212,7 +266,9 @@ impl PasswordGuard {
         let mut random = [0u8; 16];
         rand::rng().fill_bytes(&mut random);
         let random: String = random.iter().map(|b| format!("{b:02x}")).collect();
-        guard.dummy_hash = guard.hash_now(&random).map_err(|e| format!("argon2: {e:?}"))?;
+        guard.dummy_hash = guard
+            .hash_now(&random)
+            .map_err(|e| format!("argon2: {e:?}"))?;
         Ok(guard)
     }
 
@@ -270,7 +326,11 @@ pub struct LoginThrottle {
 
 impl LoginThrottle {
     pub fn new(failures_max: u32, window: Duration) -> LoginThrottle {
-        LoginThrottle { failures_max, window, keys: Mutex::new(HashMap::new()) }
+        LoginThrottle {
+            failures_max,
+            window,
+            keys: Mutex::new(HashMap::new()),
+        }
     }
 
     /// `RateLimited` when any key has used up its failures in the current window.
@@ -316,7 +376,10 @@ impl LoginThrottle {
 
     /// A successful login clears the username's failures (not the address's).
     pub fn clear(&self, key: &str) {
-        self.keys.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        self.keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
     }
 }
 
@@ -339,7 +402,10 @@ mod tests {
         let t = new_token(Timestamp::from_micros(0).unwrap(), Duration::from_secs(60));
         assert_eq!(t.secret.len(), 64);
         assert_eq!(t.hash, hash_token(&t.secret));
-        assert_ne!(t.secret, new_token(Timestamp::from_micros(0).unwrap(), Duration::from_secs(60)).secret);
+        assert_ne!(
+            t.secret,
+            new_token(Timestamp::from_micros(0).unwrap(), Duration::from_secs(60)).secret
+        );
     }
 
     #[test]

@@ -66,12 +66,18 @@ impl Wakeup {
     }
 
     pub fn stop(&self) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).stopping = true;
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stopping = true;
         self.cond.notify_all();
     }
 
     pub fn is_stopping(&self) -> bool {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).stopping
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stopping
     }
 
     /// Sleeps up to `timeout`, returning early on a nudge or stop. Returns false when stopping.

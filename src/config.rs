@@ -9,7 +9,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::domain::Currency;
 
 #[derive(Parser, Debug)]
-#[command(name = "wallet", version, about = "A self-hosted wallet ledger: REST API over an embedded SQLite file.\n\nWith no subcommand, serves the API.")]
+#[command(
+    name = "wallet",
+    version,
+    about = "A self-hosted wallet ledger: REST API over an embedded SQLite file.\n\nWith no subcommand, serves the API."
+)]
 pub struct Cli {
     /// The SQLite database file; created on first start.
     #[arg(long, env = "WALLET_DB", default_value = "./wallet.db", global = true)]
@@ -143,9 +147,15 @@ pub struct ServeArgs {
     #[arg(long, env = "WALLET_SCHEDULE_HORIZON_DAYS", default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]
     pub schedule_horizon_days: u32,
 
-    /// Read timeout of a request body, in ms.
-    #[arg(long, env = "WALLET_REQUEST_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
-    pub request_timeout_ms: u64,
+    /// Socket read/write timeout, in ms: a client that sends nothing for this long (an idle
+    /// keep-alive connection, a stalled body) is disconnected.
+    #[arg(long, env = "WALLET_SOCKET_TIMEOUT_MS", default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub socket_timeout_ms: u64,
+
+    /// Open connections at most (each costs a thread and two descriptors); beyond it a new
+    /// connection is answered 503 and closed.
+    #[arg(long, env = "WALLET_CONNECTIONS_MAX", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub connections_max: u32,
 
     /// How long in-flight requests may take to finish at shutdown, in ms.
     #[arg(long, env = "WALLET_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
@@ -159,7 +169,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         Some(i) => s.split_at(i),
         None => (s, "s"),
     };
-    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a duration such as 90s, 15m, 24h or 7d"))?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 90s, 15m, 24h or 7d"))?;
     let secs = match unit {
         "s" => Some(n),
         "m" => n.checked_mul(60),
@@ -168,7 +180,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => None,
     }
     .filter(|s| *s > 0 && *s <= 10 * 365 * 86_400)
-    .ok_or_else(|| format!("{s:?} is not a duration from 1s to 3650d such as 90s, 15m, 24h or 7d"))?;
+    .ok_or_else(|| {
+        format!("{s:?} is not a duration from 1s to 3650d such as 90s, 15m, 24h or 7d")
+    })?;
     Ok(Duration::from_secs(secs))
 }
 
@@ -191,7 +205,9 @@ impl Config {
             .map_err(|e| format!("--snapshot-cron/WALLET_SNAPSHOT_CRON: {e}"))?;
         if let Some(url) = &serve.payout_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(format!("--payout-url/WALLET_PAYOUT_URL: {url:?} is not an http(s) URL"));
+                return Err(format!(
+                    "--payout-url/WALLET_PAYOUT_URL: {url:?} is not an http(s) URL"
+                ));
             }
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -200,7 +216,13 @@ impl Config {
             Some(n) => usize::from(n),
             None => cores.saturating_sub(1).max(1),
         };
-        Ok(Config { db, serve, currency, snapshot_schedule, hash_threads })
+        Ok(Config {
+            db,
+            serve,
+            currency,
+            snapshot_schedule,
+            hash_threads,
+        })
     }
 
     /// Settings for tests and tools: everything default, cheap password hashing.

@@ -10,19 +10,30 @@ pub enum AppError {
     InvalidCredentials,
     Forbidden,
     NotFound(&'static str),
-    MethodNotAllowed { allow: &'static str },
+    MethodNotAllowed {
+        allow: &'static str,
+    },
     /// A reference reused with a different payload; `holder` names what holds it.
-    ReferenceConflict { holder: String },
+    ReferenceConflict {
+        holder: String,
+    },
     UsernameTaken,
     EmailTaken,
     /// A state conflict, such as cancelling a withdrawal that is no longer pending.
     Conflict(String),
-    PayloadTooLarge { limit_bytes: usize },
+    PayloadTooLarge {
+        limit_bytes: usize,
+    },
     UnsupportedMediaType,
     /// Field name → messages.
     Validation(BTreeMap<String, Vec<String>>),
-    InsufficientFunds { available: String, required: String },
-    RateLimited { retry_after_s: u64 },
+    InsufficientFunds {
+        available: String,
+        required: String,
+    },
+    RateLimited {
+        retry_after_s: u64,
+    },
     Unavailable(&'static str),
     /// A bug or an environment failure. The string goes to the log only.
     Internal(String),
@@ -46,7 +57,10 @@ pub struct FieldErrors(BTreeMap<String, Vec<String>>);
 
 impl FieldErrors {
     pub fn add(&mut self, field: &str, message: impl Into<String>) {
-        self.0.entry(field.to_string()).or_default().push(message.into());
+        self.0
+            .entry(field.to_string())
+            .or_default()
+            .push(message.into());
     }
 
     /// Records the error of `result` under `field`, returning the value when it parsed.

@@ -7,7 +7,11 @@ use std::sync::atomic::{AtomicU8, Ordering};
 static LEVEL: AtomicU8 = AtomicU8::new(2);
 
 pub fn init_from_env() {
-    let level = match std::env::var("WALLET_LOG").unwrap_or_default().to_lowercase().as_str() {
+    let level = match std::env::var("WALLET_LOG")
+        .unwrap_or_default()
+        .to_lowercase()
+        .as_str()
+    {
         "off" => 0,
         "error" => 1,
         "warn" => 1,

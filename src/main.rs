@@ -10,7 +10,12 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
             // One line naming the setting, and exit code 2.
-            let first = e.to_string().lines().next().unwrap_or("invalid arguments").to_string();
+            let first = e
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or("invalid arguments")
+                .to_string();
             eprintln!("{first}");
             return ExitCode::from(2);
         }

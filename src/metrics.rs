@@ -11,7 +11,9 @@ use crate::db::WriterStats;
 use crate::domain::EntryKind;
 
 /// Upper bounds of the latency histogram buckets, in seconds.
-const BUCKETS_S: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+const BUCKETS_S: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
 
 #[derive(Default)]
 pub struct Counter(AtomicU64);
@@ -52,7 +54,12 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn observe_request(&self, route: &'static str, status: u16, took: Duration) {
-        *self.requests.lock().unwrap_or_else(|p| p.into_inner()).entry((route, status)).or_default() += 1;
+        *self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((route, status))
+            .or_default() += 1;
         let s = took.as_secs_f64();
         let mut lat = self.latency.lock().unwrap_or_else(|p| p.into_inner());
         let h = lat.entry(route).or_default();
@@ -71,46 +78,141 @@ impl Metrics {
     /// The Prometheus text exposition format.
     pub fn render(&self, writer: &WriterStats) -> String {
         let mut out = String::new();
-        out.push_str("# HELP wallet_http_requests_total HTTP requests by route template and status.\n");
+        out.push_str(
+            "# HELP wallet_http_requests_total HTTP requests by route template and status.\n",
+        );
         out.push_str("# TYPE wallet_http_requests_total counter\n");
-        for ((route, status), n) in self.requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            let _ = writeln!(out, "wallet_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
+        for ((route, status), n) in self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "wallet_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+            );
         }
-        out.push_str("# HELP wallet_http_request_duration_seconds Request latency by route template.\n");
+        out.push_str(
+            "# HELP wallet_http_request_duration_seconds Request latency by route template.\n",
+        );
         out.push_str("# TYPE wallet_http_request_duration_seconds histogram\n");
-        for (route, h) in self.latency.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for (route, h) in self
+            .latency
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
             let mut cumulative = 0;
             for (b, n) in BUCKETS_S.iter().zip(h.buckets) {
                 cumulative += n;
                 let _ = writeln!(out, "wallet_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{b}\"}} {cumulative}");
             }
-            let _ = writeln!(out, "wallet_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}", h.count);
-            let _ = writeln!(out, "wallet_http_request_duration_seconds_sum{{route=\"{route}\"}} {}", h.sum_s);
-            let _ = writeln!(out, "wallet_http_request_duration_seconds_count{{route=\"{route}\"}} {}", h.count);
+            let _ = writeln!(
+                out,
+                "wallet_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "wallet_http_request_duration_seconds_sum{{route=\"{route}\"}} {}",
+                h.sum_s
+            );
+            let _ = writeln!(
+                out,
+                "wallet_http_request_duration_seconds_count{{route=\"{route}\"}} {}",
+                h.count
+            );
         }
-        out.push_str("# HELP wallet_money_moved_minor_total Money moved, in minor units, by entry type.\n");
+        out.push_str(
+            "# HELP wallet_money_moved_minor_total Money moved, in minor units, by entry type.\n",
+        );
         out.push_str("# TYPE wallet_money_moved_minor_total counter\n");
         for (kind, c) in EntryKind::ALL.iter().zip(&self.money_minor) {
-            let _ = writeln!(out, "wallet_money_moved_minor_total{{type=\"{}\"}} {}", kind.as_str(), c.get());
+            let _ = writeln!(
+                out,
+                "wallet_money_moved_minor_total{{type=\"{}\"}} {}",
+                kind.as_str(),
+                c.get()
+            );
         }
         let counters: [(&str, &str, u64); 14] = [
-            ("wallet_failed_logins_total", "Logins refused for wrong credentials.", self.failed_logins.get()),
-            ("wallet_snapshot_runs_total", "Balance snapshot runs completed.", self.snapshot_runs.get()),
-            ("wallet_snapshot_mismatches_total", "Wallets whose snapshot disagreed with the running balance.", self.snapshot_mismatches.get()),
-            ("wallet_payouts_succeeded_total", "Scheduled withdrawals paid out.", self.payouts_succeeded.get()),
-            ("wallet_payouts_failed_total", "Scheduled withdrawals failed (and refunded when debited).", self.payouts_failed.get()),
-            ("wallet_payout_retries_total", "Payout attempts that will be retried.", self.payouts_retried.get()),
-            ("wallet_unavailable_total", "Requests answered 503 (busy database, full queue, shutdown).", self.unavailable.get()),
-            ("wallet_handler_panics_total", "Requests whose handler panicked (answered 500).", self.panics.get()),
-            ("wallet_writer_batches_total", "Write transactions committed or attempted by the writer.", writer.batches.load(Ordering::Relaxed)),
-            ("wallet_writer_jobs_total", "Write jobs run by the writer.", writer.jobs.load(Ordering::Relaxed)),
-            ("wallet_writer_jobs_rolled_back_total", "Write jobs rolled back to their savepoint.", writer.jobs_rolled_back.load(Ordering::Relaxed)),
-            ("wallet_writer_commit_failures_total", "Write transactions that failed to commit.", writer.commit_failures.load(Ordering::Relaxed)),
-            ("wallet_writer_queue_full_total", "Writes refused because the writer's queue was full.", writer.queue_full.load(Ordering::Relaxed)),
-            ("wallet_db_busy_total", "Database busy waits that ran out (503).", writer.commit_failures.load(Ordering::Relaxed)),
+            (
+                "wallet_failed_logins_total",
+                "Logins refused for wrong credentials.",
+                self.failed_logins.get(),
+            ),
+            (
+                "wallet_snapshot_runs_total",
+                "Balance snapshot runs completed.",
+                self.snapshot_runs.get(),
+            ),
+            (
+                "wallet_snapshot_mismatches_total",
+                "Wallets whose snapshot disagreed with the running balance.",
+                self.snapshot_mismatches.get(),
+            ),
+            (
+                "wallet_payouts_succeeded_total",
+                "Scheduled withdrawals paid out.",
+                self.payouts_succeeded.get(),
+            ),
+            (
+                "wallet_payouts_failed_total",
+                "Scheduled withdrawals failed (and refunded when debited).",
+                self.payouts_failed.get(),
+            ),
+            (
+                "wallet_payout_retries_total",
+                "Payout attempts that will be retried.",
+                self.payouts_retried.get(),
+            ),
+            (
+                "wallet_unavailable_total",
+                "Requests answered 503 (busy database, full queue, shutdown).",
+                self.unavailable.get(),
+            ),
+            (
+                "wallet_handler_panics_total",
+                "Requests whose handler panicked (answered 500).",
+                self.panics.get(),
+            ),
+            (
+                "wallet_writer_batches_total",
+                "Write transactions committed or attempted by the writer.",
+                writer.batches.load(Ordering::Relaxed),
+            ),
+            (
+                "wallet_writer_jobs_total",
+                "Write jobs run by the writer.",
+                writer.jobs.load(Ordering::Relaxed),
+            ),
+            (
+                "wallet_writer_jobs_rolled_back_total",
+                "Write jobs rolled back to their savepoint.",
+                writer.jobs_rolled_back.load(Ordering::Relaxed),
+            ),
+            (
+                "wallet_writer_commit_failures_total",
+                "Write transactions that failed to commit.",
+                writer.commit_failures.load(Ordering::Relaxed),
+            ),
+            (
+                "wallet_writer_queue_full_total",
+                "Writes refused because the writer's queue was full.",
+                writer.queue_full.load(Ordering::Relaxed),
+            ),
+            (
+                "wallet_db_busy_total",
+                "Database busy waits that ran out (503).",
+                writer.commit_failures.load(Ordering::Relaxed),
+            ),
         ];
         for (name, help, v) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
         }
         out
     }

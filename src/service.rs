@@ -44,7 +44,9 @@ pub enum WithdrawResult {
 }
 
 impl Service {
-    fn read(&self) -> Result<r2d2::PooledConnection<r2d2_sqlite::SqliteConnectionManager>, AppError> {
+    fn read(
+        &self,
+    ) -> Result<r2d2::PooledConnection<r2d2_sqlite::SqliteConnectionManager>, AppError> {
         Ok(self.pool.get()?)
     }
 
@@ -67,7 +69,10 @@ impl Service {
         let ttl = self.config.serve.token_ttl;
         let (user, token) = self.writer.execute(move |conn, now| {
             // The token's expiry counts from the commit's time, not from before hashing.
-            let token = IssuedToken { expires_at: accounts::new_token(now, ttl).expires_at, ..token };
+            let token = IssuedToken {
+                expires_at: accounts::new_token(now, ttl).expires_at,
+                ..token
+            };
             let user = accounts::create_user(conn, now, &new_user, Some(&token))?;
             Ok((user, token))
         })?;
@@ -75,12 +80,19 @@ impl Service {
     }
 
     /// Unknown user and wrong password give the same error after the same work.
-    pub fn login(&self, username: &str, password: &str, client: &str) -> Result<(User, IssuedToken), AppError> {
+    pub fn login(
+        &self,
+        username: &str,
+        password: &str,
+        client: &str,
+    ) -> Result<(User, IssuedToken), AppError> {
         let user_key = format!("u:{}", username.to_lowercase());
         let keys = [user_key.clone(), format!("ip:{client}")];
         self.throttle.check(&keys)?;
         let found = accounts::find_login(&*self.read()?, username)?;
-        let ok = self.passwords.verify(password, found.as_ref().map(|(_, h)| h.as_str()))?;
+        let ok = self
+            .passwords
+            .verify(password, found.as_ref().map(|(_, h)| h.as_str()))?;
         let user = match found {
             Some((user, _)) if ok => user,
             _ => {
@@ -102,7 +114,8 @@ impl Service {
 
     pub fn logout(&self, auth: &AuthUser) -> Result<(), AppError> {
         let hash = auth.token_hash;
-        self.writer.execute(move |conn, now| accounts::revoke_token(conn, now, &hash))
+        self.writer
+            .execute(move |conn, now| accounts::revoke_token(conn, now, &hash))
     }
 
     pub fn authenticate(&self, secret: &str) -> Result<AuthUser, AppError> {
@@ -119,17 +132,29 @@ impl Service {
 
     pub fn deposit(&self, auth: &AuthUser, m: Movement) -> Result<Outcome<Entry>, AppError> {
         let (currency, wallet) = (self.config.currency.clone(), auth.wallet_id.clone());
-        let out = self.writer.execute(move |conn, now| ledger::deposit(conn, now, &currency, &wallet, &m))?;
+        let out = self
+            .writer
+            .execute(move |conn, now| ledger::deposit(conn, now, &currency, &wallet, &m))?;
         self.count_money(&out, |e| vec![e]);
         Ok(out)
     }
 
-    pub fn withdraw(&self, auth: &AuthUser, m: Movement, at: Option<Timestamp>) -> Result<Outcome<WithdrawResult>, AppError> {
+    pub fn withdraw(
+        &self,
+        auth: &AuthUser,
+        m: Movement,
+        at: Option<Timestamp>,
+    ) -> Result<Outcome<WithdrawResult>, AppError> {
         let (currency, wallet) = (self.config.currency.clone(), auth.wallet_id.clone());
         let Some(at) = at else {
-            let out = self.writer.execute(move |conn, now| ledger::withdraw_now(conn, now, &currency, &wallet, &m))?;
+            let out = self.writer.execute(move |conn, now| {
+                ledger::withdraw_now(conn, now, &currency, &wallet, &m)
+            })?;
             self.count_money(&out, |e| vec![e]);
-            return Ok(Outcome { value: WithdrawResult::Now(out.value), replayed: out.replayed });
+            return Ok(Outcome {
+                value: WithdrawResult::Now(out.value),
+                replayed: out.replayed,
+            });
         };
         let horizon_days = i64::from(self.config.serve.schedule_horizon_days);
         let out = self.writer.execute(move |conn, now| {
@@ -137,19 +162,33 @@ impl Service {
                 return Err(AppError::field("scheduled_at", "must be in the future"));
             }
             if at > now.plus_millis(horizon_days * 86_400_000) {
-                return Err(AppError::field("scheduled_at", format!("must be at most {horizon_days} days ahead")));
+                return Err(AppError::field(
+                    "scheduled_at",
+                    format!("must be at most {horizon_days} days ahead"),
+                ));
             }
             withdrawals::schedule(conn, now, &wallet, &m, at)
         })?;
         self.payout_wakeup.nudge();
-        Ok(Outcome { value: WithdrawResult::Scheduled(out.value), replayed: out.replayed })
+        Ok(Outcome {
+            value: WithdrawResult::Scheduled(out.value),
+            replayed: out.replayed,
+        })
     }
 
-    pub fn transfer(&self, auth: &AuthUser, req: TransferRequest) -> Result<Outcome<TransferResult>, AppError> {
-        let (currency, wallet, user_id) = (self.config.currency.clone(), auth.wallet_id.clone(), auth.user_id);
-        let out = self
-            .writer
-            .execute(move |conn, now| ledger::transfer(conn, now, &currency, (user_id, &wallet), &req))?;
+    pub fn transfer(
+        &self,
+        auth: &AuthUser,
+        req: TransferRequest,
+    ) -> Result<Outcome<TransferResult>, AppError> {
+        let (currency, wallet, user_id) = (
+            self.config.currency.clone(),
+            auth.wallet_id.clone(),
+            auth.user_id,
+        );
+        let out = self.writer.execute(move |conn, now| {
+            ledger::transfer(conn, now, &currency, (user_id, &wallet), &req)
+        })?;
         self.count_money(&out, |t| vec![t.transfer_out]);
         Ok(out)
     }
@@ -166,7 +205,11 @@ impl Service {
         queries::history(&*self.read()?, wallet_id, q)
     }
 
-    pub fn balance_at(&self, wallet_id: &str, at: Option<Timestamp>) -> Result<(i64, Timestamp), AppError> {
+    pub fn balance_at(
+        &self,
+        wallet_id: &str,
+        at: Option<Timestamp>,
+    ) -> Result<(i64, Timestamp), AppError> {
         let now = self.now();
         let at = at.unwrap_or(now);
         if at > now {
@@ -175,7 +218,13 @@ impl Service {
         Ok((queries::balance_at(&*self.read()?, wallet_id, at)?, at))
     }
 
-    pub fn withdrawals(&self, wallet_id: &str, status: Option<WithdrawalStatus>, limit: u32, offset: u32) -> Result<(i64, Vec<Withdrawal>), AppError> {
+    pub fn withdrawals(
+        &self,
+        wallet_id: &str,
+        status: Option<WithdrawalStatus>,
+        limit: u32,
+        offset: u32,
+    ) -> Result<(i64, Vec<Withdrawal>), AppError> {
         withdrawals::list(&*self.read()?, wallet_id, status, limit, offset)
     }
 
@@ -185,22 +234,42 @@ impl Service {
 
     pub fn cancel_withdrawal(&self, wallet_id: &str, id: &str) -> Result<Withdrawal, AppError> {
         let (wallet, id) = (wallet_id.to_string(), id.to_string());
-        self.writer.execute(move |conn, now| withdrawals::cancel(conn, now, &wallet, &id))
+        self.writer
+            .execute(move |conn, now| withdrawals::cancel(conn, now, &wallet, &id))
     }
 
-    pub fn admin_users(&self, search: Option<&str>, limit: u32, offset: u32) -> Result<(i64, Vec<User>), AppError> {
+    pub fn admin_users(
+        &self,
+        search: Option<&str>,
+        limit: u32,
+        offset: u32,
+    ) -> Result<(i64, Vec<User>), AppError> {
         accounts::list_users(&*self.read()?, search, limit, offset)
     }
 
     /// An operator deposit into any user's wallet, recorded in the audit log with the staff id.
-    pub fn admin_credit(&self, staff: &AuthUser, user_id: i64, m: Movement) -> Result<Outcome<Entry>, AppError> {
+    pub fn admin_credit(
+        &self,
+        staff: &AuthUser,
+        user_id: i64,
+        m: Movement,
+    ) -> Result<Outcome<Entry>, AppError> {
         let wallet = queries::wallet_of_user(&*self.read()?, user_id)?;
         let (currency, staff_id) = (self.config.currency.clone(), staff.user_id);
         let out = self.writer.execute(move |conn, now| {
             let out = ledger::deposit(conn, now, &currency, &wallet.id, &m)?;
             if !out.replayed {
-                let detail = serde_json::json!({"entry_id": out.value.id, "amount": out.value.amount}).to_string();
-                audit(conn, now, staff_id, "credit", &format!("user:{user_id}"), &detail)?;
+                let detail =
+                    serde_json::json!({"entry_id": out.value.id, "amount": out.value.amount})
+                        .to_string();
+                audit(
+                    conn,
+                    now,
+                    staff_id,
+                    "credit",
+                    &format!("user:{user_id}"),
+                    &detail,
+                )?;
             }
             Ok(out)
         })?;
@@ -209,9 +278,15 @@ impl Service {
     }
 
     /// Records a staff read in the audit log.
-    pub fn audit_read(&self, staff: &AuthUser, action: &'static str, target: String) -> Result<(), AppError> {
+    pub fn audit_read(
+        &self,
+        staff: &AuthUser,
+        action: &'static str,
+        target: String,
+    ) -> Result<(), AppError> {
         let staff_id = staff.user_id;
-        self.writer.execute(move |conn, now| audit(conn, now, staff_id, action, &target, "{}"))
+        self.writer
+            .execute(move |conn, now| audit(conn, now, staff_id, action, &target, "{}"))
     }
 
     /// `/health`: the database answers a query.
@@ -222,7 +297,14 @@ impl Service {
     }
 }
 
-fn audit(conn: &rusqlite::Connection, now: Timestamp, staff: i64, action: &str, target: &str, detail: &str) -> Result<(), AppError> {
+fn audit(
+    conn: &rusqlite::Connection,
+    now: Timestamp,
+    staff: i64,
+    action: &str,
+    target: &str,
+    detail: &str,
+) -> Result<(), AppError> {
     conn.prepare_cached(
         "INSERT INTO audit_log (staff_user_id, action, target, detail, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?

@@ -53,15 +53,29 @@ impl App {
             config.serve.write_queue_max as usize,
         );
         let threads = usize::from(config.serve.threads);
-        let pool = db::reader_pool(&config.db, (threads as u32).clamp(2, READER_CONNECTIONS_MAX) + 2)?;
-        let passwords = PasswordGuard::new(config.serve.argon2_memory_kib, config.serve.argon2_iterations, config.hash_threads)?;
+        let pool = db::reader_pool(
+            &config.db,
+            (threads as u32).clamp(2, READER_CONNECTIONS_MAX) + 2,
+        )?;
+        let passwords = PasswordGuard::new(
+            config.serve.argon2_memory_kib,
+            config.serve.argon2_iterations,
+            config.hash_threads,
+        )?;
         let metrics = Arc::new(Metrics::default());
         let payout_wakeup = Arc::new(Wakeup::default());
         let snapshot_wakeup = Arc::new(Wakeup::default());
-        let listener = TcpListener::bind(config.serve.listen)
-            .map_err(|e| format!("--listen/WALLET_LISTEN: cannot listen on {}: {e}", config.serve.listen))?;
+        let listener = TcpListener::bind(config.serve.listen).map_err(|e| {
+            format!(
+                "--listen/WALLET_LISTEN: cannot listen on {}: {e}",
+                config.serve.listen
+            )
+        })?;
         let service = Arc::new(Service {
-            throttle: LoginThrottle::new(config.serve.login_failures_max, config.serve.login_window),
+            throttle: LoginThrottle::new(
+                config.serve.login_failures_max,
+                config.serve.login_window,
+            ),
             config: config.clone(),
             pool: pool.clone(),
             writer: writer.clone(),
@@ -88,7 +102,15 @@ impl App {
         .spawn()];
         if let Some(schedule) = config.snapshot_schedule.clone() {
             jobs.push(
-                SnapshotJob { schedule, writer, pool, clock, wakeup: snapshot_wakeup.clone(), metrics }.spawn(),
+                SnapshotJob {
+                    schedule,
+                    writer,
+                    pool,
+                    clock,
+                    wakeup: snapshot_wakeup.clone(),
+                    metrics,
+                }
+                .spawn(),
             );
         }
         Ok(App {
@@ -132,7 +154,10 @@ impl App {
 fn raise_descriptor_limit() {
     // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
     unsafe {
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max.min(1 << 20);
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);

@@ -12,7 +12,8 @@ use crate::domain::{Email, Password, Username};
 use crate::ledger::snapshot;
 
 fn open_migrated(path: &Path) -> Result<rusqlite::Connection, String> {
-    let mut conn = db::open(path, Synchronous::Full).map_err(|e| format!("--db: cannot open {}: {e}", path.display()))?;
+    let mut conn = db::open(path, Synchronous::Full)
+        .map_err(|e| format!("--db: cannot open {}: {e}", path.display()))?;
     db::migrate(&mut conn)?;
     Ok(conn)
 }
@@ -51,7 +52,10 @@ fn read_password() -> Result<String, String> {
         Ok(first)
     } else {
         let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line).map_err(|e| format!("cannot read the password from standard input: {e}"))?;
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read the password from standard input: {e}"))?;
         Ok(line.trim_end_matches(['\r', '\n']).to_string())
     }
 }
@@ -67,15 +71,29 @@ pub fn createsuperuser(db_path: &Path, username: &str, email: &str) -> Result<St
     let guard = PasswordGuard::new(19_456, 2, 1)?;
     let password_hash = guard.hash(&password).map_err(|e| format!("{e:?}"))?;
     let writer = DirectWriter::new(conn, Arc::new(SystemClock));
-    let new_user = NewUser { username, email, password_hash, first_name: String::new(), last_name: String::new(), is_staff: true };
+    let new_user = NewUser {
+        username,
+        email,
+        password_hash,
+        first_name: String::new(),
+        last_name: String::new(),
+        is_staff: true,
+    };
     let user = writer
         .exec(move |conn, now| accounts::create_user(conn, now, &new_user, None))
         .map_err(|e| match e {
-            crate::error::AppError::UsernameTaken => "--username: a user with this username already exists".to_string(),
-            crate::error::AppError::EmailTaken => "--email: a user with this email already exists".to_string(),
+            crate::error::AppError::UsernameTaken => {
+                "--username: a user with this username already exists".to_string()
+            }
+            crate::error::AppError::EmailTaken => {
+                "--email: a user with this email already exists".to_string()
+            }
             other => format!("cannot create the user: {other:?}"),
         })?;
-    Ok(format!("created staff user {} (id {})", user.username, user.id))
+    Ok(format!(
+        "created staff user {} (id {})",
+        user.username, user.id
+    ))
 }
 
 /// Runs one snapshot. `Ok(false)` when a mismatch was found.
@@ -95,7 +113,10 @@ pub fn snapshot_now(db_path: &Path) -> Result<bool, String> {
         started.elapsed().as_secs_f64()
     );
     for m in &report.mismatches {
-        println!("mismatch: wallet {} computed {} from entries, running balance {}", m.wallet_id, m.computed, m.running);
+        println!(
+            "mismatch: wallet {} computed {} from entries, running balance {}",
+            m.wallet_id, m.computed, m.running
+        );
     }
     Ok(report.mismatches.is_empty())
 }
@@ -105,13 +126,18 @@ pub fn verify(db_path: &Path) -> Result<bool, String> {
         return Err(format!("--db: {} does not exist", db_path.display()));
     }
     let mut conn = open_migrated(db_path)?;
-    let report = crate::verify::verify(&mut conn).map_err(|e| format!("verify failed to read the database: {e}"))?;
+    let report = crate::verify::verify(&mut conn)
+        .map_err(|e| format!("verify failed to read the database: {e}"))?;
     println!(
         "verified {} entries in {} wallets in {:.3}s: {}",
         report.entries,
         report.wallets,
         report.took.as_secs_f64(),
-        if report.ok() { "OK".to_string() } else { format!("{} findings", report.findings_total) }
+        if report.ok() {
+            "OK".to_string()
+        } else {
+            format!("{} findings", report.findings_total)
+        }
     );
     for f in &report.findings {
         println!("finding: {f}");
@@ -121,12 +147,20 @@ pub fn verify(db_path: &Path) -> Result<bool, String> {
 
 pub fn backup(db_path: &Path, target: &Path) -> Result<String, String> {
     if target.exists() {
-        return Err(format!("{} exists already; choose a new file", target.display()));
+        return Err(format!(
+            "{} exists already; choose a new file",
+            target.display()
+        ));
     }
     if !db_path.exists() {
         return Err(format!("--db: {} does not exist", db_path.display()));
     }
     let conn = db::open(db_path, Synchronous::Full).map_err(|e| e.to_string())?;
-    conn.backup(rusqlite::MAIN_DB, target, None).map_err(|e| format!("backup failed: {e}"))?;
-    Ok(format!("backed up {} to {}", db_path.display(), target.display()))
+    conn.backup(rusqlite::MAIN_DB, target, None)
+        .map_err(|e| format!("backup failed: {e}"))?;
+    Ok(format!(
+        "backed up {} to {}",
+        db_path.display(),
+        target.display()
+    ))
 }

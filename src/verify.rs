@@ -51,24 +51,37 @@ pub fn verify(conn: &mut Connection) -> Result<VerifyReport, rusqlite::Error> {
     let mut running: HashMap<String, i64> = HashMap::new();
     let mut prev_hash = GENESIS_HASH.to_vec();
     let mut expected_seq = 1;
-    let (mut deposits, mut withdrawals, mut refunds, mut outs, mut ins) = (0i128, 0i128, 0i128, 0i128, 0i128);
+    let (mut deposits, mut withdrawals, mut refunds, mut outs, mut ins) =
+        (0i128, 0i128, 0i128, 0i128, 0i128);
     {
-        let mut stmt = tx.prepare(&format!("SELECT {ENTRY_COLUMNS}, hash FROM entries ORDER BY seq"))?;
+        let mut stmt = tx.prepare(&format!(
+            "SELECT {ENTRY_COLUMNS}, hash FROM entries ORDER BY seq"
+        ))?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
             let e = entry_from_row(row)?;
             let stored: Vec<u8> = row.get(11)?;
             report.entries += 1;
             if e.seq != expected_seq {
-                report.find(format!("entry seq {}: expected seq {expected_seq} (a row is missing)", e.seq));
+                report.find(format!(
+                    "entry seq {}: expected seq {expected_seq} (a row is missing)",
+                    e.seq
+                ));
             }
             expected_seq = e.seq + 1;
             if entry_hash(&prev_hash, &e)[..] != stored[..] {
-                report.find(format!("entry seq {} (id {}): hash does not match its content and predecessor", e.seq, e.id));
+                report.find(format!(
+                    "entry seq {} (id {}): hash does not match its content and predecessor",
+                    e.seq, e.id
+                ));
             }
             prev_hash = stored;
             let bal = running.entry(e.wallet_id.clone()).or_insert(0);
-            *bal += if e.kind.is_credit() { e.amount } else { -e.amount };
+            *bal += if e.kind.is_credit() {
+                e.amount
+            } else {
+                -e.amount
+            };
             if *bal != e.balance_after {
                 report.find(format!(
                     "entry seq {} (id {}): balance_after {} but the entries before it sum to {}",
@@ -101,7 +114,9 @@ pub fn verify(conn: &mut Connection) -> Result<VerifyReport, rusqlite::Error> {
             }
             let from_entries = running.get(&id).copied().unwrap_or(0);
             if balance != from_entries {
-                report.find(format!("wallet {id}: balance {balance} but its entries sum to {from_entries}"));
+                report.find(format!(
+                    "wallet {id}: balance {balance} but its entries sum to {from_entries}"
+                ));
             }
         }
     }
@@ -120,7 +135,9 @@ pub fn verify(conn: &mut Connection) -> Result<VerifyReport, rusqlite::Error> {
         |r| r.get(0),
     )?;
     if unrefunded > 0 {
-        report.find(format!("{unrefunded} failed withdrawals took money without a refund"));
+        report.find(format!(
+            "{unrefunded} failed withdrawals took money without a refund"
+        ));
     }
     tx.commit()?;
     report.took = started.elapsed();

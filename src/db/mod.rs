@@ -86,23 +86,33 @@ pub fn migrate(conn: &mut Connection) -> Result<(), String> {
         .map_err(|e| format!("cannot lock the database to migrate it: {e}"))?;
     if version == 0 {
         let tables: i64 = tx
-            .query_row("SELECT count(*) FROM sqlite_schema WHERE type = 'table'", [], |r| r.get(0))
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'table'",
+                [],
+                |r| r.get(0),
+            )
             .map_err(|e| e.to_string())?;
         if tables > 0 {
             return Err("the database file holds tables but no wallet schema version; is it another program's?".into());
         }
-        tx.execute_batch(SCHEMA_SQL).map_err(|e| format!("cannot apply schema.sql: {e}"))?;
+        tx.execute_batch(SCHEMA_SQL)
+            .map_err(|e| format!("cannot apply schema.sql: {e}"))?;
     }
     tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
         .map_err(|e| e.to_string())?;
-    tx.commit().map_err(|e| format!("cannot commit the schema: {e}"))
+    tx.commit()
+        .map_err(|e| format!("cannot commit the schema: {e}"))
 }
 
 /// Records the currency on first start; afterwards the configured one must match while the
 /// database holds any money, because stored minor units mean nothing at another scale.
 pub fn check_currency(conn: &Connection, currency: &Currency) -> Result<(), String> {
     let stored: Option<(String, u32)> = conn
-        .query_row("SELECT currency, scale FROM settings WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(
+            "SELECT currency, scale FROM settings WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .optional()
         .map_err(|e| e.to_string())?;
     let has_money: bool = conn
@@ -129,7 +139,11 @@ pub fn check_currency(conn: &Connection, currency: &Currency) -> Result<(), Stri
 /// The stored currency, for tools that run without the server's flags.
 pub fn stored_currency(conn: &Connection) -> Result<Currency, String> {
     let (code, scale): (String, u32) = conn
-        .query_row("SELECT currency, scale FROM settings WHERE id = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(
+            "SELECT currency, scale FROM settings WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .optional()
         .map_err(|e| e.to_string())?
         .unwrap_or(("USD".into(), 2));
@@ -142,14 +156,18 @@ pub trait Exec {
     fn exec<T, F>(&self, f: F) -> Result<T, crate::error::AppError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, crate::domain::Timestamp) -> Result<T, crate::error::AppError> + Send + 'static;
+        F: FnOnce(&Connection, crate::domain::Timestamp) -> Result<T, crate::error::AppError>
+            + Send
+            + 'static;
 }
 
 impl Exec for Writer {
     fn exec<T, F>(&self, f: F) -> Result<T, crate::error::AppError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, crate::domain::Timestamp) -> Result<T, crate::error::AppError> + Send + 'static,
+        F: FnOnce(&Connection, crate::domain::Timestamp) -> Result<T, crate::error::AppError>
+            + Send
+            + 'static,
     {
         self.execute(f)
     }
@@ -163,7 +181,10 @@ pub struct DirectWriter {
 
 impl DirectWriter {
     pub fn new(conn: Connection, clock: crate::clock::SharedClock) -> DirectWriter {
-        DirectWriter { conn: std::sync::Mutex::new(conn), clock }
+        DirectWriter {
+            conn: std::sync::Mutex::new(conn),
+            clock,
+        }
     }
 }
 
@@ -171,7 +192,9 @@ impl Exec for DirectWriter {
     fn exec<T, F>(&self, f: F) -> Result<T, crate::error::AppError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, crate::domain::Timestamp) -> Result<T, crate::error::AppError> + Send + 'static,
+        F: FnOnce(&Connection, crate::domain::Timestamp) -> Result<T, crate::error::AppError>
+            + Send
+            + 'static,
     {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;

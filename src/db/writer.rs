@@ -83,7 +83,9 @@ impl Writer {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
-                return Err(AppError::Unavailable("the server is at capacity; try again"));
+                return Err(AppError::Unavailable(
+                    "the server is at capacity; try again",
+                ));
             }
             Err(TrySendError::Disconnected(_)) => {
                 return Err(AppError::Unavailable("the server is shutting down"))
@@ -95,10 +97,17 @@ impl Writer {
     }
 }
 
-fn run(conn: Connection, rx: Receiver<Job>, clock: SharedClock, batch_max: usize, stats: &WriterStats) {
+fn run(
+    conn: Connection,
+    rx: Receiver<Job>,
+    clock: SharedClock,
+    batch_max: usize,
+    stats: &WriterStats,
+) {
     let mut last_now = clock.now();
     let mut batch: Vec<Job> = Vec::with_capacity(batch_max);
-    let mut answers: Vec<Box<dyn FnOnce(Result<(), AppError>) + Send>> = Vec::with_capacity(batch_max);
+    let mut answers: Vec<Box<dyn FnOnce(Result<(), AppError>) + Send>> =
+        Vec::with_capacity(batch_max);
     // Blocks for the first job, then takes whatever else is already waiting: under light load
     // a job is committed at once, under heavy load many share one commit.
     while let Ok(first) = rx.recv() {
@@ -117,7 +126,10 @@ fn run(conn: Connection, rx: Receiver<Job>, clock: SharedClock, batch_max: usize
         stats.batches.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = &outcome {
             stats.commit_failures.fetch_add(1, Ordering::Relaxed);
-            crate::log::error(&format!("writer: batch of {} not committed: {e:?}", answers.len()));
+            crate::log::error(&format!(
+                "writer: batch of {} not committed: {e:?}",
+                answers.len()
+            ));
         }
         for answer in answers.drain(..) {
             answer(outcome.clone());
@@ -139,7 +151,9 @@ fn run_batch(
     for job in batch.drain(..) {
         stats.jobs.fetch_add(1, Ordering::Relaxed);
         let step = conn.execute_batch("SAVEPOINT job");
-        let ran = step.is_ok().then(|| catch_unwind(AssertUnwindSafe(|| job(conn, now))));
+        let ran = step
+            .is_ok()
+            .then(|| catch_unwind(AssertUnwindSafe(|| job(conn, now))));
         let keep = matches!(&ran, Some(Ok(r)) if r.keep);
         let end = if keep {
             conn.execute_batch("RELEASE job")

@@ -28,17 +28,28 @@ impl Currency {
     pub fn new(code: &str, scale: u32, amount_max_units: i64) -> Result<Currency, String> {
         let code_ok = code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase());
         if !code_ok {
-            return Err(format!("currency must be three uppercase letters, got {code:?}"));
+            return Err(format!(
+                "currency must be three uppercase letters, got {code:?}"
+            ));
         }
         if scale > Self::SCALE_MAX {
-            return Err(format!("currency scale must be 0 to {}, got {scale}", Self::SCALE_MAX));
+            return Err(format!(
+                "currency scale must be 0 to {}, got {scale}",
+                Self::SCALE_MAX
+            ));
         }
         let amount_minor_max = 10i64
             .checked_pow(scale)
             .and_then(|f| amount_max_units.checked_mul(f))
             .filter(|m| *m > 0)
-            .ok_or_else(|| format!("amount maximum {amount_max_units} does not fit at scale {scale}"))?;
-        Ok(Currency { code: code.to_string(), scale, amount_minor_max })
+            .ok_or_else(|| {
+                format!("amount maximum {amount_max_units} does not fit at scale {scale}")
+            })?;
+        Ok(Currency {
+            code: code.to_string(),
+            scale,
+            amount_minor_max,
+        })
     }
 
     /// Formats minor units as the API shows money: exactly `scale` fractional digits.
@@ -81,7 +92,11 @@ impl Amount {
     /// exponent, spaces, separators, or leading zeros.
     pub fn parse_text(text: &str, currency: &Currency) -> Result<Amount, AmountError> {
         let shown: String = text.chars().take(AMOUNT_TEXT_CHARS_MAX).collect();
-        let invalid = || AmountError(format!("{shown:?} is not a plain decimal amount such as \"12.50\""));
+        let invalid = || {
+            AmountError(format!(
+                "{shown:?} is not a plain decimal amount such as \"12.50\""
+            ))
+        };
         if text.is_empty() || text.len() > AMOUNT_TEXT_CHARS_MAX {
             return Err(invalid());
         }
@@ -174,9 +189,30 @@ mod tests {
     #[test]
     fn rejects_the_contracts_bad_forms() {
         for bad in [
-            "1e3", r#""1e3""#, r#""-0""#, "-0", r#""NaN""#, r#"" 5""#, r#""5,00""#, "null", "true",
-            "[1]", r#"{"a":1}"#, "0", r#""0.00""#, "-5", r#""+5""#, r#""5.""#, r#"".5""#, r#""""#,
-            "1.001", r#""0x10""#, r#""05""#, r#""Infinity""#, r#""5 ""#, r#""١٢""#,
+            "1e3",
+            r#""1e3""#,
+            r#""-0""#,
+            "-0",
+            r#""NaN""#,
+            r#"" 5""#,
+            r#""5,00""#,
+            "null",
+            "true",
+            "[1]",
+            r#"{"a":1}"#,
+            "0",
+            r#""0.00""#,
+            "-5",
+            r#""+5""#,
+            r#""5.""#,
+            r#"".5""#,
+            r#""""#,
+            "1.001",
+            r#""0x10""#,
+            r#""05""#,
+            r#""Infinity""#,
+            r#""5 ""#,
+            r#""١٢""#,
         ] {
             assert!(parse_json(bad).is_err(), "{bad} should be rejected");
         }

@@ -46,7 +46,10 @@ impl EntryKind {
 
     /// Credits add to the balance; debits subtract.
     pub fn is_credit(self) -> bool {
-        matches!(self, EntryKind::Deposit | EntryKind::TransferIn | EntryKind::Refund)
+        matches!(
+            self,
+            EntryKind::Deposit | EntryKind::TransferIn | EntryKind::Refund
+        )
     }
 }
 

@@ -24,8 +24,13 @@ impl Username {
                 "must be {USERNAME_CHARS_MIN} to {USERNAME_CHARS_MAX} characters, got {chars}"
             ));
         }
-        if let Some(c) = s.chars().find(|c| !(c.is_alphanumeric() || "@.+-_".contains(*c))) {
-            return Err(format!("may hold only letters, digits and @.+-_, found {c:?}"));
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_alphanumeric() || "@.+-_".contains(*c)))
+        {
+            return Err(format!(
+                "may hold only letters, digits and @.+-_, found {c:?}"
+            ));
         }
         Ok(Username(s.to_string()))
     }
@@ -100,7 +105,9 @@ impl std::fmt::Debug for Password {
 pub fn parse_name(s: &str) -> Result<String, String> {
     let chars = s.chars().count();
     if chars > NAME_CHARS_MAX {
-        return Err(format!("must be at most {NAME_CHARS_MAX} characters, got {chars}"));
+        return Err(format!(
+            "must be at most {NAME_CHARS_MAX} characters, got {chars}"
+        ));
     }
     if s.chars().any(char::is_control) {
         return Err("must not contain control characters".into());
@@ -116,7 +123,9 @@ impl Reference {
     pub fn parse(s: &str) -> Result<Reference, String> {
         let chars = s.chars().count();
         if !(1..=REFERENCE_CHARS_MAX).contains(&chars) {
-            return Err(format!("must be 1 to {REFERENCE_CHARS_MAX} characters, got {chars}"));
+            return Err(format!(
+                "must be 1 to {REFERENCE_CHARS_MAX} characters, got {chars}"
+            ));
         }
         if s.chars().any(char::is_control) {
             return Err("must not contain control characters".into());
@@ -140,7 +149,8 @@ impl Metadata {
             None | Some(Value::Null) => Ok(Metadata::empty()),
             Some(Value::Object(map)) => {
                 // serde_json's Map is a BTreeMap (no `preserve_order`): serialising sorts keys.
-                let text = serde_json::to_string(map).map_err(|_| "must be a JSON object".to_string())?;
+                let text =
+                    serde_json::to_string(map).map_err(|_| "must be a JSON object".to_string())?;
                 if text.len() > METADATA_BYTES_MAX {
                     return Err(format!(
                         "must be at most {METADATA_BYTES_MAX} bytes as JSON, got {}",
@@ -195,7 +205,9 @@ mod tests {
     #[test]
     fn email_shape() {
         assert!(Email::parse("a@b.co").is_ok());
-        for bad in ["", "a", "a@b", "@b.co", "a@.co", "a@b.", "a b@c.de", "a@b..c"] {
+        for bad in [
+            "", "a", "a@b", "@b.co", "a@.co", "a@b.", "a b@c.de", "a@b..c",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad}");
         }
     }
@@ -206,7 +218,10 @@ mod tests {
         assert!(Password::parse("12345678").is_ok());
         assert!(Password::parse(&"x".repeat(1024)).is_ok());
         assert!(Password::parse(&"x".repeat(1025)).is_err());
-        assert_eq!(format!("{:?}", Password::parse("secret-pass").unwrap()), "Password(***)");
+        assert_eq!(
+            format!("{:?}", Password::parse("secret-pass").unwrap()),
+            "Password(***)"
+        );
     }
 
     #[test]

@@ -7,8 +7,8 @@ use super::request::{Fields, Incoming};
 use super::response::Reply;
 use crate::accounts::{AuthUser, IssuedToken, User};
 use crate::domain::{
-    parse_name, Amount, Currency, Email, EntryKind, Metadata, Password, Reference, Timestamp, Username,
-    WithdrawalStatus,
+    parse_name, Amount, Currency, Email, EntryKind, Metadata, Password, Reference, Timestamp,
+    Username, WithdrawalStatus,
 };
 use crate::error::AppError;
 use crate::ledger::queries::{HistoryQuery, Wallet, PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX};
@@ -104,21 +104,35 @@ fn movement(f: &mut Fields<'_>, rq: &Incoming, currency: &Currency) -> Option<Mo
             f.errors.add("amount", "this field is required");
             None
         }
-        Some(v) => f.errors.check("amount", Amount::parse(v, currency).map_err(|e| e.0)),
+        Some(v) => f
+            .errors
+            .check("amount", Amount::parse(v, currency).map_err(|e| e.0)),
     };
     let reference = match (f.string("reference", false), rq.idempotency_key.as_deref()) {
         (Some(body), Some(header)) if body != header => {
-            f.errors.add("reference", "differs from the Idempotency-Key header; send one or make them equal");
+            f.errors.add(
+                "reference",
+                "differs from the Idempotency-Key header; send one or make them equal",
+            );
             None
         }
         (Some(r), _) | (None, Some(r)) => f.errors.check("reference", Reference::parse(r)),
         (None, None) => {
-            f.errors.add("reference", "this field (or the Idempotency-Key header) is required");
+            f.errors.add(
+                "reference",
+                "this field (or the Idempotency-Key header) is required",
+            );
             None
         }
     };
-    let metadata = f.errors.check("metadata", Metadata::parse(f.raw("metadata")));
-    Some(Movement { amount: amount?, reference: reference?, metadata: metadata? })
+    let metadata = f
+        .errors
+        .check("metadata", Metadata::parse(f.raw("metadata")));
+    Some(Movement {
+        amount: amount?,
+        reference: reference?,
+        metadata: metadata?,
+    })
 }
 
 fn page_params(rq: &Incoming) -> Result<(u32, u32), AppError> {
@@ -137,7 +151,8 @@ fn page_params(rq: &Incoming) -> Result<(u32, u32), AppError> {
         None => Some(0),
         Some(s) => errors.check(
             "offset",
-            s.parse::<u32>().map_err(|_| "must be a whole number from 0".to_string()),
+            s.parse::<u32>()
+                .map_err(|_| "must be a whole number from 0".to_string()),
         ),
     };
     errors.into_result()?;
@@ -155,7 +170,9 @@ fn validated_but_missing() -> AppError {
 }
 
 fn path_user_id(params: &Params) -> Result<i64, AppError> {
-    params[0].parse::<i64>().map_err(|_| AppError::NotFound("user"))
+    params[0]
+        .parse::<i64>()
+        .map_err(|_| AppError::NotFound("user"))
 }
 
 // ---- Accounts ----------------------------------------------------------------------------
@@ -171,14 +188,15 @@ pub fn register(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppEr
     let first_name = f.errors.check("first_name", first_name);
     let last_name = f.string("last_name", false).map(parse_name).transpose();
     let last_name = f.errors.check("last_name", last_name);
-    if let (Some(p), Some(c)) = (&password, confirm) {
-        if p.expose() != c {
+    if let (Some(p), Some(c)) = (f.raw("password").and_then(Value::as_str), confirm) {
+        if p != c {
             f.errors.add("password_confirm", "does not match password");
         }
     }
     if let (Some(p), Some(u)) = (&password, &username) {
         if p.expose().to_lowercase() == u.as_str().to_lowercase() {
-            f.errors.add("password", "must not be the same as the username");
+            f.errors
+                .add("password", "must not be the same as the username");
         }
     }
     f.finish()?;
@@ -187,8 +205,13 @@ pub fn register(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppEr
     else {
         return Err(validated_but_missing());
     };
-    let registration =
-        Registration { username, email, password, first_name: first.unwrap_or_default(), last_name: last.unwrap_or_default() };
+    let registration = Registration {
+        username,
+        email,
+        password,
+        first_name: first.unwrap_or_default(),
+        last_name: last.unwrap_or_default(),
+    };
     let (user, token) = svc.register(registration)?;
     let mut body = token_json(&user, &token);
     body.insert("message".into(), json!("registration successful"));
@@ -211,7 +234,10 @@ pub fn login(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppError
 pub fn logout(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppError> {
     let user = auth(svc, rq)?;
     svc.logout(&user)?;
-    Ok(Reply::json(200, json!({"detail": "logged out; this token no longer works"})))
+    Ok(Reply::json(
+        200,
+        json!({"detail": "logged out; this token no longer works"}),
+    ))
 }
 
 pub fn profile(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppError> {
@@ -224,7 +250,10 @@ pub fn profile(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppErr
 pub fn wallet(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppError> {
     let user = auth(svc, rq)?;
     let (w, recent) = svc.wallet(user.user_id)?;
-    Ok(Reply::json(200, wallet_json(&w, &recent, &svc.config.currency)))
+    Ok(Reply::json(
+        200,
+        wallet_json(&w, &recent, &svc.config.currency),
+    ))
 }
 
 pub fn deposit(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppError> {
@@ -235,7 +264,11 @@ pub fn deposit(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppErr
     f.finish()?;
     let m = m.ok_or_else(validated_but_missing)?;
     let out = svc.deposit(&user, m)?;
-    Ok(Reply::created_or_replayed(201, out.replayed, entry_json(&out.value, &svc.config.currency)))
+    Ok(Reply::created_or_replayed(
+        201,
+        out.replayed,
+        entry_json(&out.value, &svc.config.currency),
+    ))
 }
 
 pub fn withdraw(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppError> {
@@ -243,7 +276,10 @@ pub fn withdraw(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppEr
     let body = rq.json()?;
     let mut f = Fields::new(&body);
     let m = movement(&mut f, rq, &svc.config.currency);
-    let scheduled_at = f.string("scheduled_at", false).map(Timestamp::parse).transpose();
+    let scheduled_at = f
+        .string("scheduled_at", false)
+        .map(Timestamp::parse)
+        .transpose();
     let scheduled_at = f.errors.check("scheduled_at", scheduled_at);
     f.finish()?;
     let (m, scheduled_at) = m.zip(scheduled_at).ok_or_else(validated_but_missing)?;
@@ -251,7 +287,9 @@ pub fn withdraw(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppEr
     let c = &svc.config.currency;
     Ok(match out.value {
         WithdrawResult::Now(e) => Reply::created_or_replayed(201, out.replayed, entry_json(&e, c)),
-        WithdrawResult::Scheduled(w) => Reply::created_or_replayed(202, out.replayed, withdrawal_json(&w, c)),
+        WithdrawResult::Scheduled(w) => {
+            Reply::created_or_replayed(202, out.replayed, withdrawal_json(&w, c))
+        }
     })
 }
 
@@ -261,18 +299,23 @@ pub fn transfer(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppEr
     let mut f = Fields::new(&body);
     let to = match (f.raw("to_user_id"), f.raw("to_username")) {
         (Some(_), Some(_)) => {
-            f.errors.add("to_user_id", "send either to_user_id or to_username, not both");
+            f.errors.add(
+                "to_user_id",
+                "send either to_user_id or to_username, not both",
+            );
             None
         }
         (Some(Value::Number(n)), None) => match n.as_i64().filter(|id| *id > 0) {
             Some(id) => Some(Recipient::UserId(id)),
             None => {
-                f.errors.add("to_user_id", "must be a positive whole number");
+                f.errors
+                    .add("to_user_id", "must be a positive whole number");
                 None
             }
         },
         (Some(_), None) => {
-            f.errors.add("to_user_id", "must be a positive whole number");
+            f.errors
+                .add("to_user_id", "must be a positive whole number");
             None
         }
         (None, Some(Value::String(s))) => Some(Recipient::Username(s.clone())),
@@ -281,7 +324,8 @@ pub fn transfer(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppEr
             None
         }
         (None, None) => {
-            f.errors.add("to_user_id", "this field (or to_username) is required");
+            f.errors
+                .add("to_user_id", "this field (or to_username) is required");
             None
         }
     };
@@ -303,19 +347,35 @@ fn history_reply(svc: &Service, rq: &Incoming, wallet_id: &str) -> Result<Reply,
     let before_seq = rq.query("cursor").and_then(|s| {
         errors.check(
             "cursor",
-            s.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| "is not a cursor from next_cursor".to_string()),
+            s.parse::<i64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| "is not a cursor from next_cursor".to_string()),
         )
     });
     let kind = rq.query("type").and_then(|s| {
         errors.check(
             "type",
-            EntryKind::parse(s).ok_or_else(|| "must be one of DEPOSIT, WITHDRAWAL, TRANSFER_IN, TRANSFER_OUT, REFUND".to_string()),
+            EntryKind::parse(s).ok_or_else(|| {
+                "must be one of DEPOSIT, WITHDRAWAL, TRANSFER_IN, TRANSFER_OUT, REFUND".to_string()
+            }),
         )
     });
-    let from = rq.query("from").and_then(|s| errors.check("from", query_time(s)));
-    let to = rq.query("to").and_then(|s| errors.check("to", query_time(s)));
+    let from = rq
+        .query("from")
+        .and_then(|s| errors.check("from", query_time(s)));
+    let to = rq
+        .query("to")
+        .and_then(|s| errors.check("to", query_time(s)));
     errors.into_result()?;
-    let q = HistoryQuery { limit, offset, before_seq, kind, from, to };
+    let q = HistoryQuery {
+        limit,
+        offset,
+        before_seq,
+        kind,
+        from,
+        to,
+    };
     let page = svc.history(wallet_id, &q)?;
     let c = &svc.config.currency;
     Ok(Reply::json(
@@ -342,7 +402,10 @@ pub fn balance(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppErr
         .map(|s| query_time(s).map_err(|m| AppError::field("at", m)))
         .transpose()?;
     let (balance, at) = svc.balance_at(&user.wallet_id, at)?;
-    Ok(Reply::json(200, json!({"balance": svc.config.currency.format(balance), "at": at.to_text()})))
+    Ok(Reply::json(
+        200,
+        json!({"balance": svc.config.currency.format(balance), "at": at.to_text()}),
+    ))
 }
 
 pub fn withdrawals(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppError> {
@@ -352,7 +415,10 @@ pub fn withdrawals(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, Ap
         .query("status")
         .map(|s| {
             WithdrawalStatus::parse(s).ok_or_else(|| {
-                AppError::field("status", "must be one of PENDING, PROCESSING, SUCCEEDED, FAILED, CANCELLED")
+                AppError::field(
+                    "status",
+                    "must be one of PENDING, PROCESSING, SUCCEEDED, FAILED, CANCELLED",
+                )
             })
         })
         .transpose()?;
@@ -386,7 +452,11 @@ pub fn admin_users(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, Ap
     let (limit, offset) = page_params(rq)?;
     let search = rq.query("search").filter(|s| !s.is_empty());
     let (count, users) = svc.admin_users(search, limit, offset)?;
-    svc.audit_read(&staff, "list_users", format!("search:{}", search.unwrap_or("")))?;
+    svc.audit_read(
+        &staff,
+        "list_users",
+        format!("search:{}", search.unwrap_or("")),
+    )?;
     Ok(Reply::json(
         200,
         json!({"count": count, "limit": limit, "offset": offset, "results": users.iter().map(user_json).collect::<Vec<_>>()}),
@@ -405,10 +475,17 @@ pub fn admin_wallet(svc: &Service, rq: &Incoming, params: &Params) -> Result<Rep
     let user_id = path_user_id(params)?;
     let (w, recent) = svc.wallet(user_id)?;
     svc.audit_read(&staff, "read_wallet", format!("user:{user_id}"))?;
-    Ok(Reply::json(200, wallet_json(&w, &recent, &svc.config.currency)))
+    Ok(Reply::json(
+        200,
+        wallet_json(&w, &recent, &svc.config.currency),
+    ))
 }
 
-pub fn admin_transactions(svc: &Service, rq: &Incoming, params: &Params) -> Result<Reply, AppError> {
+pub fn admin_transactions(
+    svc: &Service,
+    rq: &Incoming,
+    params: &Params,
+) -> Result<Reply, AppError> {
     let staff = staff(svc, rq)?;
     let user_id = path_user_id(params)?;
     let (w, _) = svc.wallet(user_id)?;
@@ -425,7 +502,11 @@ pub fn admin_credit(svc: &Service, rq: &Incoming, params: &Params) -> Result<Rep
     f.finish()?;
     let m = m.ok_or_else(validated_but_missing)?;
     let out = svc.admin_credit(&staff, user_id, m)?;
-    Ok(Reply::created_or_replayed(201, out.replayed, entry_json(&out.value, &svc.config.currency)))
+    Ok(Reply::created_or_replayed(
+        201,
+        out.replayed,
+        entry_json(&out.value, &svc.config.currency),
+    ))
 }
 
 // ---- Operations --------------------------------------------------------------------------
@@ -435,21 +516,34 @@ pub fn health(svc: &Service, _: &Incoming, _: &Params) -> Result<Reply, AppError
         Ok(()) => Ok(Reply::json(200, json!({"status": "ok", "database": "ok"}))),
         Err(e) => {
             crate::log::error(&format!("health: database check failed: {e:?}"));
-            Ok(Reply::json(503, json!({"status": "unavailable", "database": "unavailable"})).header("Retry-After", "1"))
+            Ok(Reply::json(
+                503,
+                json!({"status": "unavailable", "database": "unavailable"}),
+            )
+            .header("Retry-After", "1"))
         }
     }
 }
 
 pub fn metrics(svc: &Service, _: &Incoming, _: &Params) -> Result<Reply, AppError> {
-    Ok(Reply::text("text/plain; version=0.0.4; charset=utf-8", svc.metrics.render(&svc.writer.stats)))
+    Ok(Reply::text(
+        "text/plain; version=0.0.4; charset=utf-8",
+        svc.metrics.render(&svc.writer.stats),
+    ))
 }
 
 pub fn openapi(_: &Service, _: &Incoming, _: &Params) -> Result<Reply, AppError> {
-    Ok(Reply::text("application/json", super::docs::OPENAPI_JSON.to_string()))
+    Ok(Reply::text(
+        "application/json",
+        super::docs::OPENAPI_JSON.to_string(),
+    ))
 }
 
 pub fn docs(_: &Service, _: &Incoming, _: &Params) -> Result<Reply, AppError> {
-    Ok(Reply::text("text/html; charset=utf-8", super::docs::DOCS_HTML.to_string()))
+    Ok(Reply::text(
+        "text/html; charset=utf-8",
+        super::docs::DOCS_HTML.to_string(),
+    ))
 }
 
 /// Only routed when the server was started with test hooks: proves a panic stays one 500.

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tiny_http::{Header, Response, Server};
+use tiny_http::{ConnectionLimits, Header, Response, Server};
 
 use crate::error::AppError;
 use crate::service::Service;
@@ -29,9 +29,22 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    pub fn start(svc: Arc<Service>, listener: TcpListener, threads: usize, test_hooks: bool) -> Result<HttpServer, String> {
+    pub fn start(
+        svc: Arc<Service>,
+        listener: TcpListener,
+        threads: usize,
+        test_hooks: bool,
+    ) -> Result<HttpServer, String> {
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let server = Arc::new(Server::from_listener(listener, None).map_err(|e| format!("cannot serve on {addr}: {e}"))?);
+        let timeout = Some(Duration::from_millis(svc.config.serve.socket_timeout_ms));
+        let limits = ConnectionLimits {
+            read_timeout: timeout,
+            write_timeout: timeout,
+            connections_max: svc.config.serve.connections_max as usize,
+        };
+        let server = Server::from_listener_with_limits(listener, None, limits)
+            .map_err(|e| format!("cannot serve on {addr}: {e}"))?;
+        let server = Arc::new(server);
         let stopping = Arc::new(AtomicBool::new(false));
         let workers = (0..threads)
             .map(|i| {
@@ -42,7 +55,12 @@ impl HttpServer {
                     .map_err(|e| format!("cannot start HTTP worker: {e}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(HttpServer { server, workers, stopping, addr })
+        Ok(HttpServer {
+            server,
+            workers,
+            stopping,
+            addr,
+        })
     }
 
     /// Stops taking requests, lets the ones already received finish (up to `grace`), and
@@ -87,17 +105,20 @@ fn handle(svc: &Service, mut rq: tiny_http::Request, test_hooks: bool) {
         (_, Some(e)) => Err(e),
         (None, None) => Err(AppError::NotFound("route")),
         (Some(m), None) => router::handler_for(&m, &incoming.method).and_then(|handler| {
-            catch_unwind(AssertUnwindSafe(|| handler(svc, &incoming, &m.params))).unwrap_or_else(|_| {
-                svc.metrics.panics.inc();
-                Err(AppError::Internal("handler panicked".into()))
-            })
+            catch_unwind(AssertUnwindSafe(|| handler(svc, &incoming, &m.params))).unwrap_or_else(
+                |_| {
+                    svc.metrics.panics.inc();
+                    Err(AppError::Internal("handler panicked".into()))
+                },
+            )
         }),
     };
     let reply = result.unwrap_or_else(|e| {
         match &e {
-            AppError::Internal(cause) => {
-                crate::log::error(&format!("request {} {} {template}: {cause}", incoming.request_id, incoming.method))
-            }
+            AppError::Internal(cause) => crate::log::error(&format!(
+                "request {} {} {template}: {cause}",
+                incoming.request_id, incoming.method
+            )),
             AppError::Unavailable(_) => svc.metrics.unavailable.inc(),
             _ => {}
         }
@@ -119,12 +140,22 @@ fn handle(svc: &Service, mut rq: tiny_http::Request, test_hooks: bool) {
 
 fn respond(rq: tiny_http::Request, reply: Reply, request_id: &str) {
     let (bytes, content_type) = match reply.body {
-        Body::Json(v) => (serde_json::to_vec(&v).unwrap_or_default(), "application/json"),
+        Body::Json(v) => (
+            serde_json::to_vec(&v).unwrap_or_default(),
+            "application/json",
+        ),
         Body::Text { content_type, text } => (text.into_bytes(), content_type),
     };
     let mut response = Response::from_data(bytes).with_status_code(reply.status);
-    let headers = [("Content-Type", content_type), ("X-Request-Id", request_id), ("Cache-Control", "no-store")];
-    for (name, value) in headers.into_iter().chain(reply.headers.iter().map(|(n, v)| (*n, v.as_str()))) {
+    let headers = [
+        ("Content-Type", content_type),
+        ("X-Request-Id", request_id),
+        ("Cache-Control", "no-store"),
+    ];
+    for (name, value) in headers
+        .into_iter()
+        .chain(reply.headers.iter().map(|(n, v)| (*n, v.as_str())))
+    {
         if let Ok(h) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
             response.add_header(h);
         }

@@ -26,7 +26,10 @@ pub struct Incoming {
 
 impl Incoming {
     /// Reads the request's head and at most `body_bytes_max` bytes of body.
-    pub fn read(rq: &mut tiny_http::Request, body_bytes_max: usize) -> (Incoming, Option<AppError>) {
+    pub fn read(
+        rq: &mut tiny_http::Request,
+        body_bytes_max: usize,
+    ) -> (Incoming, Option<AppError>) {
         let header = |name: &str| {
             rq.headers()
                 .iter()
@@ -37,7 +40,9 @@ impl Incoming {
             .filter(|id| {
                 !id.is_empty()
                     && id.len() <= REQUEST_ID_CHARS_MAX
-                    && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
             })
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         let url = rq.url().to_string();
@@ -62,24 +67,46 @@ impl Incoming {
             content_type: header("Content-Type"),
             idempotency_key: header("Idempotency-Key"),
             request_id,
-            client: rq.remote_addr().map(|a| a.ip().to_string()).unwrap_or_default(),
+            client: rq
+                .remote_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default(),
             body: Vec::new(),
         };
         if rq.body_length().is_some_and(|n| n > body_bytes_max) {
-            return (incoming, Some(AppError::PayloadTooLarge { limit_bytes: body_bytes_max }));
+            return (
+                incoming,
+                Some(AppError::PayloadTooLarge {
+                    limit_bytes: body_bytes_max,
+                }),
+            );
         }
         let limit = body_bytes_max as u64 + 1;
         if let Err(e) = rq.as_reader().take(limit).read_to_end(&mut incoming.body) {
-            return (incoming, Some(AppError::MalformedJson(format!("could not read the request body: {}", e.kind()))));
+            return (
+                incoming,
+                Some(AppError::MalformedJson(format!(
+                    "could not read the request body: {}",
+                    e.kind()
+                ))),
+            );
         }
         if incoming.body.len() > body_bytes_max {
-            return (incoming, Some(AppError::PayloadTooLarge { limit_bytes: body_bytes_max }));
+            return (
+                incoming,
+                Some(AppError::PayloadTooLarge {
+                    limit_bytes: body_bytes_max,
+                }),
+            );
         }
         (incoming, None)
     }
 
     pub fn query(&self, name: &str) -> Option<&str> {
-        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The body as a JSON object. An empty body is an empty object, so that routes whose
@@ -98,7 +125,9 @@ impl Incoming {
             .map_err(|_| AppError::MalformedJson("request body is not valid UTF-8".into()))?;
         match serde_json::from_str::<Value>(text) {
             Ok(Value::Object(map)) => Ok(map),
-            Ok(_) => Err(AppError::MalformedJson("request body must be a JSON object".into())),
+            Ok(_) => Err(AppError::MalformedJson(
+                "request body must be a JSON object".into(),
+            )),
             Err(e) => Err(AppError::MalformedJson(format!(
                 "request body is not valid JSON (line {}, column {})",
                 e.line(),
@@ -123,7 +152,9 @@ pub fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         let escaped = match bytes.get(i..i + 3) {
-            Some([b'%', hi, lo]) => std::str::from_utf8(&[*hi, *lo]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()),
+            Some([b'%', hi, lo]) => std::str::from_utf8(&[*hi, *lo])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok()),
             _ => None,
         };
         match (escaped, bytes[i]) {
@@ -152,7 +183,10 @@ pub struct Fields<'a> {
 
 impl<'a> Fields<'a> {
     pub fn new(map: &'a Map<String, Value>) -> Fields<'a> {
-        Fields { map, errors: FieldErrors::default() }
+        Fields {
+            map,
+            errors: FieldErrors::default(),
+        }
     }
 
     pub fn raw(&self, name: &str) -> Option<&'a Value> {
@@ -177,7 +211,11 @@ impl<'a> Fields<'a> {
     }
 
     /// Parses a required field with `parse`.
-    pub fn parsed<T>(&mut self, name: &str, parse: impl FnOnce(&str) -> Result<T, String>) -> Option<T> {
+    pub fn parsed<T>(
+        &mut self,
+        name: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
         let s = self.string(name, true)?;
         self.errors.check(name, parse(s))
     }
@@ -193,7 +231,10 @@ mod tests {
 
     #[test]
     fn decodes_query_values() {
-        assert_eq!(percent_decode("2026-01-01T00%3A00%3A00Z"), "2026-01-01T00:00:00Z");
+        assert_eq!(
+            percent_decode("2026-01-01T00%3A00%3A00Z"),
+            "2026-01-01T00:00:00Z"
+        );
         assert_eq!(percent_decode("a+b"), "a b");
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz"), "%zz");

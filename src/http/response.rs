@@ -6,7 +6,10 @@ use crate::error::AppError;
 
 pub enum Body {
     Json(Value),
-    Text { content_type: &'static str, text: String },
+    Text {
+        content_type: &'static str,
+        text: String,
+    },
 }
 
 pub struct Reply {
@@ -17,11 +20,19 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(status: u16, body: Value) -> Reply {
-        Reply { status, body: Body::Json(body), headers: Vec::new() }
+        Reply {
+            status,
+            body: Body::Json(body),
+            headers: Vec::new(),
+        }
     }
 
     pub fn text(content_type: &'static str, text: String) -> Reply {
-        Reply { status: 200, body: Body::Text { content_type, text }, headers: Vec::new() }
+        Reply {
+            status: 200,
+            body: Body::Text { content_type, text },
+            headers: Vec::new(),
+        }
     }
 
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
@@ -71,7 +82,9 @@ pub fn error_reply(e: &AppError) -> Reply {
     let reply = Reply::json(status, json!({ "error": error }));
     match e {
         AppError::MethodNotAllowed { allow } => reply.header("Allow", *allow),
-        AppError::RateLimited { retry_after_s } => reply.header("Retry-After", retry_after_s.to_string()),
+        AppError::RateLimited { retry_after_s } => {
+            reply.header("Retry-After", retry_after_s.to_string())
+        }
         AppError::Unavailable(_) => reply.header("Retry-After", "1"),
         _ => reply,
     }

@@ -22,39 +22,86 @@ pub struct Matched {
 /// Finds the route for a path (already without its trailing slash).
 pub fn route(path: &str, test_hooks: bool) -> Option<Matched> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let (template, get, post, params): (&'static str, Option<Handler>, Option<Handler>, Vec<&str>) = match segments[..] {
-        ["api", "auth", "register"] => ("/api/auth/register", None, Some(h::register), vec![]),
-        ["api", "auth", "login"] => ("/api/auth/login", None, Some(h::login), vec![]),
-        ["api", "auth", "logout"] => ("/api/auth/logout", None, Some(h::logout), vec![]),
-        ["api", "auth", "profile"] => ("/api/auth/profile", Some(h::profile), None, vec![]),
-        ["api", "wallets", "me"] => ("/api/wallets/me", Some(h::wallet), None, vec![]),
-        ["api", "wallets", "me", "deposit"] => ("/api/wallets/me/deposit", None, Some(h::deposit), vec![]),
-        ["api", "wallets", "me", "withdraw"] => ("/api/wallets/me/withdraw", None, Some(h::withdraw), vec![]),
-        ["api", "wallets", "me", "transfer"] => ("/api/wallets/me/transfer", None, Some(h::transfer), vec![]),
-        ["api", "wallets", "me", "transactions"] => ("/api/wallets/me/transactions", Some(h::transactions), None, vec![]),
-        ["api", "wallets", "me", "balance"] => ("/api/wallets/me/balance", Some(h::balance), None, vec![]),
-        ["api", "wallets", "me", "withdrawals"] => ("/api/wallets/me/withdrawals", Some(h::withdrawals), None, vec![]),
-        ["api", "wallets", "me", "withdrawals", id] => {
-            ("/api/wallets/me/withdrawals/{id}", Some(h::withdrawal), None, vec![id])
-        }
-        ["api", "wallets", "me", "withdrawals", id, "cancel"] => {
-            ("/api/wallets/me/withdrawals/{id}/cancel", None, Some(h::cancel_withdrawal), vec![id])
-        }
-        ["api", "admin", "users"] => ("/api/admin/users", Some(h::admin_users), None, vec![]),
-        ["api", "admin", "users", id] => ("/api/admin/users/{id}", Some(h::admin_user), None, vec![id]),
-        ["api", "admin", "users", id, "wallet"] => ("/api/admin/users/{id}/wallet", Some(h::admin_wallet), None, vec![id]),
-        ["api", "admin", "users", id, "transactions"] => {
-            ("/api/admin/users/{id}/transactions", Some(h::admin_transactions), None, vec![id])
-        }
-        ["api", "admin", "users", id, "credit"] => ("/api/admin/users/{id}/credit", None, Some(h::admin_credit), vec![id]),
-        ["health"] => ("/health", Some(h::health), None, vec![]),
-        ["metrics"] => ("/metrics", Some(h::metrics), None, vec![]),
-        ["openapi.json"] => ("/openapi.json", Some(h::openapi), None, vec![]),
-        ["docs"] => ("/docs", Some(h::docs), None, vec![]),
-        ["__test", "panic"] if test_hooks => ("/__test/panic", Some(h::test_panic), None, vec![]),
-        _ => return None,
-    };
-    Some(Matched { template, get, post, params: params.into_iter().map(str::to_string).collect() })
+    let (template, get, post, params): (&'static str, Option<Handler>, Option<Handler>, Vec<&str>) =
+        match segments[..] {
+            ["api", "auth", "register"] => ("/api/auth/register", None, Some(h::register), vec![]),
+            ["api", "auth", "login"] => ("/api/auth/login", None, Some(h::login), vec![]),
+            ["api", "auth", "logout"] => ("/api/auth/logout", None, Some(h::logout), vec![]),
+            ["api", "auth", "profile"] => ("/api/auth/profile", Some(h::profile), None, vec![]),
+            ["api", "wallets", "me"] => ("/api/wallets/me", Some(h::wallet), None, vec![]),
+            ["api", "wallets", "me", "deposit"] => {
+                ("/api/wallets/me/deposit", None, Some(h::deposit), vec![])
+            }
+            ["api", "wallets", "me", "withdraw"] => {
+                ("/api/wallets/me/withdraw", None, Some(h::withdraw), vec![])
+            }
+            ["api", "wallets", "me", "transfer"] => {
+                ("/api/wallets/me/transfer", None, Some(h::transfer), vec![])
+            }
+            ["api", "wallets", "me", "transactions"] => (
+                "/api/wallets/me/transactions",
+                Some(h::transactions),
+                None,
+                vec![],
+            ),
+            ["api", "wallets", "me", "balance"] => {
+                ("/api/wallets/me/balance", Some(h::balance), None, vec![])
+            }
+            ["api", "wallets", "me", "withdrawals"] => (
+                "/api/wallets/me/withdrawals",
+                Some(h::withdrawals),
+                None,
+                vec![],
+            ),
+            ["api", "wallets", "me", "withdrawals", id] => (
+                "/api/wallets/me/withdrawals/{id}",
+                Some(h::withdrawal),
+                None,
+                vec![id],
+            ),
+            ["api", "wallets", "me", "withdrawals", id, "cancel"] => (
+                "/api/wallets/me/withdrawals/{id}/cancel",
+                None,
+                Some(h::cancel_withdrawal),
+                vec![id],
+            ),
+            ["api", "admin", "users"] => ("/api/admin/users", Some(h::admin_users), None, vec![]),
+            ["api", "admin", "users", id] => {
+                ("/api/admin/users/{id}", Some(h::admin_user), None, vec![id])
+            }
+            ["api", "admin", "users", id, "wallet"] => (
+                "/api/admin/users/{id}/wallet",
+                Some(h::admin_wallet),
+                None,
+                vec![id],
+            ),
+            ["api", "admin", "users", id, "transactions"] => (
+                "/api/admin/users/{id}/transactions",
+                Some(h::admin_transactions),
+                None,
+                vec![id],
+            ),
+            ["api", "admin", "users", id, "credit"] => (
+                "/api/admin/users/{id}/credit",
+                None,
+                Some(h::admin_credit),
+                vec![id],
+            ),
+            ["health"] => ("/health", Some(h::health), None, vec![]),
+            ["metrics"] => ("/metrics", Some(h::metrics), None, vec![]),
+            ["openapi.json"] => ("/openapi.json", Some(h::openapi), None, vec![]),
+            ["docs"] => ("/docs", Some(h::docs), None, vec![]),
+            ["__test", "panic"] if test_hooks => {
+                ("/__test/panic", Some(h::test_panic), None, vec![])
+            }
+            _ => return None,
+        };
+    Some(Matched {
+        template,
+        get,
+        post,
+        params: params.into_iter().map(str::to_string).collect(),
+    })
 }
 
 /// Picks the handler for the method; a known path with another method is 405 with `Allow`.

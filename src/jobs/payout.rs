@@ -57,7 +57,11 @@ impl PayoutWorker {
             .build()
             .into();
         while !self.wakeup.is_stopping() {
-            let due = self.pool.get().map_err(AppError::from).and_then(|c| withdrawals::due(&c, self.clock.now(), DUE_BATCH_MAX));
+            let due = self
+                .pool
+                .get()
+                .map_err(AppError::from)
+                .and_then(|c| withdrawals::due(&c, self.clock.now(), DUE_BATCH_MAX));
             match due {
                 Ok(due) if !due.is_empty() => {
                     for w in due {
@@ -70,7 +74,11 @@ impl PayoutWorker {
                     }
                 }
                 Ok(_) => {
-                    let next = self.pool.get().map_err(AppError::from).and_then(|c| withdrawals::next_due_at(&c));
+                    let next = self
+                        .pool
+                        .get()
+                        .map_err(AppError::from)
+                        .and_then(|c| withdrawals::next_due_at(&c));
                     let until = match next {
                         Ok(Some(t)) => t,
                         _ => self.clock.now().plus_millis(60_000),
@@ -92,18 +100,27 @@ impl PayoutWorker {
     fn process(&self, agent: &ureq::Agent, w: Withdrawal) -> Result<(), AppError> {
         let mut w = w;
         if w.status == WithdrawalStatus::Pending {
-            let (currency, id, complete) = (self.currency.clone(), w.id.clone(), self.settings.url.is_none());
-            w = self.writer.execute(move |conn, now| withdrawals::begin(conn, now, &currency, &id, complete))?;
+            let (currency, id, complete) = (
+                self.currency.clone(),
+                w.id.clone(),
+                self.settings.url.is_none(),
+            );
+            w = self.writer.execute(move |conn, now| {
+                withdrawals::begin(conn, now, &currency, &id, complete)
+            })?;
             self.count(&w);
         }
-        let Some(url) = &self.settings.url else { return Ok(()) };
+        let Some(url) = &self.settings.url else {
+            return Ok(());
+        };
         if w.status != WithdrawalStatus::Processing {
             return Ok(());
         }
-        let user_id: i64 = self
-            .pool
-            .get()?
-            .query_row("SELECT user_id FROM wallets WHERE id = ?1", [&w.wallet_id], |r| r.get(0))?;
+        let user_id: i64 = self.pool.get()?.query_row(
+            "SELECT user_id FROM wallets WHERE id = ?1",
+            [&w.wallet_id],
+            |r| r.get(0),
+        )?;
         let body = json!({
             "withdrawal_id": w.id,
             "user_id": user_id,
@@ -112,8 +129,14 @@ impl PayoutWorker {
             "reference": w.reference,
         });
         let attempt = self.call(agent, url, &w, &body);
-        let (currency, id, max) = (self.currency.clone(), w.id.clone(), self.settings.attempts_max);
-        let w = self.writer.execute(move |conn, now| withdrawals::record_attempt(conn, now, &currency, &id, &attempt, max))?;
+        let (currency, id, max) = (
+            self.currency.clone(),
+            w.id.clone(),
+            self.settings.attempts_max,
+        );
+        let w = self.writer.execute(move |conn, now| {
+            withdrawals::record_attempt(conn, now, &currency, &id, &attempt, max)
+        })?;
         if w.status == WithdrawalStatus::Processing {
             self.metrics.payouts_retried.inc();
         }
@@ -130,12 +153,25 @@ impl PayoutWorker {
     }
 
     /// One call to the payout service, classified.
-    fn call(&self, agent: &ureq::Agent, url: &str, w: &Withdrawal, body: &serde_json::Value) -> Attempt {
+    fn call(
+        &self,
+        agent: &ureq::Agent,
+        url: &str,
+        w: &Withdrawal,
+        body: &serde_json::Value,
+    ) -> Attempt {
         // Exponential backoff: base, 2×base, 4×base, … after the 1st, 2nd, 3rd failure.
         let factor = 1u64 << w.attempts.min(20);
         let delay_ms = self.settings.retry_base_ms.saturating_mul(factor);
-        let retry_at = self.clock.now().plus_millis(i64::try_from(delay_ms).unwrap_or(i64::MAX / 4));
-        match agent.post(url).header("Idempotency-Key", &w.id).send_json(body) {
+        let retry_at = self
+            .clock
+            .now()
+            .plus_millis(i64::try_from(delay_ms).unwrap_or(i64::MAX / 4));
+        match agent
+            .post(url)
+            .header("Idempotency-Key", &w.id)
+            .send_json(body)
+        {
             Ok(mut resp) => {
                 let status = resp.status().as_u16();
                 let text: String = resp
@@ -150,10 +186,16 @@ impl PayoutWorker {
                 match status {
                     200..=299 => Attempt::Paid,
                     400..=499 => Attempt::Refused(format!("HTTP {status}: {text}")),
-                    _ => Attempt::Failed { error: format!("HTTP {status}: {text}"), retry_at },
+                    _ => Attempt::Failed {
+                        error: format!("HTTP {status}: {text}"),
+                        retry_at,
+                    },
                 }
             }
-            Err(e) => Attempt::Failed { error: format!("payout service unreachable: {e}"), retry_at },
+            Err(e) => Attempt::Failed {
+                error: format!("payout service unreachable: {e}"),
+                retry_at,
+            },
         }
     }
 }

@@ -30,14 +30,19 @@ impl SnapshotJob {
     }
 
     fn next_after(&self, t: Timestamp) -> Option<Timestamp> {
-        self.schedule.after(&t.datetime()).next().map(Timestamp::from_datetime)
+        self.schedule
+            .after(&t.datetime())
+            .next()
+            .map(Timestamp::from_datetime)
     }
 
     fn run(self) {
         match self.missed_run() {
             Ok(true) => self.take(),
             Ok(false) => {}
-            Err(e) => crate::log::error(&format!("snapshot: cannot tell whether a run was missed: {e:?}")),
+            Err(e) => crate::log::error(&format!(
+                "snapshot: cannot tell whether a run was missed: {e:?}"
+            )),
         }
         while !self.wakeup.is_stopping() {
             let Some(next) = self.next_after(self.clock.now()) else {
@@ -60,7 +65,9 @@ impl SnapshotJob {
             Some(t) => Some(t),
             None => snapshot::first_wallet_at(&conn)?,
         };
-        Ok(since.and_then(|t| self.next_after(t)).is_some_and(|due| due <= self.clock.now()))
+        Ok(since
+            .and_then(|t| self.next_after(t))
+            .is_some_and(|due| due <= self.clock.now()))
     }
 
     fn take(&self) {
@@ -68,7 +75,9 @@ impl SnapshotJob {
         match snapshot::run(&self.writer, cutoff) {
             Ok(report) => {
                 self.metrics.snapshot_runs.inc();
-                self.metrics.snapshot_mismatches.add(report.mismatches.len() as u64);
+                self.metrics
+                    .snapshot_mismatches
+                    .add(report.mismatches.len() as u64);
                 crate::log::info(&format!(
                     "snapshot: run {} at {} covered {} wallets, {} mismatches",
                     report.run_id,

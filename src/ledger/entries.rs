@@ -68,7 +68,10 @@ pub const GENESIS_HASH: [u8; 32] = [0; 32];
 pub fn entry_hash(prev: &[u8], e: &Entry) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(prev);
-    let counterparty = e.counterparty_user_id.map(|c| c.to_string()).unwrap_or_default();
+    let counterparty = e
+        .counterparty_user_id
+        .map(|c| c.to_string())
+        .unwrap_or_default();
     let fields: [&str; 11] = [
         &e.seq.to_string(),
         &e.id,
@@ -101,12 +104,19 @@ pub fn append(
     let balance: i64 = conn
         .prepare_cached("SELECT balance FROM wallets WHERE id = ?1")?
         .query_row([new.wallet_id], |r| r.get(0))?;
-    let delta = if new.kind.is_credit() { Some(new.amount) } else { new.amount.checked_neg() };
+    let delta = if new.kind.is_credit() {
+        Some(new.amount)
+    } else {
+        new.amount.checked_neg()
+    };
     let balance_after = delta
         .and_then(|d| balance.checked_add(d))
         .ok_or_else(|| AppError::internal("append", "balance arithmetic overflowed"))?;
     if balance_after < 0 {
-        return Err(AppError::InsufficientFunds { available: format(balance), required: format(new.amount) });
+        return Err(AppError::InsufficientFunds {
+            available: format(balance),
+            required: format(new.amount),
+        });
     }
     let (prev_seq, prev_hash): (i64, Vec<u8>) = conn
         .prepare_cached("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1")?
@@ -172,7 +182,9 @@ pub fn find_by_reference(
 
 pub fn find_by_id(conn: &Connection, id: &str) -> Result<Option<Entry>, AppError> {
     Ok(conn
-        .prepare_cached(&format!("SELECT {ENTRY_COLUMNS} FROM entries WHERE id = ?1"))?
+        .prepare_cached(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM entries WHERE id = ?1"
+        ))?
         .query_row([id], entry_from_row)
         .optional()?)
 }
@@ -181,14 +193,21 @@ pub fn find_by_id(conn: &Connection, id: &str) -> Result<Option<Entry>, AppError
 /// found by position (no index needed) and checked by transfer id.
 pub fn find_transfer_in(conn: &Connection, out: &Entry) -> Result<Option<Entry>, AppError> {
     let found = conn
-        .prepare_cached(&format!("SELECT {ENTRY_COLUMNS} FROM entries WHERE seq = ?1"))?
+        .prepare_cached(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM entries WHERE seq = ?1"
+        ))?
         .query_row([out.seq + 1], entry_from_row)
         .optional()?;
     Ok(found.filter(|e| e.kind == EntryKind::TransferIn && e.transfer_id == out.transfer_id))
 }
 
 /// Signed sum of a wallet's entries in `(after, upto]`, by creation time.
-pub fn net_between(conn: &Connection, wallet_id: &str, after: &str, upto: &str) -> Result<i64, AppError> {
+pub fn net_between(
+    conn: &Connection,
+    wallet_id: &str,
+    after: &str,
+    upto: &str,
+) -> Result<i64, AppError> {
     Ok(conn
         .prepare_cached(
             "SELECT COALESCE(SUM(CASE WHEN kind IN ('DEPOSIT', 'TRANSFER_IN', 'REFUND') THEN amount ELSE -amount END), 0)

@@ -26,10 +26,16 @@ pub struct Outcome<T> {
 
 impl<T> Outcome<T> {
     fn new(value: T) -> Outcome<T> {
-        Outcome { value, replayed: false }
+        Outcome {
+            value,
+            replayed: false,
+        }
     }
     fn replay(value: T) -> Outcome<T> {
-        Outcome { value, replayed: true }
+        Outcome {
+            value,
+            replayed: true,
+        }
     }
 }
 
@@ -60,7 +66,9 @@ pub struct TransferResult {
 }
 
 fn conflict(holder: impl std::fmt::Display) -> AppError {
-    AppError::ReferenceConflict { holder: format!("already used by {holder}") }
+    AppError::ReferenceConflict {
+        holder: format!("already used by {holder}"),
+    }
 }
 
 /// Returns the earlier entry when this request is a replay of it, a conflict when the reference
@@ -144,7 +152,11 @@ pub fn withdraw_now(
 }
 
 /// The recipient's user id and wallet id; unknown users and oneself are validation errors.
-fn resolve_recipient(conn: &Connection, sender_user_id: i64, to: &Recipient) -> Result<(i64, String), AppError> {
+fn resolve_recipient(
+    conn: &Connection,
+    sender_user_id: i64,
+    to: &Recipient,
+) -> Result<(i64, String), AppError> {
     let (field, found) = match to {
         Recipient::UserId(id) => (
             "to_user_id",
@@ -163,7 +175,9 @@ fn resolve_recipient(conn: &Connection, sender_user_id: i64, to: &Recipient) -> 
     };
     match found {
         None => Err(AppError::field(field, "no such user")),
-        Some((id, _)) if id == sender_user_id => Err(AppError::field(field, "cannot transfer to yourself")),
+        Some((id, _)) if id == sender_user_id => {
+            Err(AppError::field(field, "cannot transfer to yourself"))
+        }
         Some(found) => Ok(found),
     }
 }
@@ -178,10 +192,19 @@ pub fn transfer(
     let (sender_user_id, sender_wallet) = sender;
     let (to_user_id, to_wallet) = resolve_recipient(conn, sender_user_id, &req.to)?;
     let m = &req.movement;
-    if let Some(out) = replay_of(conn, sender_wallet, EntryKind::TransferOut, m, Some(to_user_id))? {
+    if let Some(out) = replay_of(
+        conn,
+        sender_wallet,
+        EntryKind::TransferOut,
+        m,
+        Some(to_user_id),
+    )? {
         let transfer_in = entries::find_transfer_in(conn, &out)?
             .ok_or_else(|| AppError::internal("transfer replay", "incoming half missing"))?;
-        return Ok(Outcome::replay(TransferResult { transfer_out: out, transfer_in }));
+        return Ok(Outcome::replay(TransferResult {
+            transfer_out: out,
+            transfer_in,
+        }));
     }
     let transfer_id = uuid::Uuid::new_v4().to_string();
     let transfer_out = entries::append(
@@ -214,5 +237,8 @@ pub fn transfer(
     )?;
     // A transfer's two entries sum to zero.
     assert_eq!(transfer_out.amount, transfer_in.amount);
-    Ok(Outcome::new(TransferResult { transfer_out, transfer_in }))
+    Ok(Outcome::new(TransferResult {
+        transfer_out,
+        transfer_in,
+    }))
 }

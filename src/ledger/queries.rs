@@ -70,11 +70,16 @@ pub struct HistoryPage {
 }
 
 /// Newest first. `count` is the number of entries matching the filters (all pages).
-pub fn history(conn: &Connection, wallet_id: &str, q: &HistoryQuery) -> Result<HistoryPage, AppError> {
+pub fn history(
+    conn: &Connection,
+    wallet_id: &str,
+    q: &HistoryQuery,
+) -> Result<HistoryPage, AppError> {
     let kind = q.kind.map(EntryKind::as_str);
     let from = q.from.map(Timestamp::to_text);
     let to = q.to.map(Timestamp::to_text);
-    let filters = "wallet_id = ?1 AND (?2 IS NULL OR kind = ?2) AND (?3 IS NULL OR created_at >= ?3)
+    let filters =
+        "wallet_id = ?1 AND (?2 IS NULL OR kind = ?2) AND (?3 IS NULL OR created_at >= ?3)
          AND (?4 IS NULL OR created_at <= ?4)";
     let count: i64 = conn
         .prepare_cached(&format!("SELECT count(*) FROM entries WHERE {filters}"))?
@@ -86,14 +91,30 @@ pub fn history(conn: &Connection, wallet_id: &str, q: &HistoryQuery) -> Result<H
              ORDER BY seq DESC LIMIT ?6 OFFSET ?7"
         ))?
         .query_map(
-            params![wallet_id, kind, from, to, q.before_seq, q.limit + 1, q.offset],
+            params![
+                wallet_id,
+                kind,
+                from,
+                to,
+                q.before_seq,
+                q.limit + 1,
+                q.offset
+            ],
             entry_from_row,
         )?
         .collect::<Result<Vec<_>, _>>()?;
     let more = results.len() > q.limit as usize;
     results.truncate(q.limit as usize);
-    let next_before_seq = if more { results.last().map(|e| e.seq) } else { None };
-    Ok(HistoryPage { count, results, next_before_seq })
+    let next_before_seq = if more {
+        results.last().map(|e| e.seq)
+    } else {
+        None
+    };
+    Ok(HistoryPage {
+        count,
+        results,
+        next_before_seq,
+    })
 }
 
 /// The exact balance at `at`: the newest snapshot at or before it, plus the entries between.
@@ -107,5 +128,6 @@ pub fn balance_at(conn: &Connection, wallet_id: &str, at: Timestamp) -> Result<i
         .optional()?
         .unwrap_or((0, String::new()));
     let net = entries::net_between(conn, wallet_id, &since, &at.to_text())?;
-    base.checked_add(net).ok_or_else(|| AppError::internal("balance_at", "overflow"))
+    base.checked_add(net)
+        .ok_or_else(|| AppError::internal("balance_at", "overflow"))
 }

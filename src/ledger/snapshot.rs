@@ -51,7 +51,12 @@ pub fn run(exec: &impl Exec, cutoff: Timestamp) -> Result<RunReport, AppError> {
         )?;
         Ok(conn.last_insert_rowid())
     })?;
-    let mut report = RunReport { run_id, cutoff, wallets: 0, mismatches: Vec::new() };
+    let mut report = RunReport {
+        run_id,
+        cutoff,
+        wallets: 0,
+        mismatches: Vec::new(),
+    };
     let mut after = String::new();
     loop {
         let from = after.clone();
@@ -80,7 +85,12 @@ pub fn run(exec: &impl Exec, cutoff: Timestamp) -> Result<RunReport, AppError> {
     Ok(report)
 }
 
-fn snapshot_chunk(conn: &Connection, run_id: i64, cutoff: Timestamp, after: &str) -> Result<Chunk, AppError> {
+fn snapshot_chunk(
+    conn: &Connection,
+    run_id: i64,
+    cutoff: Timestamp,
+    after: &str,
+) -> Result<Chunk, AppError> {
     let cut = cutoff.to_text();
     let wallets: Vec<(String, i64, i64, String)> = conn
         .prepare_cached(
@@ -88,7 +98,11 @@ fn snapshot_chunk(conn: &Connection, run_id: i64, cutoff: Timestamp, after: &str
         )?
         .query_map(params![after, SNAPSHOT_CHUNK_WALLETS], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
         .collect::<Result<_, _>>()?;
-    let mut chunk = Chunk { last_wallet_id: wallets.last().map(|w| w.0.clone()), wallets: 0, mismatches: vec![] };
+    let mut chunk = Chunk {
+        last_wallet_id: wallets.last().map(|w| w.0.clone()),
+        wallets: 0,
+        mismatches: vec![],
+    };
     for (id, balance, last_balance, last_update) in wallets {
         if last_update > cut {
             // A later snapshot already covers this wallet; never move it backwards.
@@ -98,14 +112,20 @@ fn snapshot_chunk(conn: &Connection, run_id: i64, cutoff: Timestamp, after: &str
         let running = balance - net_between(conn, &id, &cut, END_OF_TIME)?;
         chunk.wallets += 1;
         if computed != running {
-            chunk.mismatches.push(Mismatch { wallet_id: id.clone(), computed, running });
+            chunk.mismatches.push(Mismatch {
+                wallet_id: id.clone(),
+                computed,
+                running,
+            });
         }
         if computed < 0 {
             // Entries that sum below zero: recorded as a mismatch above, nothing stored.
             continue;
         }
-        conn.prepare_cached("UPDATE wallets SET last_balance = ?2, last_balance_update = ?3 WHERE id = ?1")?
-            .execute(params![id, computed, cut])?;
+        conn.prepare_cached(
+            "UPDATE wallets SET last_balance = ?2, last_balance_update = ?3 WHERE id = ?1",
+        )?
+        .execute(params![id, computed, cut])?;
         conn.prepare_cached(
             "INSERT INTO balance_snapshots (wallet_id, taken_at, balance, running, run_id) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (wallet_id, taken_at) DO UPDATE SET balance = excluded.balance, running = excluded.running,
@@ -119,7 +139,11 @@ fn snapshot_chunk(conn: &Connection, run_id: i64, cutoff: Timestamp, after: &str
 /// The cut-off of the newest run, if any.
 pub fn last_cutoff(conn: &Connection) -> Result<Option<Timestamp>, AppError> {
     let t: Option<String> = conn
-        .query_row("SELECT max(cutoff) FROM snapshot_runs WHERE finished_at IS NOT NULL", [], |r| r.get(0))
+        .query_row(
+            "SELECT max(cutoff) FROM snapshot_runs WHERE finished_at IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
         .optional()?
         .flatten();
     Ok(t.map(|t| Timestamp::from_stored(&t)))
@@ -128,6 +152,7 @@ pub fn last_cutoff(conn: &Connection) -> Result<Option<Timestamp>, AppError> {
 /// When the oldest wallet was created, the start of time for catch-up on a database that has
 /// never been snapshotted.
 pub fn first_wallet_at(conn: &Connection) -> Result<Option<Timestamp>, AppError> {
-    let t: Option<String> = conn.query_row("SELECT min(created_at) FROM wallets", [], |r| r.get(0))?;
+    let t: Option<String> =
+        conn.query_row("SELECT min(created_at) FROM wallets", [], |r| r.get(0))?;
     Ok(t.map(|t| Timestamp::from_stored(&t)))
 }

@@ -31,20 +31,26 @@ pub struct Withdrawal {
     pub refund_transaction_id: Option<String>,
 }
 
-const COLUMNS: &str = "id, wallet_id, amount, reference, metadata, status, scheduled_at, next_attempt_at, \
+const COLUMNS: &str =
+    "id, wallet_id, amount, reference, metadata, status, scheduled_at, next_attempt_at, \
      attempts, error_message, created_at, updated_at, transaction_id, refund_transaction_id";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Withdrawal> {
     let status: String = r.get(5)?;
-    let ts = |i: usize| -> rusqlite::Result<Timestamp> { Ok(Timestamp::from_stored(&r.get::<_, String>(i)?)) };
+    let ts = |i: usize| -> rusqlite::Result<Timestamp> {
+        Ok(Timestamp::from_stored(&r.get::<_, String>(i)?))
+    };
     Ok(Withdrawal {
         id: r.get(0)?,
         wallet_id: r.get(1)?,
         amount: r.get(2)?,
         reference: r.get(3)?,
         metadata: Metadata::from_stored(r.get(4)?),
-        status: WithdrawalStatus::parse(&status)
-            .ok_or(rusqlite::Error::InvalidColumnType(5, "status".into(), rusqlite::types::Type::Text))?,
+        status: WithdrawalStatus::parse(&status).ok_or(rusqlite::Error::InvalidColumnType(
+            5,
+            "status".into(),
+            rusqlite::types::Type::Text,
+        ))?,
         scheduled_at: ts(6)?,
         next_attempt_at: ts(7)?,
         attempts: r.get(8)?,
@@ -56,19 +62,27 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Withdrawal> {
     })
 }
 
-pub fn find_by_reference(conn: &Connection, wallet_id: &str, reference: &str) -> Result<Option<Withdrawal>, AppError> {
+pub fn find_by_reference(
+    conn: &Connection,
+    wallet_id: &str,
+    reference: &str,
+) -> Result<Option<Withdrawal>, AppError> {
     Ok(conn
-        .prepare_cached(&format!("SELECT {COLUMNS} FROM withdrawals WHERE wallet_id = ?1 AND reference = ?2"))?
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM withdrawals WHERE wallet_id = ?1 AND reference = ?2"
+        ))?
         .query_row(params![wallet_id, reference], from_row)
         .optional()?)
 }
 
 /// A withdrawal of this wallet; another wallet's is "not found".
 pub fn find(conn: &Connection, wallet_id: &str, id: &str) -> Result<Withdrawal, AppError> {
-    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM withdrawals WHERE wallet_id = ?1 AND id = ?2"))?
-        .query_row(params![wallet_id, id], from_row)
-        .optional()?
-        .ok_or(AppError::NotFound("withdrawal"))
+    conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM withdrawals WHERE wallet_id = ?1 AND id = ?2"
+    ))?
+    .query_row(params![wallet_id, id], from_row)
+    .optional()?
+    .ok_or(AppError::NotFound("withdrawal"))
 }
 
 pub fn find_any(conn: &Connection, id: &str) -> Result<Option<Withdrawal>, AppError> {
@@ -87,7 +101,9 @@ pub fn list(
 ) -> Result<(i64, Vec<Withdrawal>), AppError> {
     let status = status.map(WithdrawalStatus::as_str);
     let count: i64 = conn
-        .prepare_cached("SELECT count(*) FROM withdrawals WHERE wallet_id = ?1 AND (?2 IS NULL OR status = ?2)")?
+        .prepare_cached(
+            "SELECT count(*) FROM withdrawals WHERE wallet_id = ?1 AND (?2 IS NULL OR status = ?2)",
+        )?
         .query_row(params![wallet_id, status], |r| r.get(0))?;
     let rows = conn
         .prepare_cached(&format!(
@@ -108,10 +124,18 @@ pub fn schedule(
     scheduled_at: Timestamp,
 ) -> Result<Outcome<Withdrawal>, AppError> {
     if let Some(w) = find_by_reference(conn, wallet_id, m.reference.as_str())? {
-        let same = w.amount == m.amount.minor() && w.metadata == m.metadata && w.scheduled_at == scheduled_at;
-        return if same { Ok(Outcome::replay(w)) } else { Err(conflict(format_args!("withdrawal {}", w.id))) };
+        let same = w.amount == m.amount.minor()
+            && w.metadata == m.metadata
+            && w.scheduled_at == scheduled_at;
+        return if same {
+            Ok(Outcome::replay(w))
+        } else {
+            Err(conflict(format_args!("withdrawal {}", w.id)))
+        };
     }
-    if let Some(e) = entries::find_by_reference(conn, wallet_id, EntryKind::Withdrawal, m.reference.as_str())? {
+    if let Some(e) =
+        entries::find_by_reference(conn, wallet_id, EntryKind::Withdrawal, m.reference.as_str())?
+    {
         return Err(conflict(format_args!("transaction {}", e.id)));
     }
     let id = uuid::Uuid::new_v4().to_string();
@@ -130,10 +154,18 @@ pub fn schedule(
         now.to_text()
     ])?;
     let w = find(conn, wallet_id, &id)?;
-    Ok(Outcome { value: w, replayed: false })
+    Ok(Outcome {
+        value: w,
+        replayed: false,
+    })
 }
 
-pub fn cancel(conn: &Connection, now: Timestamp, wallet_id: &str, id: &str) -> Result<Withdrawal, AppError> {
+pub fn cancel(
+    conn: &Connection,
+    now: Timestamp,
+    wallet_id: &str,
+    id: &str,
+) -> Result<Withdrawal, AppError> {
     let w = find(conn, wallet_id, id)?;
     if w.status != WithdrawalStatus::Pending {
         return Err(AppError::Conflict(format!(
@@ -209,13 +241,20 @@ pub fn begin(
         |v| currency.format(v),
     );
     match appended {
-        Err(AppError::InsufficientFunds { available, required }) => {
+        Err(AppError::InsufficientFunds {
+            available,
+            required,
+        }) => {
             let message = format!("insufficient funds at the scheduled time: available {available}, required {required}");
             set_status(conn, now, id, WithdrawalStatus::Failed, Some(&message))?;
         }
         Err(e) => return Err(e),
         Ok(entry) => {
-            let status = if complete { WithdrawalStatus::Succeeded } else { WithdrawalStatus::Processing };
+            let status = if complete {
+                WithdrawalStatus::Succeeded
+            } else {
+                WithdrawalStatus::Processing
+            };
             conn.prepare_cached(
                 "UPDATE withdrawals SET status = ?2, transaction_id = ?3, updated_at = ?4, next_attempt_at = ?4 WHERE id = ?1",
             )?
@@ -232,7 +271,10 @@ pub enum Attempt {
     /// The service refused for good (4xx): fail and refund.
     Refused(String),
     /// A 5xx, timeout or connection error: retry at `retry_at`, unless attempts are used up.
-    Failed { error: String, retry_at: Timestamp },
+    Failed {
+        error: String,
+        retry_at: Timestamp,
+    },
 }
 
 /// Step 3: records one payout attempt on a PROCESSING withdrawal. A final failure writes the

@@ -1,0 +1,200 @@
+use serde_json::json;
+
+use crate::helpers::{name, TestApp};
+
+#[test]
+fn register_login_profile_logout() {
+    // The account life cycle: register returns a token, login issues another, each works
+    // alone, and logout revokes only the token that called it.
+    let app = TestApp::spawn();
+    let user = app.register(&name("alice"));
+    let r = app.get("/api/auth/profile", &user.token);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["username"], user.username.as_str());
+    assert_eq!(r.body["is_staff"], false);
+    for key in ["id", "email", "first_name", "last_name", "date_joined"] {
+        assert!(r.body.get(key).is_some(), "profile lacks {key}");
+    }
+
+    let login = app.request(
+        "POST",
+        "/api/auth/login/",
+        None,
+        Some(
+            &json!({"username": user.username.to_uppercase(), "password": "correct horse battery"}),
+        ),
+    );
+    assert_eq!(login.status, 200, "{}", login.body);
+    let second = login.body["token"].as_str().unwrap().to_string();
+    assert_ne!(second, user.token, "every login issues a new token");
+    assert!(login.body["expires_at"].as_str().unwrap().ends_with('Z'));
+
+    let out = app.request("POST", "/api/auth/logout", Some(&second), None);
+    assert_eq!(out.status, 200);
+    assert!(out.body["detail"].is_string());
+    assert_eq!(app.get("/api/auth/profile", &second).code(), "unauthorized");
+    assert_eq!(
+        app.get("/api/auth/profile", &user.token).status,
+        200,
+        "the other device's token still works"
+    );
+}
+
+#[test]
+fn registration_validation_and_duplicates() {
+    // Each invalid field is named; duplicates are 409 with their own codes, case-insensitively.
+    let app = TestApp::spawn();
+    let r = app.request(
+        "POST",
+        "/api/auth/register",
+        None,
+        Some(&json!({
+            "username": "a b", "email": "nope", "password": "short", "password_confirm": "other"
+        })),
+    );
+    assert_eq!(r.status, 422);
+    assert_eq!(r.code(), "validation_error");
+    for f in ["username", "email", "password", "password_confirm"] {
+        assert!(
+            r.body["error"]["fields"][f].is_array(),
+            "{f} not named: {}",
+            r.body
+        );
+    }
+    let r = app.request("POST", "/api/auth/register", None, Some(&json!({
+        "username": "samename", "email": "s@example.com", "password": "samename", "password_confirm": "samename"
+    })));
+    assert!(
+        r.body["error"]["fields"]["password"].is_array(),
+        "password equal to username: {}",
+        r.body
+    );
+    let r = app.request("POST", "/api/auth/register", None, Some(&json!({})));
+    assert_eq!(r.status, 422);
+
+    let u = app.register("dupuser");
+    let r = app.request("POST", "/api/auth/register", None, Some(&json!({
+        "username": "DupUser", "email": "other@example.com", "password": "correct horse", "password_confirm": "correct horse"
+    })));
+    assert_eq!((r.status, r.code()), (409, "username_taken"));
+    let r = app.request("POST", "/api/auth/register", None, Some(&json!({
+        "username": "other", "email": format!("{}@EXAMPLE.com", u.username), "password": "correct horse", "password_confirm": "correct horse"
+    })));
+    assert_eq!((r.status, r.code()), (409, "email_taken"));
+}
+
+#[test]
+fn login_failures_are_indistinguishable_and_throttled() {
+    // Unknown user and wrong password get the same status, code and message; repeated
+    // failures are throttled with 429 and Retry-After.
+    let app = TestApp::spawn_with(
+        |c| c.serve.login_failures_max = 3,
+        std::sync::Arc::new(wallet::clock::SystemClock),
+    );
+    let u = app.register(&name("carol"));
+    let wrong = app.request(
+        "POST",
+        "/api/auth/login",
+        None,
+        Some(&json!({"username": u.username, "password": "wrong password"})),
+    );
+    let unknown = app.request(
+        "POST",
+        "/api/auth/login",
+        None,
+        Some(&json!({"username": "nobody-here", "password": "wrong password"})),
+    );
+    assert_eq!(wrong.status, 401);
+    assert_eq!(wrong.body, unknown.body);
+    assert_eq!(wrong.code(), "invalid_credentials");
+    let _ = app.request(
+        "POST",
+        "/api/auth/login",
+        None,
+        Some(&json!({"username": u.username, "password": "wrong again"})),
+    );
+    let _ = app.request(
+        "POST",
+        "/api/auth/login",
+        None,
+        Some(&json!({"username": u.username, "password": "wrong thrice"})),
+    );
+    let limited = app.request(
+        "POST",
+        "/api/auth/login",
+        None,
+        Some(&json!({"username": u.username, "password": "correct horse battery"})),
+    );
+    assert_eq!((limited.status, limited.code()), (429, "rate_limited"));
+    assert!(limited
+        .header("Retry-After")
+        .is_some_and(|v| v.parse::<u64>().unwrap() >= 1));
+}
+
+#[test]
+fn tokens_are_required_valid_and_expire() {
+    // Missing, malformed, unknown and expired tokens are all 401; both schemes work.
+    let app = TestApp::spawn_with(
+        |c| c.serve.token_ttl = std::time::Duration::from_secs(1),
+        std::sync::Arc::new(wallet::clock::SystemClock),
+    );
+    let u = app.register(&name("dave"));
+    assert_eq!(
+        app.request("GET", "/api/wallets/me", None, None).code(),
+        "unauthorized"
+    );
+    assert_eq!(
+        app.get("/api/wallets/me", "not-a-token").code(),
+        "unauthorized"
+    );
+    let r = app.raw("GET", "/api/wallets/me", None, None, None);
+    assert_eq!(r.status, 401);
+    let bearer = {
+        let agent = crate::helpers::agent();
+        let resp = agent
+            .get(&format!("{}/api/wallets/me", app.base))
+            .header("Authorization", &format!("Bearer {}", u.token))
+            .call()
+            .unwrap();
+        resp.status().as_u16()
+    };
+    assert_eq!(bearer, 200);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(
+        app.get("/api/wallets/me", &u.token).code(),
+        "unauthorized",
+        "expired token refused"
+    );
+}
+
+#[test]
+fn tokens_and_passwords_are_stored_safely() {
+    // Only the token's hash is stored, and the password is argon2id in PHC format.
+    let app = TestApp::spawn();
+    let u = app.register(&name("erin"));
+    let db = app.sql();
+    let hash: String = db
+        .query_row(
+            "SELECT password_hash FROM users WHERE id = ?1",
+            [u.id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(hash.starts_with("$argon2id$v=19$"), "{hash}");
+    let plain: i64 = db
+        .query_row(
+            "SELECT count(*) FROM tokens WHERE token_hash = ?1",
+            [u.token.as_bytes()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(plain, 0, "the token itself is not stored");
+    let hashed: i64 = db
+        .query_row(
+            "SELECT count(*) FROM tokens WHERE token_hash = ?1",
+            [&wallet::accounts::hash_token(&u.token)[..]],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(hashed, 1);
+}

@@ -1,0 +1,147 @@
+use serde_json::json;
+
+use crate::helpers::{name, TestApp};
+
+#[test]
+fn unknown_routes_methods_and_trailing_slashes() {
+    // 404 for unknown paths, 405 with Allow for a known path and wrong method, and every path
+    // works with and without a trailing slash.
+    let app = TestApp::spawn();
+    let a = app.register(&name("a"));
+    let r = app.get("/api/nothing/here", &a.token);
+    assert_eq!((r.status, r.code()), (404, "not_found"));
+    let r = app.request("DELETE", "/api/wallets/me", Some(&a.token), None);
+    assert_eq!((r.status, r.code()), (405, "method_not_allowed"));
+    assert_eq!(r.header("Allow"), Some("GET, HEAD"));
+    let r = app.get("/api/wallets/me/deposit", &a.token);
+    assert_eq!((r.status, r.header("Allow")), (405, Some("POST")));
+    assert_eq!(app.get("/api/wallets/me/", &a.token).status, 200);
+    assert_eq!(
+        app.post(
+            "/api/wallets/me/deposit/",
+            &a.token,
+            json!({"amount": "1", "reference": "s"})
+        )
+        .status,
+        201
+    );
+}
+
+#[test]
+fn bodies_must_be_json_objects_within_the_limit() {
+    // 415 for another content type, 400 for broken JSON or a non-object, 413 over the limit;
+    // none of them changes anything.
+    let app = TestApp::spawn();
+    let a = app.register(&name("a"));
+    let path = "/api/wallets/me/deposit";
+    let r = app.raw(
+        "POST",
+        path,
+        Some(&a.token),
+        Some("amount=1".into()),
+        Some("application/x-www-form-urlencoded"),
+    );
+    assert_eq!((r.status, r.code()), (415, "unsupported_media_type"));
+    let r = app.raw(
+        "POST",
+        path,
+        Some(&a.token),
+        Some(r#"{"amount": "1", "reference": "x""#.into()),
+        Some("application/json"),
+    );
+    assert_eq!((r.status, r.code()), (400, "malformed_json"));
+    let r = app.raw(
+        "POST",
+        path,
+        Some(&a.token),
+        Some("[1, 2]".into()),
+        Some("application/json; charset=utf-8"),
+    );
+    assert_eq!((r.status, r.code()), (400, "malformed_json"));
+    let r = app.raw(
+        "POST",
+        path,
+        Some(&a.token),
+        Some(r#"{"amount": "1", "reference": "no-ct"}"#.into()),
+        None,
+    );
+    assert_eq!(
+        r.status, 201,
+        "a missing Content-Type is accepted: {}",
+        r.body
+    );
+    let big = format!(
+        r#"{{"amount": "1", "reference": "big", "metadata": {{"pad": "{}"}}}}"#,
+        "x".repeat(70_000)
+    );
+    let r = app.raw(
+        "POST",
+        path,
+        Some(&a.token),
+        Some(big),
+        Some("application/json"),
+    );
+    assert_eq!((r.status, r.code()), (413, "payload_too_large"));
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let r = app.raw(
+        "POST",
+        path,
+        Some(&a.token),
+        Some(deep),
+        Some("application/json"),
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(app.balance(&a), "1.00");
+}
+
+#[test]
+fn a_panicking_handler_costs_one_request() {
+    // A panic becomes an opaque 500 for that request only; the server keeps serving.
+    let app = TestApp::spawn();
+    let a = app.register(&name("a"));
+    for _ in 0..3 {
+        let r = app.get("/__test/panic", &a.token);
+        assert_eq!((r.status, r.code()), (500, "internal"));
+        let text = r.body.to_string();
+        assert!(
+            !text.contains("panic") && !text.contains("src/"),
+            "no internals: {text}"
+        );
+    }
+    assert_eq!(app.get("/api/wallets/me", &a.token).status, 200);
+    let metrics = app.request("GET", "/metrics", None, None);
+    assert!(metrics
+        .body
+        .as_str()
+        .unwrap()
+        .contains("wallet_handler_panics_total 3"));
+}
+
+#[test]
+fn request_ids_health_metrics_and_docs() {
+    // X-Request-Id is echoed or generated; the operational routes answer.
+    let app = TestApp::spawn();
+    let agent = crate::helpers::agent();
+    let resp = agent
+        .get(&format!("{}/health", app.base))
+        .header("X-Request-Id", "abc-123")
+        .call()
+        .unwrap();
+    assert_eq!(resp.headers().get("x-request-id").unwrap(), "abc-123");
+    let h = app.request("GET", "/health", None, None);
+    assert_eq!(h.body, json!({"status": "ok", "database": "ok"}));
+    assert_eq!(h.header("X-Request-Id").map(str::len), Some(32));
+    let m = app.request("GET", "/metrics", None, None);
+    assert_eq!(m.status, 200);
+    assert!(m.header("Content-Type").unwrap().starts_with("text/plain"));
+    assert!(m
+        .body
+        .as_str()
+        .unwrap()
+        .contains("wallet_http_requests_total{route=\"/health\",status=\"200\"}"));
+    let o = app.request("GET", "/openapi.json", None, None);
+    assert_eq!(o.status, 200);
+    assert!(o.body["openapi"].as_str().unwrap().starts_with("3."));
+    let d = app.request("GET", "/docs", None, None);
+    assert!(d.body.as_str().unwrap().contains("/openapi.json"));
+}
