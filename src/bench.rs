@@ -1,6 +1,27 @@
-//! `wallet bench`: a load generator over real HTTP. Filled in by issue 5.
+//! `wallet bench`: a load generator over real HTTP, and (with `--raw`) the same transfer code
+//! path against SQLite with no HTTP, so the two can be compared in one run.
+//!
+//! Without `--url` it starts this binary as a child server on a temporary database (so the
+//! server's resident memory can be read), registers `--users` users, funds them, then runs
+//! `--clients` keep-alive clients for `--duration` seconds: 80% transfers to random users, 10%
+//! deposits, 10% balance reads, each write with a unique reference.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use clap::Args;
+use rand::Rng;
+use serde_json::{json, Value};
+
+use crate::clock::SystemClock;
+use crate::config::Synchronous;
+use crate::db::{self, Writer};
+use crate::domain::{Amount, Currency, Metadata, Reference};
+use crate::ledger::{self, Movement, Recipient, TransferRequest};
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -8,7 +29,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub url: Option<String>,
     /// Users to register and fund.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 200)]
     pub users: u32,
     /// Concurrent keep-alive clients.
     #[arg(long, default_value_t = 64)]
@@ -16,6 +37,15 @@ pub struct BenchArgs {
     /// Seconds to run.
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
+    /// Extra clients that log in over and over beside the mix (argon2 pressure).
+    #[arg(long, default_value_t = 0)]
+    pub login_storm: u32,
+    /// Durability of the child server: full (default) or normal.
+    #[arg(long, value_enum, default_value_t = Synchronous::Full)]
+    pub synchronous: Synchronous,
+    /// Most requests per commit in the child server (1 turns group commit off).
+    #[arg(long, default_value_t = 256)]
+    pub write_batch_max: u16,
     /// Also measure the same transfer code path against SQLite with no HTTP.
     #[arg(long)]
     pub raw: bool,
@@ -24,6 +54,620 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-pub fn run(_args: &BenchArgs) -> Result<bool, String> {
-    Err("bench is not built yet".into())
+const PASSWORD: &str = "bench password 1";
+
+#[derive(Default)]
+struct OpStats {
+    latencies_us: Vec<u32>,
+    statuses: BTreeMap<u16, u64>,
+    transport_errors: u64,
+}
+
+impl OpStats {
+    fn record(&mut self, took: Duration, status: Option<u16>) {
+        self.latencies_us
+            .push(u32::try_from(took.as_micros()).unwrap_or(u32::MAX));
+        match status {
+            Some(s) => *self.statuses.entry(s).or_default() += 1,
+            None => self.transport_errors += 1,
+        }
+    }
+
+    fn merge(&mut self, other: OpStats) {
+        self.latencies_us.extend(other.latencies_us);
+        for (s, n) in other.statuses {
+            *self.statuses.entry(s).or_default() += n;
+        }
+        self.transport_errors += other.transport_errors;
+    }
+
+    fn summary(&mut self, seconds: f64) -> Value {
+        self.latencies_us.sort_unstable();
+        let pct = |p: f64| -> f64 {
+            if self.latencies_us.is_empty() {
+                return 0.0;
+            }
+            let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+            f64::from(self.latencies_us[i]) / 1000.0
+        };
+        let errors: BTreeMap<String, u64> = self
+            .statuses
+            .iter()
+            .filter(|(s, _)| **s >= 400 && **s != 422)
+            .map(|(s, n)| (s.to_string(), *n))
+            .chain(
+                (self.transport_errors > 0)
+                    .then(|| ("transport".to_string(), self.transport_errors)),
+            )
+            .collect();
+        json!({
+            "count": self.latencies_us.len(),
+            "per_s": (self.latencies_us.len() as f64 / seconds).round(),
+            "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99), "max_ms": pct(1.0),
+            "statuses": self.statuses.iter().map(|(s, n)| (s.to_string(), *n)).collect::<BTreeMap<_, _>>(),
+            "errors": errors,
+        })
+    }
+}
+
+struct Client {
+    agent: ureq::Agent,
+    base: String,
+}
+
+impl Client {
+    fn new(base: &str) -> Client {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        Client {
+            agent,
+            base: base.to_string(),
+        }
+    }
+
+    /// Returns the status and body, or `None` on a transport error.
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Option<(u16, Value)> {
+        let url = format!("{}{}", self.base, path);
+        let result = match (method, body) {
+            ("GET", _) => {
+                let mut r = self.agent.get(&url);
+                if let Some(t) = token {
+                    r = r.header("Authorization", &format!("Token {t}"));
+                }
+                r.call()
+            }
+            (_, b) => {
+                let mut r = self
+                    .agent
+                    .post(&url)
+                    .header("Content-Type", "application/json");
+                if let Some(t) = token {
+                    r = r.header("Authorization", &format!("Token {t}"));
+                }
+                r.send(b.map(Value::to_string).unwrap_or_default())
+            }
+        };
+        let mut resp = result.ok()?;
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        Some((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+}
+
+struct BenchUser {
+    id: i64,
+    username: String,
+    token: String,
+}
+
+/// A child server on a temporary database; killed and cleaned up on drop.
+struct ChildServer {
+    child: Child,
+    dir: PathBuf,
+    base: String,
+}
+
+impl ChildServer {
+    fn start(args: &BenchArgs) -> Result<ChildServer, String> {
+        let dir =
+            std::env::temp_dir().join(format!("wallet-bench-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let sync = match args.synchronous {
+            Synchronous::Full => "full",
+            Synchronous::Normal => "normal",
+        };
+        let child = Command::new(exe)
+            .args([
+                "--db",
+                &dir.join("bench.db").to_string_lossy(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .args([
+                "--synchronous",
+                sync,
+                "--write-batch-max",
+                &args.write_batch_max.to_string(),
+            ])
+            .args(["--snapshot-cron", "off", "--login-failures-max", "0"])
+            .env("WALLET_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start the server: {e}"))?;
+        let server = ChildServer {
+            child,
+            dir,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let probe = Client::new(&server.base);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if probe
+                .call("GET", "/health", None, None)
+                .is_some_and(|(s, _)| s == 200)
+            {
+                return Ok(server);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err("the server did not answer /health within 30 s".into())
+    }
+
+    /// Peak resident memory of the server process, in KiB.
+    fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
+    fn db(&self) -> PathBuf {
+        self.dir.join("bench.db")
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn setup_users(base: &str, n: u32, clients: u32) -> Result<Vec<BenchUser>, String> {
+    let run = uuid::Uuid::new_v4().simple().to_string()[..6].to_string();
+    let next = Arc::new(Mutex::new(0u32));
+    let users = Arc::new(Mutex::new(Vec::new()));
+    let threads: Vec<_> = (0..clients.clamp(1, 16))
+        .map(|_| {
+            let (next, users, base, run) = (next.clone(), users.clone(), base.to_string(), run.clone());
+            std::thread::spawn(move || -> Result<(), String> {
+                let c = Client::new(&base);
+                loop {
+                    let i = {
+                        let mut g = next.lock().unwrap_or_else(|p| p.into_inner());
+                        if *g >= n {
+                            return Ok(());
+                        }
+                        *g += 1;
+                        *g
+                    };
+                    let username = format!("bench{run}u{i}");
+                    let body = json!({"username": username, "email": format!("{username}@bench.invalid"), "password": PASSWORD, "password_confirm": PASSWORD});
+                    let (status, v) = c.call("POST", "/api/auth/register", None, Some(&body)).ok_or("register: transport error")?;
+                    if status != 201 {
+                        return Err(format!("register answered {status}: {v}"));
+                    }
+                    let token = v["token"].as_str().unwrap_or_default().to_string();
+                    let fund = json!({"amount": "1000000.00", "reference": "bench-fund"});
+                    let (status, v) = c.call("POST", "/api/wallets/me/deposit", Some(&token), Some(&fund)).ok_or("fund: transport error")?;
+                    if status != 201 {
+                        return Err(format!("funding answered {status}: {v}"));
+                    }
+                    let user_id = c
+                        .call("GET", "/api/auth/profile", Some(&token), None)
+                        .and_then(|(_, v)| v["id"].as_i64())
+                        .ok_or("profile failed")?;
+                    users.lock().unwrap_or_else(|p| p.into_inner()).push(BenchUser { id: user_id, username, token });
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join()
+            .map_err(|_| "a setup thread panicked".to_string())??;
+    }
+    let users = std::mem::take(&mut *users.lock().unwrap_or_else(|p| p.into_inner()));
+    Ok(users)
+}
+
+struct MixResult {
+    transfers: OpStats,
+    deposits: OpStats,
+    reads: OpStats,
+    logins: OpStats,
+    deposited_minor: i64,
+    seconds: f64,
+}
+
+fn run_mix(base: &str, users: &Arc<Vec<BenchUser>>, args: &BenchArgs) -> MixResult {
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..args.clients)
+        .map(|k| {
+            let (users, stop, base) = (users.clone(), stop.clone(), base.to_string());
+            std::thread::spawn(move || {
+                let c = Client::new(&base);
+                let mut rng = rand::rng();
+                let (mut t, mut d, mut r) = (OpStats::default(), OpStats::default(), OpStats::default());
+                let mut deposited = 0i64;
+                let mut seq = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    seq += 1;
+                    let from = &users[rng.random_range(0..users.len())];
+                    let roll = rng.random_range(0..100);
+                    let reference = format!("b{k}-{seq}");
+                    let t0 = Instant::now();
+                    if roll < 80 {
+                        let mut to = &users[rng.random_range(0..users.len())];
+                        while to.id == from.id {
+                            to = &users[rng.random_range(0..users.len())];
+                        }
+                        let cents: u32 = rng.random_range(1..=100);
+                        let body = json!({"to_user_id": to.id, "amount": format!("{}.{:02}", cents / 100, cents % 100), "reference": reference});
+                        let res = c.call("POST", "/api/wallets/me/transfer", Some(&from.token), Some(&body));
+                        t.record(t0.elapsed(), res.map(|(s, _)| s));
+                    } else if roll < 90 {
+                        let body = json!({"amount": "1.00", "reference": reference});
+                        let res = c.call("POST", "/api/wallets/me/deposit", Some(&from.token), Some(&body));
+                        if matches!(res, Some((201, _))) {
+                            deposited += 100;
+                        }
+                        d.record(t0.elapsed(), res.map(|(s, _)| s));
+                    } else {
+                        let res = c.call("GET", "/api/wallets/me/balance", Some(&from.token), None);
+                        r.record(t0.elapsed(), res.map(|(s, _)| s));
+                    }
+                }
+                (t, d, r, deposited)
+            })
+        })
+        .collect();
+    let stormers: Vec<_> = (0..args.login_storm)
+        .map(|_| {
+            let (users, stop, base) = (users.clone(), stop.clone(), base.to_string());
+            std::thread::spawn(move || {
+                let c = Client::new(&base);
+                let mut rng = rand::rng();
+                let mut l = OpStats::default();
+                while !stop.load(Ordering::Relaxed) {
+                    let u = &users[rng.random_range(0..users.len())];
+                    let t0 = Instant::now();
+                    let res = c.call(
+                        "POST",
+                        "/api/auth/login",
+                        None,
+                        Some(&json!({"username": u.username, "password": PASSWORD})),
+                    );
+                    l.record(t0.elapsed(), res.map(|(s, _)| s));
+                }
+                l
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(args.duration));
+    stop.store(true, Ordering::Relaxed);
+    let mut out = MixResult {
+        transfers: OpStats::default(),
+        deposits: OpStats::default(),
+        reads: OpStats::default(),
+        logins: OpStats::default(),
+        deposited_minor: 0,
+        seconds: 0.0,
+    };
+    for w in workers {
+        if let Ok((t, d, r, dep)) = w.join() {
+            out.transfers.merge(t);
+            out.deposits.merge(d);
+            out.reads.merge(r);
+            out.deposited_minor += dep;
+        }
+    }
+    for s in stormers {
+        if let Ok(l) = s.join() {
+            out.logins.merge(l);
+        }
+    }
+    out.seconds = started.elapsed().as_secs_f64();
+    out
+}
+
+/// The same transfer code path (writer, group commit, savepoints, `ledger::transfer`) with
+/// no HTTP: `clients` threads submit transfers for `seconds`.
+fn raw_transfers(clients: u32, users: u32, seconds: u64, sync: Synchronous) -> Result<f64, String> {
+    let dir = std::env::temp_dir().join(format!(
+        "wallet-bench-raw-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let result = raw_in(&dir.join("raw.db"), clients, users, seconds, sync);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn raw_in(
+    path: &Path,
+    clients: u32,
+    users: u32,
+    seconds: u64,
+    sync: Synchronous,
+) -> Result<f64, String> {
+    let mut conn = db::open(path, sync).map_err(|e| e.to_string())?;
+    db::migrate(&mut conn)?;
+    let currency = Currency::new("USD", 2, 1_000_000_000)?;
+    db::check_currency(&conn, &currency)?;
+    let (writer, handle) = Writer::start(conn, Arc::new(SystemClock), 256, 4096);
+    let users = users.max(2);
+    let wallets: Vec<(i64, String)> = {
+        let c = currency.clone();
+        writer
+            .execute(move |conn, now| {
+                let mut out = Vec::new();
+                for i in 0..users {
+                    let u = crate::accounts::NewUser {
+                        username: crate::domain::Username::parse(&format!("raw{i}"))
+                            .map_err(crate::error::AppError::Internal)?,
+                        email: crate::domain::Email::parse(&format!("raw{i}@bench.invalid"))
+                            .map_err(crate::error::AppError::Internal)?,
+                        password_hash: "x".into(),
+                        first_name: String::new(),
+                        last_name: String::new(),
+                        is_staff: false,
+                    };
+                    let user = crate::accounts::create_user(conn, now, &u, None)?;
+                    let w: String = conn.query_row(
+                        "SELECT id FROM wallets WHERE user_id = ?1",
+                        [user.id],
+                        |r| r.get(0),
+                    )?;
+                    let m = Movement {
+                        amount: Amount::parse_text("1000000", &c)
+                            .map_err(|e| crate::error::AppError::Internal(e.0))?,
+                        reference: Reference::parse("fund")
+                            .map_err(crate::error::AppError::Internal)?,
+                        metadata: Metadata::empty(),
+                    };
+                    ledger::deposit(conn, now, &c, &w, &m)?;
+                    out.push((user.id, w));
+                }
+                Ok(out)
+            })
+            .map_err(|e| format!("raw setup: {e:?}"))?
+    };
+    let wallets = Arc::new(wallets);
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|k| {
+            let (writer, wallets, stop, currency) = (
+                writer.clone(),
+                wallets.clone(),
+                stop.clone(),
+                currency.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut rng = rand::rng();
+                let mut done = 0u64;
+                let mut seq = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    seq += 1;
+                    let from = wallets[rng.random_range(0..wallets.len())].clone();
+                    let mut to = wallets[rng.random_range(0..wallets.len())].0;
+                    while to == from.0 {
+                        to = wallets[rng.random_range(0..wallets.len())].0;
+                    }
+                    let (Ok(amount), Ok(reference)) = (
+                        Amount::parse_text("0.50", &currency),
+                        Reference::parse(&format!("r{k}-{seq}")),
+                    ) else {
+                        return done;
+                    };
+                    let req = TransferRequest {
+                        to: Recipient::UserId(to),
+                        movement: Movement {
+                            amount,
+                            reference,
+                            metadata: Metadata::empty(),
+                        },
+                    };
+                    let c = currency.clone();
+                    if writer
+                        .execute(move |conn, now| {
+                            ledger::transfer(conn, now, &c, (from.0, &from.1), &req)
+                        })
+                        .is_ok()
+                    {
+                        done += 1;
+                    }
+                }
+                done
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(seconds));
+    stop.store(true, Ordering::Relaxed);
+    let done: u64 = threads.into_iter().map(|t| t.join().unwrap_or(0)).sum();
+    let rate = done as f64 / started.elapsed().as_secs_f64();
+    drop(writer);
+    let _ = handle.join();
+    Ok(rate)
+}
+
+/// Runs the benchmark. `Ok(false)` when the money invariant did not hold.
+pub fn run(args: &BenchArgs) -> Result<bool, String> {
+    if args.clients == 0 || args.users < 2 || args.duration == 0 {
+        return Err("--clients and --duration must be at least 1, --users at least 2".into());
+    }
+    let child = match &args.url {
+        Some(_) => None,
+        None => Some(ChildServer::start(args)?),
+    };
+    let base = args
+        .url
+        .clone()
+        .or_else(|| child.as_ref().map(|c| c.base.clone()))
+        .unwrap_or_default();
+    let base = base.trim_end_matches('/').to_string();
+    let t0 = Instant::now();
+    let users = Arc::new(setup_users(&base, args.users, args.clients)?);
+    let setup_s = t0.elapsed().as_secs_f64();
+    let mut mix = run_mix(&base, &users, args);
+
+    // The money invariant: the bench's users only trade among themselves, so their balances
+    // must sum to what was deposited into them.
+    let c = Client::new(&base);
+    let mut total = 0i64;
+    for u in users.iter() {
+        let (_, v) = c
+            .call("GET", "/api/wallets/me", Some(&u.token), None)
+            .ok_or("cannot read a balance")?;
+        let text = v["balance"].as_str().unwrap_or("0");
+        total += Amount::parse_text(text, &Currency::new("USD", 2, i64::MAX / 1000)?)
+            .map(Amount::minor)
+            .unwrap_or(0);
+    }
+    let expected = i64::from(args.users) * 100_000_000 + mix.deposited_minor;
+    let mut invariant_held = total == expected;
+    let mut verify_ok = Value::Null;
+    if let Some(child) = &child {
+        let mut conn = rusqlite::Connection::open(child.db()).map_err(|e| e.to_string())?;
+        let report = crate::verify::verify(&mut conn).map_err(|e| e.to_string())?;
+        invariant_held &= report.ok();
+        verify_ok = json!(report.ok());
+    }
+    let rss_kib = child.as_ref().and_then(ChildServer::peak_rss_kib);
+    drop(child);
+
+    let raw = if args.raw {
+        Some(raw_transfers(
+            args.clients,
+            args.users,
+            args.duration,
+            args.synchronous,
+        )?)
+    } else {
+        None
+    };
+    let seconds = mix.seconds;
+    let transfers = mix.transfers.summary(seconds);
+    let errors: u64 = [
+        &transfers,
+        &mix.deposits.summary(seconds),
+        &mix.reads.summary(seconds),
+    ]
+    .iter()
+    .flat_map(|s| {
+        s["errors"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default()
+            .into_values()
+    })
+    .filter_map(|v| v.as_u64())
+    .sum();
+    let report = json!({
+        "clients": args.clients, "users": args.users, "duration_s": seconds, "setup_s": setup_s,
+        "synchronous": format!("{:?}", args.synchronous).to_lowercase(), "write_batch_max": args.write_batch_max,
+        "transfers_per_s": transfers["per_s"], "p99_ms": transfers["p99_ms"],
+        "raw_transfers_per_s": raw.map(f64::round),
+        "http_to_raw_ratio": raw.map(|r| (transfers["per_s"].as_f64().unwrap_or(0.0) / r * 1000.0).round() / 1000.0),
+        "errors": errors,
+        "invariant_held": invariant_held, "verify_ok": verify_ok,
+        "expected_total_minor": expected, "total_minor": total,
+        "server_peak_rss_mib": rss_kib.map(|k| (k as f64 / 1024.0 * 10.0).round() / 10.0),
+        "transfers": transfers,
+        "deposits": mix.deposits.summary(seconds),
+        "balance_reads": mix.reads.summary(seconds),
+        "logins": if args.login_storm > 0 { mix.logins.summary(seconds) } else { Value::Null },
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        print_table(&report);
+    }
+    Ok(invariant_held)
+}
+
+fn print_table(r: &Value) {
+    println!(
+        "wallet bench: {} clients, {} users, {:.1} s, synchronous={}, write_batch_max={}",
+        r["clients"],
+        r["users"],
+        r["duration_s"].as_f64().unwrap_or(0.0),
+        r["synchronous"].as_str().unwrap_or(""),
+        r["write_batch_max"]
+    );
+    println!(
+        "{:<14} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  statuses",
+        "operation", "count", "per s", "p50 ms", "p95 ms", "p99 ms", "max ms"
+    );
+    for (name, key) in [
+        ("transfer", "transfers"),
+        ("deposit", "deposits"),
+        ("balance read", "balance_reads"),
+        ("login", "logins"),
+    ] {
+        let s = &r[key];
+        if s.is_null() {
+            continue;
+        }
+        println!(
+            "{:<14} {:>9} {:>9} {:>9.2} {:>9.2} {:>9.2} {:>9.2}  {}",
+            name,
+            s["count"],
+            s["per_s"],
+            s["p50_ms"].as_f64().unwrap_or(0.0),
+            s["p95_ms"].as_f64().unwrap_or(0.0),
+            s["p99_ms"].as_f64().unwrap_or(0.0),
+            s["max_ms"].as_f64().unwrap_or(0.0),
+            s["statuses"]
+        );
+    }
+    if let Some(raw) = r["raw_transfers_per_s"].as_f64() {
+        println!(
+            "raw transfers (no HTTP, same code path): {raw:.0}/s; HTTP reaches {:.1}% of it",
+            r["http_to_raw_ratio"].as_f64().unwrap_or(0.0) * 100.0
+        );
+    }
+    println!("errors (non-422 4xx/5xx and transport): {}", r["errors"]);
+    if let Some(rss) = r["server_peak_rss_mib"].as_f64() {
+        println!("server peak resident memory: {rss:.1} MiB");
+    }
+    println!(
+        "money invariant (sum of balances = deposits; wallet verify): {}",
+        if r["invariant_held"].as_bool().unwrap_or(false) {
+            "held"
+        } else {
+            "BROKEN"
+        }
+    );
 }

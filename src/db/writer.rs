@@ -22,8 +22,11 @@ use crate::error::AppError;
 /// caller once the batch's fate (commit or not) is known.
 struct Ran {
     keep: bool,
-    answer: Box<dyn FnOnce(Result<(), AppError>) + Send>,
+    answer: Answer,
 }
+
+/// Delivers a job's result once the batch's commit (or failure) is known.
+type Answer = Box<dyn FnOnce(Result<(), AppError>) + Send>;
 
 type Job = Box<dyn FnOnce(&Connection, Timestamp) -> Ran + Send>;
 
@@ -104,10 +107,18 @@ fn run(
     batch_max: usize,
     stats: &WriterStats,
 ) {
-    let mut last_now = clock.now();
+    // Start after the newest entry already stored, in case the clock stepped back across a
+    // restart.
+    let newest: Option<String> = conn
+        .query_row(
+            "SELECT created_at FROM entries ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .ok();
+    let mut last_now = newest.map_or(clock.now(), |t| clock.now().max(Timestamp::from_stored(&t)));
     let mut batch: Vec<Job> = Vec::with_capacity(batch_max);
-    let mut answers: Vec<Box<dyn FnOnce(Result<(), AppError>) + Send>> =
-        Vec::with_capacity(batch_max);
+    let mut answers: Vec<Answer> = Vec::with_capacity(batch_max);
     // Blocks for the first job, then takes whatever else is already waiting: under light load
     // a job is committed at once, under heavy load many share one commit.
     while let Ok(first) = rx.recv() {
@@ -118,11 +129,14 @@ fn run(
                 Err(_) => break,
             }
         }
-        // Entry times never go backwards, even if the wall clock does.
-        last_now = last_now.max(clock.now());
-        let now = last_now;
-
-        let outcome = run_batch(&conn, now, &mut batch, &mut answers, stats);
+        let outcome = run_batch(
+            &conn,
+            &*clock,
+            &mut last_now,
+            &mut batch,
+            &mut answers,
+            stats,
+        );
         stats.batches.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = &outcome {
             stats.commit_failures.fetch_add(1, Ordering::Relaxed);
@@ -139,27 +153,34 @@ fn run(
 
 fn run_batch(
     conn: &Connection,
-    now: Timestamp,
+    clock: &dyn crate::clock::Clock,
+    last_now: &mut Timestamp,
     batch: &mut Vec<Job>,
-    answers: &mut Vec<Box<dyn FnOnce(Result<(), AppError>) + Send>>,
+    answers: &mut Vec<Answer>,
     stats: &WriterStats,
 ) -> Result<(), AppError> {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         batch.clear();
         return Err(e.into());
     }
+    // The batch's time is read once the write lock is held, and each batch's time is strictly
+    // later than the one before, even if the wall clock stalls or steps back. So every entry
+    // committed after a transaction that read the time `t` carries a time after `t`: a
+    // snapshot with cut-off `t - 1µs` has seen every entry at or before its cut-off.
+    *last_now = clock.now().max(last_now.plus_micros(1));
+    let now = *last_now;
     for job in batch.drain(..) {
         stats.jobs.fetch_add(1, Ordering::Relaxed);
-        let step = conn.execute_batch("SAVEPOINT job");
+        let step = exec_cached(conn, "SAVEPOINT job");
         let ran = step
             .is_ok()
             .then(|| catch_unwind(AssertUnwindSafe(|| job(conn, now))));
         let keep = matches!(&ran, Some(Ok(r)) if r.keep);
         let end = if keep {
-            conn.execute_batch("RELEASE job")
+            exec_cached(conn, "RELEASE job")
         } else {
             stats.jobs_rolled_back.fetch_add(1, Ordering::Relaxed);
-            conn.execute_batch("ROLLBACK TO job; RELEASE job")
+            exec_cached(conn, "ROLLBACK TO job").and_then(|()| exec_cached(conn, "RELEASE job"))
         };
         if let Some(Ok(ran)) = ran {
             answers.push(ran.answer);
@@ -174,4 +195,123 @@ fn run_batch(
         return Err(e.into());
     }
     Ok(())
+}
+
+/// Runs a statement from the connection's statement cache: savepoints run once per job, and
+/// parsing them each time showed up in profiles.
+fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+    use std::time::Duration;
+
+    fn writer() -> (Writer, JoinHandle<()>) {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (v INTEGER NOT NULL)")
+            .unwrap();
+        Writer::start(conn, Arc::new(SystemClock), 64, 64)
+    }
+
+    fn count(w: &Writer) -> i64 {
+        w.execute(|c, _| Ok(c.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))?))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_failing_job_rolls_back_alone() {
+        // Three jobs share one batch (one COMMIT); the middle one writes and then fails. Its
+        // write is rolled back to its savepoint; the other two are committed.
+        let (w, _h) = writer();
+        // Hold the writer busy so the next three jobs queue up and form one batch.
+        let blocker = {
+            let w = w.clone();
+            std::thread::spawn(move || {
+                w.execute(|_, _| {
+                    std::thread::sleep(Duration::from_millis(300));
+                    Ok(())
+                })
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        let batches_before = w.stats.batches.load(Ordering::SeqCst);
+        let jobs: Vec<_> = [1, 2, 3]
+            .into_iter()
+            .map(|v| {
+                let w = w.clone();
+                std::thread::spawn(move || {
+                    w.execute(move |c, _| {
+                        c.execute("INSERT INTO t (v) VALUES (?1)", [v])?;
+                        if v == 2 {
+                            return Err(AppError::Conflict("job 2 fails after writing".into()));
+                        }
+                        Ok(v)
+                    })
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(50));
+        blocker.join().unwrap().unwrap();
+        let results: Vec<_> = jobs.into_iter().map(|j| j.join().unwrap()).collect();
+        assert_eq!(results[0], Ok(1));
+        assert!(matches!(results[1], Err(AppError::Conflict(_))));
+        assert_eq!(results[2], Ok(3));
+        // Counted after `batches_before` was read: the blocker's batch (still running then),
+        // plus exactly one batch for the three jobs.
+        assert_eq!(w.stats.batches.load(Ordering::SeqCst) - batches_before, 2);
+        assert_eq!(w.stats.jobs_rolled_back.load(Ordering::SeqCst), 1);
+        let values: Vec<i64> = w
+            .execute(|c, _| {
+                let mut s = c.prepare("SELECT v FROM t ORDER BY v")?;
+                let rows = s
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows)
+            })
+            .unwrap();
+        assert_eq!(values, vec![1, 3]);
+        assert_eq!(count(&w), 2);
+    }
+
+    #[test]
+    fn a_panicking_job_is_an_internal_error_and_the_writer_lives_on() {
+        // A bug in one job costs that job only.
+        let (w, _h) = writer();
+        let r: Result<(), AppError> = w.execute(|_, _| panic!("boom"));
+        assert!(matches!(r, Err(AppError::Internal(_))));
+        w.execute(|c, _| Ok(c.execute("INSERT INTO t (v) VALUES (1)", []).map(drop)?))
+            .unwrap();
+        assert_eq!(count(&w), 1);
+    }
+
+    #[test]
+    fn a_full_queue_is_unavailable_not_a_longer_wait() {
+        // With a queue of one and the writer busy, the third caller is refused at once.
+        let conn = Connection::open_in_memory().unwrap();
+        let (w, _h) = Writer::start(conn, Arc::new(SystemClock), 1, 1);
+        let busy = {
+            let w = w.clone();
+            std::thread::spawn(move || {
+                w.execute(|_, _| {
+                    std::thread::sleep(Duration::from_millis(300));
+                    Ok(())
+                })
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        let queued = {
+            let w = w.clone();
+            std::thread::spawn(move || w.execute(|_, _| Ok(())))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        let refused = w.execute(|_, _| Ok(()));
+        assert!(
+            matches!(refused, Err(AppError::Unavailable(_))),
+            "{refused:?}"
+        );
+        assert!(busy.join().unwrap().is_ok() && queued.join().unwrap().is_ok());
+    }
 }

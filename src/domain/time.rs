@@ -46,6 +46,10 @@ impl Timestamp {
         self.0
     }
 
+    pub fn plus_micros(self, us: i64) -> Timestamp {
+        Timestamp(self.0 + chrono::Duration::microseconds(us))
+    }
+
     pub fn plus_millis(self, ms: i64) -> Timestamp {
         Timestamp(self.0 + chrono::Duration::milliseconds(ms))
     }

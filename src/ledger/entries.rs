@@ -165,7 +165,8 @@ pub fn append(
     Ok(entry)
 }
 
-/// The entry a client's reference already names, for idempotent replays.
+/// The entry a client's reference already names, for idempotent replays. Only the kinds a
+/// client names (deposit, withdrawal, transfer out) have unique references.
 pub fn find_by_reference(
     conn: &Connection,
     wallet_id: &str,
@@ -174,7 +175,11 @@ pub fn find_by_reference(
 ) -> Result<Option<Entry>, AppError> {
     Ok(conn
         .prepare_cached(&format!(
-            "SELECT {ENTRY_COLUMNS} FROM entries WHERE wallet_id = ?1 AND kind = ?2 AND reference = ?3"
+            // The last term repeats the partial index's WHERE clause word for word: SQLite
+            // uses a partial index only when the query visibly implies its condition, and
+            // without it this lookup scanned the wallet's whole history.
+            "SELECT {ENTRY_COLUMNS} FROM entries WHERE wallet_id = ?1 AND kind = ?2 AND reference = ?3
+                 AND kind IN ('DEPOSIT', 'WITHDRAWAL', 'TRANSFER_OUT')"
         ))?
         .query_row(params![wallet_id, kind.as_str(), reference], entry_from_row)
         .optional()?)

@@ -42,14 +42,21 @@ struct Chunk {
     mismatches: Vec<Mismatch>,
 }
 
-/// Takes one snapshot of every wallet as of `cutoff`.
+/// Takes one snapshot of every wallet as of `cutoff`, or as of just before the run's first
+/// transaction if that is earlier.
+///
+/// An entry belongs to the snapshot when `created_at <= cutoff`. Write transactions take
+/// their time after acquiring the lock, strictly increasing (`db::writer`), so every entry
+/// committed after the run's first transaction is later than `now - 1µs`: capping the
+/// cut-off there means no entry at or before it can still be committed behind the run.
 pub fn run(exec: &impl Exec, cutoff: Timestamp) -> Result<RunReport, AppError> {
-    let run_id = exec.exec(move |conn, now| {
+    let (run_id, cutoff) = exec.exec(move |conn, now| {
+        let cutoff = cutoff.min(now.plus_micros(-1));
         conn.execute(
             "INSERT INTO snapshot_runs (cutoff, started_at) VALUES (?1, ?2)",
             params![cutoff.to_text(), now.to_text()],
         )?;
-        Ok(conn.last_insert_rowid())
+        Ok((conn.last_insert_rowid(), cutoff))
     })?;
     let mut report = RunReport {
         run_id,

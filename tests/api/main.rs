@@ -5,4 +5,7 @@ mod accounts;
 mod concurrency;
 mod edge;
 mod helpers;
+mod hostile;
+mod snapshots;
 mod wallet;
+mod withdrawals;

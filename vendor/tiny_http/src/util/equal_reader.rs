@@ -64,12 +64,24 @@ where
     R: Read,
 {
     fn drop(&mut self) {
+        // wallet patch: upstream allocated `vec![0; remaining]` to drain an unread body, so a
+        // request declaring `Content-Length: 99999999999` aborted the whole process on the
+        // failed allocation. Drain through a small buffer, and past DRAIN_BYTES_MAX give up
+        // and close the connection instead of reading a body nobody wants.
+        const DRAIN_BYTES_MAX: usize = 1 << 20;
         let mut remaining_to_read = self.size;
+        if remaining_to_read > DRAIN_BYTES_MAX {
+            let too_big = std::io::Error::new(std::io::ErrorKind::Other, "unread body too large to drain");
+            self.last_read_signal.send(Err(too_big)).ok();
+            return;
+        }
+        let mut buf = [0u8; 8192];
 
         while remaining_to_read > 0 {
-            let mut buf = vec![0; remaining_to_read];
+            let want = remaining_to_read.min(buf.len());
+            let buf = &mut buf[..want];
 
-            match self.reader.read(&mut buf) {
+            match self.reader.read(buf) {
                 Err(e) => {
                     self.last_read_signal.send(Err(e)).ok();
                     break;

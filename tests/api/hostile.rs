@@ -1,0 +1,355 @@
+//! Hostile input and abuse: malformed requests, tampering, slow and idle clients, and the
+//! limits of tiny_http's connection handling (vendor/tiny_http/PATCHES.md).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::helpers::{name, TestApp};
+
+fn addr(app: &TestApp) -> SocketAddr {
+    app.base.trim_start_matches("http://").parse().unwrap()
+}
+
+/// Sends raw bytes on a new connection and returns the status code of the reply (0 when the
+/// server closed the connection without a reply).
+fn raw_status(addr: SocketAddr, bytes: &[u8]) -> u16 {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return 0;
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(bytes);
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn tampering_is_detected_by_verify() {
+    // Someone with the file drops the immutability triggers and edits an entry (and the
+    // balance, to match): the hash chain names the row. Deleting a row is caught too.
+    let app = TestApp::spawn();
+    let (a, b) = (app.register(&name("a")), app.register(&name("b")));
+    app.deposit(&a, "100", "d1");
+    app.post(
+        "/api/wallets/me/transfer",
+        &a.token,
+        json!({"to_user_id": b.id, "amount": "30", "reference": "t"}),
+    );
+    app.deposit(&a, "5", "d2");
+    assert!(app.verify().ok());
+    let db = app.sql();
+    db.execute_batch(
+        "DROP TRIGGER entries_no_update; DROP TRIGGER entries_no_delete;
+         UPDATE entries SET amount = 1000, balance_after = 1000 * 100 WHERE seq = 1;",
+    )
+    .unwrap();
+    let report = app.verify();
+    assert!(!report.ok());
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.contains("entry seq 1") && f.contains("hash")),
+        "{:?}",
+        report.findings
+    );
+
+    let app2 = TestApp::spawn();
+    let c = app2.register(&name("c"));
+    app2.deposit(&c, "1", "x");
+    app2.deposit(&c, "2", "y");
+    let db2 = app2.sql();
+    db2.execute_batch("DROP TRIGGER entries_no_delete; DELETE FROM entries WHERE seq = 1;")
+        .unwrap();
+    let report = app2.verify();
+    assert!(
+        report.findings.iter().any(|f| f.contains("missing")),
+        "{:?}",
+        report.findings
+    );
+    assert!(
+        report.findings.iter().any(|f| f.contains("balance")),
+        "{:?}",
+        report.findings
+    );
+
+    // The command-line verify exits non-zero and names the first bad row.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wallet"))
+        .arg("--db")
+        .arg(&app.db)
+        .arg("verify")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("entry seq 1"));
+}
+
+#[test]
+fn thousands_of_malformed_requests_change_nothing() {
+    // Bad JSON, wrong types, huge numbers, deep nesting, invalid UTF-8, NUL bytes, odd
+    // headers, unknown methods and oversized bodies: never a 5xx, nothing written, and the
+    // server keeps serving a real client throughout.
+    let app = TestApp::spawn();
+    let a = app.register(&name("a"));
+    let auth = format!("Authorization: Token {}\r\n", a.token);
+    let bodies: Vec<Vec<u8>> = vec![
+        b"{".to_vec(),
+        b"{\"amount\": }".to_vec(),
+        b"null".to_vec(),
+        b"\"just a string\"".to_vec(),
+        b"{\"amount\": 1e999999, \"reference\": \"x\"}".to_vec(),
+        b"{\"amount\": 123456789012345678901234567890, \"reference\": \"x\"}".to_vec(),
+        b"{\"amount\": \"1\", \"reference\": {\"nested\": true}}".to_vec(),
+        b"{\"amount\": \"1\", \"reference\": \"a\x00b\"}".to_vec(),
+        vec![b'{', 0xff, 0xfe, b'}'],
+        b"{\"amount\": \"\xc3\x28\", \"reference\": \"x\"}".to_vec(),
+        format!("{}1{}", "[".repeat(5000), "]".repeat(5000)).into_bytes(),
+        format!(
+            "{{\"amount\": \"1\", \"reference\": \"x\", \"metadata\": {}}}",
+            "{\"a\":".repeat(200) + "1" + &"}".repeat(200)
+        )
+        .into_bytes(),
+        b"{\"to_user_id\": -1, \"amount\": \"0\", \"reference\": \"x\"}".to_vec(),
+        b"{\"to_user_id\": 1.5, \"amount\": \"-1\", \"reference\": \"x\"}".to_vec(),
+        b"{\"amount\": \"1.001\", \"reference\": \"x\", \"scheduled_at\": \"9999-99-99\"}".to_vec(),
+    ];
+    let paths = [
+        "/api/wallets/me/deposit",
+        "/api/wallets/me/withdraw",
+        "/api/wallets/me/transfer",
+        "/api/auth/register",
+        "/api/auth/login",
+    ];
+    let mut statuses = std::collections::BTreeMap::new();
+    let started = Instant::now();
+    let mut n = 0;
+    for round in 0..8 {
+        for body in &bodies {
+            for path in paths {
+                let mut req = format!("POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).into_bytes();
+                req.extend_from_slice(body);
+                let s = raw_status(addr(&app), &req);
+                *statuses.entry(s).or_insert(0) += 1;
+                assert!(s < 500, "{path} {:?} → {s}", String::from_utf8_lossy(body));
+                n += 1;
+            }
+        }
+        // Protocol-level oddities.
+        for req in [
+            b"BREW /api/wallets/me HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+            b"GET /api/wallets/me HTTP/1.1\r\nHost: x\r\nAuthorization: Token \x00\x01\r\nConnection: close\r\n\r\n".to_vec(),
+            b"GET /api/wallets/me HTTP/1.1\r\nHost: x\r\nAuthorization: Basic Zm9vOmJhcg==\r\nConnection: close\r\n\r\n".to_vec(),
+            format!("GET /api/wallets/me HTTP/1.1\r\nHost: x\r\nAuthorization: Token {}\r\nConnection: close\r\n\r\n", "a".repeat(8000)).into_bytes(),
+            b"GET /%ff%fe/../../etc/passwd HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+            b"GET /api/wallets/me/transactions?limit=99999999999999999999&offset=-5 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+            b"POST /api/wallets/me/deposit HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\nConnection: close\r\n\r\n{}".to_vec(),
+            b"POST /api/wallets/me/deposit HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\n".to_vec(),
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec(),
+            b"GET / HTTP/9.9\r\n\r\n".to_vec(),
+            b"\r\n\r\n\r\n".to_vec(),
+        ] {
+            let s = raw_status(addr(&app), &req);
+            assert!(s < 500 || s == 505, "round {round}: {:?} → {s}", String::from_utf8_lossy(&req[..req.len().min(60)]));
+            n += 1;
+        }
+        assert_eq!(
+            app.get("/api/wallets/me", &a.token).status,
+            200,
+            "still serving"
+        );
+    }
+    // An oversized body, over HTTP.
+    let r = app.raw(
+        "POST",
+        "/api/wallets/me/deposit",
+        Some(&a.token),
+        Some("x".repeat(200_000)),
+        Some("application/json"),
+    );
+    assert_eq!(r.status, 413);
+    let db = app.sql();
+    let (users, entries): (i64, i64) = db
+        .query_row(
+            "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM entries)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (users, entries),
+        (1, 0),
+        "nothing written by {n} malformed requests ({statuses:?}) in {:?}",
+        started.elapsed()
+    );
+    assert!(app.verify().ok());
+}
+
+#[test]
+fn idle_and_slow_clients_are_disconnected() {
+    // An idle keep-alive connection and a client that stalls mid-body are closed after the
+    // socket timeout, so a slowloris cannot hold threads forever.
+    let app = TestApp::spawn_with(
+        |c| c.serve.socket_timeout_ms = 300,
+        std::sync::Arc::new(wallet::clock::SystemClock),
+    );
+    let mut idle = TcpStream::connect(addr(&app)).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = idle.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the server closed the idle connection");
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "closed after {:?}",
+        t.elapsed()
+    );
+
+    let mut stalled = TcpStream::connect(addr(&app)).unwrap();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stalled
+        .write_all(b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"user")
+        .unwrap();
+    let t = Instant::now();
+    let mut reply = Vec::new();
+    let _ = stalled.read_to_end(&mut reply);
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "stalled body held for {:?}",
+        t.elapsed()
+    );
+    let text = String::from_utf8_lossy(&reply);
+    assert!(!text.contains(" 500 "), "{text}");
+}
+
+#[test]
+fn many_idle_connections_do_not_starve_a_real_client() {
+    // 200 idle connections (a slowloris) below the cap: a real client is still served at once.
+    let app = TestApp::spawn();
+    let idle: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(addr(&app)).unwrap())
+        .collect();
+    let t = Instant::now();
+    assert_eq!(app.request("GET", "/health", None, None).status, 200);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    drop(idle);
+}
+
+#[test]
+fn connections_beyond_the_cap_get_503() {
+    // With a cap of 8, the 9th open connection is answered 503 and closed; once some close,
+    // new connections are served again.
+    let app = TestApp::spawn_with(
+        |c| c.serve.connections_max = 8,
+        std::sync::Arc::new(wallet::clock::SystemClock),
+    );
+    let held: Vec<TcpStream> = (0..8)
+        .map(|_| TcpStream::connect(addr(&app)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let s = raw_status(addr(&app), b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(s, 503);
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = raw_status(
+            addr(&app),
+            b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        if s == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never served again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn running_out_of_descriptors_does_not_stop_the_listener() {
+    // The real binary under a hard limit of 96 descriptors: enough connections to make
+    // accept() fail with EMFILE. Upstream tiny_http then closed its listener for good; ours
+    // backs off, and serves again once connections close.
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wallet"));
+    cmd.args([
+        "--db",
+        &dir.path().join("w.db").to_string_lossy(),
+        "--listen",
+        "127.0.0.1:0",
+        "--threads",
+        "4",
+        "--snapshot-cron",
+        "off",
+    ])
+    .env("WALLET_LOG", "off")
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null());
+    // SAFETY: setrlimit in the child between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 96,
+                rlim_max: 96,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    // The server prints "wallet listening on http://ADDR" once it is bound.
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr: SocketAddr = line
+        .trim()
+        .rsplit("http://")
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|_| panic!("{line:?}"));
+    let health = |addr| {
+        raw_status(
+            addr,
+            b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while health(addr) != 200 {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Each connection costs the server two descriptors; 120 connections exhaust 96.
+    let flood: Vec<TcpStream> = (0..120)
+        .filter_map(|_| TcpStream::connect(addr).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(flood);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut served = false;
+    while Instant::now() < deadline {
+        if health(addr) == 200 {
+            served = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(served, "the listener stopped accepting after EMFILE");
+}

@@ -1,0 +1,1049 @@
+//! Scheduled withdrawals (issue 4) against a scripted fake payout service: outcomes, retries,
+//! refunds, cancel, idempotency, validation, and a SIGKILL of the real binary mid-payout.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ::wallet::clock::SystemClock;
+use ::wallet::domain::Timestamp;
+use serde_json::{json, Value};
+
+use crate::helpers::{name, Resp, TestApp, User};
+
+// ---- The fake payout service --------------------------------------------------------------
+
+/// What the fake does with one call.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    /// Replies at once with this status.
+    Reply(u16),
+    /// Sleeps this long (past the client's timeout), then tries to reply with the status.
+    Hang(u64, u16),
+    /// Never replies; holds the connection until the fake is dropped.
+    Hold,
+}
+
+#[derive(Clone, Debug)]
+struct Call {
+    method: String,
+    path: String,
+    key: Option<String>,
+    body: Value,
+}
+
+struct FakeState {
+    script: Mutex<VecDeque<Step>>,
+    fallback: Mutex<Step>,
+    calls: Mutex<Vec<Call>>,
+    stopping: AtomicBool,
+}
+
+struct FakePayout {
+    url: String,
+    addr: std::net::SocketAddr,
+    state: Arc<FakeState>,
+}
+
+impl FakePayout {
+    /// Answers calls with `script` in order, then with `fallback`.
+    fn start(script: &[Step], fallback: Step) -> FakePayout {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the fake");
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(FakeState {
+            script: Mutex::new(script.iter().copied().collect()),
+            fallback: Mutex::new(fallback),
+            calls: Mutex::new(Vec::new()),
+            stopping: AtomicBool::new(false),
+        });
+        let st = state.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                let st = st.clone();
+                std::thread::spawn(move || serve(conn, &st));
+            }
+        });
+        FakePayout {
+            url: format!("http://{addr}/payouts"),
+            addr,
+            state,
+        }
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        self.state.calls.lock().unwrap().clone()
+    }
+
+    /// Waits until the fake has received `n` calls.
+    fn wait_calls(&self, n: usize, within: Duration) -> Vec<Call> {
+        let deadline = Instant::now() + within;
+        loop {
+            let calls = self.calls();
+            if calls.len() >= n || Instant::now() > deadline {
+                return calls;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for FakePayout {
+    fn drop(&mut self) {
+        self.state.stopping.store(true, Ordering::SeqCst);
+        // Wakes the accept loop so that it sees the flag.
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn serve(conn: TcpStream, st: &FakeState) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+    let mut line = String::new();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        return;
+    }
+    let mut parts = line.split_whitespace();
+    let (method, path) = (
+        parts.next().unwrap_or("").to_string(),
+        parts.next().unwrap_or("").to_string(),
+    );
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 {
+            return;
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((n, v)) = h.split_once(':') {
+            headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    let header = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    let mut body = Vec::new();
+    if let Some(len) = header("content-length") {
+        let len: usize = len.parse().unwrap_or(0);
+        body.resize(len, 0);
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+    } else if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        loop {
+            let mut size = String::new();
+            if reader.read_line(&mut size).unwrap_or(0) == 0 {
+                return;
+            }
+            let size = usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16)
+                .unwrap_or(0);
+            let mut chunk = vec![0; size + 2];
+            if reader.read_exact(&mut chunk).is_err() {
+                return;
+            }
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    }
+    st.calls.lock().unwrap().push(Call {
+        method,
+        path,
+        key: header("idempotency-key"),
+        body: serde_json::from_slice(&body)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&body).into_owned())),
+    });
+    let step = st
+        .script
+        .lock()
+        .unwrap()
+        .pop_front()
+        .unwrap_or(*st.fallback.lock().unwrap());
+    let status = match step {
+        Step::Reply(s) => s,
+        Step::Hang(ms, s) => {
+            std::thread::sleep(Duration::from_millis(ms));
+            s
+        }
+        Step::Hold => {
+            while !st.stopping.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            return;
+        }
+    };
+    let (reason, text) = match status {
+        200..=299 => ("OK", r#"{"status":"paid"}"#),
+        400 => ("Bad Request", r#"{"error":"account closed"}"#),
+        _ => ("Internal Server Error", r#"{"error":"bank down"}"#),
+    };
+    let reply = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+        text.len()
+    );
+    let mut conn = conn;
+    let _ = conn.write_all(reply.as_bytes());
+    let _ = conn.flush();
+}
+
+// ---- Helpers ------------------------------------------------------------------------------
+
+const RETRY_BASE_MS: u64 = 20;
+const TIMEOUT_MS: u64 = 300;
+
+fn app_with_payout(fake: &FakePayout) -> TestApp {
+    let url = fake.url.clone();
+    TestApp::spawn_with(
+        move |c| {
+            c.serve.payout_url = Some(url);
+            c.serve.payout_retry_base_ms = RETRY_BASE_MS;
+            c.serve.payout_timeout_ms = TIMEOUT_MS;
+            c.serve.payout_attempts_max = 3;
+        },
+        Arc::new(SystemClock),
+    )
+}
+
+fn in_ms(app: &TestApp, ms: i64) -> String {
+    app_now(app).plus_millis(ms).to_text()
+}
+
+fn app_now(app: &TestApp) -> Timestamp {
+    app.clock().now()
+}
+
+fn schedule(app: &TestApp, u: &User, amount: &str, reference: &str, at: &str) -> Resp {
+    app.post(
+        "/api/wallets/me/withdraw",
+        &u.token,
+        json!({"amount": amount, "reference": reference, "scheduled_at": at}),
+    )
+}
+
+/// Schedules a withdrawal 300 ms ahead and returns its id, checking the 202 PENDING reply.
+fn schedule_ok(app: &TestApp, u: &User, amount: &str, reference: &str) -> String {
+    let at = in_ms(app, 300);
+    let r = schedule(app, u, amount, reference, &at);
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(r.body["status"], "PENDING", "{}", r.body);
+    r.body["id"].as_str().unwrap().to_string()
+}
+
+fn get_withdrawal(app: &TestApp, u: &User, id: &str) -> Resp {
+    app.get(&format!("/api/wallets/me/withdrawals/{id}"), &u.token)
+}
+
+/// Polls until the withdrawal is SUCCEEDED, FAILED or CANCELLED (at most 10 s).
+fn wait_final(app: &TestApp, u: &User, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = get_withdrawal(app, u, id);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let status = r.body["status"].as_str().unwrap().to_string();
+        if ["SUCCEEDED", "FAILED", "CANCELLED"].contains(&status.as_str()) {
+            return r.body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "withdrawal still {status} after 10 s: {}",
+            r.body
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// (type, amount, balance_after, reference), newest first.
+fn entries(app: &TestApp, u: &User) -> Vec<(String, String, String, String)> {
+    full_entries(app, u)
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_string(),
+                e["amount"].as_str().unwrap().to_string(),
+                e["balance_after"].as_str().unwrap().to_string(),
+                e["reference"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn full_entries(app: &TestApp, u: &User) -> Vec<Value> {
+    let r = app.get("/api/wallets/me/transactions?limit=100", &u.token);
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body["results"].as_array().unwrap().clone()
+}
+
+fn e(kind: &str, amount: &str, after: &str, reference: &str) -> (String, String, String, String) {
+    (kind.into(), amount.into(), after.into(), reference.into())
+}
+
+/// The body the payout service must receive for this withdrawal.
+fn payout_body(id: &str, u: &User, amount: &str, reference: &str) -> Value {
+    json!({"withdrawal_id": id, "user_id": u.id, "amount": amount, "currency": "USD", "reference": reference})
+}
+
+/// Every call is a POST to the configured path with the withdrawal id as Idempotency-Key and
+/// the same body.
+fn assert_calls(calls: &[Call], n: usize, id: &str, body: &Value) {
+    assert_eq!(calls.len(), n, "{calls:#?}");
+    for c in calls {
+        assert_eq!((c.method.as_str(), c.path.as_str()), ("POST", "/payouts"));
+        assert_eq!(c.key.as_deref(), Some(id), "Idempotency-Key");
+        assert_eq!(&c.body, body);
+    }
+}
+
+/// A user holding 100.00.
+fn funded(app: &TestApp) -> User {
+    let u = app.register(&name("w"));
+    let r = app.deposit(&u, "100.00", "fund");
+    assert_eq!(r.status, 201, "{}", r.body);
+    u
+}
+
+fn id_of_entry(entries: &[Value], kind: &str) -> Value {
+    let found: Vec<&Value> = entries.iter().filter(|e| e["type"] == kind).collect();
+    assert_eq!(found.len(), 1, "one {kind}: {entries:?}");
+    found[0]["id"].clone()
+}
+
+fn assert_verified(app: &TestApp) {
+    let report = app.verify();
+    assert!(report.ok(), "{:?}", report.findings);
+}
+
+// ---- Payout outcomes ----------------------------------------------------------------------
+
+#[test]
+fn payout_that_succeeds_at_once() {
+    // A 200 from the payout service on the first call: SUCCEEDED after 1 attempt, one
+    // WITHDRAWAL entry, balance debited once, one call with the withdrawal id as key.
+    let fake = FakePayout::start(&[], Step::Reply(200));
+    let app = app_with_payout(&fake);
+    let u = funded(&app);
+    let id = schedule_ok(&app, &u, "30.00", "pay-1");
+    let w = wait_final(&app, &u, &id);
+    assert_eq!(
+        (
+            &w["status"],
+            &w["attempts"],
+            &w["error_message"],
+            &w["refund_transaction_id"]
+        ),
+        (&json!("SUCCEEDED"), &json!(1), &Value::Null, &Value::Null),
+        "{w}"
+    );
+    let all = full_entries(&app, &u);
+    assert_eq!(w["transaction_id"], id_of_entry(&all, "WITHDRAWAL"));
+    assert_eq!(
+        entries(&app, &u),
+        vec![
+            e("WITHDRAWAL", "30.00", "70.00", "pay-1"),
+            e("DEPOSIT", "100.00", "100.00", "fund")
+        ]
+    );
+    assert_eq!(app.balance(&u), "70.00");
+    assert_calls(
+        &fake.calls(),
+        1,
+        &id,
+        &payout_body(&id, &u, "30.00", "pay-1"),
+    );
+    assert_verified(&app);
+}
+
+#[test]
+fn payout_500_twice_then_200_succeeds_on_the_third_attempt() {
+    // Two 500s then a 200: retried with backoff, SUCCEEDED with attempts = 3, debited once,
+    // three calls all with the same key and body.
+    let fake = FakePayout::start(&[Step::Reply(500), Step::Reply(500)], Step::Reply(200));
+    let app = app_with_payout(&fake);
+    let u = funded(&app);
+    let id = schedule_ok(&app, &u, "30.00", "pay-2");
+    let w = wait_final(&app, &u, &id);
+    assert_eq!(
+        (&w["status"], &w["attempts"], &w["refund_transaction_id"]),
+        (&json!("SUCCEEDED"), &json!(3), &Value::Null),
+        "{w}"
+    );
+    assert_eq!(
+        entries(&app, &u),
+        vec![
+            e("WITHDRAWAL", "30.00", "70.00", "pay-2"),
+            e("DEPOSIT", "100.00", "100.00", "fund")
+        ]
+    );
+    assert_eq!(app.balance(&u), "70.00");
+    assert_calls(
+        &fake.calls(),
+        3,
+        &id,
+        &payout_body(&id, &u, "30.00", "pay-2"),
+    );
+    assert_verified(&app);
+}
+
+#[test]
+fn payout_400_fails_and_refunds() {
+    // A 400 is final: FAILED after 1 attempt with the service's message, a REFUND entry in the
+    // same amount, the balance restored, refund_transaction_id set, no retry.
+    let fake = FakePayout::start(&[], Step::Reply(400));
+    let app = app_with_payout(&fake);
+    let u = funded(&app);
+    let id = schedule_ok(&app, &u, "30.00", "pay-3");
+    let w = wait_final(&app, &u, &id);
+    assert_eq!(
+        (&w["status"], &w["attempts"], &w["error_message"]),
+        (
+            &json!("FAILED"),
+            &json!(1),
+            &json!(r#"payout refused: HTTP 400: {"error":"account closed"}"#)
+        ),
+        "{w}"
+    );
+    let all = full_entries(&app, &u);
+    assert_eq!(w["transaction_id"], id_of_entry(&all, "WITHDRAWAL"));
+    assert_eq!(w["refund_transaction_id"], id_of_entry(&all, "REFUND"));
+    assert_eq!(
+        entries(&app, &u),
+        vec![
+            e("REFUND", "30.00", "100.00", "pay-3"),
+            e("WITHDRAWAL", "30.00", "70.00", "pay-3"),
+            e("DEPOSIT", "100.00", "100.00", "fund"),
+        ]
+    );
+    assert_eq!(app.balance(&u), "100.00");
+    // Give a wrong retry the time to happen, then check there was none.
+    std::thread::sleep(Duration::from_millis(4 * RETRY_BASE_MS));
+    assert_calls(
+        &fake.calls(),
+        1,
+        &id,
+        &payout_body(&id, &u, "30.00", "pay-3"),
+    );
+    assert_verified(&app);
+}
+
+#[test]
+fn payout_always_500_fails_after_max_attempts_and_refunds() {
+    // 500 on every call: exactly 3 attempts (the maximum), then FAILED with the last error and
+    // a REFUND that restores the balance.
+    let fake = FakePayout::start(&[], Step::Reply(500));
+    let app = app_with_payout(&fake);
+    let u = funded(&app);
+    let id = schedule_ok(&app, &u, "30.00", "pay-4");
+    let w = wait_final(&app, &u, &id);
+    assert_eq!(
+        (&w["status"], &w["attempts"], &w["error_message"]),
+        (
+            &json!("FAILED"),
+            &json!(3),
+            &json!(r#"payout failed after 3 attempts: HTTP 500: {"error":"bank down"}"#)
+        ),
+        "{w}"
+    );
+    let all = full_entries(&app, &u);
+    assert_eq!(w["refund_transaction_id"], id_of_entry(&all, "REFUND"));
+    assert_eq!(
+        entries(&app, &u),
+        vec![
+            e("REFUND", "30.00", "100.00", "pay-4"),
+            e("WITHDRAWAL", "30.00", "70.00", "pay-4"),
+            e("DEPOSIT", "100.00", "100.00", "fund"),
+        ]
+    );
+    assert_eq!(app.balance(&u), "100.00");
+    std::thread::sleep(Duration::from_millis(8 * RETRY_BASE_MS));
+    assert_calls(
+        &fake.calls(),
+        3,
+        &id,
+        &payout_body(&id, &u, "30.00", "pay-4"),
+    );
+    assert_verified(&app);
+}
+
+#[test]
+fn payout_that_hangs_past_the_timeout_is_retried() {
+    // The first call hangs longer than the payout timeout: it counts as a failed attempt and
+    // is retried with the same key; the 200 on the second call makes it SUCCEEDED, debited once.
+    let fake = FakePayout::start(&[Step::Hang(2500, 200)], Step::Reply(200));
+    let app = app_with_payout(&fake);
+    let u = funded(&app);
+    let id = schedule_ok(&app, &u, "30.00", "pay-5");
+    let started = Instant::now();
+    let w = wait_final(&app, &u, &id);
+    assert_eq!(
+        (&w["status"], &w["attempts"], &w["refund_transaction_id"]),
+        (&json!("SUCCEEDED"), &json!(2), &Value::Null),
+        "{w}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1800),
+        "the worker waited for the hung call instead of timing out: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        entries(&app, &u),
+        vec![
+            e("WITHDRAWAL", "30.00", "70.00", "pay-5"),
+            e("DEPOSIT", "100.00", "100.00", "fund")
+        ]
+    );
+    assert_eq!(app.balance(&u), "70.00");
+    assert_calls(
+        &fake.calls(),
+        2,
+        &id,
+        &payout_body(&id, &u, "30.00", "pay-5"),
+    );
+    assert_verified(&app);
+}
+
+#[test]
+fn balance_short_at_the_scheduled_time_fails_without_an_entry() {
+    // When the money is gone by the scheduled time: FAILED with a message stating available and
+    // required amounts, no WITHDRAWAL or REFUND entry, no payout call, balance untouched.
+    let fake = FakePayout::start(&[], Step::Reply(200));
+    let app = app_with_payout(&fake);
+    let u = funded(&app);
+    let id = schedule_ok(&app, &u, "80.00", "short");
+    let r = app.post(
+        "/api/wallets/me/withdraw",
+        &u.token,
+        json!({"amount": "50.00", "reference": "now"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let w = wait_final(&app, &u, &id);
+    assert_eq!(
+        (
+            &w["status"],
+            &w["attempts"],
+            &w["transaction_id"],
+            &w["refund_transaction_id"]
+        ),
+        (&json!("FAILED"), &json!(0), &Value::Null, &Value::Null),
+        "{w}"
+    );
+    assert_eq!(
+        w["error_message"],
+        json!("insufficient funds at the scheduled time: available 50.00, required 80.00")
+    );
+    assert_eq!(
+        entries(&app, &u),
+        vec![
+            e("WITHDRAWAL", "50.00", "50.00", "now"),
+            e("DEPOSIT", "100.00", "100.00", "fund")
+        ]
+    );
+    assert_eq!(app.balance(&u), "50.00");
+    assert_eq!(fake.calls().len(), 0);
+    assert_verified(&app);
+}
+
+#[test]
+fn without_a_payout_service_a_scheduled_withdrawal_completes_internally() {
+    // No payout URL configured: at its time the withdrawal is debited and SUCCEEDED, with no
+    // attempt recorded.
+    let app = TestApp::spawn();
+    let u = funded(&app);
+    let id = schedule_ok(&app, &u, "12.34", "internal");
+    let w = wait_final(&app, &u, &id);
+    assert_eq!(
+        (
+            &w["status"],
+            &w["attempts"],
+            &w["error_message"],
+            &w["refund_transaction_id"]
+        ),
+        (&json!("SUCCEEDED"), &json!(0), &Value::Null, &Value::Null),
+        "{w}"
+    );
+    let all = full_entries(&app, &u);
+    assert_eq!(w["transaction_id"], id_of_entry(&all, "WITHDRAWAL"));
+    assert_eq!(
+        entries(&app, &u),
+        vec![
+            e("WITHDRAWAL", "12.34", "87.66", "internal"),
+            e("DEPOSIT", "100.00", "100.00", "fund")
+        ]
+    );
+    assert_eq!(app.balance(&u), "87.66");
+    assert_verified(&app);
+}
+
+// ---- Cancel and ownership -----------------------------------------------------------------
+
+#[test]
+fn cancel_while_pending_stops_it_for_good() {
+    // Cancel while PENDING: 200 CANCELLED; past its time it never runs (no entry, no call,
+    // balance intact); a second cancel is 409 `conflict`.
+    let fake = FakePayout::start(&[], Step::Reply(200));
+    let app = app_with_payout(&fake);
+    let u = funded(&app);
+    let at = in_ms(&app, 300);
+    let r = schedule(&app, &u, "30.00", "cancel-me", &at);
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let r = app.post(
+        &format!("/api/wallets/me/withdrawals/{id}/cancel"),
+        &u.token,
+        json!({}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        (&r.body["id"], &r.body["status"]),
+        (&json!(id), &json!("CANCELLED"))
+    );
+    // The scheduled moment passes (the only wall-clock wait: the worker runs on real time).
+    let scheduled = Timestamp::parse(&at).unwrap();
+    while app_now(&app) < scheduled.plus_millis(400) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let w = get_withdrawal(&app, &u, &id).body;
+    assert_eq!(
+        (&w["status"], &w["attempts"], &w["transaction_id"]),
+        (&json!("CANCELLED"), &json!(0), &Value::Null)
+    );
+    assert_eq!(
+        entries(&app, &u),
+        vec![e("DEPOSIT", "100.00", "100.00", "fund")]
+    );
+    assert_eq!(app.balance(&u), "100.00");
+    assert_eq!(fake.calls().len(), 0);
+    let r = app.post(
+        &format!("/api/wallets/me/withdrawals/{id}/cancel"),
+        &u.token,
+        json!({}),
+    );
+    assert_eq!((r.status, r.code()), (409, "conflict"), "{}", r.body);
+    assert_verified(&app);
+}
+
+#[test]
+fn cancel_after_it_ran_is_409_and_other_users_get_404() {
+    // Once processed, cancel is 409 `conflict` and changes nothing; another user's withdrawal
+    // is 404 `not_found` on get and on cancel, and an unknown id is 404 too.
+    let fake = FakePayout::start(&[], Step::Reply(200));
+    let app = app_with_payout(&fake);
+    let u = funded(&app);
+    let id = schedule_ok(&app, &u, "30.00", "done");
+    assert_eq!(wait_final(&app, &u, &id)["status"], "SUCCEEDED");
+    let r = app.post(
+        &format!("/api/wallets/me/withdrawals/{id}/cancel"),
+        &u.token,
+        json!({}),
+    );
+    assert_eq!((r.status, r.code()), (409, "conflict"), "{}", r.body);
+    assert_eq!(get_withdrawal(&app, &u, &id).body["status"], "SUCCEEDED");
+    assert_eq!(app.balance(&u), "70.00");
+
+    let pending_id = {
+        let at = in_ms(&app, 3_600_000);
+        let r = schedule(&app, &u, "1.00", "later", &at);
+        assert_eq!(r.status, 202, "{}", r.body);
+        r.body["id"].as_str().unwrap().to_string()
+    };
+    let other = app.register(&name("o"));
+    for wid in [&id, &pending_id] {
+        let r = get_withdrawal(&app, &other, wid);
+        assert_eq!((r.status, r.code()), (404, "not_found"), "{}", r.body);
+        let r = app.post(
+            &format!("/api/wallets/me/withdrawals/{wid}/cancel"),
+            &other.token,
+            json!({}),
+        );
+        assert_eq!((r.status, r.code()), (404, "not_found"), "{}", r.body);
+    }
+    assert_eq!(
+        get_withdrawal(&app, &u, &pending_id).body["status"],
+        "PENDING"
+    );
+    let unknown = uuid::Uuid::new_v4().to_string();
+    assert_eq!(get_withdrawal(&app, &u, &unknown).status, 404);
+    assert_verified(&app);
+}
+
+// ---- Creation, idempotency, validation, listing -------------------------------------------
+
+#[test]
+fn scheduling_replies_202_pending_and_follows_the_reference_rules() {
+    // Creation is 202 with a full PENDING withdrawal; the same reference and payload replays
+    // 200 with Idempotent-Replayed; a different scheduled_at or amount is 409
+    // reference_conflict; past and beyond-horizon times are 422 naming scheduled_at.
+    let app = TestApp::spawn_with(
+        |c| c.serve.schedule_horizon_days = 30,
+        Arc::new(SystemClock),
+    );
+    let u = funded(&app);
+    let at = in_ms(&app, 3_600_000);
+    let r = schedule(&app, &u, "25.50", "ref-1", &at);
+    assert_eq!(r.status, 202, "{}", r.body);
+    let w = r.body.clone();
+    let id = w["id"].as_str().unwrap().to_string();
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "{w}");
+    let created = w["created_at"].as_str().unwrap();
+    assert!(Timestamp::parse(created).is_ok(), "{w}");
+    assert_eq!(
+        w,
+        json!({
+            "id": id, "amount": "25.50", "reference": "ref-1", "metadata": {}, "status": "PENDING",
+            "scheduled_at": at, "attempts": 0, "error_message": null, "created_at": created,
+            "updated_at": created, "transaction_id": null, "refund_transaction_id": null,
+        })
+    );
+    assert_eq!(
+        app.balance(&u),
+        "100.00",
+        "nothing is debited before the scheduled time"
+    );
+
+    let replay = schedule(&app, &u, "25.50", "ref-1", &at);
+    assert_eq!(replay.status, 200, "{}", replay.body);
+    assert_eq!(replay.header("Idempotent-Replayed"), Some("true"));
+    assert_eq!(replay.body, w);
+
+    let later = Timestamp::parse(&at).unwrap().plus_millis(1000).to_text();
+    for (amount, when) in [("25.50", later.as_str()), ("25.51", at.as_str())] {
+        let r = schedule(&app, &u, amount, "ref-1", when);
+        assert_eq!(
+            (r.status, r.code()),
+            (409, "reference_conflict"),
+            "{}",
+            r.body
+        );
+        assert_eq!(
+            r.body["error"]["fields"]["reference"],
+            json!([format!("already used by withdrawal {id}")])
+        );
+    }
+    // The reference of an immediate withdrawal is taken for scheduled ones too.
+    let r = app.post(
+        "/api/wallets/me/withdraw",
+        &u.token,
+        json!({"amount": "1.00", "reference": "ref-now"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = schedule(&app, &u, "1.00", "ref-now", &at);
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "reference_conflict"),
+        "{}",
+        r.body
+    );
+
+    let past = in_ms(&app, -1000);
+    let beyond = in_ms(&app, 31 * 86_400_000);
+    for (when, why) in [
+        (past.as_str(), "past"),
+        (beyond.as_str(), "beyond the horizon"),
+        ("tomorrow", "malformed"),
+    ] {
+        let r = schedule(&app, &u, "1.00", &format!("bad-{why}"), when);
+        assert_eq!(
+            (r.status, r.code()),
+            (422, "validation_error"),
+            "{why}: {}",
+            r.body
+        );
+        assert!(
+            r.body["error"]["fields"]["scheduled_at"].is_array(),
+            "{why}: {}",
+            r.body
+        );
+    }
+    // Inside the horizon is fine; a failed request did not consume its reference.
+    let r = schedule(&app, &u, "1.00", "bad-past", &in_ms(&app, 29 * 86_400_000));
+    assert_eq!(r.status, 202, "{}", r.body);
+
+    let list = app.get("/api/wallets/me/withdrawals", &u.token);
+    assert_eq!(list.body["count"], 2, "{}", list.body);
+    assert_eq!(app.balance(&u), "99.00");
+    assert_verified(&app);
+}
+
+#[test]
+fn list_filters_by_status() {
+    // ?status= returns exactly the withdrawals in that state; no filter returns all, newest
+    // first; an unknown status is 422.
+    let app = TestApp::spawn();
+    let u = funded(&app);
+    let done = schedule_ok(&app, &u, "10.00", "l-done");
+    let cancelled = {
+        let r = schedule(&app, &u, "10.00", "l-cancel", &in_ms(&app, 3_600_000));
+        r.body["id"].as_str().unwrap().to_string()
+    };
+    let r = app.post(
+        &format!("/api/wallets/me/withdrawals/{cancelled}/cancel"),
+        &u.token,
+        json!({}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let pending = {
+        let r = schedule(&app, &u, "10.00", "l-pending", &in_ms(&app, 7_200_000));
+        r.body["id"].as_str().unwrap().to_string()
+    };
+    assert_eq!(wait_final(&app, &u, &done)["status"], "SUCCEEDED");
+    let ids = |q: &str| -> (Value, Vec<String>) {
+        let r = app.get(&format!("/api/wallets/me/withdrawals{q}"), &u.token);
+        assert_eq!(r.status, 200, "{q}: {}", r.body);
+        let ids = r.body["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["id"].as_str().unwrap().to_string())
+            .collect();
+        (r.body["count"].clone(), ids)
+    };
+    assert_eq!(ids("?status=PENDING"), (json!(1), vec![pending.clone()]));
+    assert_eq!(
+        ids("?status=CANCELLED"),
+        (json!(1), vec![cancelled.clone()])
+    );
+    assert_eq!(ids("?status=SUCCEEDED"), (json!(1), vec![done.clone()]));
+    assert_eq!(ids("?status=FAILED"), (json!(0), vec![]));
+    assert_eq!(ids(""), (json!(3), vec![pending, cancelled, done]));
+    let r = app.get("/api/wallets/me/withdrawals?status=LOST", &u.token);
+    assert_eq!(
+        (r.status, r.code()),
+        (422, "validation_error"),
+        "{}",
+        r.body
+    );
+    assert_verified(&app);
+}
+
+// ---- Crash safety: SIGKILL the real binary in the middle of a payout ----------------------
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+fn start_binary(db: &Path, payout_url: &str) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wallet"))
+        .arg("--db")
+        .arg(db)
+        .args(["--listen", "127.0.0.1:0", "--snapshot-cron", "off"])
+        .env_remove("WALLET_DB")
+        .env("WALLET_ARGON2_MEMORY_KIB", "64")
+        .env("WALLET_ARGON2_ITERATIONS", "1")
+        .env("WALLET_PAYOUT_URL", payout_url)
+        .env("WALLET_PAYOUT_RETRY_BASE_MS", "20")
+        .env("WALLET_PAYOUT_TIMEOUT_MS", "20000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the wallet binary");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if let Some(addr) = line.strip_prefix("wallet listening on ") {
+                let _ = tx.send(addr.trim().to_string());
+            }
+        }
+    });
+    let base = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the binary printed its address");
+    Server { child, base }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn call(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let agent = crate::helpers::agent();
+    let mut req = ureq::http::Request::builder()
+        .method(method)
+        .uri(format!("{base}{path}"));
+    if let Some(t) = token {
+        req = req.header("Authorization", format!("Token {t}"));
+    }
+    let mut resp = match body {
+        Some(b) => agent.run(
+            req.header("Content-Type", "application/json")
+                .body(b.to_string())
+                .unwrap(),
+        ),
+        None => agent.run(req.body(()).unwrap()),
+    }
+    .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[test]
+fn killed_mid_payout_the_withdrawal_completes_exactly_once_after_restart() {
+    // SIGKILL while the payout call is in flight; on restart the PROCESSING withdrawal resumes
+    // with the same Idempotency-Key and succeeds: one WITHDRAWAL entry, debited once, no refund,
+    // and `wallet verify` exits 0.
+    let fake = FakePayout::start(&[Step::Hold], Step::Reply(200));
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("wallet.db");
+
+    let mut first = start_binary(&db, &fake.url);
+    let username = name("k");
+    let (status, reg) = call(
+        &first.base,
+        "POST",
+        "/api/auth/register",
+        None,
+        Some(
+            json!({"username": username, "email": format!("{username}@example.com"),
+            "password": "correct horse battery", "password_confirm": "correct horse battery"}),
+        ),
+    );
+    assert_eq!(status, 201, "{reg}");
+    let token = reg["token"].as_str().unwrap().to_string();
+    let user_id = reg["user"]["id"].as_i64().unwrap();
+    let (status, body) = call(
+        &first.base,
+        "POST",
+        "/api/wallets/me/deposit",
+        Some(&token),
+        Some(json!({"amount": "100.00", "reference": "fund"})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let at = Timestamp::from_datetime(chrono::Utc::now())
+        .plus_millis(300)
+        .to_text();
+    let (status, w) = call(
+        &first.base,
+        "POST",
+        "/api/wallets/me/withdraw",
+        Some(&token),
+        Some(json!({"amount": "40.00", "reference": "kill", "scheduled_at": at})),
+    );
+    assert_eq!(status, 202, "{w}");
+    let id = w["id"].as_str().unwrap().to_string();
+
+    // The fake holds the first call open; kill the server while it waits for the answer.
+    let calls = fake.wait_calls(1, Duration::from_secs(10));
+    assert_eq!(calls.len(), 1, "the payout call never came");
+    first.child.kill().expect("SIGKILL");
+    first.child.wait().unwrap();
+    drop(first);
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let (status, balance): (String, i64) = conn
+            .query_row(
+                "SELECT w.status, (SELECT balance FROM wallets) FROM withdrawals w WHERE id = ?1",
+                [&id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            (status.as_str(), balance),
+            ("PROCESSING", 6000),
+            "state left by the kill"
+        );
+    }
+
+    let second = start_binary(&db, &fake.url);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let w = loop {
+        let (status, w) = call(
+            &second.base,
+            "GET",
+            &format!("/api/wallets/me/withdrawals/{id}"),
+            Some(&token),
+            None,
+        );
+        assert_eq!(status, 200, "{w}");
+        if w["status"] != "PROCESSING" && w["status"] != "PENDING" {
+            break w;
+        }
+        assert!(Instant::now() < deadline, "still {w} after restart");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        (&w["status"], &w["refund_transaction_id"]),
+        (&json!("SUCCEEDED"), &Value::Null),
+        "{w}"
+    );
+    let (_, wallet) = call(&second.base, "GET", "/api/wallets/me", Some(&token), None);
+    assert_eq!(wallet["balance"], "60.00");
+    let (_, list) = call(
+        &second.base,
+        "GET",
+        "/api/wallets/me/transactions?limit=100",
+        Some(&token),
+        None,
+    );
+    let kinds: Vec<(&str, &str, &str)> = list["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap(),
+                e["amount"].as_str().unwrap(),
+                e["balance_after"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("WITHDRAWAL", "40.00", "60.00"),
+            ("DEPOSIT", "100.00", "100.00")
+        ]
+    );
+    assert_eq!(w["transaction_id"], list["results"][0]["id"]);
+
+    let calls = fake.calls();
+    assert!(calls.len() >= 2, "{calls:#?}");
+    let body = json!({"withdrawal_id": id, "user_id": user_id, "amount": "40.00", "currency": "USD", "reference": "kill"});
+    assert_calls(&calls, calls.len(), &id, &body);
+
+    // A clean stop, then the binary's own check of the whole ledger.
+    let pid = second.child.id() as i32;
+    // SAFETY: sends SIGTERM to the child this test started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let mut second = second;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while second.child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the server did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_wallet"))
+        .arg("--db")
+        .arg(&db)
+        .arg("verify")
+        .env_remove("WALLET_DB")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains(": OK"), "{stdout}");
+}
