@@ -256,48 +256,64 @@ pub fn wallet(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppErro
     ))
 }
 
-pub fn deposit(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppError> {
-    let user = auth(svc, rq)?;
-    let body = rq.json()?;
-    let mut f = Fields::new(&body);
-    let m = movement(&mut f, rq, &svc.config.currency);
-    f.finish()?;
-    let m = m.ok_or_else(validated_but_missing)?;
-    let out = svc.deposit(&user, m)?;
-    Ok(Reply::created_or_replayed(
-        201,
-        out.replayed,
-        entry_json(&out.value, &svc.config.currency),
-    ))
+/// Which money route a body is for: each reads the common fields plus its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoneyRoute {
+    Deposit,
+    Withdraw,
+    Transfer,
 }
 
-pub fn withdraw(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppError> {
-    let user = auth(svc, rq)?;
+/// A money route's body, parsed and validated.
+#[derive(Debug)]
+pub struct MoneyBody {
+    pub movement: Movement,
+    /// Only for transfers.
+    pub to: Option<Recipient>,
+    /// Only for withdrawals.
+    pub scheduled_at: Option<Timestamp>,
+}
+
+/// Parses the body of a deposit, withdrawal or transfer (and an operator credit, which reads
+/// like a deposit). Pure: no service and no I/O, so the fuzz target and the property tests
+/// drive exactly what the handlers run. Never panics, whatever the bytes.
+pub fn parse_money_body(
+    rq: &Incoming,
+    route: MoneyRoute,
+    currency: &Currency,
+) -> Result<MoneyBody, AppError> {
     let body = rq.json()?;
     let mut f = Fields::new(&body);
-    let m = movement(&mut f, rq, &svc.config.currency);
-    let scheduled_at = f
-        .string("scheduled_at", false)
-        .map(Timestamp::parse)
-        .transpose();
-    let scheduled_at = f.errors.check("scheduled_at", scheduled_at);
+    let to = if route == MoneyRoute::Transfer {
+        recipient(&mut f)
+    } else {
+        None
+    };
+    let scheduled_at = if route == MoneyRoute::Withdraw {
+        let parsed = f
+            .string("scheduled_at", false)
+            .map(Timestamp::parse)
+            .transpose();
+        f.errors.check("scheduled_at", parsed).flatten()
+    } else {
+        None
+    };
+    let m = movement(&mut f, rq, currency);
     f.finish()?;
-    let (m, scheduled_at) = m.zip(scheduled_at).ok_or_else(validated_but_missing)?;
-    let out = svc.withdraw(&user, m, scheduled_at)?;
-    let c = &svc.config.currency;
-    Ok(match out.value {
-        WithdrawResult::Now(e) => Reply::created_or_replayed(201, out.replayed, entry_json(&e, c)),
-        WithdrawResult::Scheduled(w) => {
-            Reply::created_or_replayed(202, out.replayed, withdrawal_json(&w, c))
-        }
+    let movement = m.ok_or_else(validated_but_missing)?;
+    if route == MoneyRoute::Transfer && to.is_none() {
+        return Err(validated_but_missing());
+    }
+    Ok(MoneyBody {
+        movement,
+        to,
+        scheduled_at,
     })
 }
 
-pub fn transfer(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppError> {
-    let user = auth(svc, rq)?;
-    let body = rq.json()?;
-    let mut f = Fields::new(&body);
-    let to = match (f.raw("to_user_id"), f.raw("to_username")) {
+/// `to_user_id` (a positive whole number) or `to_username` (a string), exactly one of them.
+fn recipient(f: &mut Fields<'_>) -> Option<Recipient> {
+    match (f.raw("to_user_id"), f.raw("to_username")) {
         (Some(_), Some(_)) => {
             f.errors.add(
                 "to_user_id",
@@ -328,10 +344,37 @@ pub fn transfer(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppEr
                 .add("to_user_id", "this field (or to_username) is required");
             None
         }
-    };
-    let m = movement(&mut f, rq, &svc.config.currency);
-    f.finish()?;
-    let (to, movement) = to.zip(m).ok_or_else(validated_but_missing)?;
+    }
+}
+
+pub fn deposit(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppError> {
+    let user = auth(svc, rq)?;
+    let body = parse_money_body(rq, MoneyRoute::Deposit, &svc.config.currency)?;
+    let out = svc.deposit(&user, body.movement)?;
+    Ok(Reply::created_or_replayed(
+        201,
+        out.replayed,
+        entry_json(&out.value, &svc.config.currency),
+    ))
+}
+
+pub fn withdraw(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppError> {
+    let user = auth(svc, rq)?;
+    let body = parse_money_body(rq, MoneyRoute::Withdraw, &svc.config.currency)?;
+    let out = svc.withdraw(&user, body.movement, body.scheduled_at)?;
+    let c = &svc.config.currency;
+    Ok(match out.value {
+        WithdrawResult::Now(e) => Reply::created_or_replayed(201, out.replayed, entry_json(&e, c)),
+        WithdrawResult::Scheduled(w) => {
+            Reply::created_or_replayed(202, out.replayed, withdrawal_json(&w, c))
+        }
+    })
+}
+
+pub fn transfer(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppError> {
+    let user = auth(svc, rq)?;
+    let body = parse_money_body(rq, MoneyRoute::Transfer, &svc.config.currency)?;
+    let (to, movement) = (body.to.ok_or_else(validated_but_missing)?, body.movement);
     let out = svc.transfer(&user, TransferRequest { to, movement })?;
     let c = &svc.config.currency;
     let body = json!({
@@ -496,11 +539,8 @@ pub fn admin_transactions(
 pub fn admin_credit(svc: &Service, rq: &Incoming, params: &Params) -> Result<Reply, AppError> {
     let staff = staff(svc, rq)?;
     let user_id = path_user_id(params)?;
-    let body = rq.json()?;
-    let mut f = Fields::new(&body);
-    let m = movement(&mut f, rq, &svc.config.currency);
-    f.finish()?;
-    let m = m.ok_or_else(validated_but_missing)?;
+    let body = parse_money_body(rq, MoneyRoute::Deposit, &svc.config.currency)?;
+    let m = body.movement;
     let out = svc.admin_credit(&staff, user_id, m)?;
     Ok(Reply::created_or_replayed(
         201,

@@ -102,6 +102,26 @@ impl Incoming {
         (incoming, None)
     }
 
+    /// A request made of a body and its headers alone, with no socket: for the fuzz target and
+    /// property tests of the body parsers.
+    pub fn for_body(
+        content_type: Option<&str>,
+        idempotency_key: Option<&str>,
+        body: Vec<u8>,
+    ) -> Incoming {
+        Incoming {
+            method: tiny_http::Method::Post,
+            path: "/".into(),
+            query: Vec::new(),
+            authorization: None,
+            content_type: content_type.map(str::to_string),
+            idempotency_key: idempotency_key.map(str::to_string),
+            request_id: "fuzz".into(),
+            client: String::new(),
+            body,
+        }
+    }
+
     pub fn query(&self, name: &str) -> Option<&str> {
         self.query
             .iter()
