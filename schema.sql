@@ -54,6 +54,8 @@ CREATE TABLE wallets (
 CREATE TABLE entries (
     -- Global append order; also the pagination cursor and the hash chain's order.
     seq                  INTEGER PRIMARY KEY,
+    -- UUIDv7: time-ordered, so its unique index grows at the end instead of dirtying a
+    -- random page per entry.
     id                   TEXT    NOT NULL UNIQUE,
     wallet_id            TEXT    NOT NULL REFERENCES wallets (id),
     kind                 TEXT    NOT NULL
@@ -70,7 +72,10 @@ CREATE TABLE entries (
     -- SHA-256 over the previous entry's hash and this entry's content (ARCHITECTURE.md).
     hash                 BLOB    NOT NULL CHECK (length(hash) = 32)
 ) STRICT;
-CREATE INDEX entries_wallet_seq ON entries (wallet_id, seq);
+-- One index per wallet serves history, recent entries, time filters and snapshot sums: its
+-- entries are (wallet_id, created_at, seq), and created_at never decreases with seq, so
+-- "ORDER BY created_at DESC, seq DESC" is newest first without a sort. Every extra index is
+-- one more page each entry dirties in the WAL.
 CREATE INDEX entries_wallet_time ON entries (wallet_id, created_at);
 -- References are unique per wallet and kind for the kinds a client sends. Incoming transfers
 -- carry the sender's reference, and a refund its withdrawal's, so they are not unique.

@@ -49,6 +49,9 @@ pub struct BenchArgs {
     /// Also measure the same transfer code path against SQLite with no HTTP.
     #[arg(long)]
     pub raw: bool,
+    /// Measure only the no-HTTP transfer path (for profiling the ledger and the writer).
+    #[arg(long)]
+    pub raw_only: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -426,6 +429,8 @@ fn raw_in(
     let currency = Currency::new("USD", 2, 1_000_000_000)?;
     db::check_currency(&conn, &currency)?;
     let (writer, handle) = Writer::start(conn, Arc::new(SystemClock), 256, 4096);
+    let checkpoint_wakeup = Arc::new(crate::clock::Wakeup::default());
+    let checkpointer = db::start_checkpointer(path, sync, checkpoint_wakeup.clone())?;
     let users = users.max(2);
     let wallets: Vec<(i64, String)> = {
         let c = currency.clone();
@@ -517,8 +522,18 @@ fn raw_in(
     stop.store(true, Ordering::Relaxed);
     let done: u64 = threads.into_iter().map(|t| t.join().unwrap_or(0)).sum();
     let rate = done as f64 / started.elapsed().as_secs_f64();
+    let (batches, jobs) = (
+        writer.stats.batches.load(Ordering::Relaxed),
+        writer.stats.jobs.load(Ordering::Relaxed),
+    );
+    eprintln!(
+        "raw: {jobs} write jobs in {batches} transactions ({:.1} per commit)",
+        jobs as f64 / batches.max(1) as f64
+    );
     drop(writer);
     let _ = handle.join();
+    checkpoint_wakeup.stop();
+    let _ = checkpointer.join();
     Ok(rate)
 }
 
@@ -526,6 +541,14 @@ fn raw_in(
 pub fn run(args: &BenchArgs) -> Result<bool, String> {
     if args.clients == 0 || args.users < 2 || args.duration == 0 {
         return Err("--clients and --duration must be at least 1, --users at least 2".into());
+    }
+    if args.raw_only {
+        let rate = raw_transfers(args.clients, args.users, args.duration, args.synchronous)?;
+        println!(
+            "raw transfers (no HTTP): {rate:.0}/s with {} clients, synchronous={:?}",
+            args.clients, args.synchronous
+        );
+        return Ok(true);
     }
     let child = match &args.url {
         Some(_) => None,

@@ -42,6 +42,7 @@ impl App {
 
     pub fn start_with(config: Config, clock: SharedClock, hooks: TestHooks) -> Result<App, String> {
         raise_descriptor_limit();
+        tune_malloc();
         let mut conn = db::open(&config.db, config.serve.synchronous)
             .map_err(|e| format!("--db/WALLET_DB: cannot open {}: {e}", config.db.display()))?;
         db::migrate(&mut conn)?;
@@ -84,22 +85,31 @@ impl App {
             metrics: metrics.clone(),
             payout_wakeup: payout_wakeup.clone(),
         });
+        let checkpoint_wakeup = Arc::new(Wakeup::default());
+        let checkpointer = db::start_checkpointer(
+            &config.db,
+            config.serve.synchronous,
+            checkpoint_wakeup.clone(),
+        )?;
         let http = HttpServer::start(service.clone(), listener, threads, hooks.panic_route)?;
-        let mut jobs = vec![PayoutWorker {
-            settings: PayoutSettings {
-                url: config.serve.payout_url.clone(),
-                attempts_max: config.serve.payout_attempts_max,
-                retry_base_ms: config.serve.payout_retry_base_ms,
-                timeout_ms: config.serve.payout_timeout_ms,
-            },
-            currency: config.currency.clone(),
-            writer: writer.clone(),
-            pool: pool.clone(),
-            clock: clock.clone(),
-            wakeup: payout_wakeup.clone(),
-            metrics: metrics.clone(),
-        }
-        .spawn()];
+        let mut jobs = vec![
+            checkpointer,
+            PayoutWorker {
+                settings: PayoutSettings {
+                    url: config.serve.payout_url.clone(),
+                    attempts_max: config.serve.payout_attempts_max,
+                    retry_base_ms: config.serve.payout_retry_base_ms,
+                    timeout_ms: config.serve.payout_timeout_ms,
+                },
+                currency: config.currency.clone(),
+                writer: writer.clone(),
+                pool: pool.clone(),
+                clock: clock.clone(),
+                wakeup: payout_wakeup.clone(),
+                metrics: metrics.clone(),
+            }
+            .spawn(),
+        ];
         if let Some(schedule) = config.snapshot_schedule.clone() {
             jobs.push(
                 SnapshotJob {
@@ -119,7 +129,7 @@ impl App {
             service,
             writer_thread,
             jobs,
-            wakeups: vec![payout_wakeup, snapshot_wakeup],
+            wakeups: vec![payout_wakeup, snapshot_wakeup, checkpoint_wakeup],
         })
     }
 
@@ -162,5 +172,18 @@ fn raise_descriptor_limit() {
             lim.rlim_cur = lim.rlim_max.min(1 << 20);
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
+    }
+}
+
+/// Keeps resident memory bounded under glibc. argon2 allocates 19 MiB per hash; with glibc's
+/// dynamic mmap threshold, once such a block is freed later ones come from an arena and stay
+/// resident (two arenas of 58 MiB were measured after a benchmark: 221 MiB peak RSS, 32 MiB
+/// with this). A fixed threshold sends every large block to mmap, which returns it to the OS
+/// on free.
+fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before the threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 * 1024 * 1024);
     }
 }

@@ -125,7 +125,7 @@ pub fn append(
         .unwrap_or((0, GENESIS_HASH.to_vec()));
     let entry = Entry {
         seq: prev_seq + 1,
-        id: uuid::Uuid::new_v4().to_string(),
+        id: uuid::Uuid::now_v7().to_string(),
         wallet_id: new.wallet_id.to_string(),
         kind: new.kind,
         amount: new.amount,

@@ -206,7 +206,7 @@ pub fn transfer(
             transfer_in,
         }));
     }
-    let transfer_id = uuid::Uuid::new_v4().to_string();
+    let transfer_id = uuid::Uuid::now_v7().to_string();
     let transfer_out = entries::append(
         conn,
         now,

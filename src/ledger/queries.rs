@@ -44,7 +44,8 @@ pub fn wallet_view(conn: &Connection, user_id: i64) -> Result<(Wallet, Vec<Entry
     let wallet = wallet_of_user(conn, user_id)?;
     let recent = conn
         .prepare_cached(&format!(
-            "SELECT {ENTRY_COLUMNS} FROM entries WHERE wallet_id = ?1 ORDER BY seq DESC LIMIT ?2"
+            "SELECT {ENTRY_COLUMNS} FROM entries WHERE wallet_id = ?1
+             ORDER BY created_at DESC, seq DESC LIMIT ?2"
         ))?
         .query_map(params![wallet.id, RECENT_TRANSACTIONS], entry_from_row)?
         .collect::<Result<Vec<_>, _>>()?;
@@ -84,11 +85,25 @@ pub fn history(
     let count: i64 = conn
         .prepare_cached(&format!("SELECT count(*) FROM entries WHERE {filters}"))?
         .query_row(params![wallet_id, kind, from, to], |r| r.get(0))?;
+    // A cursor is an entry's seq; the page continues just below that entry in
+    // (created_at, seq) order, which the wallet's index walks directly.
+    let cursor_time: Option<String> = match q.before_seq {
+        None => None,
+        Some(seq) => Some(
+            conn.prepare_cached(
+                "SELECT created_at FROM entries WHERE seq = ?1 AND wallet_id = ?2",
+            )?
+            .query_row(params![seq, wallet_id], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| AppError::field("cursor", "is not a cursor from next_cursor"))?,
+        ),
+    };
     // One row more than asked tells whether another page follows.
     let mut results = conn
         .prepare_cached(&format!(
-            "SELECT {ENTRY_COLUMNS} FROM entries WHERE {filters} AND (?5 IS NULL OR seq < ?5)
-             ORDER BY seq DESC LIMIT ?6 OFFSET ?7"
+            "SELECT {ENTRY_COLUMNS} FROM entries WHERE {filters}
+                 AND (?5 IS NULL OR (created_at, seq) < (?5, ?6))
+             ORDER BY created_at DESC, seq DESC LIMIT ?7 OFFSET ?8"
         ))?
         .query_map(
             params![
@@ -96,6 +111,7 @@ pub fn history(
                 kind,
                 from,
                 to,
+                cursor_time,
                 q.before_seq,
                 q.limit + 1,
                 q.offset

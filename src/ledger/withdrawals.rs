@@ -138,7 +138,7 @@ pub fn schedule(
     {
         return Err(conflict(format_args!("transaction {}", e.id)));
     }
-    let id = uuid::Uuid::new_v4().to_string();
+    let id = uuid::Uuid::now_v7().to_string();
     conn.prepare_cached(
         "INSERT INTO withdrawals (id, wallet_id, amount, reference, metadata, status, scheduled_at,
              next_attempt_at, created_at, updated_at)
