@@ -694,3 +694,293 @@ fn print_table(r: &Value) {
         }
     );
 }
+
+#[derive(Args, Debug, Clone)]
+pub struct SnapshotBenchArgs {
+    /// Wallets to create.
+    #[arg(long, default_value_t = 100_000)]
+    pub wallets: u32,
+    /// Ledger entries to create (one deposit per wallet, the rest transfers).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub entries: u32,
+    /// Concurrent HTTP clients doing transfers while measuring.
+    #[arg(long, default_value_t = 16)]
+    pub clients: u32,
+    /// Seconds of transfers measured without a snapshot running.
+    #[arg(long, default_value_t = 5)]
+    pub baseline: u64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Seeds `wallets` wallets and `entries` entries through the real writer (one job per
+/// thousand operations).
+fn seed(
+    writer: &Writer,
+    currency: &Currency,
+    wallets: u32,
+    entries: u32,
+) -> Result<Vec<(i64, String)>, String> {
+    let mut ids: Vec<(i64, String)> = Vec::with_capacity(wallets as usize);
+    const CHUNK: u32 = 1000;
+    let mut made = 0;
+    while made < wallets {
+        let (from, to) = (made, (made + CHUNK).min(wallets));
+        let c = currency.clone();
+        let chunk = writer
+            .execute(move |conn, now| {
+                let mut out = Vec::new();
+                for i in from..to {
+                    let u = crate::accounts::NewUser {
+                        username: crate::domain::Username::parse(&format!("seed{i}"))
+                            .map_err(crate::error::AppError::Internal)?,
+                        email: crate::domain::Email::parse(&format!("seed{i}@bench.invalid"))
+                            .map_err(crate::error::AppError::Internal)?,
+                        password_hash: "not a login".into(),
+                        first_name: String::new(),
+                        last_name: String::new(),
+                        is_staff: false,
+                    };
+                    let user = crate::accounts::create_user(conn, now, &u, None)?;
+                    let w: String = conn.query_row(
+                        "SELECT id FROM wallets WHERE user_id = ?1",
+                        [user.id],
+                        |r| r.get(0),
+                    )?;
+                    let m = Movement {
+                        amount: Amount::parse_text("1000", &c)
+                            .map_err(|e| crate::error::AppError::Internal(e.0))?,
+                        reference: Reference::parse("seed")
+                            .map_err(crate::error::AppError::Internal)?,
+                        metadata: Metadata::empty(),
+                    };
+                    ledger::deposit(conn, now, &c, &w, &m)?;
+                    out.push((user.id, w));
+                }
+                Ok(out)
+            })
+            .map_err(|e| format!("seeding wallets: {e:?}"))?;
+        ids.extend(chunk);
+        made = to;
+    }
+    let transfers = entries.saturating_sub(wallets) / 2;
+    let ids_shared = Arc::new(ids.clone());
+    let mut done = 0;
+    while done < transfers {
+        let (from, to) = (done, (done + CHUNK).min(transfers));
+        let (c, ids) = (currency.clone(), ids_shared.clone());
+        writer
+            .execute(move |conn, now| {
+                let mut rng = rand::rng();
+                for i in from..to {
+                    let a = &ids[rng.random_range(0..ids.len())];
+                    let mut b = &ids[rng.random_range(0..ids.len())];
+                    while b.0 == a.0 {
+                        b = &ids[rng.random_range(0..ids.len())];
+                    }
+                    let req = TransferRequest {
+                        to: Recipient::UserId(b.0),
+                        movement: Movement {
+                            amount: Amount::parse_text("0.01", &c)
+                                .map_err(|e| crate::error::AppError::Internal(e.0))?,
+                            reference: Reference::parse(&format!("seed-{i}"))
+                                .map_err(crate::error::AppError::Internal)?,
+                            metadata: Metadata::empty(),
+                        },
+                    };
+                    ledger::transfer(conn, now, &c, (a.0, &a.1), &req)?;
+                }
+                Ok(())
+            })
+            .map_err(|e| format!("seeding transfers: {e:?}"))?;
+        done = to;
+    }
+    Ok(ids)
+}
+
+/// HTTP transfers among `users` for `seconds`, or until `until` says stop.
+fn timed_transfers(
+    base: &str,
+    users: &Arc<Vec<BenchUser>>,
+    clients: u32,
+    stop: &Arc<AtomicBool>,
+) -> OpStats {
+    let threads: Vec<_> = (0..clients)
+        .map(|k| {
+            let (users, stop, base) = (users.clone(), stop.clone(), base.to_string());
+            std::thread::spawn(move || {
+                let c = Client::new(&base);
+                let mut rng = rand::rng();
+                let mut stats = OpStats::default();
+                let mut seq = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    seq += 1;
+                    let from = &users[rng.random_range(0..users.len())];
+                    let mut to = &users[rng.random_range(0..users.len())];
+                    while to.id == from.id {
+                        to = &users[rng.random_range(0..users.len())];
+                    }
+                    let body = json!({"to_user_id": to.id, "amount": "0.01", "reference": format!("s{k}-{seq}-{}", uuid::Uuid::new_v4().simple())});
+                    let t0 = Instant::now();
+                    let res = c.call("POST", "/api/wallets/me/transfer", Some(&from.token), Some(&body));
+                    stats.record(t0.elapsed(), res.map(|(s, _)| s));
+                }
+                stats
+            })
+        })
+        .collect();
+    let mut all = OpStats::default();
+    for t in threads {
+        if let Ok(s) = t.join() {
+            all.merge(s);
+        }
+    }
+    all
+}
+
+/// `wallet bench-snapshot`: how long a snapshot of a large ledger takes, and what it costs
+/// transfers running at the same time. Also times `wallet verify` on the same ledger.
+pub fn run_snapshot_bench(args: &SnapshotBenchArgs) -> Result<bool, String> {
+    let dir = std::env::temp_dir().join(format!(
+        "wallet-bench-snap-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let result = snapshot_bench_in(&dir, args);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn snapshot_bench_in(dir: &Path, args: &SnapshotBenchArgs) -> Result<bool, String> {
+    let path = dir.join("snap.db");
+    let currency = Currency::new("USD", 2, 1_000_000_000)?;
+    let t0 = Instant::now();
+    {
+        let mut conn = db::open(&path, Synchronous::Normal).map_err(|e| e.to_string())?;
+        db::migrate(&mut conn)?;
+        db::check_currency(&conn, &currency)?;
+        let (writer, handle) = Writer::start(conn, Arc::new(SystemClock), 256, 4096);
+        seed(&writer, &currency, args.wallets, args.entries)?;
+        drop(writer);
+        let _ = handle.join();
+    }
+    let seed_s = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let report =
+        crate::verify::verify(&mut rusqlite::Connection::open(&path).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    let verify_s = t1.elapsed().as_secs_f64();
+
+    let mut config = crate::config::Config::for_tests(path.clone());
+    config.serve.argon2_memory_kib = 19_456;
+    config.serve.argon2_iterations = 2;
+    config.serve.threads = 64;
+    crate::log::errors_only();
+    let app = crate::App::start(config)?;
+    let base = format!("http://{}", app.addr);
+    // Tokens for the first 200 seeded users, issued directly.
+    let users: Vec<BenchUser> = {
+        let conn = rusqlite::Connection::open(&path).map_err(|e| e.to_string())?;
+        let mut stmt = conn
+            .prepare("SELECT id, username FROM users ORDER BY id LIMIT 200")
+            .map_err(|e| e.to_string())?;
+        let rows: Vec<(i64, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| e.to_string())?
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        rows.into_iter()
+            .map(|(id, username)| {
+                let token =
+                    crate::accounts::new_token(app.service().now(), Duration::from_secs(3600));
+                let secret = token.secret.clone();
+                app.service()
+                    .writer
+                    .execute(move |conn, now| crate::accounts::store_token(conn, now, id, &token))
+                    .map(|()| BenchUser {
+                        id,
+                        username,
+                        token: secret,
+                    })
+                    .map_err(|e| format!("{e:?}"))
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let users = Arc::new(users);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopper = {
+        let stop = stop.clone();
+        let secs = args.baseline;
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(secs));
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
+    let mut baseline = timed_transfers(&base, &users, args.clients, &stop);
+    let _ = stopper.join();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let snapshot_thread = {
+        let (writer, stop, now) = (
+            app.service().writer.clone(),
+            stop.clone(),
+            app.service().now(),
+        );
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            let r = crate::ledger::snapshot::run(&writer, now);
+            stop.store(true, Ordering::Relaxed);
+            (t.elapsed().as_secs_f64(), r)
+        })
+    };
+    let mut during = timed_transfers(&base, &users, args.clients, &stop);
+    let (snapshot_s, snap) = snapshot_thread
+        .join()
+        .map_err(|_| "snapshot thread panicked".to_string())?;
+    let snap = snap.map_err(|e| format!("snapshot failed: {e:?}"))?;
+    app.shutdown()?;
+
+    let base_s = baseline.summary(args.baseline as f64);
+    let during_s = during.summary(snapshot_s);
+    let out = json!({
+        "wallets": args.wallets, "entries": report.entries, "seed_s": seed_s,
+        "verify_s": verify_s, "verify_ok": report.ok(),
+        "snapshot_s": snapshot_s, "snapshot_wallets": snap.wallets, "snapshot_mismatches": snap.mismatches.len(),
+        "transfers_without_snapshot": base_s, "transfers_during_snapshot": during_s,
+    });
+    if args.json {
+        println!("{out}");
+    } else {
+        println!(
+            "seeded {} wallets and {} entries in {seed_s:.1} s",
+            args.wallets, report.entries
+        );
+        println!(
+            "wallet verify: {:.2} s, {}",
+            verify_s,
+            if report.ok() { "OK" } else { "FINDINGS" }
+        );
+        println!(
+            "snapshot of {} wallets: {snapshot_s:.2} s, {} mismatches",
+            snap.wallets,
+            snap.mismatches.len()
+        );
+        for (label, s) in [
+            ("transfers without a snapshot", &base_s),
+            ("transfers during the snapshot", &during_s),
+        ] {
+            println!(
+                "{label}: {} at {}/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, statuses {}",
+                s["count"],
+                s["per_s"],
+                s["p50_ms"].as_f64().unwrap_or(0.0),
+                s["p99_ms"].as_f64().unwrap_or(0.0),
+                s["max_ms"].as_f64().unwrap_or(0.0),
+                s["statuses"]
+            );
+        }
+    }
+    Ok(report.ok() && snap.mismatches.is_empty())
+}

@@ -48,6 +48,9 @@ pub enum Command {
     },
     /// Load-test a server: see README "Performance".
     Bench(crate::bench::BenchArgs),
+    /// Measure a snapshot of a large ledger and its cost to concurrent transfers, and the
+    /// time of `verify` on it: see README "Performance".
+    BenchSnapshot(crate::bench::SnapshotBenchArgs),
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]

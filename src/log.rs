@@ -28,6 +28,11 @@ fn emit(min: u8, tag: &str, msg: &str) {
     }
 }
 
+/// Errors only, for benchmarks that run the server in-process.
+pub fn errors_only() {
+    LEVEL.store(1, Ordering::Relaxed);
+}
+
 pub fn error(msg: &str) {
     emit(1, "ERROR", msg);
 }

@@ -40,6 +40,7 @@ fn main() -> ExitCode {
             true
         }),
         Some(Command::Bench(args)) => wallet::bench::run(args),
+        Some(Command::BenchSnapshot(args)) => wallet::bench::run_snapshot_bench(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
