@@ -244,9 +244,13 @@ pub fn parse_cron(s: &str) -> Result<Option<cron::Schedule>, String> {
     if s.trim().eq_ignore_ascii_case("off") {
         return Ok(None);
     }
-    s.parse::<cron::Schedule>()
-        .map(Some)
-        .map_err(|e| format!("{s:?} is not a cron expression such as \"0 0 0 * * *\" (sec min hour day month weekday): {e}"))
+    s.parse::<cron::Schedule>().map(Some).map_err(|e| {
+        // The cron crate's message spans lines (it draws a caret); keep its last line so the
+        // start-up error stays one line.
+        let text = e.to_string();
+        let reason = text.lines().map(str::trim).rfind(|l| !l.is_empty() && *l != "^").unwrap_or("invalid");
+        format!("{s:?} is not a cron expression such as \"0 0 0 * * *\" (sec min hour day month weekday): {reason}")
+    })
 }
 
 #[cfg(test)]
@@ -268,7 +272,8 @@ mod tests {
     fn cron_expressions() {
         assert!(parse_cron("off").unwrap().is_none());
         assert!(parse_cron("0 0 0 * * *").unwrap().is_some());
-        assert!(parse_cron("every night").is_err());
+        let err = parse_cron("every night").unwrap_err();
+        assert_eq!(err.lines().count(), 1, "{err}");
     }
 
     #[test]

@@ -333,7 +333,7 @@ impl Server {
                             continue;
                         }
                         use util::RefinedTcpStream;
-                        let (read_closable, write_closable) = match ssl {
+                        let pair = match ssl {
                             None => RefinedTcpStream::new(sock),
                             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
                             Some(ref ssl) => {
@@ -348,6 +348,16 @@ impl Server {
                             }
                             #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
                             Some(ref _ssl) => unreachable!(),
+                        };
+                        // wallet patch: duplicating the socket fails at the descriptor limit;
+                        // drop this connection (closing its socket) and keep accepting.
+                        let (read_closable, write_closable) = match pair {
+                            Ok(pair) => pair,
+                            Err(e) => {
+                                log::error!("Error duplicating a new client's socket: {}", e);
+                                thread::sleep(accept_backoff);
+                                continue;
+                            }
                         };
 
                         Ok(ClientConnection::new(write_closable, read_closable))
