@@ -215,10 +215,13 @@ pub fn list_users(
     Ok((count, users))
 }
 
-/// The user behind a token that is known, unrevoked and unexpired. The lookup is by the
-/// token's SHA-256, so no secret is ever compared byte by byte.
-pub fn authenticate(conn: &Connection, now: Timestamp, secret: &str) -> Result<AuthUser, AppError> {
-    let hash = hash_token(secret);
+/// The user behind a token that is known, unrevoked and unexpired, and when it expires. The
+/// lookup is by the token's SHA-256, so no secret is ever compared byte by byte.
+pub fn authenticate(
+    conn: &Connection,
+    now: Timestamp,
+    hash: &[u8; 32],
+) -> Result<(AuthUser, Timestamp), AppError> {
     let found: Option<(i64, bool, String, String, Option<String>)> = conn
         .prepare_cached(
             "SELECT t.user_id, u.is_staff, w.id, t.expires_at, t.revoked_at
@@ -231,14 +234,87 @@ pub fn authenticate(conn: &Connection, now: Timestamp, secret: &str) -> Result<A
         .optional()?;
     match found {
         Some((user_id, is_staff, wallet_id, expires_at, None)) if expires_at > now.to_text() => {
-            Ok(AuthUser {
-                user_id,
-                is_staff,
-                wallet_id,
-                token_hash: hash,
-            })
+            Ok((
+                AuthUser {
+                    user_id,
+                    is_staff,
+                    wallet_id,
+                    token_hash: *hash,
+                },
+                Timestamp::from_stored(&expires_at),
+            ))
         }
         _ => Err(AppError::Unauthorized),
+    }
+}
+
+/// Tokens seen recently, so most requests authenticate without a database read.
+///
+/// Revocation stays immediate: logout removes the token and bumps `epoch`, and a lookup only
+/// caches what it read from the database when no logout happened while it read. Expiry is
+/// checked against the cached expiry on every use. Users and their wallets are never deleted
+/// and staff status never changes while the server runs, so nothing else can go stale.
+pub struct TokenCache {
+    entries: Mutex<HashMap<[u8; 32], (AuthUser, Timestamp)>>,
+    epoch: std::sync::atomic::AtomicU64,
+}
+
+/// Tokens cached at most; when full, the cache starts over.
+pub const TOKEN_CACHE_ENTRIES_MAX: usize = 100_000;
+
+impl TokenCache {
+    pub fn new() -> TokenCache {
+        TokenCache {
+            entries: Mutex::new(HashMap::new()),
+            epoch: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The user behind `secret`, from the cache or else from `lookup` (the database).
+    pub fn authenticate(
+        &self,
+        now: Timestamp,
+        secret: &str,
+        lookup: impl FnOnce(&[u8; 32]) -> Result<(AuthUser, Timestamp), AppError>,
+    ) -> Result<AuthUser, AppError> {
+        use std::sync::atomic::Ordering;
+        let hash = hash_token(secret);
+        if let Some((user, expires_at)) = self
+            .entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&hash)
+        {
+            return if *expires_at > now {
+                Ok(user.clone())
+            } else {
+                Err(AppError::Unauthorized)
+            };
+        }
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let (user, expires_at) = lookup(&hash)?;
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        // A logout while we read may have revoked what we read: then do not cache it.
+        if self.epoch.load(Ordering::SeqCst) == epoch {
+            if entries.len() >= TOKEN_CACHE_ENTRIES_MAX {
+                entries.clear();
+            }
+            entries.insert(hash, (user.clone(), expires_at));
+        }
+        Ok(user)
+    }
+
+    /// Call after a revocation has committed.
+    pub fn forget(&self, hash: &[u8; 32]) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        entries.remove(hash);
+    }
+}
+
+impl Default for TokenCache {
+    fn default() -> TokenCache {
+        TokenCache::new()
     }
 }
 
@@ -434,6 +510,47 @@ mod tests {
             t.secret,
             new_token(Timestamp::from_micros(0).unwrap(), Duration::from_secs(60)).secret
         );
+    }
+
+    #[test]
+    fn a_logout_during_a_cache_fill_is_not_undone() {
+        // A lookup reads the token as valid, a logout commits meanwhile; the valid answer must
+        // not be cached, so the next use asks the database again and is refused.
+        let cache = TokenCache::new();
+        let now = Timestamp::parse("2026-01-01T00:00:00Z").unwrap();
+        let token = new_token(now, Duration::from_secs(3600));
+        let user = AuthUser {
+            user_id: 1,
+            is_staff: false,
+            wallet_id: "w".into(),
+            token_hash: token.hash,
+        };
+        let first = cache.authenticate(now, &token.secret, |_| {
+            // The logout lands while the database read is in flight.
+            cache.forget(&token.hash);
+            Ok((user.clone(), token.expires_at))
+        });
+        assert!(first.is_ok(), "that request read before the revocation");
+        let again = cache.authenticate(now, &token.secret, |_| Err(AppError::Unauthorized));
+        assert!(matches!(again, Err(AppError::Unauthorized)), "{again:?}");
+        // Without a logout in between, the answer is cached and the database is not asked.
+        let other = new_token(now, Duration::from_secs(3600));
+        let user2 = AuthUser {
+            token_hash: other.hash,
+            ..user
+        };
+        cache
+            .authenticate(now, &other.secret, |_| {
+                Ok((user2.clone(), other.expires_at))
+            })
+            .unwrap();
+        let cached = cache.authenticate(now, &other.secret, |_| panic!("must come from the cache"));
+        assert!(cached.is_ok());
+        // A cached token past its expiry is refused without asking the database.
+        let later = other.expires_at.plus_millis(1);
+        let expired =
+            cache.authenticate(later, &other.secret, |_| panic!("must come from the cache"));
+        assert!(matches!(expired, Err(AppError::Unauthorized)));
     }
 
     #[test]

@@ -113,56 +113,112 @@ impl OpStats {
     }
 }
 
+/// A minimal HTTP/1.1 keep-alive client over one `TcpStream`: the load generator shares the
+/// two cores with the server, so it must spend as little as possible per request (a general
+/// client such as ureq used more CPU than the server's own request handling).
 struct Client {
-    agent: ureq::Agent,
-    base: String,
+    addr: String,
+    conn: Option<std::io::BufReader<std::net::TcpStream>>,
 }
 
 impl Client {
     fn new(base: &str) -> Client {
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build()
-            .into();
         Client {
-            agent,
-            base: base.to_string(),
+            addr: base
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string(),
+            conn: None,
         }
     }
 
     /// Returns the status and body, or `None` on a transport error.
     fn call(
-        &self,
+        &mut self,
         method: &str,
         path: &str,
         token: Option<&str>,
         body: Option<&Value>,
     ) -> Option<(u16, Value)> {
-        let url = format!("{}{}", self.base, path);
-        let result = match (method, body) {
-            ("GET", _) => {
-                let mut r = self.agent.get(&url);
-                if let Some(t) = token {
-                    r = r.header("Authorization", &format!("Token {t}"));
-                }
-                r.call()
+        // One retry on a fresh connection: the server may have closed an idle one.
+        for _ in 0..2 {
+            if self.conn.is_none() {
+                let stream = std::net::TcpStream::connect(&self.addr).ok()?;
+                stream.set_nodelay(true).ok()?;
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(30)))
+                    .ok()?;
+                self.conn = Some(std::io::BufReader::new(stream));
             }
-            (_, b) => {
-                let mut r = self
-                    .agent
-                    .post(&url)
-                    .header("Content-Type", "application/json");
-                if let Some(t) = token {
-                    r = r.header("Authorization", &format!("Token {t}"));
-                }
-                r.send(b.map(Value::to_string).unwrap_or_default())
+            match self.exchange(method, path, token, body) {
+                Ok(reply) => return Some(reply),
+                Err(_) => self.conn = None,
             }
-        };
-        let mut resp = result.ok()?;
-        let status = resp.status().as_u16();
-        let text = resp.body_mut().read_to_string().unwrap_or_default();
-        Some((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+        }
+        None
+    }
+
+    fn exchange(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> std::io::Result<(u16, Value)> {
+        use std::io::{BufRead, Read, Write};
+        let conn = self
+            .conn
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("no connection"))?;
+        let payload = body.map(Value::to_string).unwrap_or_default();
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {}\r\n",
+            payload.len()
+        );
+        if body.is_some() {
+            req.push_str("Content-Type: application/json\r\n");
+        }
+        if let Some(t) = token {
+            req.push_str("Authorization: Token ");
+            req.push_str(t);
+            req.push_str("\r\n");
+        }
+        req.push_str("\r\n");
+        req.push_str(&payload);
+        conn.get_mut().write_all(req.as_bytes())?;
+        let mut line = String::new();
+        conn.read_line(&mut line)?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| std::io::Error::other("bad status line"))?;
+        let (mut length, mut close) = (0usize, false);
+        loop {
+            line.clear();
+            if conn.read_line(&mut line)? == 0 {
+                return Err(std::io::Error::other("closed"));
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap_or(0);
+                } else if name.eq_ignore_ascii_case("connection")
+                    && value.trim().eq_ignore_ascii_case("close")
+                {
+                    close = true;
+                }
+            }
+        }
+        let mut buf = vec![0u8; length];
+        conn.read_exact(&mut buf)?;
+        if close {
+            self.conn = None;
+        }
+        Ok((status, serde_json::from_slice(&buf).unwrap_or(Value::Null)))
     }
 }
 
@@ -217,7 +273,7 @@ impl ChildServer {
             dir,
             base: format!("http://127.0.0.1:{port}"),
         };
-        let probe = Client::new(&server.base);
+        let mut probe = Client::new(&server.base);
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if probe
@@ -264,7 +320,7 @@ fn setup_users(base: &str, n: u32, clients: u32) -> Result<Vec<BenchUser>, Strin
         .map(|_| {
             let (next, users, base, run) = (next.clone(), users.clone(), base.to_string(), run.clone());
             std::thread::spawn(move || -> Result<(), String> {
-                let c = Client::new(&base);
+                let mut c = Client::new(&base);
                 loop {
                     let i = {
                         let mut g = next.lock().unwrap_or_else(|p| p.into_inner());
@@ -319,7 +375,7 @@ fn run_mix(base: &str, users: &Arc<Vec<BenchUser>>, args: &BenchArgs) -> MixResu
         .map(|k| {
             let (users, stop, base) = (users.clone(), stop.clone(), base.to_string());
             std::thread::spawn(move || {
-                let c = Client::new(&base);
+                let mut c = Client::new(&base);
                 let mut rng = rand::rng();
                 let (mut t, mut d, mut r) = (OpStats::default(), OpStats::default(), OpStats::default());
                 let mut deposited = 0i64;
@@ -359,7 +415,7 @@ fn run_mix(base: &str, users: &Arc<Vec<BenchUser>>, args: &BenchArgs) -> MixResu
         .map(|_| {
             let (users, stop, base) = (users.clone(), stop.clone(), base.to_string());
             std::thread::spawn(move || {
-                let c = Client::new(&base);
+                let mut c = Client::new(&base);
                 let mut rng = rand::rng();
                 let mut l = OpStats::default();
                 while !stop.load(Ordering::Relaxed) {
@@ -567,7 +623,7 @@ pub fn run(args: &BenchArgs) -> Result<bool, String> {
 
     // The money invariant: the bench's users only trade among themselves, so their balances
     // must sum to what was deposited into them.
-    let c = Client::new(&base);
+    let mut c = Client::new(&base);
     let mut total = 0i64;
     for u in users.iter() {
         let (_, v) = c
@@ -810,7 +866,7 @@ fn timed_transfers(
         .map(|k| {
             let (users, stop, base) = (users.clone(), stop.clone(), base.to_string());
             std::thread::spawn(move || {
-                let c = Client::new(&base);
+                let mut c = Client::new(&base);
                 let mut rng = rand::rng();
                 let mut stats = OpStats::default();
                 let mut seq = 0u64;

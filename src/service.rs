@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use rusqlite::params;
 
-use crate::accounts::{self, AuthUser, IssuedToken, LoginThrottle, NewUser, PasswordGuard, User};
+use crate::accounts::{
+    self, AuthUser, IssuedToken, LoginThrottle, NewUser, PasswordGuard, TokenCache, User,
+};
 use crate::clock::{SharedClock, Wakeup};
 use crate::config::Config;
 use crate::db::{Pool, Writer};
@@ -24,6 +26,7 @@ pub struct Service {
     pub clock: SharedClock,
     pub passwords: PasswordGuard,
     pub throttle: LoginThrottle,
+    pub tokens: TokenCache,
     pub metrics: Arc<Metrics>,
     /// Wakes the payout worker when a new withdrawal is scheduled.
     pub payout_wakeup: Arc<Wakeup>,
@@ -115,11 +118,17 @@ impl Service {
     pub fn logout(&self, auth: &AuthUser) -> Result<(), AppError> {
         let hash = auth.token_hash;
         self.writer
-            .execute(move |conn, now| accounts::revoke_token(conn, now, &hash))
+            .execute(move |conn, now| accounts::revoke_token(conn, now, &hash))?;
+        // Only after the revocation has committed, so a concurrent lookup cannot re-cache it.
+        self.tokens.forget(&hash);
+        Ok(())
     }
 
     pub fn authenticate(&self, secret: &str) -> Result<AuthUser, AppError> {
-        accounts::authenticate(&*self.read()?, self.now(), secret)
+        let now = self.now();
+        self.tokens.authenticate(now, secret, |hash| {
+            accounts::authenticate(&*self.read()?, now, hash)
+        })
     }
 
     pub fn user(&self, user_id: i64) -> Result<User, AppError> {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::accounts::{LoginThrottle, PasswordGuard};
+use crate::accounts::{LoginThrottle, PasswordGuard, TokenCache};
 use crate::clock::{SharedClock, SystemClock, Wakeup};
 use crate::config::Config;
 use crate::db::{self, Writer};
@@ -77,6 +77,7 @@ impl App {
                 config.serve.login_failures_max,
                 config.serve.login_window,
             ),
+            tokens: TokenCache::default(),
             config: config.clone(),
             pool: pool.clone(),
             writer: writer.clone(),
