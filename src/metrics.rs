@@ -202,11 +202,7 @@ impl Metrics {
                 "Writes refused because the writer's queue was full.",
                 writer.queue_full.load(Ordering::Relaxed),
             ),
-            (
-                "wallet_db_busy_total",
-                "Database busy waits that ran out (503).",
-                writer.commit_failures.load(Ordering::Relaxed),
-            ),
+            ("wallet_db_busy_total", "Write transactions refused because another process held the database past the busy timeout (503).", writer.busy.load(Ordering::Relaxed)),
         ];
         for (name, help, v) in counters {
             let _ = writeln!(

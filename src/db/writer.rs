@@ -38,6 +38,9 @@ pub struct WriterStats {
     pub jobs_rolled_back: AtomicU64,
     pub commit_failures: AtomicU64,
     pub queue_full: AtomicU64,
+    /// Write transactions that could not start because another process held the lock past
+    /// the busy timeout (the server itself never waits on its own writes).
+    pub busy: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -160,6 +163,9 @@ fn run_batch(
     stats: &WriterStats,
 ) -> Result<(), AppError> {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) {
+            stats.busy.fetch_add(1, Ordering::Relaxed);
+        }
         batch.clear();
         return Err(e.into());
     }

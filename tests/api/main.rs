@@ -2,10 +2,14 @@
 //! on 127.0.0.1:0 with its own temporary database and talks HTTP to it.
 
 mod accounts;
+mod binary;
 mod concurrency;
+mod crash;
 mod edge;
 mod helpers;
 mod hostile;
+mod operations;
+mod properties;
 mod snapshots;
 mod wallet;
 mod withdrawals;

@@ -1,0 +1,587 @@
+//! Operating the service (issue 7) with the real binary where it matters: graceful shutdown on
+//! SIGTERM, online backups, staff routes and their audit trail, settings errors, request logs
+//! and metrics.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::binary::{self, call, Server};
+use crate::helpers::{agent, name, TestApp};
+
+const PASSWORD: &str = "correct horse battery";
+
+fn register(base: &str, username: &str, password: &str) -> (i64, String) {
+    let r = call(
+        &agent(),
+        base,
+        "POST",
+        "/api/auth/register",
+        None,
+        Some(
+            &json!({"username": username, "email": format!("{username}@example.com"),
+            "password": password, "password_confirm": password}),
+        ),
+        &[],
+    )
+    .expect("register answers");
+    assert_eq!(r.status, 201, "{}", r.body);
+    (
+        r.body["user"]["id"].as_i64().unwrap(),
+        r.body["token"].as_str().unwrap().to_string(),
+    )
+}
+
+fn wal_len(db: &Path) -> Option<u64> {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    std::fs::metadata(wal).ok().map(|m| m.len())
+}
+
+fn status_of(reply: &[u8]) -> u16 {
+    String::from_utf8_lossy(reply)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+// ---- Shutdown ----------------------------------------------------------------------------
+
+#[test]
+fn sigterm_lets_in_flight_requests_finish_and_checkpoints_the_wal() {
+    // SIGTERM while a login (argon2 at 256 MiB) and a deposit (half its body sent) are
+    // in flight: both complete with their normal status after the signal, the deposit is in the
+    // ledger, the process exits 0 and the WAL is checkpointed (empty or gone).
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("wallet.db");
+    let mut cmd = binary::wallet(&db);
+    // A costly password hash, so that a login takes a while (about as long as the register).
+    cmd.env("WALLET_ARGON2_MEMORY_KIB", "262144")
+        .env("WALLET_ARGON2_ITERATIONS", "2");
+    let mut server = Server::start(cmd);
+    let username = name("t");
+    let hashing = Instant::now();
+    let (_, token) = register(&server.base, &username, PASSWORD);
+    let hash_time = hashing.elapsed();
+    let a = agent();
+    let r = call(
+        &a,
+        &server.base,
+        "POST",
+        "/api/wallets/me/deposit",
+        Some(&token),
+        Some(&json!({"amount": "10.00", "reference": "before"})),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(
+        wal_len(&db).unwrap_or(0) > 0,
+        "the WAL holds the writes before shutdown"
+    );
+
+    // In flight 1: a login, whose password check alone takes a good fraction of a second.
+    let base = server.base.clone();
+    let login_user = username.clone();
+    let login = std::thread::spawn(move || {
+        let r = call(
+            &agent(),
+            &base,
+            "POST",
+            "/api/auth/login",
+            None,
+            Some(&json!({"username": login_user, "password": PASSWORD})),
+            &[],
+        );
+        (r, Instant::now())
+    });
+    // In flight 2: a deposit whose head and half its body have arrived. The body is over
+    // 1 KiB: tiny_http reads smaller bodies in its connection thread before queueing the
+    // request, larger ones are read by the worker that already holds the request.
+    let body =
+        json!({"amount": "7.00", "reference": "in-flight", "metadata": {"note": "n".repeat(1500)}})
+            .to_string();
+    let (first, rest) = body.split_at(body.len() / 2);
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let mut conn = TcpStream::connect(&addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        conn,
+        "POST /api/wallets/me/deposit HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Token {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{first}",
+        body.len()
+    )
+    .unwrap();
+    conn.flush().unwrap();
+    std::thread::sleep((hash_time / 3).max(Duration::from_millis(50)));
+
+    server.sigterm();
+    let signalled = Instant::now();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "the server exited with a request in flight"
+    );
+    conn.write_all(rest.as_bytes()).unwrap();
+    let mut reply = Vec::new();
+    let _ = conn.read_to_end(&mut reply);
+    assert_eq!(
+        status_of(&reply),
+        201,
+        "the in-flight deposit: {}",
+        String::from_utf8_lossy(&reply)
+    );
+    let (login, answered) = login.join().unwrap();
+    let login = login.expect("the in-flight login answers");
+    assert_eq!(login.status, 200, "the in-flight login: {}", login.body);
+    assert!(
+        answered > signalled,
+        "the login ended before SIGTERM (hashing took {hash_time:?}): nothing was proved"
+    );
+    assert!(login.body["token"].is_string(), "{}", login.body);
+
+    let status = server.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+    let wal = wal_len(&db);
+    assert!(
+        wal.unwrap_or(0) == 0,
+        "the WAL was not checkpointed: {wal:?} bytes"
+    );
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let n: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM entries WHERE reference = 'in-flight' AND amount = 700",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 1, "the in-flight deposit is in the ledger");
+    let (code, out) = binary::verify(&db);
+    assert_eq!(code, Some(0), "{out}");
+}
+
+// ---- Backups -----------------------------------------------------------------------------
+
+#[test]
+fn backup_while_writing_is_a_verified_copy_and_never_overwrites() {
+    // `wallet backup FILE` during a stream of deposits exits 0; the copy passes `wallet verify`
+    // and holds the users and every deposit acknowledged before the backup began. A second
+    // backup onto the same file fails with a clear message and leaves the copy as it was.
+    let app = TestApp::spawn();
+    let users: Vec<_> = (0..3).map(|_| app.register(&name("b"))).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writer = {
+        let (base, stop, acked) = (app.base.clone(), stop.clone(), acked.clone());
+        let tokens: Vec<String> = users.iter().map(|u| u.token.clone()).collect();
+        std::thread::spawn(move || {
+            let a = agent();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && n < 5000 {
+                let r = call(
+                    &a,
+                    &base,
+                    "POST",
+                    "/api/wallets/me/deposit",
+                    Some(&tokens[n % tokens.len()]),
+                    Some(&json!({"amount": "1.25", "reference": format!("w{n}")})),
+                    &[],
+                )
+                .expect("deposit answers");
+                assert_eq!(r.status, 201, "{}", r.body);
+                acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                n += 1;
+            }
+        })
+    };
+    while acked.load(std::sync::atomic::Ordering::SeqCst) < 20 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let acked_before = acked.load(std::sync::atomic::Ordering::SeqCst) as i64;
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("copy.db");
+    let mut cmd = binary::wallet(&app.db);
+    cmd.arg("backup").arg(&copy);
+    let out = binary::run(cmd, None, Duration::from_secs(60));
+    let during = acked.load(std::sync::atomic::Ordering::SeqCst) as i64;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.join().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "backup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        during > acked_before,
+        "no deposit ran while the backup ran; the test proves less than it says"
+    );
+
+    let (code, report) = binary::verify(&copy);
+    assert_eq!(code, Some(0), "verify on the copy: {report}");
+    let c = rusqlite::Connection::open(&copy).unwrap();
+    let mut names: Vec<String> = c
+        .prepare("SELECT username FROM users ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut expected: Vec<String> = users.iter().map(|u| u.username.clone()).collect();
+    names.sort();
+    expected.sort();
+    assert_eq!(names, expected);
+    let entries: i64 = c
+        .query_row("SELECT count(*) FROM entries", [], |r| r.get(0))
+        .unwrap();
+    assert!(
+        entries >= acked_before,
+        "the copy has {entries} entries, but {acked_before} were acknowledged before it began"
+    );
+    drop(c);
+
+    let before = std::fs::read(&copy).unwrap();
+    let mut cmd = binary::wallet(&app.db);
+    cmd.arg("backup").arg(&copy);
+    let out = binary::run(cmd, None, Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "a backup overwrote {copy:?}");
+    assert!(
+        stderr.contains("exists already") && stderr.contains("copy.db"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        before,
+        "the existing file changed"
+    );
+}
+
+// ---- Staff -------------------------------------------------------------------------------
+
+fn createsuperuser(db: &Path, username: &str, email: &str, password: &str) -> std::process::Output {
+    let mut cmd = binary::wallet(db);
+    cmd.args(["createsuperuser", "--username", username, "--email", email]);
+    binary::run(cmd, Some(&format!("{password}\n")), Duration::from_secs(60))
+}
+
+#[test]
+fn staff_routes_read_any_account_and_credit_with_an_audit_trail() {
+    // A staff user made by `wallet createsuperuser` (while the app runs) lists, searches and
+    // reads users, wallets and transactions and credits a wallet (201, replay 200, conflict
+    // 409); others get 403 `forbidden`; unknown users 404; every staff action is audited with
+    // the staff user's id, and the credit moves money like a deposit.
+    let app = TestApp::spawn();
+    let alice = app.register(&name("alice"));
+    let bob = app.register(&name("bob"));
+    let admin = name("admin");
+    let out = createsuperuser(
+        &app.db,
+        &admin,
+        &format!("{admin}@example.com"),
+        "a long admin password",
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "createsuperuser: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("created staff user"));
+    let r = app.request(
+        "POST",
+        "/api/auth/login",
+        None,
+        Some(&json!({"username": admin, "password": "a long admin password"})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["user"]["is_staff"], true);
+    let staff_id = r.body["user"]["id"].as_i64().unwrap();
+    let staff = r.body["token"].as_str().unwrap().to_string();
+
+    // List and search.
+    let r = app.get("/api/admin/users", &staff);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["count"], 3, "{}", r.body);
+    let r = app.get(
+        &format!("/api/admin/users?search={}", &alice.username[2..]),
+        &staff,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["count"], 1, "{}", r.body);
+    assert_eq!(r.body["results"][0]["username"], alice.username.as_str());
+    assert_eq!(r.body["results"][0]["is_staff"], false);
+
+    // One user, the wallet, the credit and its replay and conflict.
+    let r = app.get(&format!("/api/admin/users/{}", alice.id), &staff);
+    assert_eq!(
+        (r.status, &r.body["username"]),
+        (200, &json!(alice.username)),
+        "{}",
+        r.body
+    );
+    let credit = format!("/api/admin/users/{}/credit", alice.id);
+    let r = app.post(
+        &credit,
+        &staff,
+        json!({"amount": "50", "reference": "goodwill-7"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(
+        (&r.body["type"], &r.body["amount"]),
+        (&json!("DEPOSIT"), &json!("50.00"))
+    );
+    let entry_id = r.body["id"].clone();
+    let r = app.post(
+        &credit,
+        &staff,
+        json!({"amount": "50.00", "reference": "goodwill-7"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("Idempotent-Replayed"), Some("true"));
+    assert_eq!(r.body["id"], entry_id);
+    let r = app.post(
+        &credit,
+        &staff,
+        json!({"amount": "51", "reference": "goodwill-7"}),
+    );
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "reference_conflict"),
+        "{}",
+        r.body
+    );
+    let r = app.get(&format!("/api/admin/users/{}/wallet", alice.id), &staff);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        (&r.body["user_id"], &r.body["balance"]),
+        (&json!(alice.id), &json!("50.00"))
+    );
+    assert_eq!(app.balance(&alice), "50.00");
+    assert_eq!(app.balance(&bob), "0.00");
+    let r = app.get(
+        &format!("/api/admin/users/{}/transactions", alice.id),
+        &staff,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["count"], 1, "{}", r.body);
+    assert_eq!(r.body["results"][0]["id"], entry_id);
+
+    // Everyone else is forbidden; unknown users are not found.
+    let staff_paths = [
+        ("GET", "/api/admin/users".to_string()),
+        ("GET", format!("/api/admin/users/{}", bob.id)),
+        ("GET", format!("/api/admin/users/{}/wallet", bob.id)),
+        ("GET", format!("/api/admin/users/{}/transactions", bob.id)),
+        ("POST", format!("/api/admin/users/{}/credit", alice.id)),
+    ];
+    let body = json!({"amount": "1000", "reference": "self-help"});
+    for (method, path) in &staff_paths {
+        let r = app.request(method, path, Some(&alice.token), Some(&body));
+        assert_eq!((r.status, r.code()), (403, "forbidden"), "{method} {path}");
+        let r = app.request(method, path, None, Some(&body));
+        assert_eq!(r.status, 401, "{method} {path} without a token");
+    }
+    for suffix in ["", "/wallet", "/transactions", "/credit"] {
+        let path = format!("/api/admin/users/999999{suffix}");
+        let method = if suffix == "/credit" { "POST" } else { "GET" };
+        let r = app.request(method, &path, Some(&staff), Some(&body));
+        assert_eq!((r.status, r.code()), (404, "not_found"), "{method} {path}");
+    }
+    assert_eq!(app.balance(&alice), "50.00", "a refused credit moved money");
+    assert_eq!(app.balance(&bob), "0.00");
+
+    // The audit trail: every row is the staff user's, and each kind of action is there.
+    let db = app.sql();
+    let rows: Vec<(i64, String, String)> = db
+        .prepare("SELECT staff_user_id, action, target FROM audit_log ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        rows.iter().all(|(id, _, _)| *id == staff_id),
+        "audit rows not by the staff user: {rows:?}"
+    );
+    let target = format!("user:{}", alice.id);
+    for action in ["read_user", "read_wallet", "read_transactions", "credit"] {
+        assert!(
+            rows.iter().any(|(_, a, t)| a == action && *t == target),
+            "no audited {action} on {target}: {rows:?}"
+        );
+    }
+    assert_eq!(
+        rows.iter().filter(|(_, a, _)| a == "list_users").count(),
+        2,
+        "{rows:?}"
+    );
+    assert_eq!(
+        rows.iter().filter(|(_, a, _)| a == "credit").count(),
+        1,
+        "a replay or a refused credit was audited as a credit: {rows:?}"
+    );
+    assert!(app.verify().ok(), "{:?}", app.verify().findings);
+}
+
+// ---- Settings and commands -----------------------------------------------------------------
+
+#[test]
+fn createsuperuser_with_a_bad_email_exits_2_naming_the_flag() {
+    // A bad --email is a one-line error naming `--email`, exit code 2, and creates nobody.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("wallet.db");
+    let out = createsuperuser(&db, &name("admin"), "not-an-email", "a long admin password");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--email"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    if db.exists() {
+        let n: i64 = rusqlite::Connection::open(&db)
+            .unwrap()
+            .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+    }
+}
+
+#[test]
+fn bad_settings_exit_2_with_one_line_naming_the_setting() {
+    // `--threads 0` (refused by the flag parser) and `--snapshot-cron nope` (refused by the
+    // config check) each exit 2 with a single line that names the setting, serving nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("wallet.db");
+    for (args, setting) in [
+        (["--threads", "0"], "--threads"),
+        (["--snapshot-cron", "nope"], "--snapshot-cron"),
+    ] {
+        let mut cmd = binary::wallet(&db);
+        cmd.args(["--listen", "127.0.0.1:0"]).args(args);
+        let out = binary::run(cmd, None, Duration::from_secs(20));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(setting), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr:?}");
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("listening"),
+            "{args:?} served anyway"
+        );
+    }
+}
+
+// ---- Logs and metrics ----------------------------------------------------------------------
+
+#[test]
+fn request_log_line_has_route_status_and_request_id_but_no_secrets() {
+    // With WALLET_LOG=info a login carrying a token header, a password in its body and
+    // `X-Request-Id: trace-me-1` gives exactly one log line with the method, the route
+    // template, the status and the id, and the log holds no token, password or body text.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("wallet.db");
+    let log_path = dir.path().join("stderr.log");
+    let mut cmd = binary::wallet(&db);
+    cmd.env("WALLET_LOG", "info")
+        .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap()));
+    let mut server = Server::start(cmd);
+    let username = name("logme");
+    let password = format!("pw-{}", name("secret"));
+    let (_, token) = register(&server.base, &username, &password);
+    let r = call(
+        &agent(),
+        &server.base,
+        "POST",
+        "/api/auth/login",
+        Some(&token),
+        Some(&json!({"username": username, "password": password})),
+        &[("X-Request-Id", "trace-me-1")],
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("X-Request-Id"), Some("trace-me-1"));
+    let new_token = r.body["token"].as_str().unwrap().to_string();
+    server.sigterm();
+    assert_eq!(server.wait_exit(Duration::from_secs(15)).code(), Some(0));
+
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("trace-me-1")).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    for part in ["POST", "/api/auth/login", " 200 "] {
+        assert!(
+            lines[0].contains(part),
+            "{part:?} missing from {:?}",
+            lines[0]
+        );
+    }
+    for (what, secret) in [
+        ("the token", token.as_str()),
+        ("the issued token", new_token.as_str()),
+        ("the password", password.as_str()),
+        ("the body's username", username.as_str()),
+    ] {
+        assert!(!log.contains(secret), "the log contains {what}:\n{log}");
+    }
+}
+
+#[test]
+fn metrics_count_money_moved_exactly_and_carry_no_user_data() {
+    // After deposits of 12.34 + 100 + 0.01 (a replay and a refused withdrawal besides, and a
+    // path holding the username), /metrics shows exactly 11235 minor units of DEPOSIT and 500
+    // of WITHDRAWAL, and no username, email or token anywhere.
+    let app = TestApp::spawn();
+    let u = app.register(&name("metric"));
+    for (amount, reference) in [
+        ("12.34", "m1"),
+        ("100", "m2"),
+        ("0.01", "m3"),
+        ("100", "m2"),
+    ] {
+        let r = app.deposit(&u, amount, reference);
+        assert!(r.status == 201 || r.status == 200, "{}", r.body);
+    }
+    let r = app.post(
+        "/api/wallets/me/withdraw",
+        &u.token,
+        json!({"amount": "5", "reference": "w1"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = app.post(
+        "/api/wallets/me/withdraw",
+        &u.token,
+        json!({"amount": "1000", "reference": "w2"}),
+    );
+    assert_eq!(r.status, 422, "{}", r.body);
+    let r = app.get(
+        &format!("/api/wallets/me/withdrawals/{}", u.username),
+        &u.token,
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = app.raw("GET", &format!("/{}", u.username), None, None, None);
+    assert_eq!(r.status, 404);
+
+    let r = app.raw("GET", "/metrics", None, None, None);
+    assert_eq!(r.status, 200);
+    let Value::String(text) = r.body else {
+        panic!("metrics are not text: {}", r.body)
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    for line in [
+        "wallet_money_moved_minor_total{type=\"DEPOSIT\"} 11235",
+        "wallet_money_moved_minor_total{type=\"WITHDRAWAL\"} 500",
+    ] {
+        assert!(lines.contains(&line), "no {line:?} in:\n{text}");
+    }
+    for secret in [
+        u.username.as_str(),
+        &format!("{}@example.com", u.username),
+        &u.token,
+    ] {
+        assert!(!text.contains(secret), "metrics contain {secret:?}");
+    }
+}
