@@ -220,11 +220,13 @@ impl Service {
         at: Option<Timestamp>,
     ) -> Result<(i64, Timestamp), AppError> {
         let now = self.now();
-        let at = at.unwrap_or(now);
-        if at > now {
-            return Err(AppError::field("at", "must not be in the future"));
+        let conn = self.read()?;
+        match at {
+            // The current balance is the running balance: O(1), whatever the history length.
+            None => Ok((queries::balance_now(&conn, wallet_id)?, now)),
+            Some(at) if at > now => Err(AppError::field("at", "must not be in the future")),
+            Some(at) => Ok((queries::balance_at(&conn, wallet_id, at)?, at)),
         }
-        Ok((queries::balance_at(&*self.read()?, wallet_id, at)?, at))
     }
 
     pub fn withdrawals(

@@ -133,6 +133,14 @@ pub fn history(
     })
 }
 
+/// The running balance, read from the wallet row.
+pub fn balance_now(conn: &Connection, wallet_id: &str) -> Result<i64, AppError> {
+    conn.prepare_cached("SELECT balance FROM wallets WHERE id = ?1")?
+        .query_row([wallet_id], |r| r.get(0))
+        .optional()?
+        .ok_or(AppError::NotFound("wallet"))
+}
+
 /// The exact balance at `at`: the newest snapshot at or before it, plus the entries between.
 pub fn balance_at(conn: &Connection, wallet_id: &str, at: Timestamp) -> Result<i64, AppError> {
     let (base, since): (i64, String) = conn
