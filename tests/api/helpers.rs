@@ -59,6 +59,8 @@ impl TestApp {
     }
 
     pub fn spawn_with(tune: impl FnOnce(&mut Config), clock: SharedClock) -> TestApp {
+        // Errors only: request lines from every in-process server would bury test output.
+        wallet::log::errors_only();
         let dir = tempfile::tempdir().expect("temp dir");
         let db = dir.path().join("wallet.db");
         let mut config = Config::for_tests(db.clone());
