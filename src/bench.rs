@@ -37,9 +37,13 @@ pub struct BenchArgs {
     /// Seconds to run.
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
-    /// Extra clients that log in over and over beside the mix (argon2 pressure).
+    /// Extra clients that log in over and over beside the mix (argon2 pressure). Like real
+    /// clients, they wait `Retry-After` (1 s) after a 503.
     #[arg(long, default_value_t = 0)]
     pub login_storm: u32,
+    /// Storm clients retry a 503 at once instead of waiting `Retry-After` (an abusive flood).
+    #[arg(long)]
+    pub storm_ignores_retry_after: bool,
     /// Durability of the child server: full (default) or normal.
     #[arg(long, value_enum, default_value_t = Synchronous::Full)]
     pub synchronous: Synchronous,
@@ -411,6 +415,7 @@ fn run_mix(base: &str, users: &Arc<Vec<BenchUser>>, args: &BenchArgs) -> MixResu
             })
         })
         .collect();
+    let ignore_retry_after = args.storm_ignores_retry_after;
     let stormers: Vec<_> = (0..args.login_storm)
         .map(|_| {
             let (users, stop, base) = (users.clone(), stop.clone(), base.to_string());
@@ -427,7 +432,12 @@ fn run_mix(base: &str, users: &Arc<Vec<BenchUser>>, args: &BenchArgs) -> MixResu
                         None,
                         Some(&json!({"username": u.username, "password": PASSWORD})),
                     );
-                    l.record(t0.elapsed(), res.map(|(s, _)| s));
+                    let status = res.map(|(s, _)| s);
+                    l.record(t0.elapsed(), status);
+                    if status == Some(503) && !ignore_retry_after {
+                        // The server always answers 503 with `Retry-After: 1`.
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
                 }
                 l
             })
