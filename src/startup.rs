@@ -47,6 +47,8 @@ impl App {
             .map_err(|e| format!("--db/WALLET_DB: cannot open {}: {e}", config.db.display()))?;
         db::migrate(&mut conn)?;
         db::check_currency(&conn, &config.currency)?;
+        conn.execute_batch(&format!("PRAGMA cache_size = -{}", db::WRITER_CACHE_KIB))
+            .map_err(|e| format!("cannot size the writer's cache: {e}"))?;
         let (writer, writer_thread) = Writer::start(
             conn,
             clock.clone(),

@@ -35,6 +35,9 @@ fn sync_pragma(sync: Synchronous) -> &'static str {
 pub const WRITER_AUTOCHECKPOINT_PAGES: u32 = 20_000;
 /// How often the checkpointer copies the WAL back into the database file.
 pub const CHECKPOINT_INTERVAL_MS: u64 = 250;
+/// Page cache of the writer's connection, in KiB (SQLite's default is 2 MiB): a large ledger's
+/// hot pages (wallets, index leaves) then stay in memory instead of being read again.
+pub const WRITER_CACHE_KIB: u32 = 16 * 1024;
 /// Size the WAL file is truncated to after a checkpoint resets it.
 pub const WAL_SIZE_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
 
