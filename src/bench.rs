@@ -470,6 +470,40 @@ fn run_mix(base: &str, users: &Arc<Vec<BenchUser>>, args: &BenchArgs) -> MixResu
     out
 }
 
+/// Creates a user (who cannot log in) and funds its wallet, for the no-HTTP measurements.
+/// Returns the user id and wallet id.
+fn funded_user(
+    conn: &rusqlite::Connection,
+    now: crate::domain::Timestamp,
+    c: &Currency,
+    name: &str,
+    amount: &str,
+) -> Result<(i64, String), crate::error::AppError> {
+    use crate::error::AppError;
+    let u = crate::accounts::NewUser {
+        username: crate::domain::Username::parse(name).map_err(AppError::Internal)?,
+        email: crate::domain::Email::parse(&format!("{name}@bench.invalid"))
+            .map_err(AppError::Internal)?,
+        password_hash: "not a login".into(),
+        first_name: String::new(),
+        last_name: String::new(),
+        is_staff: false,
+    };
+    let user = crate::accounts::create_user(conn, now, &u, None)?;
+    let w: String = conn.query_row(
+        "SELECT id FROM wallets WHERE user_id = ?1",
+        [user.id],
+        |r| r.get(0),
+    )?;
+    let m = Movement {
+        amount: Amount::parse_text(amount, c).map_err(|e| AppError::Internal(e.0))?,
+        reference: Reference::parse("fund").map_err(AppError::Internal)?,
+        metadata: Metadata::empty(),
+    };
+    ledger::deposit(conn, now, c, &w, &m)?;
+    Ok((user.id, w))
+}
+
 /// The same transfer code path (writer, group commit, savepoints, `ledger::transfer`) with
 /// no HTTP: `clients` threads submit transfers for `seconds`.
 fn raw_transfers(clients: u32, users: u32, seconds: u64, sync: Synchronous) -> Result<f64, String> {
@@ -504,31 +538,7 @@ fn raw_in(
             .execute(move |conn, now| {
                 let mut out = Vec::new();
                 for i in 0..users {
-                    let u = crate::accounts::NewUser {
-                        username: crate::domain::Username::parse(&format!("raw{i}"))
-                            .map_err(crate::error::AppError::Internal)?,
-                        email: crate::domain::Email::parse(&format!("raw{i}@bench.invalid"))
-                            .map_err(crate::error::AppError::Internal)?,
-                        password_hash: "x".into(),
-                        first_name: String::new(),
-                        last_name: String::new(),
-                        is_staff: false,
-                    };
-                    let user = crate::accounts::create_user(conn, now, &u, None)?;
-                    let w: String = conn.query_row(
-                        "SELECT id FROM wallets WHERE user_id = ?1",
-                        [user.id],
-                        |r| r.get(0),
-                    )?;
-                    let m = Movement {
-                        amount: Amount::parse_text("1000000", &c)
-                            .map_err(|e| crate::error::AppError::Internal(e.0))?,
-                        reference: Reference::parse("fund")
-                            .map_err(crate::error::AppError::Internal)?,
-                        metadata: Metadata::empty(),
-                    };
-                    ledger::deposit(conn, now, &c, &w, &m)?;
-                    out.push((user.id, w));
+                    out.push(funded_user(conn, now, &c, &format!("raw{i}"), "1000000")?);
                 }
                 Ok(out)
             })
@@ -798,31 +808,7 @@ fn seed(
             .execute(move |conn, now| {
                 let mut out = Vec::new();
                 for i in from..to {
-                    let u = crate::accounts::NewUser {
-                        username: crate::domain::Username::parse(&format!("seed{i}"))
-                            .map_err(crate::error::AppError::Internal)?,
-                        email: crate::domain::Email::parse(&format!("seed{i}@bench.invalid"))
-                            .map_err(crate::error::AppError::Internal)?,
-                        password_hash: "not a login".into(),
-                        first_name: String::new(),
-                        last_name: String::new(),
-                        is_staff: false,
-                    };
-                    let user = crate::accounts::create_user(conn, now, &u, None)?;
-                    let w: String = conn.query_row(
-                        "SELECT id FROM wallets WHERE user_id = ?1",
-                        [user.id],
-                        |r| r.get(0),
-                    )?;
-                    let m = Movement {
-                        amount: Amount::parse_text("1000", &c)
-                            .map_err(|e| crate::error::AppError::Internal(e.0))?,
-                        reference: Reference::parse("seed")
-                            .map_err(crate::error::AppError::Internal)?,
-                        metadata: Metadata::empty(),
-                    };
-                    ledger::deposit(conn, now, &c, &w, &m)?;
-                    out.push((user.id, w));
+                    out.push(funded_user(conn, now, &c, &format!("seed{i}"), "1000")?);
                 }
                 Ok(out)
             })
