@@ -207,9 +207,12 @@ impl Config {
         let snapshot_schedule = parse_cron(&serve.snapshot_cron)
             .map_err(|e| format!("--snapshot-cron/WALLET_SNAPSHOT_CRON: {e}"))?;
         if let Some(url) = &serve.payout_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
+            // The payout client is built without TLS (no TLS library in the binary): an https
+            // URL would fail every attempt and refund every withdrawal, so refuse it here.
+            if !url.starts_with("http://") {
                 return Err(format!(
-                    "--payout-url/WALLET_PAYOUT_URL: {url:?} is not an http(s) URL"
+                    "--payout-url/WALLET_PAYOUT_URL: {url:?} must be an http:// URL (TLS is not built in; \
+                     for an https service, point this at a local TLS-terminating relay)"
                 ));
             }
         }
@@ -281,6 +284,13 @@ mod tests {
         let serve = Cli::parse_from(["wallet", "--snapshot-cron", "nope"]).serve;
         let err = Config::from_args("x.db".into(), serve).unwrap_err();
         assert!(err.starts_with("--snapshot-cron"), "{err}");
+        let serve =
+            Cli::parse_from(["wallet", "--payout-url", "https://bank.example/payouts"]).serve;
+        let err = Config::from_args("x.db".into(), serve).unwrap_err();
+        assert!(
+            err.starts_with("--payout-url") && err.contains("TLS"),
+            "{err}"
+        );
         let serve = Cli::parse_from(["wallet", "--currency", "dollars"]).serve;
         let err = Config::from_args("x.db".into(), serve).unwrap_err();
         assert!(err.starts_with("--currency"), "{err}");

@@ -27,12 +27,16 @@ fn main() -> ExitCode {
     wallet::log::init_from_env();
     let result = match &cli.command {
         None => serve(cli.db.clone(), cli.serve.clone()),
-        Some(Command::Createsuperuser { username, email }) => {
-            wallet::tools::createsuperuser(&cli.db, username, email).map(|m| {
-                println!("{m}");
-                true
-            })
-        }
+        Some(Command::Createsuperuser { username, email }) => wallet::tools::createsuperuser(
+            &cli.db,
+            username,
+            email,
+            (cli.serve.argon2_memory_kib, cli.serve.argon2_iterations),
+        )
+        .map(|m| {
+            println!("{m}");
+            true
+        }),
         Some(Command::Snapshot) => wallet::tools::snapshot_now(&cli.db),
         Some(Command::Verify) => wallet::tools::verify(&cli.db),
         Some(Command::Backup { file }) => wallet::tools::backup(&cli.db, file).map(|m| {

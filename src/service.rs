@@ -166,17 +166,9 @@ impl Service {
             });
         };
         let horizon_days = i64::from(self.config.serve.schedule_horizon_days);
+        let latest = move |now: Timestamp| now.plus_millis(horizon_days * 86_400_000);
         let out = self.writer.execute(move |conn, now| {
-            if at <= now {
-                return Err(AppError::field("scheduled_at", "must be in the future"));
-            }
-            if at > now.plus_millis(horizon_days * 86_400_000) {
-                return Err(AppError::field(
-                    "scheduled_at",
-                    format!("must be at most {horizon_days} days ahead"),
-                ));
-            }
-            withdrawals::schedule(conn, now, &wallet, &m, at)
+            withdrawals::schedule(conn, now, &wallet, &m, at, latest(now))
         })?;
         self.payout_wakeup.nudge();
         Ok(Outcome {
@@ -266,6 +258,13 @@ impl Service {
         m: Movement,
     ) -> Result<Outcome<Entry>, AppError> {
         let wallet = queries::wallet_of_user(&*self.read()?, user_id)?;
+        let m = Movement {
+            reference: m
+                .reference
+                .for_operator()
+                .map_err(|e| AppError::field("reference", e))?,
+            ..m
+        };
         let (currency, staff_id) = (self.config.currency.clone(), staff.user_id);
         let out = self.writer.execute(move |conn, now| {
             let out = ledger::deposit(conn, now, &currency, &wallet.id, &m)?;

@@ -60,7 +60,14 @@ fn read_password() -> Result<String, String> {
     }
 }
 
-pub fn createsuperuser(db_path: &Path, username: &str, email: &str) -> Result<String, String> {
+/// `argon2` is the (memory KiB, iterations) the server is configured with, so a staff user's
+/// login costs the same time as anyone else's (and as an unknown user's).
+pub fn createsuperuser(
+    db_path: &Path,
+    username: &str,
+    email: &str,
+    argon2: (u32, u32),
+) -> Result<String, String> {
     let username = Username::parse(username).map_err(|e| format!("--username: {e}"))?;
     let email = Email::parse(email).map_err(|e| format!("--email: {e}"))?;
     let password = Password::parse(&read_password()?).map_err(|e| format!("password: {e}"))?;
@@ -68,7 +75,7 @@ pub fn createsuperuser(db_path: &Path, username: &str, email: &str) -> Result<St
         return Err("password: must not be the same as the username".into());
     }
     let conn = open_migrated(db_path)?;
-    let guard = PasswordGuard::new(19_456, 2, 1)?;
+    let guard = PasswordGuard::new(argon2.0, argon2.1, 1)?;
     let password_hash = guard.hash(&password).map_err(|e| format!("{e:?}"))?;
     let writer = DirectWriter::new(conn, Arc::new(SystemClock));
     let new_user = NewUser {
@@ -145,6 +152,9 @@ pub fn verify(db_path: &Path) -> Result<bool, String> {
     Ok(report.ok())
 }
 
+/// Attempts at a backup step that finds the database locked, 50 ms apart.
+pub const BACKUP_BUSY_RETRIES_MAX: u32 = 200;
+
 pub fn backup(db_path: &Path, target: &Path) -> Result<String, String> {
     if target.exists() {
         return Err(format!(
@@ -156,8 +166,27 @@ pub fn backup(db_path: &Path, target: &Path) -> Result<String, String> {
         return Err(format!("--db: {} does not exist", db_path.display()));
     }
     let conn = db::open(db_path, Synchronous::Full).map_err(|e| e.to_string())?;
-    conn.backup(rusqlite::MAIN_DB, target, None)
+    // One step copies every page: stepping in small pieces restarts whenever the server
+    // writes in between, and under steady writes might never finish. In WAL mode a single
+    // step reads one consistent snapshot without blocking the server's writer.
+    let mut dst = rusqlite::Connection::open(target)
+        .map_err(|e| format!("cannot create {}: {e}", target.display()))?;
+    let backup = rusqlite::backup::Backup::new(&conn, &mut dst)
         .map_err(|e| format!("backup failed: {e}"))?;
+    let mut tries_left = BACKUP_BUSY_RETRIES_MAX;
+    loop {
+        use rusqlite::backup::StepResult;
+        match backup.step(-1).map_err(|e| format!("backup failed: {e}"))? {
+            StepResult::Done => break,
+            StepResult::More => {}
+            // Busy or locked (by a writer in another process): wait a little and try again.
+            _ if tries_left > 0 => {
+                tries_left -= 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            _ => return Err("backup failed: the database stayed locked".into()),
+        }
+    }
     Ok(format!(
         "backed up {} to {}",
         db_path.display(),

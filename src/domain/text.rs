@@ -115,6 +115,11 @@ pub fn parse_name(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
+/// Operator credits store their reference under this prefix, so a user's own deposit
+/// references and an operator's credit references can never replay or block each other.
+/// Clients may not send references that begin with it.
+pub const OPERATOR_REFERENCE_PREFIX: &str = "admin:";
+
 /// A client's idempotency reference: 1–255 characters, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reference(String);
@@ -130,7 +135,26 @@ impl Reference {
         if s.chars().any(char::is_control) {
             return Err("must not contain control characters".into());
         }
+        if s.starts_with(OPERATOR_REFERENCE_PREFIX) {
+            return Err(format!(
+                "references beginning with {OPERATOR_REFERENCE_PREFIX:?} are reserved for operator credits"
+            ));
+        }
         Ok(Reference(s.to_string()))
+    }
+
+    /// The reference an operator credit is stored under.
+    pub fn for_operator(&self) -> Result<Reference, String> {
+        let prefixed = format!("{OPERATOR_REFERENCE_PREFIX}{}", self.0);
+        let chars = prefixed.chars().count();
+        if chars > REFERENCE_CHARS_MAX {
+            return Err(format!(
+                "must be at most {} characters for an operator credit, got {}",
+                REFERENCE_CHARS_MAX - OPERATOR_REFERENCE_PREFIX.len(),
+                self.0.chars().count()
+            ));
+        }
+        Ok(Reference(prefixed))
     }
 
     pub fn as_str(&self) -> &str {
@@ -231,6 +255,19 @@ mod tests {
         assert!(Reference::parse(&"r".repeat(255)).is_ok());
         assert!(Reference::parse(&"r".repeat(256)).is_err());
         assert!(Reference::parse("a\u{0}b").is_err());
+        assert!(
+            Reference::parse("admin:x").is_err(),
+            "reserved for operator credits"
+        );
+        let r = Reference::parse("goodwill-7")
+            .unwrap()
+            .for_operator()
+            .unwrap();
+        assert_eq!(r.as_str(), "admin:goodwill-7");
+        assert!(Reference::parse(&"r".repeat(250))
+            .unwrap()
+            .for_operator()
+            .is_err());
     }
 
     #[test]

@@ -98,7 +98,10 @@ fn worker(server: &Server, svc: &Service, stopping: &AtomicBool, test_hooks: boo
 fn handle(svc: &Service, mut rq: tiny_http::Request, test_hooks: bool) {
     let started = Instant::now();
     let body_max = usize::try_from(svc.config.serve.request_body_bytes_max).unwrap_or(usize::MAX);
-    let (incoming, read_error) = Incoming::read(&mut rq, body_max);
+    let body_deadline = Duration::from_millis(svc.config.serve.socket_timeout_ms);
+    let (incoming, read_error) = Incoming::read(&mut rq, body_max, body_deadline);
+    // Any POST body must be JSON, including on routes that take none (the contract's 415).
+    let read_error = read_error.or_else(|| incoming.json_content_type_error());
     let matched = router::route(&incoming.path, test_hooks);
     let template = matched.as_ref().map_or("unmatched", |m| m.template);
     let result = match (matched, read_error) {

@@ -29,6 +29,7 @@ impl Incoming {
     pub fn read(
         rq: &mut tiny_http::Request,
         body_bytes_max: usize,
+        body_deadline: std::time::Duration,
     ) -> (Incoming, Option<AppError>) {
         let header = |name: &str| {
             rq.headers()
@@ -82,7 +83,11 @@ impl Incoming {
             );
         }
         let limit = body_bytes_max as u64 + 1;
-        if let Err(e) = rq.as_reader().take(limit).read_to_end(&mut incoming.body) {
+        let reader = Deadline {
+            inner: rq.as_reader(),
+            until: std::time::Instant::now() + body_deadline,
+        };
+        if let Err(e) = reader.take(limit).read_to_end(&mut incoming.body) {
             return (
                 incoming,
                 Some(AppError::MalformedJson(format!(
@@ -129,6 +134,14 @@ impl Incoming {
             .map(|(_, v)| v.as_str())
     }
 
+    /// `UnsupportedMediaType` when a body is sent with a Content-Type other than JSON.
+    pub fn json_content_type_error(&self) -> Option<AppError> {
+        let ct = self.content_type.as_deref()?;
+        let mime = ct.split(';').next().unwrap_or("").trim();
+        (!self.body.is_empty() && !mime.eq_ignore_ascii_case("application/json"))
+            .then_some(AppError::UnsupportedMediaType)
+    }
+
     /// The body as a JSON object. An empty body is an empty object, so that routes whose
     /// fields are all optional accept no body.
     pub fn json(&self) -> Result<Map<String, Value>, AppError> {
@@ -162,6 +175,26 @@ impl Incoming {
         let token = token.trim();
         let known = scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer");
         (known && !token.is_empty() && token.len() <= TOKEN_CHARS_MAX).then_some(token)
+    }
+}
+
+/// A reader that gives up once a deadline has passed. The socket timeout bounds each read;
+/// this bounds the whole body, so a client sending a byte every few seconds cannot hold an
+/// HTTP worker for longer than the deadline (plus one read).
+struct Deadline<R> {
+    inner: R,
+    until: std::time::Instant,
+}
+
+impl<R: Read> Read for Deadline<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if std::time::Instant::now() > self.until {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "request body too slow",
+            ));
+        }
+        self.inner.read(buf)
     }
 }
 

@@ -21,6 +21,13 @@ use crate::metrics::Metrics;
 
 /// Withdrawals taken per look at the table.
 pub const DUE_BATCH_MAX: u32 = 100;
+/// How long a withdrawal left PROCESSING without a configured payout service waits before it
+/// is looked at again.
+pub const PARKED_RETRY_MS: i64 = 3_600_000;
+const PARKED_MESSAGE: &str =
+    "debited while a payout service was configured, which no longer is; set WALLET_PAYOUT_URL to finish it";
+/// After an error, the worker waits this long before looking at due withdrawals again.
+pub const ERROR_BACKOFF_MS: u64 = 1_000;
 /// Most of the payout service's reply kept as the error message.
 pub const PAYOUT_ERROR_CHARS_MAX: usize = 500;
 
@@ -54,6 +61,10 @@ impl PayoutWorker {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_millis(self.settings.timeout_ms)))
             .http_status_as_error(false)
+            // A redirect is not a payout: following one turned the POST into a GET whose 200
+            // looked like success. A 3xx is an answer to retry, then fail and refund.
+            .max_redirects(0)
+            .max_redirects_will_error(false)
             .build()
             .into();
         while !self.wakeup.is_stopping() {
@@ -69,7 +80,11 @@ impl PayoutWorker {
                             return;
                         }
                         if let Err(e) = self.process(&agent, w) {
+                            // The row is still due; without a pause this would spin on it.
                             crate::log::error(&format!("payout: {e:?}"));
+                            if !self.wakeup.sleep(Duration::from_millis(ERROR_BACKOFF_MS)) {
+                                return;
+                            }
                         }
                     }
                 }
@@ -110,12 +125,23 @@ impl PayoutWorker {
             })?;
             self.count(&w);
         }
-        let Some(url) = &self.settings.url else {
-            return Ok(());
-        };
         if w.status != WithdrawalStatus::Processing {
             return Ok(());
         }
+        let Some(url) = &self.settings.url else {
+            // Debited under a payout service that is no longer configured: whether it paid is
+            // unknown, so neither succeed nor refund. Park it, visibly, for an operator.
+            let id = w.id.clone();
+            let until = self.clock.now().plus_millis(PARKED_RETRY_MS);
+            self.writer.execute(move |conn, now| {
+                withdrawals::defer(conn, now, &id, PARKED_MESSAGE, until)
+            })?;
+            crate::log::error(&format!(
+                "payout: withdrawal {} is PROCESSING but no payout URL is set",
+                w.id
+            ));
+            return Ok(());
+        };
         let user_id: i64 = self.pool.get()?.query_row(
             "SELECT user_id FROM wallets WHERE id = ?1",
             [&w.wallet_id],
@@ -129,6 +155,14 @@ impl PayoutWorker {
             "reference": w.reference,
         });
         let attempt = self.call(agent, url, &w, &body);
+        // Backoff counts from when the call ended: a call that timed out is not due again at once.
+        let attempt = match attempt {
+            Attempt::Failed { error, .. } => Attempt::Failed {
+                error,
+                retry_at: self.retry_at(&w),
+            },
+            other => other,
+        };
         let (currency, id, max) = (
             self.currency.clone(),
             w.id.clone(),
@@ -152,6 +186,15 @@ impl PayoutWorker {
         }
     }
 
+    /// Exponential backoff from now: base, 2×base, 4×base, … after the 1st, 2nd, 3rd failure.
+    fn retry_at(&self, w: &Withdrawal) -> crate::domain::Timestamp {
+        let factor = 1u64 << w.attempts.min(20);
+        let delay_ms = self.settings.retry_base_ms.saturating_mul(factor);
+        self.clock
+            .now()
+            .plus_millis(i64::try_from(delay_ms).unwrap_or(i64::MAX / 4))
+    }
+
     /// One call to the payout service, classified.
     fn call(
         &self,
@@ -160,13 +203,7 @@ impl PayoutWorker {
         w: &Withdrawal,
         body: &serde_json::Value,
     ) -> Attempt {
-        // Exponential backoff: base, 2×base, 4×base, … after the 1st, 2nd, 3rd failure.
-        let factor = 1u64 << w.attempts.min(20);
-        let delay_ms = self.settings.retry_base_ms.saturating_mul(factor);
-        let retry_at = self
-            .clock
-            .now()
-            .plus_millis(i64::try_from(delay_ms).unwrap_or(i64::MAX / 4));
+        let retry_at = self.retry_at(w);
         match agent
             .post(url)
             .header("Idempotency-Key", &w.id)

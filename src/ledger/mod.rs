@@ -235,8 +235,10 @@ pub fn transfer(
         },
         |v| currency.format(v),
     )?;
-    // A transfer's two entries sum to zero.
+    // A transfer's two entries sum to zero, and sit next to each other in the ledger (replays
+    // find the incoming half by that position).
     assert_eq!(transfer_out.amount, transfer_in.amount);
+    assert_eq!(transfer_in.seq, transfer_out.seq + 1);
     Ok(Outcome::new(TransferResult {
         transfer_out,
         transfer_in,

@@ -119,8 +119,13 @@ fn snapshot_chunk(
             // A later snapshot already covers this wallet; never move it backwards.
             continue;
         }
-        let computed = last_balance + net_between(conn, &id, &last_update, &cut)?;
-        let running = balance - net_between(conn, &id, &cut, END_OF_TIME)?;
+        let overflow = || AppError::internal("snapshot", "balance arithmetic overflowed");
+        let computed = last_balance
+            .checked_add(net_between(conn, &id, &last_update, &cut)?)
+            .ok_or_else(overflow)?;
+        let running = balance
+            .checked_sub(net_between(conn, &id, &cut, END_OF_TIME)?)
+            .ok_or_else(overflow)?;
         chunk.wallets += 1;
         if computed != running {
             chunk.mismatches.push(Mismatch {

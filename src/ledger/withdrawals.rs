@@ -116,12 +116,15 @@ pub fn list(
 }
 
 /// Records a withdrawal to run at `scheduled_at`. Its reference is taken at once.
+/// The time window is checked only for a new reference: a retry that arrives after the
+/// scheduled time (or after the withdrawal ran) still replays the original, as it must.
 pub fn schedule(
     conn: &Connection,
     now: Timestamp,
     wallet_id: &str,
     m: &Movement,
     scheduled_at: Timestamp,
+    latest: Timestamp,
 ) -> Result<Outcome<Withdrawal>, AppError> {
     if let Some(w) = find_by_reference(conn, wallet_id, m.reference.as_str())? {
         let same = w.amount == m.amount.minor()
@@ -137,6 +140,16 @@ pub fn schedule(
         entries::find_by_reference(conn, wallet_id, EntryKind::Withdrawal, m.reference.as_str())?
     {
         return Err(conflict(format_args!("transaction {}", e.id)));
+    }
+    if scheduled_at <= now {
+        return Err(AppError::field("scheduled_at", "must be in the future"));
+    }
+    if scheduled_at > latest {
+        let days = (latest.micros() - now.micros()) / 86_400_000_000;
+        return Err(AppError::field(
+            "scheduled_at",
+            format!("must be at most {days} days ahead"),
+        ));
     }
     let id = uuid::Uuid::now_v7().to_string();
     conn.prepare_cached(
@@ -262,6 +275,22 @@ pub fn begin(
         }
     }
     find_any(conn, id)?.ok_or(AppError::NotFound("withdrawal"))
+}
+
+/// Puts off a PROCESSING withdrawal until `until`, with a message saying why.
+pub fn defer(
+    conn: &Connection,
+    now: Timestamp,
+    id: &str,
+    message: &str,
+    until: Timestamp,
+) -> Result<(), AppError> {
+    conn.prepare_cached(
+        "UPDATE withdrawals SET error_message = ?2, next_attempt_at = ?3, updated_at = ?4
+         WHERE id = ?1 AND status = 'PROCESSING'",
+    )?
+    .execute(params![id, message, until.to_text(), now.to_text()])?;
+    Ok(())
 }
 
 /// What one payout call came to.

@@ -145,3 +145,26 @@ fn request_ids_health_metrics_and_docs() {
     let d = app.request("GET", "/docs", None, None);
     assert!(d.body.as_str().unwrap().contains("/openapi.json"));
 }
+
+#[test]
+fn every_post_body_must_be_json_even_where_none_is_read() {
+    // 415 for a non-JSON body on routes that take no body (logout, cancel), and nothing done:
+    // the token still works afterwards.
+    let app = TestApp::spawn();
+    let a = app.register(&name("a"));
+    let r = app.raw(
+        "POST",
+        "/api/auth/logout/",
+        Some(&a.token),
+        Some("hello".into()),
+        Some("text/plain"),
+    );
+    assert_eq!((r.status, r.code()), (415, "unsupported_media_type"));
+    assert_eq!(
+        app.get("/api/auth/profile", &a.token).status,
+        200,
+        "not logged out"
+    );
+    let r = app.raw("POST", "/api/auth/logout", Some(&a.token), None, None);
+    assert_eq!(r.status, 200, "no body, no Content-Type: fine");
+}

@@ -438,3 +438,49 @@ fn ledger_rows_cannot_be_rewritten() {
         "CHECK (balance >= 0)"
     );
 }
+
+#[test]
+fn operator_credits_and_user_deposits_never_share_references() {
+    // An operator credit with the reference a user already used for a deposit is a new credit
+    // (stored as "admin:<reference>"), not a replay of the user's deposit; and users cannot
+    // send references in the operators' namespace.
+    let app = TestApp::spawn();
+    let (staff, user) = (app.register(&name("op")), app.register(&name("u")));
+    // Made staff before its token is first used (the token cache holds the staff flag).
+    app.sql()
+        .execute("UPDATE users SET is_staff = 1 WHERE id = ?1", [staff.id])
+        .unwrap();
+    assert_eq!(app.deposit(&user, "50", "goodwill-7").status, 201);
+    let credit = app.post(
+        &format!("/api/admin/users/{}/credit", user.id),
+        &staff.token,
+        json!({"amount": "50", "reference": "goodwill-7"}),
+    );
+    assert_eq!(credit.status, 201, "{}", credit.body);
+    assert_eq!(credit.body["reference"], "admin:goodwill-7");
+    let again = app.post(
+        &format!("/api/admin/users/{}/credit", user.id),
+        &staff.token,
+        json!({"amount": "50", "reference": "goodwill-7"}),
+    );
+    assert_eq!(
+        (again.status, again.header("Idempotent-Replayed")),
+        (200, Some("true"))
+    );
+    assert_eq!(app.balance(&user), "100.00");
+    let audits: i64 = app
+        .sql()
+        .query_row(
+            "SELECT count(*) FROM audit_log WHERE action = 'credit'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(audits, 1, "one credit, one audit row");
+    let reserved = app.deposit(&user, "1", "admin:goodwill-7");
+    assert_eq!(
+        (reserved.status, reserved.code()),
+        (422, "validation_error")
+    );
+    assert_eq!(app.balance(&user), "100.00");
+}

@@ -187,8 +187,14 @@ fn serve(conn: TcpStream, st: &FakeState) {
         400 => ("Bad Request", r#"{"error":"account closed"}"#),
         _ => ("Internal Server Error", r#"{"error":"bank down"}"#),
     };
+    // A redirect points somewhere that answers 200, as a maintenance page would.
+    let location = if (300..400).contains(&status) {
+        "Location: /moved\r\n"
+    } else {
+        ""
+    };
     let reply = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+        "HTTP/1.1 {status} {reason}\r\n{location}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
         text.len()
     );
     let mut conn = conn;
@@ -1046,4 +1052,57 @@ fn killed_mid_payout_the_withdrawal_completes_exactly_once_after_restart() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(stdout.contains(": OK"), "{stdout}");
+}
+
+#[test]
+fn a_retry_after_the_scheduled_time_replays_instead_of_failing() {
+    // A client that retries a scheduled withdrawal late (after it ran) gets the original
+    // back, 200 and replayed, not a 422 that would invite a second withdrawal.
+    let app = TestApp::spawn();
+    let u = funded(&app);
+    let at = in_ms(&app, 300);
+    let first = schedule(&app, &u, "30.00", "late-retry", &at);
+    assert_eq!(first.status, 202, "{}", first.body);
+    let id = first.body["id"].as_str().unwrap().to_string();
+    let done = wait_final(&app, &u, &id);
+    assert_eq!(done["status"], "SUCCEEDED");
+    let again = schedule(&app, &u, "30.00", "late-retry", &at);
+    assert_eq!(
+        (again.status, again.header("Idempotent-Replayed")),
+        (200, Some("true")),
+        "{}",
+        again.body
+    );
+    assert_eq!(again.body["id"], json!(id));
+    assert_eq!(again.body["status"], "SUCCEEDED");
+    assert_eq!(app.balance(&u), "70.00");
+    // A new reference with a time in the past is still refused.
+    let past = schedule(&app, &u, "1.00", "late-new", &at);
+    assert_eq!((past.status, past.code()), (422, "validation_error"));
+}
+
+#[test]
+fn a_redirect_from_the_payout_service_is_not_a_payout() {
+    // A 302 is a failed attempt, retried with the same POST: following it would turn the POST
+    // into a GET whose 200 (from the page it points to) looked like a payout.
+    let fake = FakePayout::start(&[Step::Reply(302)], Step::Reply(200));
+    let app = app_with_payout(&fake);
+    let u = funded(&app);
+    let id = schedule_ok(&app, &u, "30.00", "redirected");
+    let w = wait_final(&app, &u, &id);
+    assert_eq!(
+        (&w["status"], &w["attempts"]),
+        (&json!("SUCCEEDED"), &json!(2)),
+        "{w}"
+    );
+    let calls = fake.calls();
+    assert_eq!(calls.len(), 2, "the redirect was not followed");
+    assert!(
+        calls
+            .iter()
+            .all(|c| c.method == "POST" && c.path == "/payouts"),
+        "no GET of the redirect target"
+    );
+    assert_eq!(app.balance(&u), "70.00");
+    assert_verified(&app);
 }

@@ -76,8 +76,16 @@ where
             return;
         }
         let mut buf = [0u8; 8192];
+        // Nor drain for long: a client dripping its body would hold the thread that drops
+        // the request (an HTTP worker) at the client's pace. Past the budget, close instead.
+        let drain_until = std::time::Instant::now() + std::time::Duration::from_millis(100);
 
         while remaining_to_read > 0 {
+            if std::time::Instant::now() > drain_until {
+                let slow = std::io::Error::new(std::io::ErrorKind::TimedOut, "unread body arrives too slowly to drain");
+                self.last_read_signal.send(Err(slow)).ok();
+                return;
+            }
             let want = remaining_to_read.min(buf.len());
             let buf = &mut buf[..want];
 
