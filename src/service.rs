@@ -217,7 +217,16 @@ impl Service {
             // The current balance is the running balance: O(1), whatever the history length.
             None => Ok((queries::balance_now(&conn, wallet_id)?, now)),
             Some(at) if at > now => Err(AppError::field("at", "must not be in the future")),
-            Some(at) => Ok((queries::balance_at(&conn, wallet_id, at)?, at)),
+            Some(at) => {
+                // Answer only for a settled moment, so the same question always gets the same
+                // answer: not after the time of a batch still being written (its entries are
+                // stamped but not committed). The reply's `at` says which moment was answered.
+                let at = match self.writer.settled_before() {
+                    Some(settled) => at.min(settled),
+                    None => at,
+                };
+                Ok((queries::balance_at(&conn, wallet_id, at)?, at))
+            }
         }
     }
 

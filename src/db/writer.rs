@@ -7,7 +7,7 @@
 //! SQLite never spins in its busy handler, and one fsync covers a whole batch.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -47,7 +47,12 @@ pub struct WriterStats {
 pub struct Writer {
     queue: SyncSender<Job>,
     pub stats: Arc<WriterStats>,
+    /// The time stamp of the batch being written (its entries are not yet committed), in
+    /// microseconds; `IDLE` between batches.
+    in_flight_micros: Arc<AtomicI64>,
 }
+
+const IDLE: i64 = i64::MAX;
 
 impl Writer {
     /// Starts the writer thread on `conn`. The thread ends when every `Writer` clone is dropped.
@@ -61,11 +66,30 @@ impl Writer {
         let (queue, rx) = sync_channel::<Job>(queue_max);
         let stats = Arc::new(WriterStats::default());
         let thread_stats = stats.clone();
+        let in_flight_micros = Arc::new(AtomicI64::new(IDLE));
+        let thread_in_flight = in_flight_micros.clone();
         let handle = std::thread::Builder::new()
             .name("writer".into())
-            .spawn(move || run(conn, rx, clock, batch_max, &thread_stats))
+            .spawn(move || run(conn, rx, clock, batch_max, &thread_stats, &thread_in_flight))
             .expect("spawn the writer thread");
-        (Writer { queue, stats }, handle)
+        (
+            Writer {
+                queue,
+                stats,
+                in_flight_micros,
+            },
+            handle,
+        )
+    }
+
+    /// A moment up to which every entry is committed, when a batch is being written: entries
+    /// stamped before that batch's time were committed by earlier batches. `None` between
+    /// batches, when everything written is committed.
+    pub fn settled_before(&self) -> Option<Timestamp> {
+        match self.in_flight_micros.load(Ordering::SeqCst) {
+            IDLE => None,
+            micros => Timestamp::from_micros(micros - 1),
+        }
     }
 
     /// Runs `f` inside the writer's transaction and returns its result once committed. An
@@ -109,6 +133,7 @@ fn run(
     clock: SharedClock,
     batch_max: usize,
     stats: &WriterStats,
+    in_flight: &AtomicI64,
 ) {
     // Start after the newest entry already stored, in case the clock stepped back across a
     // restart.
@@ -139,7 +164,9 @@ fn run(
             &mut batch,
             &mut answers,
             stats,
+            in_flight,
         );
+        in_flight.store(IDLE, Ordering::SeqCst);
         stats.batches.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = &outcome {
             stats.commit_failures.fetch_add(1, Ordering::Relaxed);
@@ -161,6 +188,7 @@ fn run_batch(
     batch: &mut Vec<Job>,
     answers: &mut Vec<Answer>,
     stats: &WriterStats,
+    in_flight: &AtomicI64,
 ) -> Result<(), AppError> {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) {
@@ -175,6 +203,7 @@ fn run_batch(
     // snapshot with cut-off `t - 1µs` has seen every entry at or before its cut-off.
     *last_now = clock.now().max(last_now.plus_micros(1));
     let now = *last_now;
+    in_flight.store(now.micros(), Ordering::SeqCst);
     for job in batch.drain(..) {
         stats.jobs.fetch_add(1, Ordering::Relaxed);
         let step = exec_cached(conn, "SAVEPOINT job");
@@ -280,6 +309,31 @@ mod tests {
             .unwrap();
         assert_eq!(values, vec![1, 3]);
         assert_eq!(count(&w), 2);
+    }
+
+    #[test]
+    fn settled_before_is_earlier_than_a_batch_in_flight() {
+        // While a batch is being written, readers are told a moment before its time stamp;
+        // between batches, everything is settled.
+        let (w, _h) = writer();
+        assert_eq!(w.settled_before(), None);
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let busy = {
+            let w = w.clone();
+            std::thread::spawn(move || {
+                w.execute(move |_, now| {
+                    started_tx.send(now).unwrap();
+                    release_rx.recv().unwrap();
+                    Ok(())
+                })
+            })
+        };
+        let stamp = started_rx.recv().unwrap();
+        assert_eq!(w.settled_before(), Some(stamp.plus_micros(-1)));
+        release_tx.send(()).unwrap();
+        busy.join().unwrap().unwrap();
+        assert_eq!(w.settled_before(), None);
     }
 
     #[test]
