@@ -160,6 +160,12 @@ pub struct ServeArgs {
     #[arg(long, env = "WALLET_CONNECTIONS_MAX", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub connections_max: u32,
 
+    /// The address of a reverse proxy in front of the service. Requests from it are
+    /// attributed to the last address in their `X-Forwarded-For` (for failed-login
+    /// throttling); from anyone else that header is ignored.
+    #[arg(long, env = "WALLET_TRUSTED_PROXY")]
+    pub trusted_proxy: Option<std::net::IpAddr>,
+
     /// How long in-flight requests may take to finish at shutdown, in ms.
     #[arg(long, env = "WALLET_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,

@@ -99,7 +99,12 @@ fn handle(svc: &Service, mut rq: tiny_http::Request, test_hooks: bool) {
     let started = Instant::now();
     let body_max = usize::try_from(svc.config.serve.request_body_bytes_max).unwrap_or(usize::MAX);
     let body_deadline = Duration::from_millis(svc.config.serve.socket_timeout_ms);
-    let (incoming, read_error) = Incoming::read(&mut rq, body_max, body_deadline);
+    let (incoming, read_error) = Incoming::read(
+        &mut rq,
+        body_max,
+        body_deadline,
+        svc.config.serve.trusted_proxy,
+    );
     // Any POST body must be JSON, including on routes that take none (the contract's 415).
     let read_error = read_error.or_else(|| incoming.json_content_type_error());
     let matched = router::route(&incoming.path, test_hooks);

@@ -30,6 +30,7 @@ impl Incoming {
         rq: &mut tiny_http::Request,
         body_bytes_max: usize,
         body_deadline: std::time::Duration,
+        trusted_proxy: Option<std::net::IpAddr>,
     ) -> (Incoming, Option<AppError>) {
         let header = |name: &str| {
             rq.headers()
@@ -68,10 +69,11 @@ impl Incoming {
             content_type: header("Content-Type"),
             idempotency_key: header("Idempotency-Key"),
             request_id,
-            client: rq
-                .remote_addr()
-                .map(|a| a.ip().to_string())
-                .unwrap_or_default(),
+            client: client_address(
+                rq.remote_addr().map(|a| a.ip()),
+                header("X-Forwarded-For").as_deref(),
+                trusted_proxy,
+            ),
             body: Vec::new(),
         };
         if rq.body_length().is_some_and(|n| n > body_bytes_max) {
@@ -178,6 +180,25 @@ impl Incoming {
     }
 }
 
+/// The client's address: the connection's peer, or, when the peer is the trusted proxy, the
+/// address that proxy appended to `X-Forwarded-For` (the last entry: earlier ones are whatever
+/// the client sent and prove nothing). Without a trusted proxy the header is ignored, so a
+/// client cannot choose its own address.
+pub fn client_address(
+    peer: Option<std::net::IpAddr>,
+    forwarded_for: Option<&str>,
+    trusted_proxy: Option<std::net::IpAddr>,
+) -> String {
+    let forwarded = forwarded_for
+        .and_then(|h| h.rsplit(',').next())
+        .and_then(|last| last.trim().parse::<std::net::IpAddr>().ok());
+    match (peer, forwarded) {
+        (Some(p), Some(f)) if Some(p) == trusted_proxy => f.to_string(),
+        (Some(p), _) => p.to_string(),
+        (None, _) => String::new(),
+    }
+}
+
 /// A reader that gives up once a deadline has passed. The socket timeout bounds each read;
 /// this bounds the whole body, so a client sending a byte every few seconds cannot hold an
 /// HTTP worker for longer than the deadline (plus one read).
@@ -281,6 +302,31 @@ impl<'a> Fields<'a> {
 #[cfg(test)]
 mod tests {
     use super::percent_decode;
+
+    #[test]
+    fn forwarded_addresses_count_only_from_the_trusted_proxy() {
+        use super::client_address;
+        let proxy: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let other: std::net::IpAddr = "10.1.1.1".parse().unwrap();
+        // From the proxy: the entry the proxy appended (the last), not what the client wrote.
+        assert_eq!(
+            client_address(Some(proxy), Some("6.6.6.6, 203.0.113.7"), Some(proxy)),
+            "203.0.113.7"
+        );
+        // Not from the proxy, or no proxy configured: the header is ignored.
+        assert_eq!(
+            client_address(Some(other), Some("203.0.113.7"), Some(proxy)),
+            "10.1.1.1"
+        );
+        assert_eq!(
+            client_address(Some(proxy), Some("203.0.113.7"), None),
+            "127.0.0.1"
+        );
+        assert_eq!(
+            client_address(Some(proxy), Some("not an address"), Some(proxy)),
+            "127.0.0.1"
+        );
+    }
 
     #[test]
     fn decodes_query_values() {

@@ -198,3 +198,76 @@ fn tokens_and_passwords_are_stored_safely() {
         .unwrap();
     assert_eq!(hashed, 1);
 }
+
+#[test]
+fn behind_a_trusted_proxy_each_client_is_throttled_alone() {
+    // Behind a reverse proxy every connection comes from the proxy. With --trusted-proxy, one
+    // client's failed logins (by X-Forwarded-For) do not lock out another client; without it,
+    // the header is ignored, so nobody can pick their own address.
+    let app = TestApp::spawn_with(
+        |c| {
+            c.serve.login_failures_max = 3;
+            c.serve.trusted_proxy = Some("127.0.0.1".parse().unwrap());
+        },
+        std::sync::Arc::new(wallet::clock::SystemClock),
+    );
+    let u = app.register(&name("bob"));
+    let agent = crate::helpers::agent();
+    let login = |forwarded: &str, username: &str, password: &str| {
+        agent
+            .post(&format!("{}/api/auth/login", app.base))
+            .header("Content-Type", "application/json")
+            .header("X-Forwarded-For", forwarded)
+            .send(json!({"username": username, "password": password}).to_string())
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    for i in 0..3 {
+        assert_eq!(
+            login("203.0.113.7", &format!("guess{i}"), "wrong password"),
+            401
+        );
+    }
+    assert_eq!(
+        login("203.0.113.7", &u.username, "correct horse battery"),
+        429,
+        "the guessing client is throttled"
+    );
+    assert_eq!(
+        login("203.0.113.8", &u.username, "correct horse battery"),
+        200,
+        "another client is not"
+    );
+
+    // Without a trusted proxy, X-Forwarded-For changes nothing: all of these share 127.0.0.1.
+    let plain = TestApp::spawn_with(
+        |c| c.serve.login_failures_max = 3,
+        std::sync::Arc::new(wallet::clock::SystemClock),
+    );
+    let v = plain.register(&name("carl"));
+    let login_plain = |forwarded: &str, username: &str, password: &str| {
+        agent
+            .post(&format!("{}/api/auth/login", plain.base))
+            .header("Content-Type", "application/json")
+            .header("X-Forwarded-For", forwarded)
+            .send(json!({"username": username, "password": password}).to_string())
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    for i in 0..3 {
+        assert_eq!(
+            login_plain(
+                &format!("198.51.100.{i}"),
+                &format!("guess{i}"),
+                "wrong password"
+            ),
+            401
+        );
+    }
+    assert_eq!(
+        login_plain("198.51.100.99", &v.username, "correct horse battery"),
+        429
+    );
+}
