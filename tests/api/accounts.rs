@@ -212,30 +212,19 @@ fn behind_a_trusted_proxy_each_client_is_throttled_alone() {
         std::sync::Arc::new(wallet::clock::SystemClock),
     );
     let u = app.register(&name("bob"));
-    let agent = crate::helpers::agent();
-    let login = |forwarded: &str, username: &str, password: &str| {
-        agent
-            .post(&format!("{}/api/auth/login", app.base))
-            .header("Content-Type", "application/json")
-            .header("X-Forwarded-For", forwarded)
-            .send(json!({"username": username, "password": password}).to_string())
-            .unwrap()
-            .status()
-            .as_u16()
-    };
     for i in 0..3 {
         assert_eq!(
-            login("203.0.113.7", &format!("guess{i}"), "wrong password"),
+            login_from(&app, "203.0.113.7", &format!("guess{i}"), "wrong password"),
             401
         );
     }
     assert_eq!(
-        login("203.0.113.7", &u.username, "correct horse battery"),
+        login_from(&app, "203.0.113.7", &u.username, "correct horse battery"),
         429,
         "the guessing client is throttled"
     );
     assert_eq!(
-        login("203.0.113.8", &u.username, "correct horse battery"),
+        login_from(&app, "203.0.113.8", &u.username, "correct horse battery"),
         200,
         "another client is not"
     );
@@ -246,19 +235,10 @@ fn behind_a_trusted_proxy_each_client_is_throttled_alone() {
         std::sync::Arc::new(wallet::clock::SystemClock),
     );
     let v = plain.register(&name("carl"));
-    let login_plain = |forwarded: &str, username: &str, password: &str| {
-        agent
-            .post(&format!("{}/api/auth/login", plain.base))
-            .header("Content-Type", "application/json")
-            .header("X-Forwarded-For", forwarded)
-            .send(json!({"username": username, "password": password}).to_string())
-            .unwrap()
-            .status()
-            .as_u16()
-    };
     for i in 0..3 {
         assert_eq!(
-            login_plain(
+            login_from(
+                &plain,
                 &format!("198.51.100.{i}"),
                 &format!("guess{i}"),
                 "wrong password"
@@ -267,7 +247,24 @@ fn behind_a_trusted_proxy_each_client_is_throttled_alone() {
         );
     }
     assert_eq!(
-        login_plain("198.51.100.99", &v.username, "correct horse battery"),
+        login_from(
+            &plain,
+            "198.51.100.99",
+            &v.username,
+            "correct horse battery"
+        ),
         429
     );
+}
+
+/// A login sent with `X-Forwarded-For: forwarded`; returns the status.
+fn login_from(app: &TestApp, forwarded: &str, username: &str, password: &str) -> u16 {
+    crate::helpers::agent()
+        .post(&format!("{}/api/auth/login", app.base))
+        .header("Content-Type", "application/json")
+        .header("X-Forwarded-For", forwarded)
+        .send(json!({"username": username, "password": password}).to_string())
+        .unwrap()
+        .status()
+        .as_u16()
 }

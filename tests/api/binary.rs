@@ -133,23 +133,10 @@ impl Drop for Server {
     }
 }
 
-/// A reply, or `Err` when no reply came (connection refused or reset, timeout).
-pub struct Reply {
-    pub status: u16,
-    pub body: Value,
-    pub headers: Vec<(String, String)>,
-}
+/// A reply (the harness's own type); `call` gives `Err` when no reply came (connection refused
+/// or reset, timeout).
+pub use crate::helpers::Resp as Reply;
 
-impl Reply {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// One HTTP call; `Err` when the server gave no answer.
 pub fn call(
     agent: &ureq::Agent,
     base: &str,

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -831,47 +831,13 @@ fn list_filters_by_status() {
 
 // ---- Crash safety: SIGKILL the real binary in the middle of a payout ----------------------
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-fn start_binary(db: &Path, payout_url: &str) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wallet"))
-        .arg("--db")
-        .arg(db)
-        .args(["--listen", "127.0.0.1:0", "--snapshot-cron", "off"])
-        .env_remove("WALLET_DB")
-        .env("WALLET_ARGON2_MEMORY_KIB", "64")
-        .env("WALLET_ARGON2_ITERATIONS", "1")
-        .env("WALLET_PAYOUT_URL", payout_url)
+/// The real binary serving `db`, paying out to `payout_url` with short retries.
+fn start_binary(db: &Path, payout_url: &str) -> crate::binary::Server {
+    let mut cmd = crate::binary::wallet(db);
+    cmd.env("WALLET_PAYOUT_URL", payout_url)
         .env("WALLET_PAYOUT_RETRY_BASE_MS", "20")
-        .env("WALLET_PAYOUT_TIMEOUT_MS", "20000")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the wallet binary");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            if let Some(addr) = line.strip_prefix("wallet listening on ") {
-                let _ = tx.send(addr.trim().to_string());
-            }
-        }
-    });
-    let base = rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the binary printed its address");
-    Server { child, base }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+        .env("WALLET_PAYOUT_TIMEOUT_MS", "20000");
+    crate::binary::Server::start(cmd)
 }
 
 fn call(
