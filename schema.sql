@@ -41,7 +41,10 @@ CREATE INDEX tokens_user ON tokens (user_id);
 -- Each user has exactly one wallet. `balance` is the running balance, kept in step with the
 -- entries by the writer and checked by the trigger `entries_balance_follows`.
 CREATE TABLE wallets (
-    id                  TEXT    PRIMARY KEY,
+    -- Internal key: ledger rows name their wallet by this integer, so the hot path looks
+    -- wallets up by rowid and the per-wallet indexes stay small. `id` is the public UUID.
+    key                 INTEGER PRIMARY KEY,
+    id                  TEXT    NOT NULL UNIQUE,
     user_id             INTEGER NOT NULL UNIQUE REFERENCES users (id),
     balance             INTEGER NOT NULL DEFAULT 0 CHECK (balance >= 0),
     -- The balance as computed by the last snapshot, and that snapshot's cut-off time.
@@ -51,15 +54,20 @@ CREATE TABLE wallets (
 ) STRICT;
 
 -- The ledger: every movement of money, forever. The API calls these "transactions".
+--
+-- Lists of kinds are written as `kind = 'A' OR kind = 'B'`, not `kind IN ('A', 'B')`: SQLite
+-- builds a temporary b-tree for every evaluation of an IN list of three or more, and these
+-- conditions run on every insert.
 CREATE TABLE entries (
     -- Global append order; also the pagination cursor and the hash chain's order.
     seq                  INTEGER PRIMARY KEY,
     -- UUIDv7: time-ordered, so its unique index grows at the end instead of dirtying a
     -- random page per entry.
     id                   TEXT    NOT NULL UNIQUE,
-    wallet_id            TEXT    NOT NULL REFERENCES wallets (id),
+    wallet_key           INTEGER NOT NULL REFERENCES wallets (key),
     kind                 TEXT    NOT NULL
-        CHECK (kind IN ('DEPOSIT', 'WITHDRAWAL', 'TRANSFER_IN', 'TRANSFER_OUT', 'REFUND')),
+        CHECK (kind = 'DEPOSIT' OR kind = 'WITHDRAWAL' OR kind = 'TRANSFER_IN' OR kind = 'TRANSFER_OUT'
+               OR kind = 'REFUND'),
     amount               INTEGER NOT NULL CHECK (amount > 0),
     balance_after        INTEGER NOT NULL CHECK (balance_after >= 0),
     reference            TEXT    NOT NULL CHECK (length(reference) BETWEEN 1 AND 255),
@@ -69,18 +77,19 @@ CREATE TABLE entries (
     -- Canonical JSON (sorted keys).
     metadata             TEXT    NOT NULL DEFAULT '{}',
     created_at           TEXT    NOT NULL,
-    -- SHA-256 over the previous entry's hash and this entry's content (ARCHITECTURE.md).
+    -- SHA-256 over the previous entry's hash and this entry's content, with the wallet named
+    -- by its public id (ARCHITECTURE.md).
     hash                 BLOB    NOT NULL CHECK (length(hash) = 32)
 ) STRICT;
 -- One index per wallet serves history, recent entries, time filters and snapshot sums: its
--- entries are (wallet_id, created_at, seq), and created_at never decreases with seq, so
+-- entries are (wallet_key, created_at, seq), and created_at never decreases with seq, so
 -- "ORDER BY created_at DESC, seq DESC" is newest first without a sort. Every extra index is
 -- one more page each entry dirties in the WAL.
-CREATE INDEX entries_wallet_time ON entries (wallet_id, created_at);
+CREATE INDEX entries_wallet_time ON entries (wallet_key, created_at);
 -- References are unique per wallet and kind for the kinds a client sends. Incoming transfers
 -- carry the sender's reference, and a refund its withdrawal's, so they are not unique.
-CREATE UNIQUE INDEX entries_reference ON entries (wallet_id, kind, reference)
-    WHERE kind IN ('DEPOSIT', 'WITHDRAWAL', 'TRANSFER_OUT');
+CREATE UNIQUE INDEX entries_reference ON entries (wallet_key, kind, reference)
+    WHERE kind = 'DEPOSIT' OR kind = 'WITHDRAWAL' OR kind = 'TRANSFER_OUT';
 
 CREATE TRIGGER entries_no_update BEFORE UPDATE ON entries
 BEGIN
@@ -92,13 +101,19 @@ BEGIN
     SELECT RAISE(ABORT, 'ledger entries are immutable');
 END;
 
--- An entry's balance_after must follow from its wallet's running balance. The writer updates
--- the wallet right after inserting the entry, so the wallet still holds the previous balance.
+-- An entry's balance_after must be its wallet's previous entry's balance_after plus or minus
+-- its amount, and must be the wallet's running balance: the writer moves the wallet's balance
+-- first and inserts the entry right after, in the same savepoint. So a balance can only move
+-- through an entry, by that entry's amount.
 CREATE TRIGGER entries_balance_follows BEFORE INSERT ON entries
-WHEN NEW.balance_after IS NOT (SELECT balance FROM wallets WHERE id = NEW.wallet_id)
-    + CASE WHEN NEW.kind IN ('DEPOSIT', 'TRANSFER_IN', 'REFUND') THEN NEW.amount ELSE -NEW.amount END
+WHEN NEW.balance_after IS NOT (SELECT balance FROM wallets WHERE key = NEW.wallet_key)
+  OR NEW.balance_after IS NOT
+     COALESCE((SELECT balance_after FROM entries WHERE wallet_key = NEW.wallet_key
+               ORDER BY created_at DESC, seq DESC LIMIT 1), 0)
+     + CASE WHEN NEW.kind = 'DEPOSIT' OR NEW.kind = 'TRANSFER_IN' OR NEW.kind = 'REFUND'
+            THEN NEW.amount ELSE -NEW.amount END
 BEGIN
-    SELECT RAISE(ABORT, 'balance_after does not follow from the wallet balance');
+    SELECT RAISE(ABORT, 'balance_after does not follow from the wallet''s entries');
 END;
 
 -- Withdrawals scheduled for later and paid out by the worker thread.

@@ -53,7 +53,7 @@ fn user_from_row(r: &Row<'_>) -> rusqlite::Result<User> {
 pub struct AuthUser {
     pub user_id: i64,
     pub is_staff: bool,
-    pub wallet_id: String,
+    pub wallet: crate::ledger::WalletRef,
     pub token_hash: [u8; 32],
 }
 
@@ -222,28 +222,30 @@ pub fn authenticate(
     now: Timestamp,
     hash: &[u8; 32],
 ) -> Result<(AuthUser, Timestamp), AppError> {
-    let found: Option<(i64, bool, String, String, Option<String>)> = conn
+    let found: Option<(i64, bool, crate::ledger::WalletRef, String, Option<String>)> = conn
         .prepare_cached(
-            "SELECT t.user_id, u.is_staff, w.id, t.expires_at, t.revoked_at
+            "SELECT t.user_id, u.is_staff, w.key, w.id, t.expires_at, t.revoked_at
              FROM tokens t JOIN users u ON u.id = t.user_id JOIN wallets w ON w.user_id = t.user_id
              WHERE t.token_hash = ?1",
         )?
         .query_row([&hash[..]], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            let wallet = crate::ledger::WalletRef {
+                key: r.get(2)?,
+                id: r.get(3)?,
+            };
+            Ok((r.get(0)?, r.get(1)?, wallet, r.get(4)?, r.get(5)?))
         })
         .optional()?;
     match found {
-        Some((user_id, is_staff, wallet_id, expires_at, None)) if expires_at > now.to_text() => {
-            Ok((
-                AuthUser {
-                    user_id,
-                    is_staff,
-                    wallet_id,
-                    token_hash: *hash,
-                },
-                Timestamp::from_stored(&expires_at),
-            ))
-        }
+        Some((user_id, is_staff, wallet, expires_at, None)) if expires_at > now.to_text() => Ok((
+            AuthUser {
+                user_id,
+                is_staff,
+                wallet,
+                token_hash: *hash,
+            },
+            Timestamp::from_stored(&expires_at),
+        )),
         _ => Err(AppError::Unauthorized),
     }
 }
@@ -522,7 +524,10 @@ mod tests {
         let user = AuthUser {
             user_id: 1,
             is_staff: false,
-            wallet_id: "w".into(),
+            wallet: crate::ledger::WalletRef {
+                key: 1,
+                id: "w".into(),
+            },
             token_hash: token.hash,
         };
         let first = cache.authenticate(now, &token.secret, |_| {

@@ -21,7 +21,7 @@ use crate::clock::SystemClock;
 use crate::config::Synchronous;
 use crate::db::{self, Writer};
 use crate::domain::{Amount, Currency, Metadata, Reference};
-use crate::ledger::{self, Movement, Recipient, TransferRequest};
+use crate::ledger::{self, Movement, Recipient, TransferRequest, WalletRef};
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -478,7 +478,7 @@ fn funded_user(
     c: &Currency,
     name: &str,
     amount: &str,
-) -> Result<(i64, String), crate::error::AppError> {
+) -> Result<(i64, WalletRef), crate::error::AppError> {
     use crate::error::AppError;
     let u = crate::accounts::NewUser {
         username: crate::domain::Username::parse(name).map_err(AppError::Internal)?,
@@ -490,10 +490,15 @@ fn funded_user(
         is_staff: false,
     };
     let user = crate::accounts::create_user(conn, now, &u, None)?;
-    let w: String = conn.query_row(
-        "SELECT id FROM wallets WHERE user_id = ?1",
+    let w = conn.query_row(
+        "SELECT key, id FROM wallets WHERE user_id = ?1",
         [user.id],
-        |r| r.get(0),
+        |r| {
+            Ok(WalletRef {
+                key: r.get(0)?,
+                id: r.get(1)?,
+            })
+        },
     )?;
     let m = Movement {
         amount: Amount::parse_text(amount, c).map_err(|e| AppError::Internal(e.0))?,
@@ -532,7 +537,7 @@ fn raw_in(
     let checkpoint_wakeup = Arc::new(crate::clock::Wakeup::default());
     let checkpointer = db::start_checkpointer(path, sync, checkpoint_wakeup.clone())?;
     let users = users.max(2);
-    let wallets: Vec<(i64, String)> = {
+    let wallets: Vec<(i64, WalletRef)> = {
         let c = currency.clone();
         writer
             .execute(move |conn, now| {
@@ -797,8 +802,8 @@ fn seed(
     currency: &Currency,
     wallets: u32,
     entries: u32,
-) -> Result<Vec<(i64, String)>, String> {
-    let mut ids: Vec<(i64, String)> = Vec::with_capacity(wallets as usize);
+) -> Result<Vec<(i64, WalletRef)>, String> {
+    let mut ids: Vec<(i64, WalletRef)> = Vec::with_capacity(wallets as usize);
     const CHUNK: u32 = 1000;
     let mut made = 0;
     while made < wallets {

@@ -15,7 +15,7 @@ use crate::domain::{Email, Password, Timestamp, Username, WithdrawalStatus};
 use crate::error::AppError;
 use crate::ledger::queries::{self, HistoryPage, HistoryQuery, Wallet};
 use crate::ledger::withdrawals::{self, Withdrawal};
-use crate::ledger::{self, Entry, Movement, Outcome, TransferRequest, TransferResult};
+use crate::ledger::{self, Entry, Movement, Outcome, TransferRequest, TransferResult, WalletRef};
 use crate::metrics::Metrics;
 
 /// Everything a request needs, shared by all HTTP workers.
@@ -140,7 +140,7 @@ impl Service {
     }
 
     pub fn deposit(&self, auth: &AuthUser, m: Movement) -> Result<Outcome<Entry>, AppError> {
-        let (currency, wallet) = (self.config.currency.clone(), auth.wallet_id.clone());
+        let (currency, wallet) = (self.config.currency.clone(), auth.wallet.clone());
         let out = self
             .writer
             .execute(move |conn, now| ledger::deposit(conn, now, &currency, &wallet, &m))?;
@@ -154,7 +154,7 @@ impl Service {
         m: Movement,
         at: Option<Timestamp>,
     ) -> Result<Outcome<WithdrawResult>, AppError> {
-        let (currency, wallet) = (self.config.currency.clone(), auth.wallet_id.clone());
+        let (currency, wallet) = (self.config.currency.clone(), auth.wallet.clone());
         let Some(at) = at else {
             let out = self.writer.execute(move |conn, now| {
                 ledger::withdraw_now(conn, now, &currency, &wallet, &m)
@@ -184,7 +184,7 @@ impl Service {
     ) -> Result<Outcome<TransferResult>, AppError> {
         let (currency, wallet, user_id) = (
             self.config.currency.clone(),
-            auth.wallet_id.clone(),
+            auth.wallet.clone(),
             auth.user_id,
         );
         let out = self.writer.execute(move |conn, now| {
@@ -202,20 +202,20 @@ impl Service {
         }
     }
 
-    pub fn history(&self, wallet_id: &str, q: &HistoryQuery) -> Result<HistoryPage, AppError> {
-        queries::history(&*self.read()?, wallet_id, q)
+    pub fn history(&self, wallet_key: i64, q: &HistoryQuery) -> Result<HistoryPage, AppError> {
+        queries::history(&*self.read()?, wallet_key, q)
     }
 
     pub fn balance_at(
         &self,
-        wallet_id: &str,
+        wallet: &WalletRef,
         at: Option<Timestamp>,
     ) -> Result<(i64, Timestamp), AppError> {
         let now = self.now();
         let conn = self.read()?;
         match at {
             // The current balance is the running balance: O(1), whatever the history length.
-            None => Ok((queries::balance_now(&conn, wallet_id)?, now)),
+            None => Ok((queries::balance_now(&conn, wallet.key)?, now)),
             Some(at) if at > now => Err(AppError::field("at", "must not be in the future")),
             Some(at) => {
                 // Answer only for a settled moment, so the same question always gets the same
@@ -225,7 +225,7 @@ impl Service {
                     Some(settled) => at.min(settled),
                     None => at,
                 };
-                Ok((queries::balance_at(&conn, wallet_id, at)?, at))
+                Ok((queries::balance_at(&conn, wallet, at)?, at))
             }
         }
     }
@@ -266,7 +266,7 @@ impl Service {
         user_id: i64,
         m: Movement,
     ) -> Result<Outcome<Entry>, AppError> {
-        let wallet = queries::wallet_of_user(&*self.read()?, user_id)?;
+        let wallet = queries::wallet_of_user(&*self.read()?, user_id)?.wallet_ref();
         let m = Movement {
             reference: m
                 .reference
@@ -276,7 +276,7 @@ impl Service {
         };
         let (currency, staff_id) = (self.config.currency.clone(), staff.user_id);
         let out = self.writer.execute(move |conn, now| {
-            let out = ledger::deposit(conn, now, &currency, &wallet.id, &m)?;
+            let out = ledger::deposit(conn, now, &currency, &wallet, &m)?;
             if !out.replayed {
                 let detail =
                     serde_json::json!({"entry_id": out.value.id, "amount": out.value.amount})

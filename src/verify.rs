@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use crate::ledger::entries::{entry_from_row, entry_hash, ENTRY_COLUMNS, GENESIS_HASH};
+use crate::ledger::entries::{entry_from_row, entry_hash, ENTRY_COLUMNS, ENTRY_FROM, GENESIS_HASH};
 
 /// Findings listed in full; past this only the count grows.
 pub const FINDINGS_SHOWN_MAX: usize = 20;
@@ -55,7 +55,7 @@ pub fn verify(conn: &mut Connection) -> Result<VerifyReport, rusqlite::Error> {
         (0i128, 0i128, 0i128, 0i128, 0i128);
     {
         let mut stmt = tx.prepare(&format!(
-            "SELECT {ENTRY_COLUMNS}, hash FROM entries ORDER BY seq"
+            "SELECT {ENTRY_COLUMNS}, e.hash FROM {ENTRY_FROM} ORDER BY e.seq"
         ))?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {

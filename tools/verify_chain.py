@@ -20,9 +20,11 @@ def main(path: str) -> int:
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     prev = bytes(32)
     count = 0
+    # Entries name their wallet by an integer key; the chain covers its public id.
     rows = db.execute(
-        "SELECT seq, id, wallet_id, kind, amount, balance_after, reference, counterparty_user_id,"
-        " transfer_id, metadata, created_at, hash FROM entries ORDER BY seq"
+        "SELECT e.seq, e.id, w.id, e.kind, e.amount, e.balance_after, e.reference,"
+        " e.counterparty_user_id, e.transfer_id, e.metadata, e.created_at, e.hash"
+        " FROM entries e JOIN wallets w ON w.key = e.wallet_key ORDER BY e.seq"
     )
     for row in rows:
         *values, stored = row

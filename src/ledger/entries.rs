@@ -23,8 +23,11 @@ pub struct Entry {
     pub created_at: Timestamp,
 }
 
-pub const ENTRY_COLUMNS: &str = "seq, id, wallet_id, kind, amount, balance_after, reference, \
-     counterparty_user_id, transfer_id, metadata, created_at";
+/// The columns `entry_from_row` reads, to be selected `FROM {ENTRY_FROM}`.
+pub const ENTRY_COLUMNS: &str = "e.seq, e.id, w.id, e.kind, e.amount, e.balance_after, \
+     e.reference, e.counterparty_user_id, e.transfer_id, e.metadata, e.created_at";
+/// Entries name their wallet by its integer key; the API and the hash chain by its public id.
+pub const ENTRY_FROM: &str = "entries e JOIN wallets w ON w.key = e.wallet_key";
 
 pub fn entry_from_row(r: &Row<'_>) -> rusqlite::Result<Entry> {
     let kind: String = r.get(3)?;
@@ -48,9 +51,17 @@ pub fn entry_from_row(r: &Row<'_>) -> rusqlite::Result<Entry> {
     })
 }
 
+/// A wallet as the ledger names it: by its integer key in SQL, by its public id in the API
+/// and in the hash chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalletRef {
+    pub key: i64,
+    pub id: String,
+}
+
 /// What a new entry says; `append` adds the position, balance and hash.
 pub struct NewEntry<'a> {
-    pub wallet_id: &'a str,
+    pub wallet: &'a WalletRef,
     pub kind: EntryKind,
     pub amount: i64,
     pub reference: &'a str,
@@ -101,23 +112,31 @@ pub fn append(
     new: NewEntry<'_>,
     format: impl Fn(i64) -> String,
 ) -> Result<Entry, AppError> {
-    let balance: i64 = conn
-        .prepare_cached("SELECT balance FROM wallets WHERE id = ?1")?
-        .query_row([new.wallet_id], |r| r.get(0))?;
     let delta = if new.kind.is_credit() {
         Some(new.amount)
     } else {
         new.amount.checked_neg()
-    };
-    let balance_after = delta
-        .and_then(|d| balance.checked_add(d))
-        .ok_or_else(|| AppError::internal("append", "balance arithmetic overflowed"))?;
-    if balance_after < 0 {
+    }
+    .ok_or_else(|| AppError::internal("append", "amount out of range"))?;
+    // The balance moves first, in one statement that refuses to go below zero; the entry that
+    // follows must then carry the new balance (the trigger `entries_balance_follows`). A sum
+    // beyond i64 fails the statement (SQLite turns it into a REAL, which STRICT refuses).
+    let moved: Option<i64> = conn
+        .prepare_cached(
+            "UPDATE wallets SET balance = balance + ?2 WHERE key = ?1 AND balance + ?2 >= 0
+             RETURNING balance",
+        )?
+        .query_row(params![new.wallet.key, delta], |r| r.get(0))
+        .optional()?;
+    let Some(balance_after) = moved else {
+        let balance: i64 = conn
+            .prepare_cached("SELECT balance FROM wallets WHERE key = ?1")?
+            .query_row([new.wallet.key], |r| r.get(0))?;
         return Err(AppError::InsufficientFunds {
             available: format(balance),
             required: format(new.amount),
         });
-    }
+    };
     let (prev_seq, prev_hash): (i64, Vec<u8>) = conn
         .prepare_cached("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1")?
         .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -126,7 +145,7 @@ pub fn append(
     let entry = Entry {
         seq: prev_seq + 1,
         id: uuid::Uuid::now_v7().to_string(),
-        wallet_id: new.wallet_id.to_string(),
+        wallet_id: new.wallet.id.clone(),
         kind: new.kind,
         amount: new.amount,
         balance_after,
@@ -138,14 +157,14 @@ pub fn append(
     };
     let hash = entry_hash(&prev_hash, &entry);
     conn.prepare_cached(
-        "INSERT INTO entries (seq, id, wallet_id, kind, amount, balance_after, reference,
+        "INSERT INTO entries (seq, id, wallet_key, kind, amount, balance_after, reference,
              counterparty_user_id, transfer_id, metadata, created_at, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?
     .execute(params![
         entry.seq,
         entry.id,
-        entry.wallet_id,
+        new.wallet.key,
         entry.kind.as_str(),
         entry.amount,
         entry.balance_after,
@@ -156,11 +175,6 @@ pub fn append(
         entry.created_at.to_text(),
         &hash[..],
     ])?;
-    let updated = conn
-        .prepare_cached("UPDATE wallets SET balance = ?2 WHERE id = ?1 AND balance = ?3")?
-        .execute(params![entry.wallet_id, balance_after, balance])?;
-    // The balance was read in this same transaction, so the guarded update must hit its row.
-    assert_eq!(updated, 1, "wallet balance changed under the writer");
     assert!(balance_after >= 0);
     Ok(entry)
 }
@@ -169,26 +183,31 @@ pub fn append(
 /// client names (deposit, withdrawal, transfer out) have unique references.
 pub fn find_by_reference(
     conn: &Connection,
-    wallet_id: &str,
+    wallet_key: i64,
     kind: EntryKind,
     reference: &str,
 ) -> Result<Option<Entry>, AppError> {
     Ok(conn
         .prepare_cached(&format!(
-            // The last term repeats the partial index's WHERE clause word for word: SQLite
-            // uses a partial index only when the query visibly implies its condition, and
-            // without it this lookup scanned the wallet's whole history.
-            "SELECT {ENTRY_COLUMNS} FROM entries WHERE wallet_id = ?1 AND kind = ?2 AND reference = ?3
-                 AND kind IN ('DEPOSIT', 'WITHDRAWAL', 'TRANSFER_OUT')"
+            // The kind is written into the SQL (one cached statement per kind), and the last
+            // term repeats the partial index's WHERE clause word for word. SQLite uses a
+            // partial index only when the query visibly implies its condition (without it,
+            // this lookup scanned the wallet's whole history), and when it must look at a
+            // bound parameter's value to decide, it re-prepares the statement on every
+            // execution (21% of the writer's time in a profile).
+            "SELECT {ENTRY_COLUMNS} FROM {ENTRY_FROM}
+             WHERE e.wallet_key = ?1 AND e.kind = '{kind}' AND e.reference = ?2
+                 AND (e.kind = 'DEPOSIT' OR e.kind = 'WITHDRAWAL' OR e.kind = 'TRANSFER_OUT')",
+            kind = kind.as_str()
         ))?
-        .query_row(params![wallet_id, kind.as_str(), reference], entry_from_row)
+        .query_row(params![wallet_key, reference], entry_from_row)
         .optional()?)
 }
 
 pub fn find_by_id(conn: &Connection, id: &str) -> Result<Option<Entry>, AppError> {
     Ok(conn
         .prepare_cached(&format!(
-            "SELECT {ENTRY_COLUMNS} FROM entries WHERE id = ?1"
+            "SELECT {ENTRY_COLUMNS} FROM {ENTRY_FROM} WHERE e.id = ?1"
         ))?
         .query_row([id], entry_from_row)
         .optional()?)
@@ -199,7 +218,7 @@ pub fn find_by_id(conn: &Connection, id: &str) -> Result<Option<Entry>, AppError
 pub fn find_transfer_in(conn: &Connection, out: &Entry) -> Result<Option<Entry>, AppError> {
     let found = conn
         .prepare_cached(&format!(
-            "SELECT {ENTRY_COLUMNS} FROM entries WHERE seq = ?1"
+            "SELECT {ENTRY_COLUMNS} FROM {ENTRY_FROM} WHERE e.seq = ?1"
         ))?
         .query_row([out.seq + 1], entry_from_row)
         .optional()?;
@@ -209,14 +228,15 @@ pub fn find_transfer_in(conn: &Connection, out: &Entry) -> Result<Option<Entry>,
 /// Signed sum of a wallet's entries in `(after, upto]`, by creation time.
 pub fn net_between(
     conn: &Connection,
-    wallet_id: &str,
+    wallet_key: i64,
     after: &str,
     upto: &str,
 ) -> Result<i64, AppError> {
     Ok(conn
         .prepare_cached(
-            "SELECT COALESCE(SUM(CASE WHEN kind IN ('DEPOSIT', 'TRANSFER_IN', 'REFUND') THEN amount ELSE -amount END), 0)
-             FROM entries WHERE wallet_id = ?1 AND created_at > ?2 AND created_at <= ?3",
+            "SELECT COALESCE(SUM(CASE WHEN kind = 'DEPOSIT' OR kind = 'TRANSFER_IN' OR kind = 'REFUND'
+                                      THEN amount ELSE -amount END), 0)
+             FROM entries WHERE wallet_key = ?1 AND created_at > ?2 AND created_at <= ?3",
         )?
-        .query_row(params![wallet_id, after, upto], |r| r.get(0))?)
+        .query_row(params![wallet_key, after, upto], |r| r.get(0))?)
 }

@@ -14,8 +14,8 @@ use rusqlite::{Connection, OptionalExtension};
 
 use crate::domain::{Amount, Currency, EntryKind, Metadata, Reference, Timestamp};
 use crate::error::AppError;
-pub use entries::Entry;
 use entries::NewEntry;
+pub use entries::{Entry, WalletRef};
 
 /// A result, and whether it is the replay of an earlier identical request.
 #[derive(Debug)]
@@ -75,12 +75,12 @@ fn conflict(holder: impl std::fmt::Display) -> AppError {
 /// is taken by a different request, or `None` when the reference is new.
 fn replay_of(
     conn: &Connection,
-    wallet_id: &str,
+    wallet: &WalletRef,
     kind: EntryKind,
     m: &Movement,
     counterparty: Option<i64>,
 ) -> Result<Option<Entry>, AppError> {
-    match entries::find_by_reference(conn, wallet_id, kind, m.reference.as_str())? {
+    match entries::find_by_reference(conn, wallet.key, kind, m.reference.as_str())? {
         None => Ok(None),
         Some(e)
             if e.amount == m.amount.minor()
@@ -97,17 +97,17 @@ pub fn deposit(
     conn: &Connection,
     now: Timestamp,
     currency: &Currency,
-    wallet_id: &str,
+    wallet: &WalletRef,
     m: &Movement,
 ) -> Result<Outcome<Entry>, AppError> {
-    if let Some(e) = replay_of(conn, wallet_id, EntryKind::Deposit, m, None)? {
+    if let Some(e) = replay_of(conn, wallet, EntryKind::Deposit, m, None)? {
         return Ok(Outcome::replay(e));
     }
     let entry = entries::append(
         conn,
         now,
         NewEntry {
-            wallet_id,
+            wallet,
             kind: EntryKind::Deposit,
             amount: m.amount.minor(),
             reference: m.reference.as_str(),
@@ -124,21 +124,21 @@ pub fn withdraw_now(
     conn: &Connection,
     now: Timestamp,
     currency: &Currency,
-    wallet_id: &str,
+    wallet: &WalletRef,
     m: &Movement,
 ) -> Result<Outcome<Entry>, AppError> {
     // A scheduled withdrawal holds its reference from the moment it is requested.
-    if let Some(w) = withdrawals::find_by_reference(conn, wallet_id, m.reference.as_str())? {
+    if let Some(w) = withdrawals::find_by_reference(conn, &wallet.id, m.reference.as_str())? {
         return Err(conflict(format_args!("withdrawal {}", w.id)));
     }
-    if let Some(e) = replay_of(conn, wallet_id, EntryKind::Withdrawal, m, None)? {
+    if let Some(e) = replay_of(conn, wallet, EntryKind::Withdrawal, m, None)? {
         return Ok(Outcome::replay(e));
     }
     let entry = entries::append(
         conn,
         now,
         NewEntry {
-            wallet_id,
+            wallet,
             kind: EntryKind::Withdrawal,
             amount: m.amount.minor(),
             reference: m.reference.as_str(),
@@ -151,25 +151,35 @@ pub fn withdraw_now(
     Ok(Outcome::new(entry))
 }
 
-/// The recipient's user id and wallet id; unknown users and oneself are validation errors.
+/// The recipient's user id and wallet; unknown users and oneself are validation errors.
 fn resolve_recipient(
     conn: &Connection,
     sender_user_id: i64,
     to: &Recipient,
-) -> Result<(i64, String), AppError> {
+) -> Result<(i64, WalletRef), AppError> {
+    let row = |r: &rusqlite::Row<'_>| {
+        Ok((
+            r.get(0)?,
+            WalletRef {
+                key: r.get(1)?,
+                id: r.get(2)?,
+            },
+        ))
+    };
     let (field, found) = match to {
+        // Every user has a wallet, so the wallet row alone answers.
         Recipient::UserId(id) => (
             "to_user_id",
-            conn.prepare_cached("SELECT u.id, w.id FROM users u JOIN wallets w ON w.user_id = u.id WHERE u.id = ?1")?
-                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+            conn.prepare_cached("SELECT user_id, key, id FROM wallets WHERE user_id = ?1")?
+                .query_row([id], row)
                 .optional()?,
         ),
         Recipient::Username(name) => (
             "to_username",
             conn.prepare_cached(
-                "SELECT u.id, w.id FROM users u JOIN wallets w ON w.user_id = u.id WHERE u.username_key = ?1",
+                "SELECT u.id, w.key, w.id FROM users u JOIN wallets w ON w.user_id = u.id WHERE u.username_key = ?1",
             )?
-            .query_row([name.to_lowercase()], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row([name.to_lowercase()], row)
             .optional()?,
         ),
     };
@@ -186,7 +196,7 @@ pub fn transfer(
     conn: &Connection,
     now: Timestamp,
     currency: &Currency,
-    sender: (i64, &str),
+    sender: (i64, &WalletRef),
     req: &TransferRequest,
 ) -> Result<Outcome<TransferResult>, AppError> {
     let (sender_user_id, sender_wallet) = sender;
@@ -211,7 +221,7 @@ pub fn transfer(
         conn,
         now,
         NewEntry {
-            wallet_id: sender_wallet,
+            wallet: sender_wallet,
             kind: EntryKind::TransferOut,
             amount: m.amount.minor(),
             reference: m.reference.as_str(),
@@ -225,7 +235,7 @@ pub fn transfer(
         conn,
         now,
         NewEntry {
-            wallet_id: &to_wallet,
+            wallet: &to_wallet,
             kind: EntryKind::TransferIn,
             amount: m.amount.minor(),
             reference: m.reference.as_str(),

@@ -3,7 +3,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::entries::{self, entry_from_row, Entry, ENTRY_COLUMNS};
+use super::entries::{self, entry_from_row, Entry, WalletRef, ENTRY_COLUMNS, ENTRY_FROM};
 use crate::domain::{EntryKind, Timestamp};
 use crate::error::AppError;
 
@@ -13,6 +13,7 @@ pub const PAGE_LIMIT_DEFAULT: u32 = 20;
 
 #[derive(Debug, Clone)]
 pub struct Wallet {
+    pub key: i64,
     pub id: String,
     pub user_id: i64,
     pub balance: i64,
@@ -21,18 +22,28 @@ pub struct Wallet {
     pub created_at: Timestamp,
 }
 
+impl Wallet {
+    pub fn wallet_ref(&self) -> WalletRef {
+        WalletRef {
+            key: self.key,
+            id: self.id.clone(),
+        }
+    }
+}
+
 pub fn wallet_of_user(conn: &Connection, user_id: i64) -> Result<Wallet, AppError> {
     conn.prepare_cached(
-        "SELECT id, user_id, balance, last_balance, last_balance_update, created_at FROM wallets WHERE user_id = ?1",
+        "SELECT key, id, user_id, balance, last_balance, last_balance_update, created_at FROM wallets WHERE user_id = ?1",
     )?
     .query_row([user_id], |r| {
         Ok(Wallet {
-            id: r.get(0)?,
-            user_id: r.get(1)?,
-            balance: r.get(2)?,
-            last_balance: r.get(3)?,
-            last_balance_update: Timestamp::from_stored(&r.get::<_, String>(4)?),
-            created_at: Timestamp::from_stored(&r.get::<_, String>(5)?),
+            key: r.get(0)?,
+            id: r.get(1)?,
+            user_id: r.get(2)?,
+            balance: r.get(3)?,
+            last_balance: r.get(4)?,
+            last_balance_update: Timestamp::from_stored(&r.get::<_, String>(5)?),
+            created_at: Timestamp::from_stored(&r.get::<_, String>(6)?),
         })
     })
     .optional()?
@@ -44,10 +55,10 @@ pub fn wallet_view(conn: &Connection, user_id: i64) -> Result<(Wallet, Vec<Entry
     let wallet = wallet_of_user(conn, user_id)?;
     let recent = conn
         .prepare_cached(&format!(
-            "SELECT {ENTRY_COLUMNS} FROM entries WHERE wallet_id = ?1
-             ORDER BY created_at DESC, seq DESC LIMIT ?2"
+            "SELECT {ENTRY_COLUMNS} FROM {ENTRY_FROM} WHERE e.wallet_key = ?1
+             ORDER BY e.created_at DESC, e.seq DESC LIMIT ?2"
         ))?
-        .query_map(params![wallet.id, RECENT_TRANSACTIONS], entry_from_row)?
+        .query_map(params![wallet.key, RECENT_TRANSACTIONS], entry_from_row)?
         .collect::<Result<Vec<_>, _>>()?;
     Ok((wallet, recent))
 }
@@ -73,27 +84,27 @@ pub struct HistoryPage {
 /// Newest first. `count` is the number of entries matching the filters (all pages).
 pub fn history(
     conn: &Connection,
-    wallet_id: &str,
+    wallet_key: i64,
     q: &HistoryQuery,
 ) -> Result<HistoryPage, AppError> {
     let kind = q.kind.map(EntryKind::as_str);
     let from = q.from.map(Timestamp::to_text);
     let to = q.to.map(Timestamp::to_text);
     let filters =
-        "wallet_id = ?1 AND (?2 IS NULL OR kind = ?2) AND (?3 IS NULL OR created_at >= ?3)
-         AND (?4 IS NULL OR created_at <= ?4)";
+        "e.wallet_key = ?1 AND (?2 IS NULL OR e.kind = ?2) AND (?3 IS NULL OR e.created_at >= ?3)
+         AND (?4 IS NULL OR e.created_at <= ?4)";
     let count: i64 = conn
-        .prepare_cached(&format!("SELECT count(*) FROM entries WHERE {filters}"))?
-        .query_row(params![wallet_id, kind, from, to], |r| r.get(0))?;
+        .prepare_cached(&format!("SELECT count(*) FROM entries e WHERE {filters}"))?
+        .query_row(params![wallet_key, kind, from, to], |r| r.get(0))?;
     // A cursor is an entry's seq; the page continues just below that entry in
     // (created_at, seq) order, which the wallet's index walks directly.
     let cursor_time: Option<String> = match q.before_seq {
         None => None,
         Some(seq) => Some(
             conn.prepare_cached(
-                "SELECT created_at FROM entries WHERE seq = ?1 AND wallet_id = ?2",
+                "SELECT created_at FROM entries WHERE seq = ?1 AND wallet_key = ?2",
             )?
-            .query_row(params![seq, wallet_id], |r| r.get(0))
+            .query_row(params![seq, wallet_key], |r| r.get(0))
             .optional()?
             .ok_or_else(|| AppError::field("cursor", "is not a cursor from next_cursor"))?,
         ),
@@ -101,13 +112,13 @@ pub fn history(
     // One row more than asked tells whether another page follows.
     let mut results = conn
         .prepare_cached(&format!(
-            "SELECT {ENTRY_COLUMNS} FROM entries WHERE {filters}
-                 AND (?5 IS NULL OR (created_at, seq) < (?5, ?6))
-             ORDER BY created_at DESC, seq DESC LIMIT ?7 OFFSET ?8"
+            "SELECT {ENTRY_COLUMNS} FROM {ENTRY_FROM} WHERE {filters}
+                 AND (?5 IS NULL OR (e.created_at, e.seq) < (?5, ?6))
+             ORDER BY e.created_at DESC, e.seq DESC LIMIT ?7 OFFSET ?8"
         ))?
         .query_map(
             params![
-                wallet_id,
+                wallet_key,
                 kind,
                 from,
                 to,
@@ -134,24 +145,24 @@ pub fn history(
 }
 
 /// The running balance, read from the wallet row.
-pub fn balance_now(conn: &Connection, wallet_id: &str) -> Result<i64, AppError> {
-    conn.prepare_cached("SELECT balance FROM wallets WHERE id = ?1")?
-        .query_row([wallet_id], |r| r.get(0))
+pub fn balance_now(conn: &Connection, wallet_key: i64) -> Result<i64, AppError> {
+    conn.prepare_cached("SELECT balance FROM wallets WHERE key = ?1")?
+        .query_row([wallet_key], |r| r.get(0))
         .optional()?
         .ok_or(AppError::NotFound("wallet"))
 }
 
 /// The exact balance at `at`: the newest snapshot at or before it, plus the entries between.
-pub fn balance_at(conn: &Connection, wallet_id: &str, at: Timestamp) -> Result<i64, AppError> {
+pub fn balance_at(conn: &Connection, wallet: &WalletRef, at: Timestamp) -> Result<i64, AppError> {
     let (base, since): (i64, String) = conn
         .prepare_cached(
             "SELECT balance, taken_at FROM balance_snapshots WHERE wallet_id = ?1 AND taken_at <= ?2
              ORDER BY taken_at DESC LIMIT 1",
         )?
-        .query_row(params![wallet_id, at.to_text()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(params![wallet.id, at.to_text()], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?
         .unwrap_or((0, String::new()));
-    let net = entries::net_between(conn, wallet_id, &since, &at.to_text())?;
+    let net = entries::net_between(conn, wallet.key, &since, &at.to_text())?;
     base.checked_add(net)
         .ok_or_else(|| AppError::internal("balance_at", "overflow"))
 }

@@ -37,7 +37,7 @@ pub struct RunReport {
 }
 
 struct Chunk {
-    last_wallet_id: Option<String>,
+    last_wallet_key: Option<i64>,
     wallets: u64,
     mismatches: Vec<Mismatch>,
 }
@@ -64,11 +64,11 @@ pub fn run(exec: &impl Exec, cutoff: Timestamp) -> Result<RunReport, AppError> {
         wallets: 0,
         mismatches: Vec::new(),
     };
-    let mut after = String::new();
+    let mut after = 0;
     loop {
-        let from = after.clone();
+        let from = after;
         let started = std::time::Instant::now();
-        let chunk = exec.exec(move |conn, _| snapshot_chunk(conn, run_id, cutoff, &from))?;
+        let chunk = exec.exec(move |conn, _| snapshot_chunk(conn, run_id, cutoff, from))?;
         // Leave the writer to other work for as long as the chunk held it: chunks queued back
         // to back would put one in every batch and slow every transfer to the chunks' pace.
         std::thread::sleep(started.elapsed());
@@ -80,8 +80,8 @@ pub fn run(exec: &impl Exec, cutoff: Timestamp) -> Result<RunReport, AppError> {
             ));
         }
         report.mismatches.extend(chunk.mismatches);
-        match chunk.last_wallet_id {
-            Some(id) => after = id,
+        match chunk.last_wallet_key {
+            Some(key) => after = key,
             None => break,
         }
     }
@@ -100,31 +100,33 @@ fn snapshot_chunk(
     conn: &Connection,
     run_id: i64,
     cutoff: Timestamp,
-    after: &str,
+    after: i64,
 ) -> Result<Chunk, AppError> {
     let cut = cutoff.to_text();
-    let wallets: Vec<(String, i64, i64, String)> = conn
+    let wallets: Vec<(i64, String, i64, i64, String)> = conn
         .prepare_cached(
-            "SELECT id, balance, last_balance, last_balance_update FROM wallets WHERE id > ?1 ORDER BY id LIMIT ?2",
+            "SELECT key, id, balance, last_balance, last_balance_update FROM wallets WHERE key > ?1 ORDER BY key LIMIT ?2",
         )?
-        .query_map(params![after, SNAPSHOT_CHUNK_WALLETS], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .query_map(params![after, SNAPSHOT_CHUNK_WALLETS], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
         .collect::<Result<_, _>>()?;
     let mut chunk = Chunk {
-        last_wallet_id: wallets.last().map(|w| w.0.clone()),
+        last_wallet_key: wallets.last().map(|w| w.0),
         wallets: 0,
         mismatches: vec![],
     };
-    for (id, balance, last_balance, last_update) in wallets {
+    for (key, id, balance, last_balance, last_update) in wallets {
         if last_update > cut {
             // A later snapshot already covers this wallet; never move it backwards.
             continue;
         }
         let overflow = || AppError::internal("snapshot", "balance arithmetic overflowed");
         let computed = last_balance
-            .checked_add(net_between(conn, &id, &last_update, &cut)?)
+            .checked_add(net_between(conn, key, &last_update, &cut)?)
             .ok_or_else(overflow)?;
         let running = balance
-            .checked_sub(net_between(conn, &id, &cut, END_OF_TIME)?)
+            .checked_sub(net_between(conn, key, &cut, END_OF_TIME)?)
             .ok_or_else(overflow)?;
         chunk.wallets += 1;
         if computed != running {
@@ -139,9 +141,9 @@ fn snapshot_chunk(
             continue;
         }
         conn.prepare_cached(
-            "UPDATE wallets SET last_balance = ?2, last_balance_update = ?3 WHERE id = ?1",
+            "UPDATE wallets SET last_balance = ?2, last_balance_update = ?3 WHERE key = ?1",
         )?
-        .execute(params![id, computed, cut])?;
+        .execute(params![key, computed, cut])?;
         conn.prepare_cached(
             "INSERT INTO balance_snapshots (wallet_id, taken_at, balance, running, run_id) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (wallet_id, taken_at) DO UPDATE SET balance = excluded.balance, running = excluded.running,

@@ -8,7 +8,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::entries::{self, NewEntry};
+use super::entries::{self, NewEntry, WalletRef};
 use super::{conflict, Movement, Outcome};
 use crate::domain::{Currency, EntryKind, Metadata, Timestamp, WithdrawalStatus};
 use crate::error::AppError;
@@ -115,17 +115,30 @@ pub fn list(
     Ok((count, rows))
 }
 
+/// The wallet a withdrawal (which names it by public id) debits or refunds.
+fn wallet_ref(conn: &Connection, wallet_id: &str) -> Result<WalletRef, AppError> {
+    Ok(conn
+        .prepare_cached("SELECT key, id FROM wallets WHERE id = ?1")?
+        .query_row([wallet_id], |r| {
+            Ok(WalletRef {
+                key: r.get(0)?,
+                id: r.get(1)?,
+            })
+        })?)
+}
+
 /// Records a withdrawal to run at `scheduled_at`. Its reference is taken at once.
 /// The time window is checked only for a new reference: a retry that arrives after the
 /// scheduled time (or after the withdrawal ran) still replays the original, as it must.
 pub fn schedule(
     conn: &Connection,
     now: Timestamp,
-    wallet_id: &str,
+    wallet: &WalletRef,
     m: &Movement,
     scheduled_at: Timestamp,
     latest: Timestamp,
 ) -> Result<Outcome<Withdrawal>, AppError> {
+    let wallet_id = wallet.id.as_str();
     if let Some(w) = find_by_reference(conn, wallet_id, m.reference.as_str())? {
         let same = w.amount == m.amount.minor()
             && w.metadata == m.metadata
@@ -136,9 +149,12 @@ pub fn schedule(
             Err(conflict(format_args!("withdrawal {}", w.id)))
         };
     }
-    if let Some(e) =
-        entries::find_by_reference(conn, wallet_id, EntryKind::Withdrawal, m.reference.as_str())?
-    {
+    if let Some(e) = entries::find_by_reference(
+        conn,
+        wallet.key,
+        EntryKind::Withdrawal,
+        m.reference.as_str(),
+    )? {
         return Err(conflict(format_args!("transaction {}", e.id)));
     }
     if scheduled_at <= now {
@@ -239,11 +255,12 @@ pub fn begin(
         // Cancelled or already taken in the meantime: nothing to do.
         return Ok(w);
     }
+    let wallet = wallet_ref(conn, &w.wallet_id)?;
     let appended = entries::append(
         conn,
         now,
         NewEntry {
-            wallet_id: &w.wallet_id,
+            wallet: &wallet,
             kind: EntryKind::Withdrawal,
             amount: w.amount,
             reference: &w.reference,
@@ -341,11 +358,12 @@ pub fn record_attempt(
                 .execute(params![id, attempts, now.to_text()])?;
         }
         Some(message) => {
+            let wallet = wallet_ref(conn, &w.wallet_id)?;
             let refund = entries::append(
                 conn,
                 now,
                 NewEntry {
-                    wallet_id: &w.wallet_id,
+                    wallet: &wallet,
                     kind: EntryKind::Refund,
                     amount: w.amount,
                     reference: &w.reference,

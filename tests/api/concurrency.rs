@@ -120,7 +120,7 @@ fn concurrent_transfers_both_ways_conserve_money() {
     let db = app.sql();
     let mismatched: i64 = db
         .query_row(
-            "SELECT count(*) FROM wallets w WHERE w.balance != (SELECT COALESCE(SUM(CASE WHEN kind IN ('DEPOSIT','TRANSFER_IN','REFUND') THEN amount ELSE -amount END), 0) FROM entries e WHERE e.wallet_id = w.id)",
+            "SELECT count(*) FROM wallets w WHERE w.balance != (SELECT COALESCE(SUM(CASE WHEN kind IN ('DEPOSIT','TRANSFER_IN','REFUND') THEN amount ELSE -amount END), 0) FROM entries e WHERE e.wallet_key = w.key)",
             [],
             |r| r.get(0),
         )

@@ -237,7 +237,7 @@ impl Ledger {
         let mut stmt = conn
             .prepare(
                 "SELECT w.user_id, e.kind, e.reference, e.amount FROM entries e
-                 JOIN wallets w ON w.id = e.wallet_id",
+                 JOIN wallets w ON w.key = e.wallet_key",
             )
             .unwrap();
         let rows = stmt
@@ -328,7 +328,7 @@ fn check_ledger(db: &Path, users: &[Account], records: &[Record], round: usize) 
         .prepare(
             "SELECT w.id, w.balance, coalesce(sum(CASE WHEN e.kind IN ('DEPOSIT', 'TRANSFER_IN', 'REFUND')
                  THEN e.amount ELSE -e.amount END), 0)
-             FROM wallets w LEFT JOIN entries e ON e.wallet_id = w.id GROUP BY w.id",
+             FROM wallets w LEFT JOIN entries e ON e.wallet_key = w.key GROUP BY w.id",
         )
         .unwrap();
     let wallets: Vec<(String, i64, i64)> = stmt

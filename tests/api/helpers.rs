@@ -59,10 +59,22 @@ impl TestApp {
     }
 
     pub fn spawn_with(tune: impl FnOnce(&mut Config), clock: SharedClock) -> TestApp {
+        TestApp::spawn_on(None, tune, clock)
+    }
+
+    /// Starts on a copy of `fixture` (a database file), or on a new database.
+    pub fn spawn_on(
+        fixture: Option<&std::path::Path>,
+        tune: impl FnOnce(&mut Config),
+        clock: SharedClock,
+    ) -> TestApp {
         // Errors only: request lines from every in-process server would bury test output.
         wallet::log::errors_only();
         let dir = tempfile::tempdir().expect("temp dir");
         let db = dir.path().join("wallet.db");
+        if let Some(fixture) = fixture {
+            std::fs::copy(fixture, &db).expect("copy the fixture database");
+        }
         let mut config = Config::for_tests(db.clone());
         tune(&mut config);
         let app =

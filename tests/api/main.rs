@@ -8,6 +8,7 @@ mod crash;
 mod edge;
 mod helpers;
 mod hostile;
+mod migration;
 mod operations;
 mod properties;
 mod snapshots;

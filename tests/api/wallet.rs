@@ -437,6 +437,25 @@ fn ledger_rows_cannot_be_rewritten() {
         db.execute("UPDATE wallets SET balance = -1", []).is_err(),
         "CHECK (balance >= 0)"
     );
+    // An entry must carry its wallet's balance, and that balance must be the previous
+    // entry's plus its amount: raising the balance and recording a smaller deposit is refused.
+    let insert = |amount: i64, balance_after: i64| {
+        db.execute(
+            "INSERT INTO entries (seq, id, wallet_key, kind, amount, balance_after, reference,
+                 created_at, hash)
+             SELECT 99, 'forged', key, 'DEPOSIT', ?1, ?2, 'forged', '2099-01-01T00:00:00.000000Z',
+                 zeroblob(32) FROM wallets",
+            [amount, balance_after],
+        )
+    };
+    db.execute("UPDATE wallets SET balance = 10000", [])
+        .unwrap();
+    let err = insert(1, 10000).unwrap_err().to_string();
+    assert!(err.contains("does not follow"), "{err}");
+    db.execute("UPDATE wallets SET balance = 501", []).unwrap();
+    let err = insert(1, 600).unwrap_err().to_string();
+    assert!(err.contains("does not follow"), "{err}");
+    insert(1, 501).expect("an entry that follows from the one before is accepted");
 }
 
 #[test]
