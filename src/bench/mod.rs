@@ -23,6 +23,8 @@ use crate::db::{self, Writer};
 use crate::domain::{Amount, Currency, Metadata, Reference};
 use crate::ledger::{self, Movement, Recipient, TransferRequest, WalletRef};
 
+mod evented;
+
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Target a running server instead of starting one on a temporary database.
@@ -372,49 +374,17 @@ struct MixResult {
     seconds: f64,
 }
 
-fn run_mix(base: &str, users: &Arc<Vec<BenchUser>>, args: &BenchArgs) -> MixResult {
+fn run_mix(base: &str, users: &Arc<Vec<BenchUser>>, args: &BenchArgs) -> Result<MixResult, String> {
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let workers: Vec<_> = (0..args.clients)
-        .map(|k| {
-            let (users, stop, base) = (users.clone(), stop.clone(), base.to_string());
-            std::thread::spawn(move || {
-                let mut c = Client::new(&base);
-                let mut rng = rand::rng();
-                let (mut t, mut d, mut r) = (OpStats::default(), OpStats::default(), OpStats::default());
-                let mut deposited = 0i64;
-                let mut seq = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    seq += 1;
-                    let from = &users[rng.random_range(0..users.len())];
-                    let roll = rng.random_range(0..100);
-                    let reference = format!("b{k}-{seq}");
-                    let t0 = Instant::now();
-                    if roll < 80 {
-                        let mut to = &users[rng.random_range(0..users.len())];
-                        while to.id == from.id {
-                            to = &users[rng.random_range(0..users.len())];
-                        }
-                        let cents: u32 = rng.random_range(1..=100);
-                        let body = json!({"to_user_id": to.id, "amount": format!("{}.{:02}", cents / 100, cents % 100), "reference": reference});
-                        let res = c.call("POST", "/api/wallets/me/transfer", Some(&from.token), Some(&body));
-                        t.record(t0.elapsed(), res.map(|(s, _)| s));
-                    } else if roll < 90 {
-                        let body = json!({"amount": "1.00", "reference": reference});
-                        let res = c.call("POST", "/api/wallets/me/deposit", Some(&from.token), Some(&body));
-                        if matches!(res, Some((201, _))) {
-                            deposited += 100;
-                        }
-                        d.record(t0.elapsed(), res.map(|(s, _)| s));
-                    } else {
-                        let res = c.call("GET", "/api/wallets/me/balance", Some(&from.token), None);
-                        r.record(t0.elapsed(), res.map(|(s, _)| s));
-                    }
-                }
-                (t, d, r, deposited)
-            })
-        })
-        .collect();
+    let mix = {
+        let (users, addr) = (
+            users.clone(),
+            base.trim_start_matches("http://").to_string(),
+        );
+        let (clients, duration) = (args.clients, Duration::from_secs(args.duration));
+        std::thread::spawn(move || evented::run(&addr, &users, clients, duration))
+    };
     let ignore_retry_after = args.storm_ignores_retry_after;
     let stormers: Vec<_> = (0..args.login_storm)
         .map(|_| {
@@ -443,31 +413,25 @@ fn run_mix(base: &str, users: &Arc<Vec<BenchUser>>, args: &BenchArgs) -> MixResu
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_secs(args.duration));
+    let mix = mix
+        .join()
+        .map_err(|_| "the load generator panicked".to_string())??;
     stop.store(true, Ordering::Relaxed);
     let mut out = MixResult {
-        transfers: OpStats::default(),
-        deposits: OpStats::default(),
-        reads: OpStats::default(),
+        transfers: mix.transfers,
+        deposits: mix.deposits,
+        reads: mix.reads,
         logins: OpStats::default(),
-        deposited_minor: 0,
+        deposited_minor: mix.deposited_minor,
         seconds: 0.0,
     };
-    for w in workers {
-        if let Ok((t, d, r, dep)) = w.join() {
-            out.transfers.merge(t);
-            out.deposits.merge(d);
-            out.reads.merge(r);
-            out.deposited_minor += dep;
-        }
-    }
     for s in stormers {
         if let Ok(l) = s.join() {
             out.logins.merge(l);
         }
     }
     out.seconds = started.elapsed().as_secs_f64();
-    out
+    Ok(out)
 }
 
 /// Creates a user (who cannot log in) and funds its wallet, for the no-HTTP measurements.
@@ -644,7 +608,7 @@ pub fn run(args: &BenchArgs) -> Result<bool, String> {
     let t0 = Instant::now();
     let users = Arc::new(setup_users(&base, args.users, args.clients)?);
     let setup_s = t0.elapsed().as_secs_f64();
-    let mut mix = run_mix(&base, &users, args);
+    let mut mix = run_mix(&base, &users, args)?;
 
     // The money invariant: the bench's users only trade among themselves, so their balances
     // must sum to what was deposited into them.
