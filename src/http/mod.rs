@@ -1,5 +1,5 @@
-//! The HTTP edge: tiny_http workers that read a request, route it, run one handler (a panic
-//! becomes a 500 for that request only), and write one log line and the metrics.
+//! The HTTP edge: each request is read, routed and handled on its connection's thread (a panic
+//! becomes a 500 for that request only), with one log line and the metrics.
 
 pub mod docs;
 pub mod handlers;
@@ -10,8 +10,7 @@ pub mod router;
 use std::net::{SocketAddr, TcpListener};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use tiny_http::{ConnectionLimits, Header, Response, Server};
@@ -22,10 +21,75 @@ use request::Incoming;
 use response::{error_reply, Body, Reply};
 
 pub struct HttpServer {
-    server: Arc<Server>,
-    workers: Vec<JoinHandle<()>>,
+    server: Option<Server>,
+    gate: Arc<Gate>,
     stopping: Arc<AtomicBool>,
     pub addr: SocketAddr,
+}
+
+/// Bounds the requests handled at once (`--threads`). Each request runs on the thread that
+/// read it from its connection (a tiny_http patch), so this is the only bound on concurrent
+/// handlers other than `--connections-max`.
+struct Gate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+    max: usize,
+}
+
+#[derive(Default)]
+struct GateState {
+    busy: usize,
+    /// Threads waiting in `enter` or `drain`: a finished request wakes them only if there are
+    /// any (a wake-up is a system call).
+    waiting: usize,
+}
+
+impl Gate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn enter(&self) -> Permit<'_> {
+        let mut state = self.lock();
+        while state.busy >= self.max {
+            state.waiting += 1;
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+            state.waiting -= 1;
+        }
+        state.busy += 1;
+        Permit(self)
+    }
+
+    /// Waits until no request is being handled, or `deadline`; says whether none is.
+    fn drain(&self, deadline: Instant) -> bool {
+        let mut state = self.lock();
+        while state.busy > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            state.waiting += 1;
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+            state.waiting -= 1;
+        }
+        true
+    }
+}
+
+struct Permit<'a>(&'a Gate);
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.busy -= 1;
+        if state.waiting > 0 {
+            self.0.changed.notify_all();
+        }
+    }
 }
 
 impl HttpServer {
@@ -42,55 +106,41 @@ impl HttpServer {
             write_timeout: timeout,
             connections_max: svc.config.serve.connections_max as usize,
         };
-        let server = Server::from_listener_with_limits(listener, None, limits)
-            .map_err(|e| format!("cannot serve on {addr}: {e}"))?;
-        let server = Arc::new(server);
+        let gate = Arc::new(Gate {
+            state: Mutex::new(GateState::default()),
+            changed: Condvar::new(),
+            max: threads.max(1),
+        });
         let stopping = Arc::new(AtomicBool::new(false));
-        let workers = (0..threads)
-            .map(|i| {
-                let (server, svc, stopping) = (server.clone(), svc.clone(), stopping.clone());
-                std::thread::Builder::new()
-                    .name(format!("http-{i}"))
-                    .spawn(move || worker(&server, &svc, &stopping, test_hooks))
-                    .map_err(|e| format!("cannot start HTTP worker: {e}"))
+        let handler: tiny_http::InlineHandler = {
+            let (gate, stopping) = (gate.clone(), stopping.clone());
+            Arc::new(move |rq| {
+                let _permit = gate.enter();
+                if stopping.load(Ordering::SeqCst) {
+                    let reply = error_reply(&AppError::Unavailable("the server is shutting down"));
+                    respond(rq, reply, "-");
+                    return;
+                }
+                handle(&svc, rq, test_hooks);
             })
-            .collect::<Result<Vec<_>, _>>()?;
+        };
+        let server = Server::from_listener_with_handler(listener, limits, handler)
+            .map_err(|e| format!("cannot serve on {addr}: {e}"))?;
         Ok(HttpServer {
-            server,
-            workers,
+            server: Some(server),
+            gate,
             stopping,
             addr,
         })
     }
 
-    /// Stops taking requests, lets the ones already received finish (up to `grace`), and
-    /// closes the listener.
-    pub fn stop(self, grace: Duration) {
+    /// Stops accepting connections, answers new requests 503, and waits up to `grace` for the
+    /// requests being handled to finish.
+    pub fn stop(mut self, grace: Duration) {
         self.stopping.store(true, Ordering::SeqCst);
-        for _ in 0..self.workers.len() {
-            self.server.unblock();
-        }
-        let deadline = Instant::now() + grace;
-        for w in self.workers {
-            while !w.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if w.is_finished() {
-                let _ = w.join();
-            }
-        }
-    }
-}
-
-fn worker(server: &Server, svc: &Service, stopping: &AtomicBool, test_hooks: bool) {
-    loop {
-        match server.recv() {
-            Ok(rq) => handle(svc, rq, test_hooks),
-            Err(_) if stopping.load(Ordering::SeqCst) => return,
-            Err(e) => {
-                crate::log::error(&format!("http: the listener reported an error: {e}"));
-                std::thread::sleep(Duration::from_millis(100));
-            }
+        drop(self.server.take());
+        if !self.gate.drain(Instant::now() + grace) {
+            crate::log::error("http: requests still running after the shutdown grace period");
         }
     }
 }

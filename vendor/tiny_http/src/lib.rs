@@ -181,6 +181,10 @@ pub struct ServerConfig {
     pub ssl: Option<SslConfig>,
 }
 
+/// wallet patch: handles one request on its connection's thread (see
+/// `Server::from_listener_with_handler`).
+pub type InlineHandler = Arc<dyn Fn(Request) + Send + Sync>;
+
 /// wallet patch: limits on each accepted connection.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
@@ -272,7 +276,27 @@ impl Server {
         ssl_config: Option<SslConfig>,
         limits: ConnectionLimits,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        let listener = listener.into();
+        Server::start(listener.into(), ssl_config, limits, None)
+    }
+
+    /// wallet patch: each request is handed to `handler` on the thread that read it from its
+    /// connection, instead of being queued for `recv()`. That saves a queue and a thread
+    /// wake-up per request; the connection reads its next request once `handler` returns.
+    /// `recv()` never returns a request from such a server.
+    pub fn from_listener_with_handler<L: Into<Listener>>(
+        listener: L,
+        limits: ConnectionLimits,
+        handler: InlineHandler,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Server::start(listener.into(), None, limits, Some(handler))
+    }
+
+    fn start(
+        listener: Listener,
+        ssl_config: Option<SslConfig>,
+        limits: ConnectionLimits,
+        handler: Option<InlineHandler>,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
 
@@ -368,6 +392,7 @@ impl Server {
                 match new_client {
                     Ok(client) => {
                         let messages = inside_messages.clone();
+                        let handler = handler.clone();
                         let mut client = Some(client);
                         open_connections.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                         let open = open_connections.clone();
@@ -382,7 +407,11 @@ impl Server {
                             let _open = Open(open.clone());
                             if let Some(client) = client.take() {
                                 // Synchronization is needed for HTTPS requests to avoid a deadlock
-                                if client.secure() {
+                                if let Some(handler) = &handler {
+                                    for rq in client {
+                                        handler(rq);
+                                    }
+                                } else if client.secure() {
                                     let (sender, receiver) = mpsc::channel();
                                     for rq in client {
                                         messages.push(rq.with_notify_sender(sender.clone()).into());
