@@ -101,19 +101,15 @@ BEGIN
     SELECT RAISE(ABORT, 'ledger entries are immutable');
 END;
 
--- An entry's balance_after must be its wallet's previous entry's balance_after plus or minus
--- its amount, and must be the wallet's running balance: the writer moves the wallet's balance
--- first and inserts the entry right after, in the same savepoint. So a balance can only move
--- through an entry, by that entry's amount.
+-- An entry's balance_after must be its wallet's running balance: the writer moves the
+-- wallet's balance by the entry's signed amount and inserts the entry right after, in the
+-- same savepoint. (That each entry's balance_after is the previous one's plus or minus its
+-- amount is checked by `wallet verify` and by every snapshot; checking it here too, with a
+-- lookup of the previous entry, cost 7% of the writer's throughput.)
 CREATE TRIGGER entries_balance_follows BEFORE INSERT ON entries
 WHEN NEW.balance_after IS NOT (SELECT balance FROM wallets WHERE key = NEW.wallet_key)
-  OR NEW.balance_after IS NOT
-     COALESCE((SELECT balance_after FROM entries WHERE wallet_key = NEW.wallet_key
-               ORDER BY created_at DESC, seq DESC LIMIT 1), 0)
-     + CASE WHEN NEW.kind = 'DEPOSIT' OR NEW.kind = 'TRANSFER_IN' OR NEW.kind = 'REFUND'
-            THEN NEW.amount ELSE -NEW.amount END
 BEGIN
-    SELECT RAISE(ABORT, 'balance_after does not follow from the wallet''s entries');
+    SELECT RAISE(ABORT, 'balance_after is not the wallet''s balance');
 END;
 
 -- Withdrawals scheduled for later and paid out by the worker thread.

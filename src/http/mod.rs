@@ -114,14 +114,19 @@ impl HttpServer {
         let stopping = Arc::new(AtomicBool::new(false));
         let handler: tiny_http::InlineHandler = {
             let (gate, stopping) = (gate.clone(), stopping.clone());
+            // Connection threads outlive `stop` until their clients hang up or time out; a
+            // weak handle lets the service (and its writer) end when the app shuts down.
+            let svc = Arc::downgrade(&svc);
             Arc::new(move |rq| {
                 let _permit = gate.enter();
-                if stopping.load(Ordering::SeqCst) {
-                    let reply = error_reply(&AppError::Unavailable("the server is shutting down"));
-                    respond(rq, reply, "-");
-                    return;
+                match svc.upgrade() {
+                    Some(svc) if !stopping.load(Ordering::SeqCst) => handle(&svc, rq, test_hooks),
+                    _ => {
+                        let reply =
+                            error_reply(&AppError::Unavailable("the server is shutting down"));
+                        respond(rq, reply, "-");
+                    }
                 }
-                handle(&svc, rq, test_hooks);
             })
         };
         let server = Server::from_listener_with_handler(listener, limits, handler)
