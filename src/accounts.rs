@@ -346,12 +346,15 @@ impl PasswordGuard {
             let rx = rx.clone();
             std::thread::Builder::new()
                 .name(format!("argon2-{i}"))
-                .spawn(move || loop {
-                    // The threads end when the guard (the only sender) is dropped.
-                    let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                    match job {
-                        Ok(job) => job(),
-                        Err(_) => return,
+                .spawn(move || {
+                    crate::sys::lower_current_thread_priority(crate::sys::HASH_THREAD_NICENESS);
+                    loop {
+                        // The threads end when the guard (the only sender) is dropped.
+                        let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
                     }
                 })
                 .map_err(|e| format!("cannot start a hashing thread: {e}"))?;

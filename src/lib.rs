@@ -17,6 +17,7 @@ pub mod log;
 pub mod metrics;
 pub mod service;
 pub mod startup;
+pub mod sys;
 pub mod tools;
 pub mod verify;
 

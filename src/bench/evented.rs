@@ -40,6 +40,8 @@ struct Conn {
 }
 
 pub struct Mix {
+    /// From the first request to the last response.
+    pub seconds: f64,
     pub transfers: OpStats,
     pub deposits: OpStats,
     pub reads: OpStats,
@@ -176,6 +178,7 @@ pub fn run(
         });
     }
     let mut mix = Mix {
+        seconds: 0.0,
         transfers: OpStats::default(),
         deposits: OpStats::default(),
         reads: OpStats::default(),
@@ -236,6 +239,7 @@ pub fn run(
             }
         }
     }
+    mix.seconds = started.elapsed().as_secs_f64();
     Ok(mix)
 }
 

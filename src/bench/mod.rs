@@ -376,7 +376,6 @@ struct MixResult {
 
 fn run_mix(base: &str, users: &Arc<Vec<BenchUser>>, args: &BenchArgs) -> Result<MixResult, String> {
     let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
     let mix = {
         let (users, addr) = (
             users.clone(),
@@ -417,20 +416,21 @@ fn run_mix(base: &str, users: &Arc<Vec<BenchUser>>, args: &BenchArgs) -> Result<
         .join()
         .map_err(|_| "the load generator panicked".to_string())??;
     stop.store(true, Ordering::Relaxed);
+    // Rates are over the mix's own time: storm clients may still be sleeping out a
+    // `Retry-After` when it ends.
     let mut out = MixResult {
         transfers: mix.transfers,
         deposits: mix.deposits,
         reads: mix.reads,
         logins: OpStats::default(),
         deposited_minor: mix.deposited_minor,
-        seconds: 0.0,
+        seconds: mix.seconds,
     };
     for s in stormers {
         if let Ok(l) = s.join() {
             out.logins.merge(l);
         }
     }
-    out.seconds = started.elapsed().as_secs_f64();
     Ok(out)
 }
 
