@@ -480,9 +480,9 @@ fn a_login_flood_does_not_starve_money_movement() {
 
 #[test]
 fn a_body_sent_a_byte_at_a_time_does_not_hold_workers() {
-    // With two HTTP workers, two clients dripping a body a byte every 200 ms (each read is
-    // quick, so the socket timeout alone never fires) lose their workers at the body
-    // deadline, and the server answers others again within a few seconds.
+    // With two places in the HTTP gate (--threads 2), two clients dripping a body a byte
+    // every 200 ms (each read is quick, so the socket timeout alone never fires) lose their
+    // places at the body deadline, and the server answers others again within a few seconds.
     let app = TestApp::spawn_with(
         |c| {
             c.serve.threads = 2;
@@ -495,8 +495,9 @@ fn a_body_sent_a_byte_at_a_time_does_not_hold_workers() {
         .map(|_| {
             std::thread::spawn(move || {
                 let mut s = TcpStream::connect(addr).unwrap();
-                // Over 1 KiB, so the worker (not tiny_http's connection thread) reads it.
-                let _ = s.write_all(b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n{");
+                // Over 1 KiB, so it is read inside the gate (not along with the head), on a
+                // route that shares the gate with every other (logins have their own).
+                let _ = s.write_all(b"POST /api/wallets/me/deposit HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n{");
                 let started = Instant::now();
                 while started.elapsed() < Duration::from_secs(8) {
                     if s.write_all(b" ").is_err() {
@@ -522,10 +523,11 @@ fn a_body_sent_a_byte_at_a_time_does_not_hold_workers() {
             break;
         }
     }
-    // Served, and well before the drips stop at 8 s (with the 1 s body deadline: after ~1 s).
+    // Not served while the drips hold both places (so the gate bounds concurrent requests),
+    // and served well before the drips stop at 8 s (with the 1 s body deadline: after ~1 s).
     assert!(
-        served && t.elapsed() < Duration::from_secs(4),
-        "workers held by the dripping clients for {:?}",
+        served && t.elapsed() >= Duration::from_millis(300) && t.elapsed() < Duration::from_secs(4),
+        "the gate was held by the dripping clients for {:?}",
         t.elapsed()
     );
     // The connections themselves may stay open while tiny_http drains them on their own

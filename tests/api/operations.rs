@@ -585,3 +585,49 @@ fn metrics_count_money_moved_exactly_and_carry_no_user_data() {
         assert!(!text.contains(secret), "metrics contain {secret:?}");
     }
 }
+
+#[test]
+fn bench_reports_every_figure_and_checks_the_money_invariant() {
+    // The benchmark is a deliverable: a short run over real HTTP (a child server on a
+    // temporary database) and without HTTP must print one JSON object with the figures
+    // scripts read, no errors, and an invariant that held.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = binary::wallet(&dir.path().join("unused.db"));
+    cmd.args([
+        "bench",
+        "--users",
+        "4",
+        "--clients",
+        "6",
+        "--duration",
+        "1",
+        "--raw",
+        "--json",
+    ]);
+    let out = binary::run(cmd, None, Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    for field in [
+        "transfers_per_s",
+        "raw_transfers_per_s",
+        "http_to_raw_ratio",
+        "p99_ms",
+        "server_peak_rss_mib",
+    ] {
+        assert!(report[field].as_f64().is_some(), "{field}: {report}");
+    }
+    assert!(
+        report["transfers_per_s"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["invariant_held"], true, "{report}");
+    assert_eq!(report["verify_ok"], true, "{report}");
+    let transfers = report["transfers"]["count"].as_u64().unwrap();
+    let created = report["transfers"]["statuses"]["201"].as_u64().unwrap_or(0);
+    assert_eq!(transfers, created, "{report}");
+}
