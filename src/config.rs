@@ -67,7 +67,8 @@ pub struct ServeArgs {
     #[arg(long, env = "WALLET_LISTEN", default_value = "127.0.0.1:8000")]
     pub listen: SocketAddr,
 
-    /// HTTP worker threads (each blocks while its write is committed, so more than cores).
+    /// Requests handled at once (each holds its place while its write is committed, so more
+    /// than cores); more wait their turn in arrival order. Logins have their own places.
     #[arg(long, env = "WALLET_THREADS", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: u16,
 

@@ -33,23 +33,32 @@ pub struct HttpServer {
 /// handlers other than `--connections-max`.
 struct Gate {
     state: Mutex<GateState>,
-    changed: Condvar,
+    /// Signalled when the last place is given back, for `drain`.
+    idle: Condvar,
     max: usize,
 }
 
 #[derive(Default)]
 struct GateState {
     busy: usize,
-    /// Threads waiting in `enter` or `drain`: a finished request wakes them only if there are
-    /// any (a wake-up is a system call).
-    waiting: usize,
+    /// Requests waiting for a place, oldest first. A place given back goes straight to the
+    /// oldest: first come, first served, and one thread woken per place (waking every waiter
+    /// for each place made 256 clients slower than 64).
+    waiting: std::collections::VecDeque<Arc<Waiter>>,
+    /// Whether `drain` is waiting (only then is the last place's return signalled).
+    draining: bool,
+}
+
+struct Waiter {
+    thread: std::thread::Thread,
+    granted: AtomicBool,
 }
 
 impl Gate {
     fn new(max: usize) -> Gate {
         Gate {
             state: Mutex::new(GateState::default()),
-            changed: Condvar::new(),
+            idle: Condvar::new(),
             max: max.max(1),
         }
     }
@@ -59,41 +68,67 @@ impl Gate {
     }
 
     fn enter(&self) -> Permit<'_> {
-        let mut state = self.lock();
-        while state.busy >= self.max {
-            state.waiting += 1;
-            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
-            state.waiting -= 1;
+        let waiter = {
+            let mut state = self.lock();
+            if state.busy < self.max && state.waiting.is_empty() {
+                state.busy += 1;
+                return Permit(self);
+            }
+            let waiter = Arc::new(Waiter {
+                thread: std::thread::current(),
+                granted: AtomicBool::new(false),
+            });
+            state.waiting.push_back(waiter.clone());
+            waiter
+        };
+        // `park` may return spuriously; the place is ours once `granted` is set.
+        while !waiter.granted.load(Ordering::Acquire) {
+            std::thread::park();
         }
-        state.busy += 1;
         Permit(self)
     }
 
     /// A place if one is free now.
     fn try_enter(&self) -> Option<Permit<'_>> {
         let mut state = self.lock();
-        if state.busy >= self.max {
+        if state.busy >= self.max || !state.waiting.is_empty() {
             return None;
         }
         state.busy += 1;
         Some(Permit(self))
     }
 
+    /// Gives a place back: to the oldest waiter if there is one, else to the pool.
+    fn release(&self) {
+        let mut state = self.lock();
+        match state.waiting.pop_front() {
+            Some(next) => {
+                next.granted.store(true, Ordering::Release);
+                next.thread.unpark();
+            }
+            None => {
+                state.busy -= 1;
+                if state.busy == 0 && state.draining {
+                    self.idle.notify_all();
+                }
+            }
+        }
+    }
+
     /// Waits until no request is being handled, or `deadline`; says whether none is.
     fn drain(&self, deadline: Instant) -> bool {
         let mut state = self.lock();
+        state.draining = true;
         while state.busy > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return false;
             }
-            state.waiting += 1;
             state = self
-                .changed
+                .idle
                 .wait_timeout(state, left)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
-            state.waiting -= 1;
         }
         true
     }
@@ -115,11 +150,7 @@ fn hashes_password(url: &str) -> bool {
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        let mut state = self.0.lock();
-        state.busy -= 1;
-        if state.waiting > 0 {
-            self.0.changed.notify_all();
-        }
+        self.0.release();
     }
 }
 
