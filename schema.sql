@@ -104,8 +104,9 @@ END;
 -- An entry's balance_after must be its wallet's running balance: the writer moves the
 -- wallet's balance by the entry's signed amount and inserts the entry right after, in the
 -- same savepoint. (That each entry's balance_after is the previous one's plus or minus its
--- amount is checked by `wallet verify` and by every snapshot; checking it here too, with a
--- lookup of the previous entry, cost 7% of the writer's throughput.)
+-- amount is checked by `wallet verify`; every snapshot checks that the entries sum to the
+-- running balance. Checking it here too, with a lookup of the previous entry, cost 7% of the
+-- writer's throughput.)
 CREATE TRIGGER entries_balance_follows BEFORE INSERT ON entries
 WHEN NEW.balance_after IS NOT (SELECT balance FROM wallets WHERE key = NEW.wallet_key)
 BEGIN

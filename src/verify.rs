@@ -47,6 +47,22 @@ pub fn verify(conn: &mut Connection) -> Result<VerifyReport, rusqlite::Error> {
         report.find(format!("sqlite integrity_check: {}", integrity.join("; ")));
     }
 
+    // The chain pass below joins each entry to its wallet; an entry whose wallet is gone
+    // would drop out of it unseen, so such entries are named first.
+    {
+        let mut stmt = tx.prepare(
+            "SELECT e.seq, e.wallet_key FROM entries e LEFT JOIN wallets w ON w.key = e.wallet_key
+             WHERE w.key IS NULL ORDER BY e.seq",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let (seq, key): (i64, i64) = (row.get(0)?, row.get(1)?);
+            report.find(format!(
+                "entry seq {seq}: its wallet (key {key}) does not exist"
+            ));
+        }
+    }
+
     // One pass in chain order: hashes, positions, and each wallet's running balance.
     let mut running: HashMap<String, i64> = HashMap::new();
     let mut prev_hash = GENESIS_HASH.to_vec();

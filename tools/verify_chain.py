@@ -20,14 +20,18 @@ def main(path: str) -> int:
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     prev = bytes(32)
     count = 0
-    # Entries name their wallet by an integer key; the chain covers its public id.
+    # Entries name their wallet by an integer key; the chain covers its public id. A LEFT JOIN,
+    # so that an entry whose wallet is missing is reported, not skipped.
     rows = db.execute(
         "SELECT e.seq, e.id, w.id, e.kind, e.amount, e.balance_after, e.reference,"
         " e.counterparty_user_id, e.transfer_id, e.metadata, e.created_at, e.hash"
-        " FROM entries e JOIN wallets w ON w.key = e.wallet_key ORDER BY e.seq"
+        " FROM entries e LEFT JOIN wallets w ON w.key = e.wallet_key ORDER BY e.seq"
     )
     for row in rows:
         *values, stored = row
+        if values[2] is None:
+            print(f"entry seq {values[0]}: its wallet does not exist")
+            return 1
         h = hashlib.sha256(prev)
         for v in values:
             h.update(field("" if v is None else str(v)))

@@ -33,18 +33,18 @@ fn sync_pragma(sync: Synchronous) -> &'static str {
     }
 }
 
-/// WAL pages after which the writer checkpoints by itself, which is what lets the WAL start
+/// WAL size after which the writer checkpoints by itself, which is what lets the WAL start
 /// over from its beginning.
 ///
 /// The checkpointer thread copies the WAL into the database file in the background, but under
 /// steady load it never catches up exactly (the writer appends while it copies), and SQLite
 /// restarts the WAL only at a write that finds it wholly copied. So the writer itself copies
 /// the last few hundred milliseconds' pages and syncs the database file once the WAL holds
-/// this many pages: a 10–25 ms commit. At 20,000 pages that happened several times a second
-/// and was the whole of the p99 (15–18 ms); at 100,000 (200 MiB at 2 KiB pages) it happens
+/// this many bytes: a 10–25 ms commit. At 40 MiB that happened several times a second
+/// and was the whole of the p99 (15–18 ms); at 200 MiB it happens
 /// every few seconds under full load, and p99 fell to 8 ms. The WAL file keeps its largest
 /// size until shutdown truncates it.
-pub const WRITER_AUTOCHECKPOINT_PAGES: u32 = 100_000;
+pub const WRITER_AUTOCHECKPOINT_BYTES: u64 = 200 * 1024 * 1024;
 /// How often the checkpointer copies the WAL back into the database file.
 pub const CHECKPOINT_INTERVAL_MS: u64 = 250;
 /// Page cache of the writer's connection, in KiB (SQLite's default is 2 MiB): a large ledger's
@@ -56,7 +56,7 @@ pub const WRITER_CACHE_KIB: u32 = 16 * 1024;
 /// A database created with another page size keeps it.
 pub const PAGE_SIZE_BYTES: u32 = 2048;
 /// Size the WAL file is truncated to after a checkpoint resets it: above the size that
-/// `WRITER_AUTOCHECKPOINT_PAGES` allows, so a restarted WAL overwrites blocks it already has
+/// `WRITER_AUTOCHECKPOINT_BYTES` allows, so a restarted WAL overwrites blocks it already has
 /// (a commit that grows the file also has to sync its size).
 pub const WAL_SIZE_LIMIT_BYTES: u64 = 256 * 1024 * 1024;
 
@@ -96,8 +96,11 @@ fn configure(conn: &Connection, sync: Synchronous) -> rusqlite::Result<()> {
     }
     // temp_store = MEMORY keeps each savepoint's sub-journal (the pages a job changed, in case
     // it rolls back) in memory instead of a temporary file: 9% more transfers per second.
+    // In pages, so a database that kept another page size gets the same WAL budget in bytes.
+    let page_bytes: u64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    let autocheckpoint_pages = WRITER_AUTOCHECKPOINT_BYTES / page_bytes.max(512);
     conn.execute_batch(&format!(
-        "PRAGMA synchronous = {}; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES};
+        "PRAGMA synchronous = {}; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = {autocheckpoint_pages};
          PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES};",
         sync_pragma(sync)
     ))?;
@@ -132,6 +135,11 @@ pub fn migrate(conn: &mut Connection) -> Result<(), String> {
     let version: i32 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(|e| format!("cannot read the database: {e}"))?;
+    if version < 0 {
+        return Err(format!(
+            "the database has schema version {version}, which no wallet ever wrote; is it another program's?"
+        ));
+    }
     if version > SCHEMA_VERSION {
         return Err(format!(
             "the database has schema version {version}, newer than this binary's {SCHEMA_VERSION}; use a newer wallet"

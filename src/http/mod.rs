@@ -141,11 +141,13 @@ struct Permit<'a>(&'a Gate);
 /// got 88,000 per second and transfers fell to 4% of their rate on the same two cores.
 const REFUSAL_DELAY_MS: u64 = 100;
 
-/// Whether a request's route hashes a password (by its raw URL, query and trailing slash
-/// ignored).
+/// Whether a request's route hashes a password, decided by the router itself so that no
+/// spelling of the path (`//api/auth/login/?x`) reaches a login past its gate.
 fn hashes_password(url: &str) -> bool {
-    let path = url.split('?').next().unwrap_or("").trim_end_matches('/');
-    matches!(path, "/api/auth/login" | "/api/auth/register")
+    matches!(
+        router::route(request::path_of(url), false).map(|m| m.template),
+        Some("/api/auth/login" | "/api/auth/register")
+    )
 }
 
 impl Drop for Permit<'_> {
@@ -183,6 +185,13 @@ impl HttpServer {
             // weak handle lets the service (and its writer) end when the app shuts down.
             let svc = Arc::downgrade(&svc);
             Arc::new(move |rq| {
+                let shutting_down = |rq: tiny_http::Request| {
+                    let reply = error_reply(&AppError::Unavailable("the server is shutting down"));
+                    respond(rq, reply, "-");
+                };
+                if stopping.load(Ordering::SeqCst) {
+                    return shutting_down(rq);
+                }
                 let _permit = if hashes_password(rq.url()) {
                     // A full password gate means the hashing threads are saturated: refuse,
                     // like the hashing queue does, rather than hold the client in a queue. The
@@ -203,13 +212,10 @@ impl HttpServer {
                 } else {
                     gate.enter()
                 };
+                // Checked again: the stop may have begun while this request waited its turn.
                 match svc.upgrade() {
                     Some(svc) if !stopping.load(Ordering::SeqCst) => handle(&svc, rq, test_hooks),
-                    _ => {
-                        let reply =
-                            error_reply(&AppError::Unavailable("the server is shutting down"));
-                        respond(rq, reply, "-");
-                    }
+                    _ => shutting_down(rq),
                 }
             })
         };
@@ -311,4 +317,30 @@ fn respond(rq: tiny_http::Request, reply: Reply, request_id: &str) {
     }
     // A client that went away is not an error worth more than this.
     let _ = rq.respond(response);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hashes_password;
+
+    #[test]
+    fn every_spelling_of_the_login_path_takes_the_login_gate() {
+        for url in [
+            "/api/auth/login",
+            "/api/auth/login/",
+            "//api/auth/login",
+            "/api/auth/login?next=1",
+            "/api/auth/register/",
+        ] {
+            assert!(hashes_password(url), "{url}");
+        }
+        for url in [
+            "/api/auth/logout",
+            "/api/wallets/me/transfer",
+            "/",
+            "/health?x",
+        ] {
+            assert!(!hashes_password(url), "{url}");
+        }
+    }
 }

@@ -48,11 +48,8 @@ impl Incoming {
             })
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         let url = rq.url().to_string();
-        let (raw_path, raw_query) = url.split_once('?').unwrap_or((&url, ""));
-        let path = match raw_path.trim_end_matches('/') {
-            "" => "/".to_string(),
-            p => p.to_string(),
-        };
+        let raw_query = url.split_once('?').map_or("", |(_, q)| q);
+        let path = path_of(&url).to_string();
         let query = raw_query
             .split('&')
             .filter(|kv| !kv.is_empty())
@@ -296,6 +293,15 @@ impl<'a> Fields<'a> {
 
     pub fn finish(self) -> Result<(), AppError> {
         self.errors.into_result()
+    }
+}
+
+/// The path of a request URL as routes see it: without its query and trailing slashes.
+pub fn path_of(url: &str) -> &str {
+    let raw_path = url.split_once('?').map_or(url, |(p, _)| p);
+    match raw_path.trim_end_matches('/') {
+        "" => "/",
+        p => p,
     }
 }
 

@@ -80,6 +80,21 @@ fn tampering_is_detected_by_verify() {
         "{:?}",
         report.findings
     );
+    // An entry moved to a wallet that does not exist is named, not skipped.
+    db2.execute_batch(
+        "DROP TRIGGER entries_no_update; PRAGMA foreign_keys = OFF;
+         UPDATE entries SET wallet_key = 999 WHERE seq = 2;",
+    )
+    .unwrap();
+    let report = app2.verify();
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.contains("entry seq 2: its wallet (key 999) does not exist")),
+        "{:?}",
+        report.findings
+    );
 
     // The command-line verify exits non-zero and names the first bad row.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_wallet"))
