@@ -125,6 +125,19 @@ pub fn append(
     new: NewEntry<'_>,
     format: impl Fn(i64) -> String,
 ) -> Result<Entry, AppError> {
+    Ok(append_after(conn, now, new, format, None)?.0)
+}
+
+/// `append`, given the chain head (position and hash) when the caller has just appended it
+/// itself, as a transfer does between its two halves: that saves looking it up. Returns the
+/// entry and its hash.
+pub fn append_after(
+    conn: &Connection,
+    now: Timestamp,
+    new: NewEntry<'_>,
+    format: impl Fn(i64) -> String,
+    head: Option<(i64, [u8; 32])>,
+) -> Result<(Entry, [u8; 32]), AppError> {
     let delta = if new.kind.is_credit() {
         Some(new.amount)
     } else {
@@ -150,11 +163,14 @@ pub fn append(
             required: format(new.amount),
         });
     };
-    let (prev_seq, prev_hash): (i64, Vec<u8>) = conn
-        .prepare_cached("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1")?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?
-        .unwrap_or((0, GENESIS_HASH.to_vec()));
+    let (prev_seq, prev_hash): (i64, [u8; 32]) = match head {
+        Some(head) => head,
+        None => conn
+            .prepare_cached("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1")?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?
+            .unwrap_or((0, GENESIS_HASH)),
+    };
     let entry = Entry {
         seq: prev_seq + 1,
         id: uuid::Uuid::now_v7().to_string(),
@@ -189,7 +205,7 @@ pub fn append(
         &hash[..],
     ])?;
     assert!(balance_after >= 0);
-    Ok(entry)
+    Ok((entry, hash))
 }
 
 /// The entry a client's reference already names, for idempotent replays. Only the kinds a

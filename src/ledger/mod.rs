@@ -217,7 +217,7 @@ pub fn transfer(
         }));
     }
     let transfer_id = uuid::Uuid::now_v7().to_string();
-    let transfer_out = entries::append(
+    let (transfer_out, out_hash) = entries::append_after(
         conn,
         now,
         NewEntry {
@@ -230,8 +230,10 @@ pub fn transfer(
             metadata: &m.metadata,
         },
         |v| currency.format(v),
+        None,
     )?;
-    let transfer_in = entries::append(
+    // The chain head is the outgoing half, just appended.
+    let (transfer_in, _) = entries::append_after(
         conn,
         now,
         NewEntry {
@@ -244,6 +246,7 @@ pub fn transfer(
             metadata: &m.metadata,
         },
         |v| currency.format(v),
+        Some((transfer_out.seq, out_hash)),
     )?;
     // A transfer's two entries sum to zero, and sit next to each other in the ledger (replays
     // find the incoming half by that position).
