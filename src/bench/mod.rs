@@ -754,6 +754,10 @@ pub struct SnapshotBenchArgs {
     /// Seconds of transfers measured without a snapshot running.
     #[arg(long, default_value_t = 5)]
     pub baseline: u64,
+    /// Entries in one extra wallet, to compare reading it with reading a wallet of ~10
+    /// entries (0 skips the comparison).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub deep_entries: u32,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -821,6 +825,40 @@ fn seed(
 }
 
 /// HTTP transfers among `users` for `seconds`, or until `until` says stop.
+/// Sequential `GET /api/wallets/me` per wallet in the read comparison.
+const WALLET_READS: u32 = 2_000;
+
+/// One more user whose wallet gets `entries` deposits of 0.01; returns the user id.
+fn seed_deep_wallet(writer: &Writer, currency: &Currency, entries: u32) -> Result<i64, String> {
+    let c = currency.clone();
+    let (user_id, wallet) = writer
+        .execute(move |conn, now| funded_user(conn, now, &c, "deep", "1"))
+        .map_err(|e| format!("seeding the deep wallet: {e:?}"))?;
+    const CHUNK: u32 = 5_000;
+    let mut done = 1; // the funding deposit
+    while done < entries {
+        let (from, to) = (done, (done + CHUNK).min(entries));
+        let (c, wallet) = (currency.clone(), wallet.clone());
+        writer
+            .execute(move |conn, now| {
+                for i in from..to {
+                    let m = Movement {
+                        amount: Amount::parse_text("0.01", &c)
+                            .map_err(|e| crate::error::AppError::Internal(e.0))?,
+                        reference: Reference::parse(&format!("deep-{i}"))
+                            .map_err(crate::error::AppError::Internal)?,
+                        metadata: Metadata::empty(),
+                    };
+                    ledger::deposit(conn, now, &c, &wallet, &m)?;
+                }
+                Ok(())
+            })
+            .map_err(|e| format!("seeding the deep wallet: {e:?}"))?;
+        done = to;
+    }
+    Ok(user_id)
+}
+
 fn timed_transfers(
     base: &str,
     users: &Arc<Vec<BenchUser>>,
@@ -892,6 +930,18 @@ fn snapshot_bench_in(dir: &Path, args: &SnapshotBenchArgs) -> Result<bool, Strin
         crate::verify::verify(&mut rusqlite::Connection::open(&path).map_err(|e| e.to_string())?)
             .map_err(|e| e.to_string())?;
     let verify_s = t1.elapsed().as_secs_f64();
+    // One wallet with a long history, seeded after `verify` so that figure stays comparable.
+    let deep_id = if args.deep_entries > 0 {
+        let mut conn = db::open(&path, Synchronous::Normal).map_err(|e| e.to_string())?;
+        db::migrate(&mut conn)?;
+        let (writer, handle) = Writer::start(conn, Arc::new(SystemClock), 256, 4096);
+        let id = seed_deep_wallet(&writer, &currency, args.deep_entries)?;
+        drop(writer);
+        let _ = handle.join();
+        Some(id)
+    } else {
+        None
+    };
 
     let mut config = crate::config::Config::for_tests(path.clone());
     config.serve.argon2_memory_kib = 19_456;
@@ -929,6 +979,28 @@ fn snapshot_bench_in(dir: &Path, args: &SnapshotBenchArgs) -> Result<bool, Strin
             .collect::<Result<_, _>>()?
     };
     let users = Arc::new(users);
+    let reads = match (deep_id, users.first()) {
+        (Some(deep_id), Some(shallow)) => {
+            let token = crate::accounts::new_token(app.service().now(), Duration::from_secs(3600));
+            let deep_token = token.secret.clone();
+            app.service()
+                .writer
+                .execute(move |conn, now| crate::accounts::store_token(conn, now, deep_id, &token))
+                .map_err(|e| format!("{e:?}"))?;
+            let mut c = Client::new(&base);
+            let mut time_reads = |token: &str| {
+                let mut stats = OpStats::default();
+                for _ in 0..WALLET_READS {
+                    let t = Instant::now();
+                    let r = c.call("GET", "/api/wallets/me", Some(token), None);
+                    stats.record(t.elapsed(), r.map(|(s, _)| s));
+                }
+                stats.summary(1.0)
+            };
+            Some((time_reads(&shallow.token), time_reads(&deep_token)))
+        }
+        _ => None,
+    };
 
     let stop = Arc::new(AtomicBool::new(false));
     let stopper = {
@@ -970,6 +1042,9 @@ fn snapshot_bench_in(dir: &Path, args: &SnapshotBenchArgs) -> Result<bool, Strin
         "verify_s": verify_s, "verify_ok": report.ok(),
         "snapshot_s": snapshot_s, "snapshot_wallets": snap.wallets, "snapshot_mismatches": snap.mismatches.len(),
         "transfers_without_snapshot": base_s, "transfers_during_snapshot": during_s,
+        "deep_entries": args.deep_entries,
+        "wallet_read_shallow": reads.as_ref().map(|r| r.0.clone()),
+        "wallet_read_deep": reads.as_ref().map(|r| r.1.clone()),
     });
     if args.json {
         println!("{out}");
@@ -988,6 +1063,19 @@ fn snapshot_bench_in(dir: &Path, args: &SnapshotBenchArgs) -> Result<bool, Strin
             snap.wallets,
             snap.mismatches.len()
         );
+        if let Some((shallow, deep)) = &reads {
+            for (label, r) in [
+                ("a wallet of ~10 entries".to_string(), shallow),
+                (format!("a wallet of {} entries", args.deep_entries), deep),
+            ] {
+                println!(
+                    "GET /api/wallets/me, {label}: p50 {:.3} ms, p99 {:.3} ms over {WALLET_READS} reads, statuses {}",
+                    r["p50_ms"].as_f64().unwrap_or(0.0),
+                    r["p99_ms"].as_f64().unwrap_or(0.0),
+                    r["statuses"]
+                );
+            }
+        }
         for (label, s) in [
             ("transfers without a snapshot", &base_s),
             ("transfers during the snapshot", &during_s),

@@ -551,3 +551,47 @@ fn a_body_sent_a_byte_at_a_time_does_not_hold_workers() {
         let _ = d.join();
     }
 }
+
+#[test]
+fn a_large_response_on_a_kept_alive_connection_is_not_held_back() {
+    // A wallet with ten recent transactions is a few KiB: more than one write. Without
+    // TCP_NODELAY, the last segment of each response waited for the client's delayed ACK
+    // (40 ms on Linux), so 20 reads on one connection took over 800 ms.
+    let app = TestApp::spawn();
+    let a = app.register(&name("a"));
+    for i in 0..10 {
+        app.deposit(&a, "1.00", &format!("d{i}"));
+    }
+    let mut s = TcpStream::connect(addr(&app)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let request = format!(
+        "GET /api/wallets/me HTTP/1.1\r\nHost: x\r\nAuthorization: Token {}\r\n\r\n",
+        a.token
+    );
+    let started = Instant::now();
+    for _ in 0..20 {
+        s.write_all(request.as_bytes()).unwrap();
+        // Read one response: its head, then Content-Length bytes of body.
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap();
+        assert!(
+            length > 2048,
+            "the response should span writes: {length} bytes"
+        );
+        let mut body = vec![0u8; length];
+        s.read_exact(&mut body).unwrap();
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(400), "20 reads took {took:?}");
+}

@@ -60,7 +60,9 @@ impl ClientConnection {
 
         ClientConnection {
             source,
-            sink: SequentialWriterBuilder::new(BufWriter::with_capacity(1024, write_socket)),
+            // wallet patch: 16 KiB (was 1 KiB), so that a typical response (a wallet with its
+            // recent transactions, a page of history) leaves in one write.
+            sink: SequentialWriterBuilder::new(BufWriter::with_capacity(16 * 1024, write_socket)),
             remote_addr,
             next_header_source: first_header,
             no_more_requests: false,

@@ -88,7 +88,11 @@ impl Connection {
         match self {
             Self::Tcp(s) => {
                 s.set_read_timeout(read)?;
-                s.set_write_timeout(write)
+                s.set_write_timeout(write)?;
+                // wallet patch: a response larger than the write buffer leaves in more than
+                // one segment; with Nagle's algorithm the last one waited for the client's
+                // delayed ACK (40 ms on Linux) before it was sent.
+                s.set_nodelay(true)
             }
             #[cfg(unix)]
             Self::Unix(s) => {
