@@ -28,9 +28,10 @@ pub struct HttpServer {
     pub addr: SocketAddr,
 }
 
-/// Bounds the requests handled at once (`--threads`). Each request runs on the thread that
-/// read it from its connection (a tiny_http patch), so this is the only bound on concurrent
-/// handlers other than `--connections-max`.
+/// Bounds the requests handled at once: `--threads` places for most routes, and a gate of its
+/// own for logins and registrations. Each request runs on the thread that read it from its
+/// connection (a tiny_http patch), so the gates are the bound on concurrent handlers, under
+/// `--connections-max`.
 struct Gate {
     state: Mutex<GateState>,
     /// Signalled when the last place is given back, for `drain`.
