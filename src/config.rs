@@ -170,6 +170,12 @@ pub struct ServeArgs {
     /// How long in-flight requests may take to finish at shutdown, in ms.
     #[arg(long, env = "WALLET_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
+
+    /// Give the writer thread a CPU of its own (the last this process may use) and keep every
+    /// other thread of the server off it, when two or more CPUs are available: `true` or
+    /// `false`.
+    #[arg(long, env = "WALLET_PIN_WRITER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub pin_writer: bool,
 }
 
 /// Parses `90`, `90s`, `15m`, `24h` or `7d`.
@@ -245,6 +251,8 @@ impl Config {
         serve.argon2_iterations = 1;
         serve.threads = 32;
         serve.snapshot_cron = "off".into();
+        // Many test servers share one process and its threads: none may claim a CPU.
+        serve.pin_writer = false;
         Config::from_args(db, serve).expect("test defaults are valid")
     }
 }

@@ -49,11 +49,18 @@ impl App {
         db::check_currency(&conn, &config.currency)?;
         conn.execute_batch(&format!("PRAGMA cache_size = -{}", db::WRITER_CACHE_KIB))
             .map_err(|e| format!("cannot size the writer's cache: {e}"))?;
-        let (writer, writer_thread) = Writer::start(
+        // Before any other thread starts: they all inherit the CPUs this thread keeps.
+        let writer_cpu = if config.serve.pin_writer {
+            crate::sys::reserve_cpu_for_writer()
+        } else {
+            None
+        };
+        let (writer, writer_thread) = Writer::start_on(
             conn,
             clock.clone(),
             usize::from(config.serve.write_batch_max),
             config.serve.write_queue_max as usize,
+            writer_cpu,
         );
         let threads = usize::from(config.serve.threads);
         let pool = db::reader_pool(

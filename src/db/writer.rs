@@ -62,6 +62,17 @@ impl Writer {
         batch_max: usize,
         queue_max: usize,
     ) -> (Writer, JoinHandle<()>) {
+        Writer::start_on(conn, clock, batch_max, queue_max, None)
+    }
+
+    /// `start`, with the writer thread confined to `cpu` when given (`sys::reserve_cpu_for_writer`).
+    pub fn start_on(
+        conn: Connection,
+        clock: SharedClock,
+        batch_max: usize,
+        queue_max: usize,
+        cpu: Option<usize>,
+    ) -> (Writer, JoinHandle<()>) {
         assert!(batch_max >= 1 && queue_max >= 1);
         let (queue, rx) = sync_channel::<Job>(queue_max);
         let stats = Arc::new(WriterStats::default());
@@ -70,7 +81,17 @@ impl Writer {
         let thread_in_flight = in_flight_micros.clone();
         let handle = std::thread::Builder::new()
             .name("writer".into())
-            .spawn(move || run(conn, rx, clock, batch_max, &thread_stats, &thread_in_flight))
+            .spawn(move || {
+                run(
+                    conn,
+                    rx,
+                    clock,
+                    batch_max,
+                    cpu,
+                    &thread_stats,
+                    &thread_in_flight,
+                )
+            })
             .expect("spawn the writer thread");
         (
             Writer {
@@ -132,6 +153,7 @@ fn run(
     rx: Receiver<Job>,
     clock: SharedClock,
     batch_max: usize,
+    cpu: Option<usize>,
     stats: &WriterStats,
     in_flight: &AtomicI64,
 ) {
@@ -159,6 +181,12 @@ fn run(
             }
         })
         .expect("spawn the writer's reply thread");
+    // Pinned only now, so that the reply thread (started above) stays on the other CPUs.
+    if let Some(cpu) = cpu {
+        if !crate::sys::pin_current_thread(&[cpu]) {
+            crate::log::error(&format!("writer: could not keep CPU {cpu} to itself"));
+        }
+    }
     // Blocks for the first job, then takes whatever else is already waiting: under light load
     // a job is committed at once, under heavy load many share one commit.
     while let Ok(first) = rx.recv() {

@@ -631,3 +631,60 @@ fn bench_reports_every_figure_and_checks_the_money_invariant() {
     let created = report["transfers"]["statuses"]["201"].as_u64().unwrap_or(0);
     assert_eq!(transfers, created, "{report}");
 }
+
+/// The CPUs a thread of process `pid` may run on, from `/proc` (`Cpus_allowed_list`).
+fn allowed_cpus(pid: u32, tid: &str) -> Vec<usize> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim();
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => cpus.extend(a.parse::<usize>().unwrap()..=b.parse().unwrap()),
+            None => cpus.push(part.parse().unwrap()),
+        }
+    }
+    cpus
+}
+
+#[test]
+fn the_writer_has_a_cpu_of_its_own() {
+    // On two or more CPUs, the server keeps one for the writer thread and every other thread
+    // (request handlers included, started after the writer) off it; `--pin-writer false`
+    // leaves every thread free.
+    let available = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let dir = tempfile::tempdir().unwrap();
+    for pinned in [true, false] {
+        let mut cmd = binary::wallet(&dir.path().join(format!("w{pinned}.db")));
+        cmd.args(["--pin-writer", if pinned { "true" } else { "false" }]);
+        let server = Server::start(cmd);
+        // A request, so that a connection thread exists too.
+        let reply = call(&agent(), &server.base, "GET", "/health", None, None, &[]).unwrap();
+        assert_eq!(reply.status, 200);
+        let pid = server.child.id();
+        let threads: Vec<(String, Vec<usize>)> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .map(|t| {
+                let tid = t.unwrap().file_name().to_string_lossy().into_owned();
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+                    .unwrap_or_default();
+                (comm.trim().to_string(), allowed_cpus(pid, &tid))
+            })
+            .collect();
+        let writer = &threads.iter().find(|(n, _)| n == "writer").unwrap().1;
+        if pinned && available >= 2 {
+            assert_eq!(writer.len(), 1, "{threads:?}");
+            for (name, cpus) in threads.iter().filter(|(n, _)| n != "writer") {
+                assert!(
+                    !cpus.contains(&writer[0]),
+                    "{name} may run on the writer's CPU: {threads:?}"
+                );
+            }
+        } else {
+            assert_eq!(writer.len(), available, "{threads:?}");
+        }
+    }
+}
