@@ -320,11 +320,12 @@ impl Default for TokenCache {
     }
 }
 
-/// argon2id hashing and verification on `permits` dedicated threads. HTTP workers hand the
-/// work over and wait; a login flood queues here, up to `HASH_WAITERS_MAX`, and is refused
-/// beyond it instead of taking the HTTP workers that money movement needs. Keeping argon2 on
-/// its own threads also keeps its 19 MiB buffers in their malloc arenas: run on every HTTP
-/// worker, they left ~19 MiB resident per worker (789 MiB measured with 64 workers).
+/// argon2id hashing and verification on `permits` dedicated threads, at the lowest priority.
+/// Request threads hand the work over and wait; a login flood queues here, up to
+/// `HASH_WAITERS_MAX`, and is refused beyond it instead of taking the CPU that money movement
+/// needs. Keeping argon2 on its own threads also keeps its 19 MiB buffers in their malloc
+/// arenas: run on every request thread, they left ~19 MiB resident per thread (789 MiB
+/// measured with 64 of them).
 pub struct PasswordGuard {
     argon: Arc<Argon2<'static>>,
     queue: SyncSender<HashJob>,

@@ -18,7 +18,7 @@ use crate::ledger::withdrawals::{self, Withdrawal};
 use crate::ledger::{self, Entry, Movement, Outcome, TransferRequest, TransferResult, WalletRef};
 use crate::metrics::Metrics;
 
-/// Everything a request needs, shared by all HTTP workers.
+/// Everything a request needs, shared by every request thread.
 pub struct Service {
     pub config: Config,
     pub pool: Pool,
