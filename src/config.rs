@@ -89,7 +89,7 @@ pub struct ServeArgs {
     pub amount_max: i64,
 
     /// Largest request body accepted, in bytes (413 above it).
-    #[arg(long, env = "WALLET_REQUEST_BODY_BYTES_MAX", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1024..=16_777_216))]
+    #[arg(long, env = "WALLET_REQUEST_BODY_BYTES_MAX", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1024..=REQUEST_BODY_BYTES_MAX_CEILING as u64))]
     pub request_body_bytes_max: u64,
 
     /// SQLite durability: `full` survives power loss; `normal` only a process crash.
@@ -160,6 +160,17 @@ pub struct ServeArgs {
     /// connection is answered 503 and closed.
     #[arg(long, env = "WALLET_CONNECTIONS_MAX", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub connections_max: u32,
+
+    /// Open connections from one client address at most, so that one client cannot hold every
+    /// place (slowloris); beyond it a new connection is answered 503 and closed. 127.0.0.1, ::1
+    /// and `--trusted-proxy` are exempt: a load generator or a reverse proxy holds many.
+    #[arg(long, env = "WALLET_CONNECTIONS_PER_ADDRESS_MAX", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub connections_per_address_max: u32,
+
+    /// How long a request's head (request line and headers) may take to arrive once its first
+    /// byte has, in ms; a slower one is answered 408 and the connection closed.
+    #[arg(long, env = "WALLET_REQUEST_HEAD_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub request_head_timeout_ms: u64,
 
     /// The address of a reverse proxy in front of the service. Requests from it are
     /// attributed to the last address in their `X-Forwarded-For` (for failed-login
@@ -256,6 +267,9 @@ impl Config {
         Config::from_args(db, serve).expect("test defaults are valid")
     }
 }
+
+/// The largest `--request-body-bytes-max` accepted.
+pub const REQUEST_BODY_BYTES_MAX_CEILING: usize = 16 * 1024 * 1024;
 
 /// `off` disables the schedule; anything else must be a valid cron expression (UTC).
 pub fn parse_cron(s: &str) -> Result<Option<cron::Schedule>, String> {

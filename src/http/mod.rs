@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use tiny_http::{ConnectionLimits, Header, Response, Server};
+use tiny_http::{ConnectionLimits, HeadLimits, Header, Response, Server};
 
 use crate::error::AppError;
 use crate::service::Service;
@@ -22,6 +22,9 @@ use response::{error_reply, Body, Reply};
 
 pub struct HttpServer {
     server: Option<Server>,
+    /// Every request from the moment its head is read until it is answered (bodies are read
+    /// before a request takes a place in `gate`): what a graceful stop waits for.
+    in_flight: Arc<Gate>,
     gate: Arc<Gate>,
     password_gate: Arc<Gate>,
     stopping: Arc<AtomicBool>,
@@ -137,6 +140,74 @@ impl Gate {
 
 struct Permit<'a>(&'a Gate);
 
+/// Bytes of a request head at most (request line and header fields); a larger one is 431.
+pub const REQUEST_HEAD_BYTES_MAX: usize = 16 * 1024;
+/// Header fields of a request at most; more is 431.
+pub const REQUEST_HEADERS_MAX: usize = 100;
+/// Bytes of request bodies being read and handled at once, at most: with bodies read before a
+/// request takes a place, this (not `--requests` places) bounds their memory. A request that
+/// would go over it is answered 503.
+pub const REQUEST_BODIES_BYTES_MAX: usize = 32 * 1024 * 1024;
+const _: () = assert!(REQUEST_HEADERS_MAX <= tiny_http::HEADERS_MAX_CEILING);
+// The largest body `--request-body-bytes-max` allows must fit in the budget on its own.
+const _: () = assert!(REQUEST_BODIES_BYTES_MAX >= crate::config::REQUEST_BODY_BYTES_MAX_CEILING);
+
+/// Bytes of bodies being read or handled, against `REQUEST_BODIES_BYTES_MAX`.
+struct BodyBudget {
+    reserved_bytes: Mutex<usize>,
+    bytes_max: usize,
+}
+
+/// A reservation in the `BodyBudget`, given back when the request is done.
+struct Reserved<'a>(&'a BodyBudget, usize);
+
+impl BodyBudget {
+    fn new(bytes_max: usize) -> BodyBudget {
+        BodyBudget {
+            reserved_bytes: Mutex::new(0),
+            bytes_max,
+        }
+    }
+
+    fn reserve(&self, bytes: usize) -> Option<Reserved<'_>> {
+        let mut reserved = self
+            .reserved_bytes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let after = reserved.checked_add(bytes)?;
+        if after > self.bytes_max {
+            return None;
+        }
+        *reserved = after;
+        Some(Reserved(self, bytes))
+    }
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        let mut reserved = self
+            .0
+            .reserved_bytes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *reserved -= self.1;
+    }
+}
+
+/// What a request's body may take of the budget: its declared length (a longer one is refused
+/// unread), or the most a body may be when its length is not declared (chunked).
+fn body_reservation(rq: &tiny_http::Request, body_bytes_max: usize) -> usize {
+    let chunked = rq
+        .headers()
+        .iter()
+        .any(|h| h.field.equiv("Transfer-Encoding"));
+    match rq.body_length() {
+        Some(declared) => declared.min(body_bytes_max),
+        None if chunked => body_bytes_max,
+        None => 0,
+    }
+}
+
 /// How long a refused login waits before its 503 goes out. A flood that ignores `Retry-After`
 /// then gets at most 10 refusals per second per connection; without it, 64 flooding clients
 /// got 88,000 per second and transfers fell to 4% of their rate on the same two cores.
@@ -166,11 +237,29 @@ impl HttpServer {
     ) -> Result<HttpServer, String> {
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let timeout = Some(Duration::from_millis(svc.config.serve.socket_timeout_ms));
+        let serve = &svc.config.serve;
+        let mut unlimited_addresses = vec![
+            std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST),
+            std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        ];
+        unlimited_addresses.extend(serve.trusted_proxy);
         let limits = ConnectionLimits {
             read_timeout: timeout,
             write_timeout: timeout,
-            connections_max: svc.config.serve.connections_max as usize,
+            connections_max: serve.connections_max as usize,
+            connections_per_address_max: serve.connections_per_address_max as usize,
+            unlimited_addresses,
+            head: HeadLimits {
+                bytes_max: REQUEST_HEAD_BYTES_MAX,
+                headers_max: REQUEST_HEADERS_MAX,
+                timeout: Some(Duration::from_millis(serve.request_head_timeout_ms)),
+                read_timeout: timeout,
+            },
         };
+        let reading = Arc::new(BodyBudget::new(REQUEST_BODIES_BYTES_MAX));
+        let body_bytes_max = usize::try_from(serve.request_body_bytes_max).unwrap_or(usize::MAX);
+        let body_deadline = Duration::from_millis(serve.socket_timeout_ms);
+        let trusted_proxy = serve.trusted_proxy;
         let gate = Arc::new(Gate::new(threads));
         // Logins and registrations wait for the hashing threads (up to a second in a login
         // storm); with their own places they never take those of money movements, which cost
@@ -179,19 +268,45 @@ impl HttpServer {
             crate::accounts::HASH_WAITERS_MAX + svc.config.hash_threads,
         ));
         let stopping = Arc::new(AtomicBool::new(false));
+        let in_flight = Arc::new(Gate::new(usize::MAX));
         let handler: tiny_http::InlineHandler = {
-            let (gate, password_gate, stopping) =
-                (gate.clone(), password_gate.clone(), stopping.clone());
+            let (in_flight, gate, password_gate, stopping) = (
+                in_flight.clone(),
+                gate.clone(),
+                password_gate.clone(),
+                stopping.clone(),
+            );
             // Connection threads outlive `stop` until their clients hang up or time out; a
             // weak handle lets the service (and its writer) end when the app shuts down.
             let svc = Arc::downgrade(&svc);
-            Arc::new(move |rq| {
+            Arc::new(move |mut rq| {
                 let shutting_down = |rq: tiny_http::Request| {
                     let reply = error_reply(&AppError::Unavailable("the server is shutting down"));
                     respond(rq, reply, "-");
                 };
                 if stopping.load(Ordering::SeqCst) {
                     return shutting_down(rq);
+                }
+                // From here the request is in flight: a graceful stop lets it finish.
+                let _in_flight = in_flight.enter();
+                let started = Instant::now();
+                // The body is read before the request takes a place, so that clients dripping
+                // bodies hold only their own connections; the bytes of the bodies being read
+                // (and handled) at once are bounded instead.
+                let mut incoming = Incoming::from_head(&rq, trusted_proxy);
+                let Some(_reserved) = reading.reserve(body_reservation(&rq, body_bytes_max)) else {
+                    rq.close_connection();
+                    let reply = error_reply(&AppError::Unavailable(
+                        "too many request bodies are arriving at once; try again",
+                    ));
+                    return respond(rq, reply, &incoming.request_id);
+                };
+                let read_error = incoming
+                    .read_body(&mut rq, body_bytes_max, body_deadline)
+                    .err();
+                if read_error.is_some() {
+                    // What is left of the body would be read as the next request.
+                    rq.close_connection();
                 }
                 let _permit = if hashes_password(rq.url()) {
                     // A full password gate means the hashing threads are saturated: refuse,
@@ -206,17 +321,18 @@ impl HttpServer {
                             let reply = error_reply(&AppError::Unavailable(
                                 "too many logins at once; try again",
                             ));
-                            respond(rq, reply, "-");
+                            respond(rq, reply, &incoming.request_id);
                             return;
                         }
                     }
                 } else {
                     gate.enter()
                 };
-                // Checked again: the stop may have begun while this request waited its turn.
+                // A stop that began while this request was read or waited its turn waits for it
+                // (it is in flight), up to the grace period.
                 match svc.upgrade() {
-                    Some(svc) if !stopping.load(Ordering::SeqCst) => handle(&svc, rq, test_hooks),
-                    _ => shutting_down(rq),
+                    Some(svc) => handle(&svc, rq, incoming, read_error, started, test_hooks),
+                    None => shutting_down(rq),
                 }
             })
         };
@@ -224,6 +340,7 @@ impl HttpServer {
             .map_err(|e| format!("cannot serve on {addr}: {e}"))?;
         Ok(HttpServer {
             server: Some(server),
+            in_flight,
             gate,
             password_gate,
             stopping,
@@ -237,22 +354,23 @@ impl HttpServer {
         self.stopping.store(true, Ordering::SeqCst);
         drop(self.server.take());
         let deadline = Instant::now() + grace;
-        if !(self.gate.drain(deadline) && self.password_gate.drain(deadline)) {
+        if !(self.in_flight.drain(deadline)
+            && self.gate.drain(deadline)
+            && self.password_gate.drain(deadline))
+        {
             crate::log::error("http: requests still running after the shutdown grace period");
         }
     }
 }
 
-fn handle(svc: &Service, mut rq: tiny_http::Request, test_hooks: bool) {
-    let started = Instant::now();
-    let body_max = usize::try_from(svc.config.serve.request_body_bytes_max).unwrap_or(usize::MAX);
-    let body_deadline = Duration::from_millis(svc.config.serve.socket_timeout_ms);
-    let (incoming, read_error) = Incoming::read(
-        &mut rq,
-        body_max,
-        body_deadline,
-        svc.config.serve.trusted_proxy,
-    );
+fn handle(
+    svc: &Service,
+    rq: tiny_http::Request,
+    incoming: Incoming,
+    read_error: Option<AppError>,
+    started: Instant,
+    test_hooks: bool,
+) {
     // Any POST body must be JSON, including on routes that take none (the contract's 415).
     let read_error = read_error.or_else(|| incoming.json_content_type_error());
     let matched = router::route(&incoming.path, test_hooks);

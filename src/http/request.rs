@@ -25,13 +25,8 @@ pub struct Incoming {
 }
 
 impl Incoming {
-    /// Reads the request's head and at most `body_bytes_max` bytes of body.
-    pub fn read(
-        rq: &mut tiny_http::Request,
-        body_bytes_max: usize,
-        body_deadline: std::time::Duration,
-        trusted_proxy: Option<std::net::IpAddr>,
-    ) -> (Incoming, Option<AppError>) {
+    /// Reads what the request's head says; the body is read by `read_body`.
+    pub fn from_head(rq: &tiny_http::Request, trusted_proxy: Option<std::net::IpAddr>) -> Incoming {
         let header = |name: &str| {
             rq.headers()
                 .iter()
@@ -58,7 +53,14 @@ impl Incoming {
                 (percent_decode(k), percent_decode(v))
             })
             .collect();
-        let mut incoming = Incoming {
+        // A proxy that appends a line of its own (HAProxy's `option forwardfor`) leaves the
+        // client's lines before it: the last line is the one the proxy wrote.
+        let forwarded_for = rq
+            .headers()
+            .iter()
+            .rfind(|h| h.field.equiv("X-Forwarded-For"))
+            .map(|h| h.value.as_str());
+        Incoming {
             method: rq.method().clone(),
             path,
             query,
@@ -68,42 +70,47 @@ impl Incoming {
             request_id,
             client: client_address(
                 rq.remote_addr().map(|a| a.ip()),
-                header("X-Forwarded-For").as_deref(),
+                forwarded_for,
                 trusted_proxy,
             ),
             body: Vec::new(),
+        }
+    }
+
+    /// Reads at most `body_bytes_max` bytes of body, all of it within `body_deadline`. On an
+    /// error the body was not read to its end, so the connection must not be read further.
+    pub fn read_body(
+        &mut self,
+        rq: &mut tiny_http::Request,
+        body_bytes_max: usize,
+        body_deadline: std::time::Duration,
+    ) -> Result<(), AppError> {
+        let too_large = AppError::PayloadTooLarge {
+            limit_bytes: body_bytes_max,
         };
         if rq.body_length().is_some_and(|n| n > body_bytes_max) {
-            return (
-                incoming,
-                Some(AppError::PayloadTooLarge {
-                    limit_bytes: body_bytes_max,
-                }),
-            );
+            return Err(too_large);
         }
         let limit = body_bytes_max as u64 + 1;
         let reader = Deadline {
             inner: rq.as_reader(),
             until: std::time::Instant::now() + body_deadline,
         };
-        if let Err(e) = reader.take(limit).read_to_end(&mut incoming.body) {
-            return (
-                incoming,
-                Some(AppError::MalformedJson(format!(
-                    "could not read the request body: {}",
-                    e.kind()
-                ))),
-            );
+        if let Err(e) = reader.take(limit).read_to_end(&mut self.body) {
+            return Err(AppError::MalformedJson(format!(
+                "could not read the request body: {}",
+                e.kind()
+            )));
         }
-        if incoming.body.len() > body_bytes_max {
-            return (
-                incoming,
-                Some(AppError::PayloadTooLarge {
-                    limit_bytes: body_bytes_max,
-                }),
-            );
+        if self.body.len() > body_bytes_max {
+            return Err(too_large);
         }
-        (incoming, None)
+        if rq.body_length().is_some_and(|n| n != self.body.len()) {
+            return Err(AppError::MalformedJson(
+                "the request body ended before its Content-Length".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// A request made of a body and its headers alone, with no socket: for the fuzz target and
@@ -156,7 +163,13 @@ impl Incoming {
         let text = std::str::from_utf8(&self.body)
             .map_err(|_| AppError::MalformedJson("request body is not valid UTF-8".into()))?;
         match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(map)) => Ok(map),
+            Ok(Value::Object(map)) => {
+                // A repeated key is refused rather than letting the last one win: a proxy, a
+                // log or an auditor may read the first.
+                serde_json::from_str::<NoRepeatedKeys>(text)
+                    .map_err(|e| AppError::MalformedJson(format!("request body {e}")))?;
+                Ok(map)
+            }
             Ok(_) => Err(AppError::MalformedJson(
                 "request body must be a JSON object".into(),
             )),
@@ -174,6 +187,73 @@ impl Incoming {
         let token = token.trim();
         let known = scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer");
         (known && !token.is_empty() && token.len() <= TOKEN_CHARS_MAX).then_some(token)
+    }
+}
+
+/// Reads any JSON value and fails on an object that repeats a key, at any depth.
+struct NoRepeatedKeys;
+
+impl<'de> serde::Deserialize<'de> for NoRepeatedKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NoRepeatedKeysVisitor)
+    }
+}
+
+struct NoRepeatedKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for NoRepeatedKeysVisitor {
+    type Value = NoRepeatedKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<NoRepeatedKeys, E> {
+        Ok(NoRepeatedKeys)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<NoRepeatedKeys, E> {
+        Ok(NoRepeatedKeys)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<NoRepeatedKeys, E> {
+        Ok(NoRepeatedKeys)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<NoRepeatedKeys, E> {
+        Ok(NoRepeatedKeys)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<NoRepeatedKeys, E> {
+        Ok(NoRepeatedKeys)
+    }
+
+    fn visit_unit<E>(self) -> Result<NoRepeatedKeys, E> {
+        Ok(NoRepeatedKeys)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> Result<NoRepeatedKeys, A::Error> {
+        while seq.next_element::<NoRepeatedKeys>()?.is_some() {}
+        Ok(NoRepeatedKeys)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> Result<NoRepeatedKeys, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format_args!(
+                    "repeats the key {key:?}"
+                )));
+            }
+            map.next_value::<NoRepeatedKeys>()?;
+        }
+        Ok(NoRepeatedKeys)
     }
 }
 
@@ -332,6 +412,28 @@ mod tests {
             client_address(Some(proxy), Some("not an address"), Some(proxy)),
             "127.0.0.1"
         );
+    }
+
+    #[test]
+    fn a_repeated_key_is_malformed_at_any_depth() {
+        use super::Incoming;
+        let body = |text: &str| Incoming::for_body(None, None, text.as_bytes().to_vec()).json();
+        assert!(
+            body(r#"{"amount": "1.00", "reference": "a", "metadata": {"a": [1, {"b": 2}]}}"#)
+                .is_ok()
+        );
+        for repeated in [
+            r#"{"amount": "1.00", "amount": "1000.00"}"#,
+            r#"{"metadata": {"a": 1, "a": 2}}"#,
+            r#"{"metadata": {"list": [{"x": 1, "x": 1}]}}"#,
+            r#"{"a\u0062": 1, "ab": 2}"#,
+        ] {
+            let e = body(repeated).unwrap_err();
+            assert!(
+                matches!(e, crate::error::AppError::MalformedJson(_)),
+                "{repeated}: {e:?}"
+            );
+        }
     }
 
     #[test]

@@ -144,20 +144,31 @@ pub fn append_after(
         new.amount.checked_neg()
     }
     .ok_or_else(|| AppError::internal("append", "amount out of range"))?;
-    // The balance moves first, in one statement that refuses to go below zero; the entry that
-    // follows must then carry the new balance (the trigger `entries_balance_follows`). A sum
-    // beyond i64 fails the statement (SQLite turns it into a REAL, which STRICT refuses).
+    // The balance moves first, in one statement that refuses to go below zero or past the
+    // largest i64; the entry that follows must then carry the new balance (the trigger
+    // `entries_balance_follows`). The ceiling is checked in the statement itself (a sum beyond
+    // i64 would otherwise become a REAL that the STRICT table refuses: a 500).
+    let balance_ceiling = i64::MAX - delta.max(0);
     let moved: Option<i64> = conn
         .prepare_cached(
-            "UPDATE wallets SET balance = balance + ?2 WHERE key = ?1 AND balance + ?2 >= 0
+            "UPDATE wallets SET balance = balance + ?2
+             WHERE key = ?1 AND balance + ?2 >= 0 AND balance <= ?3
              RETURNING balance",
         )?
-        .query_row(params![new.wallet.key, delta], |r| r.get(0))
+        .query_row(params![new.wallet.key, delta, balance_ceiling], |r| {
+            r.get(0)
+        })
         .optional()?;
     let Some(balance_after) = moved else {
         let balance: i64 = conn
             .prepare_cached("SELECT balance FROM wallets WHERE key = ?1")?
             .query_row([new.wallet.key], |r| r.get(0))?;
+        if delta > 0 {
+            return Err(AppError::field(
+                "amount",
+                "the balance would exceed the largest amount this ledger can hold",
+            ));
+        }
         return Err(AppError::InsufficientFunds {
             available: format(balance),
             required: format(new.amount),

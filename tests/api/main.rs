@@ -6,6 +6,7 @@ mod binary;
 mod concurrency;
 mod crash;
 mod edge;
+mod framing;
 mod helpers;
 mod hostile;
 mod migration;

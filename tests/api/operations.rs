@@ -100,9 +100,9 @@ fn sigterm_lets_in_flight_requests_finish_and_checkpoints_the_wal() {
         );
         (r, Instant::now())
     });
-    // In flight 2: a deposit whose head and half its body have arrived. The body is over
-    // 1 KiB: tiny_http reads smaller bodies in its connection thread before queueing the
-    // request, larger ones are read by the worker that already holds the request.
+    // In flight 2: a deposit whose head and half its body have arrived. Its body is read
+    // before it takes a request place, but it is in flight from its head on, so the stop
+    // waits for it.
     let body =
         json!({"amount": "7.00", "reference": "in-flight", "metadata": {"note": "n".repeat(1500)}})
             .to_string();

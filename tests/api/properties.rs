@@ -212,3 +212,58 @@ fn json_value() -> impl Strategy<Value = Value> {
         ]
     })
 }
+
+/// One header field for the head properties: a token name and a printable ASCII value.
+fn header_field() -> impl Strategy<Value = (String, String)> {
+    ("[A-Za-z][A-Za-z0-9-]{0,20}", "[ -~]{0,40}")
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn the_head_parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        // Arbitrary bytes: refused (400, 431), incomplete, or a head that lies within them.
+        match tiny_http::check_request_head(&bytes, 100) {
+            Ok(Some(len)) => prop_assert!(len <= bytes.len()),
+            Ok(None) => {}
+            Err(status) => prop_assert!(status == 400 || status == 431),
+        }
+    }
+
+    #[test]
+    fn a_well_framed_head_is_accepted_whole_and_an_ambiguous_one_never(
+        fields in proptest::collection::vec(header_field(), 0..20),
+        lengths in proptest::collection::vec(0u32..100_000, 0..3),
+        chunked in any::<bool>(),
+    ) {
+        // Any set of ordinary fields plus at most one plain Content-Length, or a lone
+        // `chunked`, is accepted and ends exactly at the blank line; a second Content-Length
+        // or both framings together is always refused.
+        let fields: Vec<(String, String)> = fields
+            .into_iter()
+            .filter(|(n, _)| {
+                !n.eq_ignore_ascii_case("content-length") && !n.eq_ignore_ascii_case("transfer-encoding")
+            })
+            .collect();
+        let mut head = String::from("POST /api/wallets/me/deposit HTTP/1.1\r\n");
+        for (n, v) in &fields {
+            head.push_str(&format!("{n}: {}\r\n", v.trim()));
+        }
+        for l in &lengths {
+            head.push_str(&format!("Content-Length: {l}\r\n"));
+        }
+        if chunked {
+            head.push_str("Transfer-Encoding: chunked\r\n");
+        }
+        head.push_str("\r\n");
+        let framings = lengths.len() + usize::from(chunked);
+        let with_body = format!("{head}BODY");
+        let verdict = tiny_http::check_request_head(with_body.as_bytes(), 100);
+        if framings <= 1 {
+            prop_assert_eq!(verdict, Ok(Some(head.len())));
+        } else {
+            prop_assert_eq!(verdict, Err(400));
+        }
+    }
+}

@@ -1,13 +1,15 @@
-use ascii::AsciiString;
-
 use std::io::Error as IoError;
 use std::io::Result as IoResult;
-use std::io::{BufReader, BufWriter, ErrorKind, Read};
+use std::io::{BufRead, BufReader, BufWriter, ErrorKind, Write};
 
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::common::{HTTPVersion, Method};
+use crate::Header;
 use crate::util::RefinedTcpStream;
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
 use crate::Request;
@@ -32,6 +34,13 @@ pub struct ClientConnection {
     // set to true if we know that the previous request is the last one
     no_more_requests: bool,
 
+    // wallet patch: set when a request's body was not read to its end; the connection is
+    // then closed instead of reading the rest of that body as the next request
+    must_close: Arc<AtomicBool>,
+
+    // wallet patch: bounds on each request head
+    head_limits: HeadLimits,
+
     // true if the connection goes through SSL
     secure: bool,
 }
@@ -39,18 +48,72 @@ pub struct ClientConnection {
 /// Error that can happen when reading a request.
 #[derive(Debug)]
 enum ReadError {
-    WrongRequestLine,
-    WrongHeader(HTTPVersion),
+    /// wallet patch: a head that is not valid HTTP/1.x, or whose framing is ambiguous
+    /// (RFC 9112 section 6.3): answered 400 and the connection closed, since nobody can know
+    /// where the next request would start.
+    BadRequest(&'static str),
+    /// wallet patch: a head over `HeadLimits::bytes_max` or `HeadLimits::headers_max`: 431.
+    HeadTooLarge,
+    /// wallet patch: the head did not arrive whole within `HeadLimits::timeout`: 408.
+    HeadTimedOut,
+    /// wallet patch: the previous request's body was not read to its end, so this connection
+    /// cannot be read any further.
+    Closed,
     /// the client sent an unrecognized `Expect` header
     ExpectationFailed(HTTPVersion),
     ReadIoError(IoError),
+}
+
+/// wallet patch: bounds on a request head (request line and header fields).
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    /// Bytes of the head at most, request line and the blank line included.
+    pub bytes_max: usize,
+    /// Header fields at most (at most `HEADERS_MAX_CEILING`).
+    pub headers_max: usize,
+    /// How long the whole head may take to arrive once its first byte has.
+    pub timeout: Option<Duration>,
+    /// The socket's usual read timeout, restored once a slow head has arrived.
+    pub read_timeout: Option<Duration>,
+}
+
+/// The most header fields `HeadLimits::headers_max` may allow (the parser's array is on the
+/// stack).
+pub const HEADERS_MAX_CEILING: usize = 256;
+
+impl Default for HeadLimits {
+    fn default() -> HeadLimits {
+        HeadLimits {
+            bytes_max: 16 * 1024,
+            headers_max: 100,
+            timeout: None,
+            read_timeout: None,
+        }
+    }
+}
+
+/// A parsed request head.
+struct Head {
+    method: Method,
+    path: String,
+    version: HTTPVersion,
+    headers: Vec<Header>,
 }
 
 impl ClientConnection {
     /// Creates a new `ClientConnection` that takes ownership of the `TcpStream`.
     pub fn new(
         write_socket: RefinedTcpStream,
+        read_socket: RefinedTcpStream,
+    ) -> ClientConnection {
+        ClientConnection::with_limits(write_socket, read_socket, HeadLimits::default())
+    }
+
+    /// wallet patch: `new` with bounds on each request head.
+    pub fn with_limits(
+        write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
+        head_limits: HeadLimits,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
@@ -67,6 +130,8 @@ impl ClientConnection {
             next_header_source: first_header,
             no_more_requests: false,
             secure,
+            must_close: Arc::new(AtomicBool::new(false)),
+            head_limits,
         }
     }
 
@@ -75,68 +140,98 @@ impl ClientConnection {
         self.secure
     }
 
-    /// Reads the next line from self.next_header_source.
-    ///
-    /// Reads until `CRLF` is reached. The next read will start
-    ///  at the first byte of the new line.
-    fn read_next_line(&mut self) -> IoResult<AsciiString> {
-        let mut buf = Vec::new();
-        let mut prev_byte_was_cr = false;
+    /// wallet patch: sets the socket's read timeout (shared by both halves of the socket).
+    fn set_read_timeout(&self, timeout: Option<Duration>) {
+        let _ = self
+            .sink
+            .with_writer(|w| w.get_ref().set_read_timeout(timeout));
+    }
 
-        loop {
-            let byte = self.next_header_source.by_ref().bytes().next();
-
-            let byte = match byte {
-                Some(b) => b?,
-                None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
-            };
-
-            if byte == b'\n' && prev_byte_was_cr {
-                buf.pop(); // removing the '\r'
-                return AsciiString::from_ascii(buf)
-                    .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
+    /// wallet patch: reads a request head with `httparse` (the parser hyper uses), straight
+    /// from the connection's buffer, so that no byte after the head is taken. The head is
+    /// bounded in bytes, in header fields and, once its first byte has arrived, in time.
+    fn read_head(&mut self) -> Result<Head, ReadError> {
+        let limits = self.head_limits;
+        let mut head: Vec<u8> = Vec::new();
+        let mut deadline: Option<Instant> = None;
+        let mut timeout_shortened = false;
+        let result = loop {
+            if self.must_close.load(Ordering::Acquire) {
+                break Err(ReadError::Closed);
             }
-
-            prev_byte_was_cr = byte == b'\r';
-
-            buf.push(byte);
+            if let Some(deadline) = deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break Err(ReadError::HeadTimedOut);
+                }
+                let left = limits.read_timeout.map_or(left, |usual| usual.min(left));
+                self.set_read_timeout(Some(left));
+                timeout_shortened = true;
+            }
+            let chunk = match self.next_header_source.fill_buf() {
+                Ok(chunk) => chunk,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e)
+                    if !head.is_empty()
+                        && matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+                {
+                    break Err(ReadError::HeadTimedOut)
+                }
+                Err(e) => break Err(ReadError::ReadIoError(e)),
+            };
+            // Checked again: with pipelining, the reader is ours only once the previous
+            // request has let go of it.
+            if self.must_close.load(Ordering::Acquire) {
+                break Err(ReadError::Closed);
+            }
+            if chunk.is_empty() {
+                break Err(ReadError::ReadIoError(IoError::new(
+                    ErrorKind::ConnectionAborted,
+                    "Unexpected EOF",
+                )));
+            }
+            let room = limits.bytes_max + 1 - head.len();
+            let taken = chunk.len().min(room);
+            let before = head.len();
+            head.extend_from_slice(&chunk[..taken]);
+            // Parsed again only when a line has ended, so a head dripped a byte at a time
+            // costs one parse per line, not one per byte.
+            let parsed = if chunk[..taken].contains(&b'\n') {
+                parse_head(&head, limits.headers_max)
+            } else {
+                Ok(None)
+            };
+            match parsed {
+                Ok(Some((head_len, parsed))) => {
+                    self.next_header_source.consume(head_len - before);
+                    break Ok(parsed);
+                }
+                Ok(None) => self.next_header_source.consume(taken),
+                Err(e) => break Err(e),
+            }
+            if head.len() > limits.bytes_max {
+                break Err(ReadError::HeadTooLarge);
+            }
+            if deadline.is_none() {
+                deadline = limits.timeout.map(|t| Instant::now() + t);
+            }
+        };
+        if timeout_shortened {
+            self.set_read_timeout(limits.read_timeout);
         }
+        result
     }
 
     /// Reads a request from the stream.
     /// Blocks until the header has been read.
     fn read(&mut self) -> Result<Request, ReadError> {
-        let (method, path, version, headers) = {
-            // reading the request line
-            let (method, path, version) = {
-                let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
-
-                parse_request_line(
-                    line.as_str().trim(), // TODO: remove this conversion
-                )?
-            };
-
-            // getting all headers
-            let headers = {
-                let mut headers = Vec::new();
-                loop {
-                    let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
-
-                    if line.is_empty() {
-                        break;
-                    };
-                    headers.push(match FromStr::from_str(line.as_str().trim()) {
-                        // TODO: remove this conversion
-                        Ok(h) => h,
-                        _ => return Err(ReadError::WrongHeader(version)),
-                    });
-                }
-
-                headers
-            };
-
-            (method, path, version, headers)
-        };
+        let Head {
+            method,
+            path,
+            version,
+            headers,
+        } = self.read_head()?;
+        check_framing(&version, &headers)?;
 
         // building the writer for the request
         let writer = self.sink.next().unwrap();
@@ -155,6 +250,7 @@ impl ClientConnection {
             *self.remote_addr.as_ref().unwrap(),
             data_source,
             writer,
+            self.must_close.clone(),
         )
         .map_err(|e| {
             use crate::request;
@@ -169,6 +265,123 @@ impl ClientConnection {
         // return the request
         Ok(request)
     }
+
+    /// wallet patch: answers a request that cannot be read with a JSON error in the API's
+    /// shape, and says that the connection closes.
+    fn refuse(&mut self, status: u16, code: &str, message: &str) {
+        let mut writer = self.sink.next().unwrap();
+        let body = format!("{{\"error\":{{\"code\":\"{code}\",\"message\":\"{message}\"}}}}");
+        let reason = crate::common::StatusCode(status).default_reason_phrase();
+        let _ = write!(
+            writer,
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = writer.flush();
+    }
+}
+
+/// wallet patch: parses a head; `Ok(None)` while it is incomplete.
+fn parse_head(bytes: &[u8], headers_max: usize) -> Result<Option<(usize, Head)>, ReadError> {
+    let mut storage = [httparse::EMPTY_HEADER; HEADERS_MAX_CEILING];
+    let mut parsed = httparse::Request::new(&mut storage[..headers_max.min(HEADERS_MAX_CEILING)]);
+    let head_len = match parsed.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(ReadError::HeadTooLarge),
+        Err(httparse::Error::Version) => {
+            return Err(ReadError::BadRequest("only HTTP/1.0 and HTTP/1.1 are served"))
+        }
+        Err(_) => return Err(ReadError::BadRequest("malformed request head")),
+    };
+    let method = parsed
+        .method
+        .and_then(|m| Method::from_str(m).ok())
+        .ok_or(ReadError::BadRequest("malformed request method"))?;
+    let path = parsed
+        .path
+        .ok_or(ReadError::BadRequest("malformed request target"))?
+        .to_owned();
+    let version = HTTPVersion(1, parsed.version.unwrap_or(1));
+    let mut headers = Vec::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        // Header values may carry bytes above 0x7F (obs-text); nothing we serve needs them,
+        // and tiny_http's headers are ASCII.
+        let header = Header::from_bytes(h.name.as_bytes(), h.value)
+            .map_err(|_| ReadError::BadRequest("header values must be ASCII"))?;
+        headers.push(header);
+    }
+    Ok(Some((
+        head_len,
+        Head {
+            method,
+            path,
+            version,
+            headers,
+        },
+    )))
+}
+
+/// wallet patch: the head parser and the framing check alone, without a socket, for the fuzz
+/// target and property tests: `Ok(Some(length of the head))` for a complete head that would be
+/// served, `Ok(None)` for an incomplete one, `Err(status)` for one that is refused.
+#[doc(hidden)]
+pub fn check_request_head(bytes: &[u8], headers_max: usize) -> Result<Option<usize>, u16> {
+    match parse_head(bytes, headers_max) {
+        Ok(Some((len, head))) => match check_framing(&head.version, &head.headers) {
+            Ok(()) => Ok(Some(len)),
+            Err(_) => Err(400),
+        },
+        Ok(None) => Ok(None),
+        Err(ReadError::HeadTooLarge) => Err(431),
+        Err(_) => Err(400),
+    }
+}
+
+/// wallet patch: refuses every framing that two readers could take differently (RFC 9112
+/// section 6.3), so that no proxy in front of us can see one request where we see two:
+/// `Transfer-Encoding` with `Content-Length`, any coding but a single `chunked`, chunked
+/// bodies in HTTP/1.0, repeated `Content-Length` fields, and lengths that are not plain digits.
+fn check_framing(version: &HTTPVersion, headers: &[Header]) -> Result<(), ReadError> {
+    let named = |name: &'static str| headers.iter().filter(move |h| h.field.equiv(name));
+    let transfer_encodings: Vec<&Header> = named("Transfer-Encoding").collect();
+    let content_lengths: Vec<&Header> = named("Content-Length").collect();
+    if !transfer_encodings.is_empty() {
+        if !content_lengths.is_empty() {
+            return Err(ReadError::BadRequest(
+                "Transfer-Encoding and Content-Length together",
+            ));
+        }
+        if *version == HTTPVersion(1, 0) {
+            return Err(ReadError::BadRequest("Transfer-Encoding in an HTTP/1.0 request"));
+        }
+        let only_chunked = transfer_encodings.len() == 1
+            && transfer_encodings[0]
+                .value
+                .as_str()
+                .trim()
+                .eq_ignore_ascii_case("chunked");
+        if !only_chunked {
+            return Err(ReadError::BadRequest(
+                "the only transfer coding accepted is chunked",
+            ));
+        }
+    }
+    match content_lengths.as_slice() {
+        [] => Ok(()),
+        [one] => {
+            let value = one.value.as_str().trim();
+            let digits_only = !value.is_empty()
+                && value.len() <= 18
+                && value.bytes().all(|b| b.is_ascii_digit());
+            if digits_only {
+                Ok(())
+            } else {
+                Err(ReadError::BadRequest("Content-Length must be a plain number"))
+            }
+        }
+        _ => Err(ReadError::BadRequest("more than one Content-Length")),
+    }
 }
 
 impl Iterator for ClientConnection {
@@ -177,135 +390,121 @@ impl Iterator for ClientConnection {
     /// Blocks until the next Request is available.
     /// Returns None when no new Requests will come from the client.
     fn next(&mut self) -> Option<Request> {
-        use crate::{Response, StatusCode};
-
         // the client sent a "connection: close" header in this previous request
         //  or is using HTTP 1.0, meaning that no new request will come
         if self.no_more_requests {
             return None;
         }
 
-        loop {
-            let rq = match self.read() {
-                Err(ReadError::WrongRequestLine) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
-                    return None; // we don't know where the next request would start,
-                                 // se we have to close
-                }
-
-                Err(ReadError::WrongHeader(ver)) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
-                    response.raw_print(writer, ver, &[], false, None).ok();
-                    return None; // we don't know where the next request would start,
-                                 // se we have to close
-                }
-
-                Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {
-                    // request timeout
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(408));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
-                    return None; // closing the connection
-                }
-
-                Err(ReadError::ExpectationFailed(ver)) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(417));
-                    response.raw_print(writer, ver, &[], true, None).ok();
-                    return None; // TODO: should be recoverable, but needs handling in case of body
-                }
-
-                Err(ReadError::ReadIoError(_)) => return None,
-
-                Ok(rq) => rq,
-            };
-
-            // checking HTTP version
-            if *rq.http_version() > (1, 1) {
-                let writer = self.sink.next().unwrap();
-                let response = Response::from_string(
-                    "This server only supports HTTP versions 1.0 and 1.1".to_owned(),
-                )
-                .with_status_code(StatusCode(505));
-                response
-                    .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                    .ok();
-                continue;
+        let rq = match self.read() {
+            // we don't know where the next request would start, so we have to close
+            Err(ReadError::BadRequest(why)) => {
+                self.refuse(400, "bad_request", why);
+                return None;
             }
+            Err(ReadError::HeadTooLarge) => {
+                self.refuse(
+                    431,
+                    "request_header_fields_too_large",
+                    "the request head is too large",
+                );
+                return None;
+            }
+            Err(ReadError::HeadTimedOut) => {
+                self.refuse(408, "request_timeout", "the request head arrived too slowly");
+                return None;
+            }
+            Err(ReadError::ExpectationFailed(_)) => {
+                self.refuse(417, "expectation_failed", "only Expect: 100-continue is understood");
+                return None;
+            }
+            Err(ReadError::Closed) | Err(ReadError::ReadIoError(_)) => return None,
+            Ok(rq) => rq,
+        };
 
-            // updating the status of the connection
-            let connection_header = rq
-                .headers()
-                .iter()
-                .find(|h| h.field.equiv("Connection"))
-                .map(|h| h.value.as_str());
+        // updating the status of the connection
+        let connection_header = rq
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("Connection"))
+            .map(|h| h.value.as_str());
 
-            let lowercase = connection_header.map(|h| h.to_ascii_lowercase());
+        let lowercase = connection_header.map(|h| h.to_ascii_lowercase());
 
-            match lowercase {
-                Some(ref val) if val.contains("close") => self.no_more_requests = true,
-                Some(ref val) if val.contains("upgrade") => self.no_more_requests = true,
-                Some(ref val)
-                    if !val.contains("keep-alive") && *rq.http_version() == HTTPVersion(1, 0) =>
-                {
-                    self.no_more_requests = true
-                }
-                None if *rq.http_version() == HTTPVersion(1, 0) => self.no_more_requests = true,
-                _ => (),
-            };
+        // wallet patch: `Connection: upgrade` (an h2c or websocket offer) is ignored, as RFC
+        // 9110 section 7.8 allows: the request is answered over HTTP/1.1 and the connection
+        // goes on. Upstream handed the whole socket to the body and waited for it to close.
+        match lowercase {
+            Some(ref val) if val.contains("close") => self.no_more_requests = true,
+            Some(ref val)
+                if !val.contains("keep-alive") && *rq.http_version() == HTTPVersion(1, 0) =>
+            {
+                self.no_more_requests = true
+            }
+            None if *rq.http_version() == HTTPVersion(1, 0) => self.no_more_requests = true,
+            _ => (),
+        };
 
-            // returning the request
-            return Some(rq);
-        }
+        // returning the request
+        Some(rq)
     }
-}
-
-/// Parses a "HTTP/1.1" string.
-fn parse_http_version(version: &str) -> Result<HTTPVersion, ReadError> {
-    let (major, minor) = match version {
-        "HTTP/0.9" => (0, 9),
-        "HTTP/1.0" => (1, 0),
-        "HTTP/1.1" => (1, 1),
-        "HTTP/2.0" => (2, 0),
-        "HTTP/3.0" => (3, 0),
-        _ => return Err(ReadError::WrongRequestLine),
-    };
-
-    Ok(HTTPVersion(major, minor))
-}
-
-/// Parses the request line of the request.
-/// eg. GET / HTTP/1.1
-fn parse_request_line(line: &str) -> Result<(Method, String, HTTPVersion), ReadError> {
-    let mut parts = line.split(' ');
-
-    let method = parts.next().and_then(|w| w.parse().ok());
-    let path = parts.next().map(ToOwned::to_owned);
-    let version = parts.next().and_then(|w| parse_http_version(w).ok());
-
-    method
-        .and_then(|method| Some((method, path?, version?)))
-        .ok_or(ReadError::WrongRequestLine)
 }
 
 #[cfg(test)]
 mod test {
+    use super::{check_framing, parse_head, ReadError};
+    use crate::{HTTPVersion, Header};
+
+    fn head(text: &str) -> Result<Option<usize>, ReadError> {
+        parse_head(text.as_bytes(), 100).map(|h| h.map(|(len, _)| len))
+    }
+
+    fn framing(lines: &[(&str, &str)]) -> bool {
+        let headers: Vec<Header> = lines
+            .iter()
+            .map(|(n, v)| Header::from_bytes(n.as_bytes(), v.as_bytes()).unwrap())
+            .collect();
+        check_framing(&HTTPVersion(1, 1), &headers).is_ok()
+    }
+
     #[test]
-    fn test_parse_request_line() {
-        let (method, path, ver) = super::parse_request_line("GET /hello HTTP/1.1").unwrap();
+    fn heads_are_parsed_strictly() {
+        assert_eq!(head("GET /hello HTTP/1.1\r\nHost: x\r\n\r\nBODY").unwrap(), Some(32));
+        assert_eq!(head("GET /hello HTTP/1.1\r\nHost: x\r\n").unwrap(), None);
+        for bad in [
+            "GET /hello\r\n\r\n",
+            "qsd qsd qsd\r\n\r\n",
+            "GET / HTTP/2.0\r\n\r\n",
+            "GET / HTTP/1.1\r\nX: a\r\n folded\r\n\r\n",
+            "GET / HTTP/1.1\r\nX : a\r\n\r\n",
+            "GET / HTTP/1.1\r\nX: caf\u{e9}\r\n\r\n",
+        ] {
+            assert!(matches!(head(bad), Err(ReadError::BadRequest(_))), "{:?}", bad);
+        }
+        let many: String = (0..101).map(|i| format!("X-{i}: 1\r\n")).collect();
+        let many = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert!(matches!(head(&many), Err(ReadError::HeadTooLarge)));
+    }
 
-        assert!(method == crate::Method::Get);
-        assert!(path == "/hello");
-        assert!(ver == crate::common::HTTPVersion(1, 1));
-
-        assert!(super::parse_request_line("GET /hello").is_err());
-        assert!(super::parse_request_line("qsd qsd qsd").is_err());
+    #[test]
+    fn only_unambiguous_framing_is_accepted() {
+        assert!(framing(&[("Content-Length", "5")]));
+        assert!(framing(&[("Transfer-Encoding", "chunked")]));
+        assert!(framing(&[]));
+        for bad in [
+            &[("Content-Length", "5"), ("Content-Length", "6")][..],
+            &[("Content-Length", "5"), ("Content-Length", "5")],
+            &[("Content-Length", "abc")],
+            &[("Content-Length", "+5")],
+            &[("Content-Length", "-1")],
+            &[("Content-Length", "")],
+            &[("Content-Length", "99999999999999999999")],
+            &[("Content-Length", "5"), ("Transfer-Encoding", "chunked")],
+            &[("Transfer-Encoding", "xchunked")],
+            &[("Transfer-Encoding", "gzip, chunked")],
+            &[("Transfer-Encoding", "chunked"), ("Transfer-Encoding", "chunked")],
+        ] {
+            assert!(!framing(bad), "{:?}", bad);
+        }
     }
 }

@@ -102,6 +102,15 @@ impl Connection {
         }
     }
 
+    /// wallet patch: see `RefinedTcpStream::set_read_timeout`.
+    pub(crate) fn set_read_timeout(&self, read: Option<std::time::Duration>) -> std::io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.set_read_timeout(read),
+            #[cfg(unix)]
+            Self::Unix(s) => s.set_read_timeout(read),
+        }
+    }
+
     /// wallet patch: answers a connection refused for capacity, best effort.
     pub(crate) fn refuse_busy(mut self) {
         use std::io::Write;

@@ -112,6 +112,7 @@ use client::ClientConnection;
 use connection::Connection;
 use util::MessagesQueue;
 
+pub use client::{check_request_head, HeadLimits, HEADERS_MAX_CEILING};
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener};
 pub use request::{ReadWrite, Request};
@@ -186,7 +187,7 @@ pub struct ServerConfig {
 pub type InlineHandler = Arc<dyn Fn(Request) + Send + Sync>;
 
 /// wallet patch: limits on each accepted connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnectionLimits {
     /// Read timeout set on every accepted socket: an idle keep-alive client or a stalled
     /// request body is disconnected after this long.
@@ -195,11 +196,55 @@ pub struct ConnectionLimits {
     pub write_timeout: Option<Duration>,
     /// Open connections at most; a connection beyond it is answered 503 and closed.
     pub connections_max: usize,
+    /// Open connections from one address at most, so that one client cannot hold every
+    /// place; beyond it a connection is answered 503 and closed.
+    pub connections_per_address_max: usize,
+    /// Addresses that `connections_per_address_max` does not apply to (loopback, a reverse
+    /// proxy): they legitimately hold many connections.
+    pub unlimited_addresses: Vec<std::net::IpAddr>,
+    /// Bounds on each request head: bytes, header fields, and the time it may take.
+    pub head: client::HeadLimits,
 }
 
 impl Default for ConnectionLimits {
     fn default() -> ConnectionLimits {
-        ConnectionLimits { read_timeout: None, write_timeout: None, connections_max: usize::MAX }
+        ConnectionLimits {
+            read_timeout: None,
+            write_timeout: None,
+            connections_max: usize::MAX,
+            connections_per_address_max: usize::MAX,
+            unlimited_addresses: Vec::new(),
+            head: client::HeadLimits::default(),
+        }
+    }
+}
+
+/// wallet patch: open connections per client address.
+#[derive(Default)]
+struct PerAddress {
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+impl PerAddress {
+    /// Counts a new connection from `ip`, unless `ip` already has `max` open.
+    fn try_open(&self, ip: std::net::IpAddr, max: usize) -> bool {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(ip).or_insert(0);
+        if *count >= max {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    fn close(&self, ip: std::net::IpAddr) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&ip);
+            }
+        }
     }
 }
 
@@ -344,15 +389,36 @@ impl Server {
 
             log::debug!("Running accept thread");
             let open_connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let per_address = Arc::new(PerAddress::default());
             let mut accept_backoff = Duration::from_millis(5);
             while !inside_close_trigger.load(Relaxed) {
                 let new_client = match server.accept() {
-                    Ok((sock, _)) => {
+                    Ok((sock, peer)) => {
                         accept_backoff = Duration::from_millis(5);
                         if open_connections.load(std::sync::atomic::Ordering::Acquire) >= limits.connections_max {
                             sock.refuse_busy();
                             continue;
                         }
+                        // wallet patch: one address may hold only so many of the places.
+                        let limited_ip = peer
+                            .map(|p| p.ip())
+                            .filter(|ip| !limits.unlimited_addresses.contains(ip));
+                        if let Some(ip) = limited_ip {
+                            if !per_address.try_open(ip, limits.connections_per_address_max) {
+                                sock.refuse_busy();
+                                continue;
+                            }
+                        }
+                        // Gives the address's place back however this connection ends.
+                        struct AddressPlace(Arc<PerAddress>, Option<std::net::IpAddr>);
+                        impl Drop for AddressPlace {
+                            fn drop(&mut self) {
+                                if let Some(ip) = self.1 {
+                                    self.0.close(ip);
+                                }
+                            }
+                        }
+                        let address_place = AddressPlace(per_address.clone(), limited_ip);
                         if sock.set_timeouts(limits.read_timeout, limits.write_timeout).is_err() {
                             continue;
                         }
@@ -384,13 +450,21 @@ impl Server {
                             }
                         };
 
-                        Ok(ClientConnection::new(write_closable, read_closable))
+                        let head_limits = client::HeadLimits {
+                            read_timeout: limits.read_timeout,
+                            ..limits.head
+                        };
+                        Ok((
+                            ClientConnection::with_limits(write_closable, read_closable, head_limits),
+                            address_place,
+                        ))
                     }
                     Err(e) => Err(e),
                 };
 
                 match new_client {
-                    Ok(client) => {
+                    Ok((client, address_place)) => {
+                        let mut address_place = Some(address_place);
                         let messages = inside_messages.clone();
                         let handler = handler.clone();
                         let mut client = Some(client);
@@ -405,6 +479,7 @@ impl Server {
                                 }
                             }
                             let _open = Open(open.clone());
+                            let _address_place = address_place.take();
                             if let Some(client) = client.take() {
                                 // Synchronization is needed for HTTPS requests to avoid a deadlock
                                 if let Some(handler) = &handler {

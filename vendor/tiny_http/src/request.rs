@@ -5,7 +5,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
 
 use crate::util::{EqualReader, FusedReader};
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
@@ -74,6 +76,54 @@ pub struct Request {
 
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
+
+    // wallet patch: when set, the connection closes after this request's response
+    must_close: Arc<AtomicBool>,
+}
+
+/// wallet patch: a chunked body that marks its connection for closing unless it was read to
+/// its last chunk (a reader that stops at a size limit leaves the rest on the socket).
+struct ChunkedBody<R: Read> {
+    decoder: Decoder<R>,
+    finished: bool,
+    must_close: Arc<AtomicBool>,
+}
+
+impl<R: Read> ChunkedBody<R> {
+    fn new(decoder: Decoder<R>, must_close: Arc<AtomicBool>) -> Self {
+        ChunkedBody {
+            decoder,
+            finished: false,
+            must_close,
+        }
+    }
+}
+
+impl<R: Read> Read for ChunkedBody<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.finished {
+            return Ok(0);
+        }
+        match self.decoder.read(buf) {
+            Ok(0) if !buf.is_empty() => {
+                self.finished = true;
+                Ok(0)
+            }
+            Ok(n) => Ok(n),
+            Err(e) => {
+                self.must_close.store(true, Ordering::Release);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl<R: Read> Drop for ChunkedBody<R> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.must_close.store(true, Ordering::Release);
+        }
+    }
 }
 
 struct NotifyOnDrop<R> {
@@ -133,8 +183,9 @@ pub fn new_request<R, W>(
     version: HTTPVersion,
     headers: Vec<Header>,
     remote_addr: Option<SocketAddr>,
-    mut source_data: R,
+    source_data: R,
     writer: W,
+    must_close: Arc<AtomicBool>,
 ) -> Result<Request, RequestCreationError>
 where
     R: Read + Send + 'static,
@@ -171,58 +222,25 @@ where
         }
     };
 
-    // true if the client sent a `Connection: upgrade` header
-    let connection_upgrade = {
-        match headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Connection"))
-            .map(|h| h.value.as_str())
-        {
-            Some(v) if v.to_ascii_lowercase().contains("upgrade") => true,
-            _ => false,
-        }
-    };
-
-    // we wrap `source_data` around a reading whose nature depends on the transfer-encoding and
-    // content-length headers
-    let reader = if connection_upgrade {
-        // if we have a `Connection: upgrade`, always keeping the whole reader
-        Box::new(source_data) as Box<dyn Read + Send + 'static>
-    } else if let Some(content_length) = content_length {
+    // wallet patch: every body is read through a reader that knows where it ends; one that is
+    // dropped before its end marks the connection for closing (`must_close`), because what
+    // follows on the socket is the rest of this body, not a new request. Upstream buffered
+    // small bodies here (with no deadline), handed the whole socket to `Connection: upgrade`
+    // requests, and let the close signal of an unread body go to a receiver nobody held.
+    let reader = if let Some(content_length) = content_length {
         if content_length == 0 {
             Box::new(io::empty()) as Box<dyn Read + Send + 'static>
-        } else if content_length <= 1024 && !expects_continue {
-            // if the content-length is small enough, we just read everything into a buffer
-
-            let mut buffer = vec![0; content_length];
-            let mut offset = 0;
-
-            while offset != content_length {
-                let read = source_data.read(&mut buffer[offset..])?;
-                if read == 0 {
-                    // the socket returned EOF, but we were before the expected content-length
-                    // aborting
-                    let info = "Connection has been closed before we received enough data";
-                    let err = IoError::new(ErrorKind::ConnectionAborted, info);
-                    return Err(RequestCreationError::CreationIoError(err));
-                }
-
-                offset += read;
-            }
-
-            Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>
         } else {
-            let (data_reader, _) = EqualReader::new(source_data, content_length); // TODO:
+            let data_reader = EqualReader::new(source_data, content_length, must_close.clone());
             Box::new(FusedReader::new(data_reader)) as Box<dyn Read + Send + 'static>
         }
     } else if transfer_encoding.is_some() {
-        // if a transfer-encoding was specified, then "chunked" is ALWAYS applied
-        // over the message (RFC2616 #3.6)
-        Box::new(FusedReader::new(Decoder::new(source_data))) as Box<dyn Read + Send + 'static>
+        // the connection has already refused every coding but a single `chunked`
+        Box::new(ChunkedBody::new(Decoder::new(source_data), must_close.clone()))
+            as Box<dyn Read + Send + 'static>
     } else {
         // if we have neither a Content-Length nor a Transfer-Encoding,
         // assuming that we have no data
-        // TODO: could also be multipart/byteranges
         Box::new(io::empty()) as Box<dyn Read + Send + 'static>
     };
 
@@ -238,6 +256,7 @@ where
         body_length: content_length,
         must_send_continue: expects_continue,
         notify_when_responded: None,
+        must_close,
     })
 }
 
@@ -360,16 +379,12 @@ impl Request {
     #[inline]
     pub fn as_reader(&mut self) -> &mut dyn Read {
         if self.must_send_continue {
-            let msg = Response::new_empty(StatusCode(100));
-            msg.raw_print(
-                self.response_writer.as_mut().unwrap().by_ref(),
-                self.http_version.clone(),
-                &self.headers,
-                true,
-                None,
-            )
-            .ok();
-            self.response_writer.as_mut().unwrap().flush().ok();
+            // wallet patch: an interim response is a status line and nothing else; upstream
+            // printed it as a full response, with `Content-Length: 0`, which a 1xx must not
+            // carry (RFC 9110 section 8.6).
+            let writer = self.response_writer.as_mut().unwrap();
+            let _ = writer.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+            writer.flush().ok();
             self.must_send_continue = false;
         }
 
@@ -427,6 +442,12 @@ impl Request {
         reader.unwrap()
     }
 
+    /// wallet patch: closes the connection after this request's response (which then says
+    /// `Connection: close`): for a body the handler chose not to read to its end.
+    pub fn close_connection(&self) {
+        self.must_close.store(true, Ordering::Release);
+    }
+
     /// Sends a response to this request.
     #[inline]
     pub fn respond<R>(mut self, response: Response<R>) -> Result<(), IoError>
@@ -447,6 +468,11 @@ impl Request {
         let mut writer = self.extract_writer_impl();
 
         let do_not_send_body = self.method == Method::Head;
+        let response = if self.must_close.load(Ordering::Acquire) {
+            response.with_connection_close()
+        } else {
+            response
+        };
 
         Self::ignore_client_closing_errors(response.raw_print(
             writer.by_ref(),

@@ -1,7 +1,7 @@
 use std::io::Read;
 use std::io::Result as IoResult;
-use std::sync::mpsc::channel;
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// A `Reader` that reads exactly the number of bytes from a sub-reader.
 ///
@@ -14,23 +14,25 @@ where
 {
     reader: R,
     size: usize,
-    last_read_signal: Sender<IoResult<()>>,
+    // wallet patch: set when the body could not be read or drained to its end, so that the
+    // connection closes (upstream sent this signal into a channel whose receiver was dropped)
+    must_close: Arc<AtomicBool>,
 }
 
 impl<R> EqualReader<R>
 where
     R: Read,
 {
-    pub fn new(reader: R, size: usize) -> (EqualReader<R>, Receiver<IoResult<()>>) {
-        let (tx, rx) = channel();
-
-        let r = EqualReader {
+    pub fn new(reader: R, size: usize, must_close: Arc<AtomicBool>) -> EqualReader<R> {
+        EqualReader {
             reader,
             size,
-            last_read_signal: tx,
-        };
+            must_close,
+        }
+    }
 
-        (r, rx)
+    fn close_connection(&self) {
+        self.must_close.store(true, Ordering::Release);
     }
 }
 
@@ -50,11 +52,19 @@ where
         };
 
         match self.reader.read(buf) {
+            Ok(0) if !buf.is_empty() => {
+                // the client hung up before the end of its body
+                self.close_connection();
+                Ok(0)
+            }
             Ok(len) => {
                 self.size -= len;
                 Ok(len)
             }
-            err @ Err(_) => err,
+            Err(e) => {
+                self.close_connection();
+                Err(e)
+            }
         }
     }
 }
@@ -70,9 +80,11 @@ where
         // and close the connection instead of reading a body nobody wants.
         const DRAIN_BYTES_MAX: usize = 1 << 20;
         let mut remaining_to_read = self.size;
+        if remaining_to_read == 0 || self.must_close.load(Ordering::Acquire) {
+            return;
+        }
         if remaining_to_read > DRAIN_BYTES_MAX {
-            let too_big = std::io::Error::new(std::io::ErrorKind::Other, "unread body too large to drain");
-            self.last_read_signal.send(Err(too_big)).ok();
+            self.close_connection();
             return;
         }
         let mut buf = [0u8; 8192];
@@ -82,20 +94,15 @@ where
 
         while remaining_to_read > 0 {
             if std::time::Instant::now() > drain_until {
-                let slow = std::io::Error::new(std::io::ErrorKind::TimedOut, "unread body arrives too slowly to drain");
-                self.last_read_signal.send(Err(slow)).ok();
+                self.close_connection();
                 return;
             }
             let want = remaining_to_read.min(buf.len());
             let buf = &mut buf[..want];
 
             match self.reader.read(buf) {
-                Err(e) => {
-                    self.last_read_signal.send(Err(e)).ok();
-                    break;
-                }
-                Ok(0) => {
-                    self.last_read_signal.send(Ok(())).ok();
+                Err(_) | Ok(0) => {
+                    self.close_connection();
                     break;
                 }
                 Ok(other) => {
@@ -118,7 +125,7 @@ mod tests {
         let mut org_reader = Cursor::new("hello world".to_string().into_bytes());
 
         {
-            let (mut equal_reader, _) = EqualReader::new(org_reader.by_ref(), 5);
+            let mut equal_reader = EqualReader::new(org_reader.by_ref(), 5, Default::default());
 
             let mut string = String::new();
             equal_reader.read_to_string(&mut string).unwrap();
@@ -137,7 +144,7 @@ mod tests {
         let mut org_reader = Cursor::new("hello world".to_string().into_bytes());
 
         {
-            let (mut equal_reader, _) = EqualReader::new(org_reader.by_ref(), 5);
+            let mut equal_reader = EqualReader::new(org_reader.by_ref(), 5, Default::default());
 
             let mut vec = [0];
             equal_reader.read_exact(&mut vec).unwrap();

@@ -123,6 +123,17 @@ impl RefinedTcpStream {
     pub(crate) fn peer_addr(&mut self) -> IoResult<Option<SocketAddr>> {
         self.stream.peer_addr()
     }
+
+    /// wallet patch: the read timeout is a property of the socket, shared by its read and
+    /// write halves; the connection shortens it while a request head is arriving, so that the
+    /// whole head has a deadline and not only each read.
+    pub(crate) fn set_read_timeout(&self, timeout: Option<std::time::Duration>) -> IoResult<()> {
+        match &self.stream {
+            Stream::Http(connection) => connection.set_read_timeout(timeout),
+            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            Stream::Https(_) => Ok(()),
+        }
+    }
 }
 
 impl Drop for RefinedTcpStream {

@@ -1,5 +1,5 @@
 use std::io::Result as IoResult;
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 
 use std::sync::mpsc::channel;
 use std::sync::mpsc::{Receiver, Sender};
@@ -121,6 +121,35 @@ impl<R: Read + Send> Read for SequentialReader<R> {
         let result = reader.read(buf);
         self.inner = SequentialReaderInner::MyTurn(reader);
         result
+    }
+}
+
+/// wallet patch: the connection reads a request head straight from the buffer (`fill_buf`),
+/// so that it never takes a byte of the body that follows the head.
+impl<R: BufRead + Send> BufRead for SequentialReader<R> {
+    fn fill_buf(&mut self) -> IoResult<&[u8]> {
+        if let SequentialReaderInner::Waiting(ref mut recv) = self.inner {
+            let reader = recv.recv().unwrap();
+            self.inner = SequentialReaderInner::MyTurn(reader);
+        }
+        match self.inner {
+            SequentialReaderInner::MyTurn(ref mut reader) => reader.fill_buf(),
+            _ => unreachable!(),
+        }
+    }
+
+    fn consume(&mut self, amount: usize) {
+        if let SequentialReaderInner::MyTurn(ref mut reader) = self.inner {
+            reader.consume(amount)
+        }
+    }
+}
+
+impl<W: Write + Send> SequentialWriterBuilder<W> {
+    /// wallet patch: runs `f` on the shared writer (to set a socket option on it).
+    pub fn with_writer<T>(&self, f: impl FnOnce(&W) -> T) -> T {
+        let guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        f(&guard)
     }
 }
 
