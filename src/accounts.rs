@@ -12,7 +12,7 @@ use rand::RngCore;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use sha2::{Digest, Sha256};
 
-use crate::domain::{Email, Password, Timestamp, Username};
+use crate::domain::{username_key, Email, Password, Timestamp, Username};
 use crate::error::AppError;
 
 /// Random bytes in a token: 256 bits.
@@ -174,13 +174,14 @@ pub fn find_user(conn: &Connection, id: i64) -> Result<User, AppError> {
         .ok_or(AppError::NotFound("user"))
 }
 
-/// The user and stored password hash for a login attempt.
+/// The user and stored password hash for a login attempt; `username` as typed, compared by its
+/// key.
 pub fn find_login(conn: &Connection, username: &str) -> Result<Option<(User, String)>, AppError> {
     Ok(conn
         .prepare_cached(&format!(
             "SELECT {USER_COLUMNS}, password_hash FROM users WHERE username_key = ?1"
         ))?
-        .query_row([username.to_lowercase()], |r| {
+        .query_row([username_key(username)], |r| {
             Ok((user_from_row(r)?, r.get(7)?))
         })
         .optional()?)
@@ -193,24 +194,34 @@ pub fn list_users(
     limit: u32,
     offset: u32,
 ) -> Result<(i64, Vec<User>), AppError> {
-    let pattern = search.map(|s| {
+    let like = |s: String| {
         let escaped = s
-            .to_lowercase()
             .replace('\\', "\\\\")
             .replace('%', "\\%")
             .replace('_', "\\_");
         format!("%{escaped}%")
-    });
-    let filter =
-        "(?1 IS NULL OR username_key LIKE ?1 ESCAPE '\\' OR email_key LIKE ?1 ESCAPE '\\')";
+    };
+    // Usernames are searched by their key, so `ＡＬＩ` finds `alice` as a login would.
+    let name_pattern = search.map(|s| like(username_key(s)));
+    let email_pattern = search.map(|s| like(s.to_lowercase()));
+    let filter = "(:name IS NULL OR username_key LIKE :name ESCAPE '\\'
+                   OR email_key LIKE :email ESCAPE '\\')";
     let count: i64 = conn
         .prepare_cached(&format!("SELECT count(*) FROM users WHERE {filter}"))?
-        .query_row([&pattern], |r| r.get(0))?;
+        .query_row(
+            rusqlite::named_params! {":name": name_pattern, ":email": email_pattern},
+            |r| r.get(0),
+        )?;
     let users = conn
         .prepare_cached(&format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE {filter} ORDER BY id LIMIT ?2 OFFSET ?3"
+            "SELECT {USER_COLUMNS} FROM users WHERE {filter} ORDER BY id LIMIT :limit OFFSET :offset"
         ))?
-        .query_map(params![pattern, limit, offset], user_from_row)?
+        .query_map(
+            rusqlite::named_params! {
+                ":name": name_pattern, ":email": email_pattern, ":limit": limit, ":offset": offset,
+            },
+            user_from_row,
+        )?
         .collect::<Result<Vec<_>, _>>()?;
     Ok((count, users))
 }

@@ -1,5 +1,6 @@
 //! Storage: opening SQLite, applying `schema.sql`, the reader pool and the single writer.
 
+mod migrations;
 pub mod writer;
 
 use std::path::Path;
@@ -16,10 +17,20 @@ pub use writer::{Writer, WriterStats};
 /// The schema, embedded so the binary is all a user needs.
 pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 /// `PRAGMA user_version` after `SCHEMA_SQL`; each migration bumps it by one.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 /// `MIGRATIONS[i]` takes a database from version `i + 1` to `i + 2`. A new database gets
 /// `SCHEMA_SQL` directly.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/002_integer_wallet_keys.sql")];
+const MIGRATIONS: &[migrations::Migration] = &[
+    migrations::Migration {
+        prepare: None,
+        sql: include_str!("../../migrations/002_integer_wallet_keys.sql"),
+    },
+    migrations::Migration {
+        prepare: Some(migrations::usernames_v3),
+        sql: include_str!("../../migrations/003_username_keys.sql"),
+    },
+];
+const _: () = assert!(MIGRATIONS.len() as i32 == SCHEMA_VERSION - 1);
 /// How long a connection waits for another process's lock (say `wallet snapshot`) before
 /// giving up with 503. Inside the server only the writer writes, so it never waits on itself.
 pub const BUSY_TIMEOUT_MS: u64 = 5_000;
@@ -177,13 +188,18 @@ fn migrate_in_transaction(conn: &mut Connection, version: i32) -> Result<(), Str
         tx.execute_batch(SCHEMA_SQL)
             .map_err(|e| format!("cannot apply schema.sql: {e}"))?;
     } else {
-        for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize - 1) {
-            tx.execute_batch(sql).map_err(|e| {
+        for (from, step) in MIGRATIONS.iter().enumerate().skip(version as usize - 1) {
+            let failed = |e: String| {
                 format!(
-                    "cannot migrate the database from schema version {}: {e}",
+                    "cannot migrate the database from schema version {}: {e}; the database is unchanged",
                     from + 1
                 )
-            })?;
+            };
+            if let Some(prepare) = step.prepare {
+                prepare(&tx).map_err(failed)?;
+            }
+            tx.execute_batch(step.sql)
+                .map_err(|e| failed(e.to_string()))?;
         }
         let dangling: i64 = tx
             .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {

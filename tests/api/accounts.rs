@@ -268,3 +268,85 @@ fn login_from(app: &TestApp, forwarded: &str, username: &str, password: &str) ->
         .status()
         .as_u16()
 }
+
+#[test]
+fn usernames_are_normalised_and_compared_after_case_folding() {
+    // ａｌｉｃｅ (fullwidth), 𝐚𝐥𝐢𝐜𝐞 (mathematical bold) and ALICE are one name, stored as
+    // alice; straße and STRASSE are one name. Registration, login and to_username agree.
+    let app = TestApp::spawn();
+    let register = |username: &str, email: &str| {
+        app.request(
+            "POST",
+            "/api/auth/register",
+            None,
+            Some(&json!({
+                "username": username, "email": email,
+                "password": "correct horse battery", "password_confirm": "correct horse battery",
+            })),
+        )
+    };
+    let r = register("ａｌｉｃｅ", "alice@example.com");
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(
+        r.body["user"]["username"], "alice",
+        "stored and shown in NFKC"
+    );
+    let alice_token = r.body["token"].as_str().unwrap().to_string();
+    for same in ["alice", "𝐚𝐥𝐢𝐜𝐞", "ALICE", "Ａｌｉｃｅ"] {
+        let r = register(same, &format!("{}@example.com", name("x")));
+        assert_eq!(
+            (r.status, r.code()),
+            (409, "username_taken"),
+            "{same}: {}",
+            r.body
+        );
+    }
+    let r = register("straße", "strasse@example.com");
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["user"]["username"], "straße");
+    let strasse_id = r.body["user"]["id"].as_i64().unwrap();
+    let r = register("STRASSE", "other@example.com");
+    assert_eq!((r.status, r.code()), (409, "username_taken"), "{}", r.body);
+    // NFKC output is validated: ½ becomes 1⁄2, whose fraction slash is not allowed.
+    let r = register("x½y", "half@example.com");
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(
+        r.body["error"]["fields"]["username"].is_array(),
+        "{}",
+        r.body
+    );
+
+    for spelling in ["𝐀𝐋𝐈𝐂𝐄", "ａｌｉｃｅ", "Alice"] {
+        let r = app.request(
+            "POST",
+            "/api/auth/login",
+            None,
+            Some(&json!({"username": spelling, "password": "correct horse battery"})),
+        );
+        assert_eq!(r.status, 200, "{spelling}: {}", r.body);
+        assert_eq!(r.body["user"]["username"], "alice");
+    }
+    let r = app.post(
+        "/api/wallets/me/deposit",
+        &alice_token,
+        json!({"amount": "10.00", "reference": "d1"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = app.post(
+        "/api/wallets/me/transfer",
+        &alice_token,
+        json!({"to_username": "ＳＴＲＡＳＳＥ", "amount": "1.00", "reference": "t1"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["transfer_out"]["counterparty_user_id"], strasse_id);
+    let r = app.post(
+        "/api/wallets/me/transfer",
+        &alice_token,
+        json!({"to_username": "𝐚𝐥𝐢𝐜𝐞", "amount": "1.00", "reference": "t2"}),
+    );
+    assert_eq!(
+        r.status, 422,
+        "to oneself under another spelling: {}",
+        r.body
+    );
+}
