@@ -85,6 +85,7 @@ impl App {
             throttle: LoginThrottle::new(
                 config.serve.login_failures_max,
                 config.serve.login_window,
+                crate::accounts::THROTTLE_KEYS_MAX,
             ),
             tokens: TokenCache::default(),
             config: config.clone(),

@@ -1,5 +1,6 @@
 use serde_json::json;
 
+use crate::binary;
 use crate::helpers::{name, TestApp};
 
 #[test]
@@ -270,6 +271,75 @@ fn login_from(app: &TestApp, forwarded: &str, username: &str, password: &str) ->
 }
 
 #[test]
+fn concurrent_wrong_passwords_are_checked_at_most_the_limit() {
+    // 40 wrong passwords for one user at once, limit 10: each attempt is reserved before its
+    // password is hashed, so at most 10 passwords are checked (401); the rest are 429, or 503
+    // from the full hashing queue (never checked either).
+    let app = TestApp::spawn_with(
+        |c| {
+            c.serve.login_failures_max = 10;
+            // A hash that takes a few milliseconds, so the guesses really overlap.
+            c.serve.argon2_memory_kib = 8 * 1024;
+            c.serve.argon2_iterations = 2;
+        },
+        std::sync::Arc::new(wallet::clock::SystemClock),
+    );
+    let u = app.register(&name("target"));
+    let barrier = std::sync::Barrier::new(40);
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..40)
+            .map(|i| {
+                let (app, barrier, username) = (&app, &barrier, &u.username);
+                scope.spawn(move || {
+                    let agent = crate::helpers::agent();
+                    barrier.wait();
+                    let body = json!({"username": username, "password": format!("guess {i}")});
+                    binary::call(
+                        &agent,
+                        &app.base,
+                        "POST",
+                        "/api/auth/login",
+                        None,
+                        Some(&body),
+                        &[],
+                    )
+                    .expect("an answer")
+                    .status
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    let throttled = statuses.iter().filter(|s| **s == 429).count();
+    assert!(
+        statuses.iter().all(|s| [401, 429, 503].contains(s)),
+        "{statuses:?}"
+    );
+    assert!(checked <= 10, "{checked} passwords checked: {statuses:?}");
+    assert!(throttled > 0, "the throttle engaged: {statuses:?}");
+    // The server's own count of checked wrong passwords agrees.
+    let metrics = app.raw("GET", "/metrics", None, None, None);
+    let failed: u64 = metrics
+        .body
+        .as_str()
+        .unwrap_or("")
+        .lines()
+        .find_map(|l| l.strip_prefix("wallet_failed_logins_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("wallet_failed_logins_total");
+    assert!(failed <= 10, "{failed}");
+    // The owner is throttled too now, for this window.
+    let r = app.request(
+        "POST",
+        "/api/auth/login",
+        None,
+        Some(&json!({"username": u.username, "password": "correct horse battery"})),
+    );
+    assert_eq!(r.status, 429);
+}
+
+#[test]
 fn usernames_are_normalised_and_compared_after_case_folding() {
     // ａｌｉｃｅ (fullwidth), 𝐚𝐥𝐢𝐜𝐞 (mathematical bold) and ALICE are one name, stored as
     // alice; straße and STRASSE are one name. Registration, login and to_username agree.
@@ -348,5 +418,27 @@ fn usernames_are_normalised_and_compared_after_case_folding() {
         r.status, 422,
         "to oneself under another spelling: {}",
         r.body
+    );
+}
+
+#[test]
+fn every_spelling_of_a_username_shares_one_failed_login_count() {
+    // The throttle keys a username by its normalised form: three failures spread over three
+    // spellings (from three addresses, behind a trusted proxy) use up a limit of three.
+    let app = TestApp::spawn_with(
+        |c| {
+            c.serve.login_failures_max = 3;
+            c.serve.trusted_proxy = Some("127.0.0.1".parse().unwrap());
+        },
+        std::sync::Arc::new(wallet::clock::SystemClock),
+    );
+    app.register("alice");
+    for (i, spelling) in ["ALICE", "ａｌｉｃｅ", "𝐚𝐥𝐢𝐜𝐞"].iter().enumerate() {
+        let from = format!("203.0.113.{i}");
+        assert_eq!(login_from(&app, &from, spelling, "wrong password"), 401);
+    }
+    assert_eq!(
+        login_from(&app, "203.0.113.9", "alice", "correct horse battery"),
+        429
     );
 }
