@@ -263,17 +263,34 @@ pub fn authenticate(
 
 /// Tokens seen recently, so most requests authenticate without a database read.
 ///
-/// Revocation stays immediate: logout removes the token and bumps `epoch`, and a lookup only
-/// caches what it read from the database when no logout happened while it read. Expiry is
-/// checked against the cached expiry on every use. Users and their wallets are never deleted
-/// and staff status never changes while the server runs, so nothing else can go stale.
+/// A logout through this server is immediate: it removes the token and bumps `epoch`, and a
+/// lookup only caches what it read from the database when no logout happened while it read.
+/// A revocation the cache can't hear of (another process, an operator's `UPDATE tokens SET
+/// revoked_at = …` during an incident) is seen within `TOKEN_REVALIDATE_MS`: a cached token
+/// is read again from the database once it was last read longer ago than that. That is one
+/// indexed read per active token and half-second, not one per request. Expiry is checked
+/// against the cached expiry on every use.
 pub struct TokenCache {
-    entries: Mutex<HashMap<[u8; 32], (AuthUser, Timestamp)>>,
+    entries: Mutex<HashMap<[u8; 32], CachedToken>>,
     epoch: std::sync::atomic::AtomicU64,
+}
+
+struct CachedToken {
+    user: AuthUser,
+    expires_at: Timestamp,
+    /// When the database last said this token was valid.
+    read_at: Instant,
 }
 
 /// Tokens cached at most; when full, the cache starts over.
 pub const TOKEN_CACHE_ENTRIES_MAX: usize = 100_000;
+/// A cached token older than this is read again before it is trusted: the longest a token
+/// revoked outside this process keeps working here (plus one database read).
+pub const TOKEN_REVALIDATE_MS: u64 = 500;
+const _: () = assert!(
+    TOKEN_REVALIDATE_MS < 1_000,
+    "a revocation must reach us within 1 s"
+);
 
 impl TokenCache {
     pub fn new() -> TokenCache {
@@ -283,36 +300,56 @@ impl TokenCache {
         }
     }
 
-    /// The user behind `secret`, from the cache or else from `lookup` (the database).
+    /// The user behind `secret`, from the cache if it was read at most `TOKEN_REVALIDATE_MS`
+    /// before `at`, or else from `lookup` (the database).
     pub fn authenticate(
         &self,
         now: Timestamp,
+        at: Instant,
         secret: &str,
         lookup: impl FnOnce(&[u8; 32]) -> Result<(AuthUser, Timestamp), AppError>,
     ) -> Result<AuthUser, AppError> {
         use std::sync::atomic::Ordering;
         let hash = hash_token(secret);
-        if let Some((user, expires_at)) = self
+        if let Some(cached) = self
             .entries
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&hash)
         {
-            return if *expires_at > now {
-                Ok(user.clone())
-            } else {
-                Err(AppError::Unauthorized)
-            };
+            if cached.expires_at <= now {
+                return Err(AppError::Unauthorized);
+            }
+            let age = at.saturating_duration_since(cached.read_at);
+            if age < Duration::from_millis(TOKEN_REVALIDATE_MS) {
+                return Ok(cached.user.clone());
+            }
         }
         let epoch = self.epoch.load(Ordering::SeqCst);
-        let (user, expires_at) = lookup(&hash)?;
+        let found = lookup(&hash);
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let (user, expires_at) = match found {
+            Ok(found) => found,
+            Err(AppError::Unauthorized) => {
+                entries.remove(&hash);
+                return Err(AppError::Unauthorized);
+            }
+            // The database could not answer: the cached entry stays stale, so the next request
+            // asks again rather than trusting it.
+            Err(e) => return Err(e),
+        };
         // A logout while we read may have revoked what we read: then do not cache it.
         if self.epoch.load(Ordering::SeqCst) == epoch {
             if entries.len() >= TOKEN_CACHE_ENTRIES_MAX {
                 entries.clear();
             }
-            entries.insert(hash, (user.clone(), expires_at));
+            let cached = CachedToken {
+                user: user.clone(),
+                expires_at,
+                // When the read began: the answer is at least that fresh.
+                read_at: at,
+            };
+            entries.insert(hash, cached);
         }
         Ok(user)
     }
@@ -767,6 +804,7 @@ mod tests {
         // not be cached, so the next use asks the database again and is refused.
         let cache = TokenCache::new();
         let now = Timestamp::parse("2026-01-01T00:00:00Z").unwrap();
+        let t0 = Instant::now();
         let token = new_token(now, Duration::from_secs(3600));
         let user = AuthUser {
             user_id: 1,
@@ -777,13 +815,13 @@ mod tests {
             },
             token_hash: token.hash,
         };
-        let first = cache.authenticate(now, &token.secret, |_| {
+        let first = cache.authenticate(now, t0, &token.secret, |_| {
             // The logout lands while the database read is in flight.
             cache.forget(&token.hash);
             Ok((user.clone(), token.expires_at))
         });
         assert!(first.is_ok(), "that request read before the revocation");
-        let again = cache.authenticate(now, &token.secret, |_| Err(AppError::Unauthorized));
+        let again = cache.authenticate(now, t0, &token.secret, |_| Err(AppError::Unauthorized));
         assert!(matches!(again, Err(AppError::Unauthorized)), "{again:?}");
         // Without a logout in between, the answer is cached and the database is not asked.
         let other = new_token(now, Duration::from_secs(3600));
@@ -792,17 +830,71 @@ mod tests {
             ..user
         };
         cache
-            .authenticate(now, &other.secret, |_| {
+            .authenticate(now, t0, &other.secret, |_| {
                 Ok((user2.clone(), other.expires_at))
             })
             .unwrap();
-        let cached = cache.authenticate(now, &other.secret, |_| panic!("must come from the cache"));
+        let cached = cache.authenticate(now, t0, &other.secret, |_| {
+            panic!("must come from the cache")
+        });
         assert!(cached.is_ok());
         // A cached token past its expiry is refused without asking the database.
         let later = other.expires_at.plus_millis(1);
-        let expired =
-            cache.authenticate(later, &other.secret, |_| panic!("must come from the cache"));
+        let expired = cache.authenticate(later, t0, &other.secret, |_| {
+            panic!("must come from the cache")
+        });
         assert!(matches!(expired, Err(AppError::Unauthorized)));
+    }
+
+    #[test]
+    fn a_cached_token_is_read_again_after_half_a_second() {
+        // A token revoked by another process is not in this cache's hearing: the cache trusts
+        // what it read for TOKEN_REVALIDATE_MS only, then asks the database again.
+        let cache = TokenCache::new();
+        let now = Timestamp::parse("2026-01-01T00:00:00Z").unwrap();
+        let t0 = Instant::now();
+        let token = new_token(now, Duration::from_secs(3600));
+        let user = AuthUser {
+            user_id: 1,
+            is_staff: false,
+            wallet: crate::ledger::WalletRef {
+                key: 1,
+                id: "w".into(),
+            },
+            token_hash: token.hash,
+        };
+        let valid = |_: &[u8; 32]| Ok((user.clone(), token.expires_at));
+        cache.authenticate(now, t0, &token.secret, valid).unwrap();
+        let fresh = t0 + Duration::from_millis(TOKEN_REVALIDATE_MS - 1);
+        cache
+            .authenticate(now, fresh, &token.secret, |_| {
+                panic!("must come from the cache")
+            })
+            .unwrap();
+        let stale = t0 + Duration::from_millis(TOKEN_REVALIDATE_MS);
+        let asked = std::cell::Cell::new(false);
+        cache
+            .authenticate(now, stale, &token.secret, |_| {
+                asked.set(true);
+                valid(&token.hash)
+            })
+            .unwrap();
+        assert!(asked.get(), "a stale entry is read again");
+        // The database now says revoked: refused, and not trusted from the cache afterwards.
+        let later = stale + Duration::from_millis(TOKEN_REVALIDATE_MS);
+        let revoked =
+            cache.authenticate(now, later, &token.secret, |_| Err(AppError::Unauthorized));
+        assert!(matches!(revoked, Err(AppError::Unauthorized)));
+        let again = cache.authenticate(now, later, &token.secret, |_| Err(AppError::Unauthorized));
+        assert!(matches!(again, Err(AppError::Unauthorized)));
+        // A database that can't answer is not papered over with the stale entry.
+        cache
+            .authenticate(now, later, &token.secret, valid)
+            .unwrap();
+        let busy = cache.authenticate(now, later + Duration::from_secs(1), &token.secret, |_| {
+            Err(AppError::Unavailable("database busy"))
+        });
+        assert!(matches!(busy, Err(AppError::Unavailable(_))), "{busy:?}");
     }
 
     const WINDOW: Duration = Duration::from_secs(60);

@@ -128,9 +128,10 @@ impl Service {
 
     pub fn authenticate(&self, secret: &str) -> Result<AuthUser, AppError> {
         let now = self.now();
-        self.tokens.authenticate(now, secret, |hash| {
-            accounts::authenticate(&*self.read()?, now, hash)
-        })
+        self.tokens
+            .authenticate(now, std::time::Instant::now(), secret, |hash| {
+                accounts::authenticate(&*self.read()?, now, hash)
+            })
     }
 
     pub fn user(&self, user_id: i64) -> Result<User, AppError> {

@@ -88,6 +88,67 @@ fn tune_sqlite_once() {
     });
 }
 
+/// The lock that makes `serve` the only serving process on a database: an exclusive `flock`
+/// on the sidecar file `<db>-serve.lock`, held for the life of the process. Two servers on one
+/// file would each trust their own token cache, throttle and idempotency view, and both write;
+/// the command-line tools (`verify`, `backup`, `snapshot`, `createsuperuser`) never take it,
+/// so they keep working beside a server. The kernel releases the lock when the process ends,
+/// however it ends (SIGKILL included), so a stale file never blocks a restart. The file stays;
+/// it holds the pid of the server that last took it, for the error message.
+pub struct ServeLock {
+    _file: std::fs::File,
+}
+
+pub fn serve_lock_path(db: &Path) -> std::path::PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-serve.lock");
+    name.into()
+}
+
+/// Takes the serve lock on `db`, or says which process holds it.
+pub fn lock_for_serving(db: &Path) -> Result<ServeLock, String> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    let path = serve_lock_path(db);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| format!("--db/WALLET_DB: cannot open {}: {e}", path.display()))?;
+    // SAFETY: flock on a descriptor this function owns; it only changes the lock's state.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(format!(
+                "--db/WALLET_DB: cannot lock {}: {err}",
+                path.display()
+            ));
+        }
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        let holder = match holder.trim().parse::<u32>() {
+            Ok(pid) => format!(" (process {pid})"),
+            Err(_) => String::new(),
+        };
+        return Err(format!(
+            "cannot serve {}: another wallet server{holder} is already serving it (it holds \
+             the lock on {}); stop that one first, or serve another --db. `wallet verify`, \
+             `backup` and `snapshot` run beside a server",
+            db.display(),
+            path.display()
+        ));
+    }
+    // The pid is only for that message: failing to write it changes nothing.
+    let _ = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}", std::process::id()));
+    Ok(ServeLock { _file: file })
+}
+
 /// Opens a read-write connection with the service's pragmas.
 pub fn open(path: &Path, sync: Synchronous) -> rusqlite::Result<Connection> {
     tune_sqlite_once();

@@ -1,6 +1,8 @@
+use std::time::{Duration, Instant};
+
 use serde_json::json;
 
-use crate::binary;
+use crate::binary::{self, Server};
 use crate::helpers::{name, TestApp};
 
 #[test]
@@ -268,6 +270,137 @@ fn login_from(app: &TestApp, forwarded: &str, username: &str, password: &str) ->
         .unwrap()
         .status()
         .as_u16()
+}
+
+#[test]
+fn a_token_revoked_in_the_database_stops_working_within_a_second() {
+    // An operator revokes a token by hand (or another process does): the running server's
+    // token cache must not keep accepting it. It stops working within a second.
+    let app = TestApp::spawn();
+    let u = app.register(&name("mallory"));
+    for _ in 0..3 {
+        assert_eq!(app.get("/api/auth/profile", &u.token).status, 200);
+    }
+    let revoked = app
+        .sql()
+        .execute(
+            "UPDATE tokens SET revoked_at = '2026-01-01T00:00:00.000000Z' WHERE token_hash = ?1",
+            [&wallet::accounts::hash_token(&u.token)[..]],
+        )
+        .unwrap();
+    assert_eq!(revoked, 1);
+    let started = Instant::now();
+    let refused_after = loop {
+        let r = app.get("/api/auth/profile", &u.token);
+        if r.status == 401 {
+            assert_eq!(r.code(), "unauthorized");
+            break started.elapsed();
+        }
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the revoked token still works after 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Generous for a loaded machine; the bound the server keeps is 0.5 s plus one read.
+    assert!(refused_after < Duration::from_secs(2), "{refused_after:?}");
+    // And it stays refused.
+    assert_eq!(app.get("/api/auth/profile", &u.token).status, 401);
+}
+
+#[test]
+fn a_second_server_on_one_database_is_refused_and_the_tools_still_run() {
+    // Two serving processes on one file would each trust their own token cache and throttle,
+    // and both write. The second (the real binary) exits non-zero with a clear message, while
+    // `verify`, `backup` and `snapshot` keep working beside the first, as the README promises.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("wallet.db");
+    let first = Server::start(binary::wallet(&db));
+    let agent = crate::helpers::agent();
+    let body = json!({
+        "username": "first", "email": "first@example.com",
+        "password": "correct horse battery", "password_confirm": "correct horse battery",
+    });
+    let r = binary::call(
+        &agent,
+        &first.base,
+        "POST",
+        "/api/auth/register",
+        None,
+        Some(&body),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+
+    let mut second = binary::wallet(&db);
+    second.args(["--listen", "127.0.0.1:0", "--snapshot-cron", "off"]);
+    let out = binary::run(second, None, Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains("already serving") && stderr.contains(&db.display().to_string()),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("process {}", first.child.id())),
+        "names the holder: {stderr}"
+    );
+
+    for args in [vec!["verify"], vec!["snapshot"]] {
+        let mut cmd = binary::wallet(&db);
+        cmd.args(&args);
+        let out = binary::run(cmd, None, Duration::from_secs(60));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let copy = dir.path().join("copy.db");
+    let mut backup = binary::wallet(&db);
+    backup.arg("backup").arg(&copy);
+    let out = binary::run(backup, None, Duration::from_secs(60));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(binary::verify(&copy).0, Some(0));
+
+    // The first server still serves; once it is gone (even by SIGKILL), a new one may start.
+    let r = binary::call(&agent, &first.base, "GET", "/health", None, None, &[]).unwrap();
+    assert_eq!(r.status, 200);
+    let mut first = first;
+    first.sigkill();
+    let again = Server::start(binary::wallet(&db));
+    let r = binary::call(&agent, &again.base, "GET", "/health", None, None, &[]).unwrap();
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn a_second_server_in_the_same_process_is_refused_too() {
+    // The lock is per open file, so even a second `App` in one process is refused, and the
+    // first one's shutdown lets the next start.
+    let mut app = TestApp::spawn();
+    let second = wallet::startup::App::start_with(
+        wallet::config::Config::for_tests(app.db.clone()),
+        std::sync::Arc::new(wallet::clock::SystemClock),
+        wallet::startup::TestHooks::default(),
+    );
+    let err = second.err().expect("a second server on the same file");
+    assert!(err.contains("already serving"), "{err}");
+    app.stop();
+    let third = wallet::startup::App::start_with(
+        wallet::config::Config::for_tests(app.db.clone()),
+        std::sync::Arc::new(wallet::clock::SystemClock),
+        wallet::startup::TestHooks::default(),
+    )
+    .expect("starts once the first has stopped");
+    third.shutdown().unwrap();
 }
 
 #[test]
