@@ -14,10 +14,13 @@ CREATE TABLE settings (
 
 CREATE TABLE users (
     id              INTEGER PRIMARY KEY,
+    -- In Unicode NFKC form, as given at registration.
     username        TEXT    NOT NULL,
-    -- Lowercased username and email: uniqueness is case-insensitive.
+    -- The username after NFKC and full case folding (`domain::username_key`, which SQL can't
+    -- compute): what registration, login, `to_username` and the login throttle compare.
     username_key    TEXT    NOT NULL UNIQUE,
     email           TEXT    NOT NULL,
+    -- The lowercased email: uniqueness is case-insensitive.
     email_key       TEXT    NOT NULL UNIQUE,
     -- argon2id in PHC string format.
     password_hash   TEXT    NOT NULL,

@@ -89,9 +89,11 @@ impl Service {
         password: &str,
         client: &str,
     ) -> Result<(User, IssuedToken), AppError> {
-        let user_key = format!("u:{}", username.to_lowercase());
+        let user_key = accounts::throttle_key_for_username(username);
         let keys = [user_key.clone(), format!("ip:{client}")];
-        self.throttle.check(&keys)?;
+        // Reserved before the hash: a burst of guesses can't all pass a check made before any
+        // of them failed. An early return below gives the reservation back.
+        let attempt = self.throttle.begin(&keys, std::time::Instant::now())?;
         let found = accounts::find_login(&*self.read()?, username)?;
         let ok = self
             .passwords
@@ -99,12 +101,12 @@ impl Service {
         let user = match found {
             Some((user, _)) if ok => user,
             _ => {
-                self.throttle.record_failure(&keys);
+                attempt.failed();
                 self.metrics.failed_logins.inc();
                 return Err(AppError::InvalidCredentials);
             }
         };
-        self.throttle.clear(&user_key);
+        attempt.succeeded(&user_key);
         let ttl = self.config.serve.token_ttl;
         let user_id = user.id;
         let token = self.writer.execute(move |conn, now| {
@@ -126,9 +128,10 @@ impl Service {
 
     pub fn authenticate(&self, secret: &str) -> Result<AuthUser, AppError> {
         let now = self.now();
-        self.tokens.authenticate(now, secret, |hash| {
-            accounts::authenticate(&*self.read()?, now, hash)
-        })
+        self.tokens
+            .authenticate(now, std::time::Instant::now(), secret, |hash| {
+                accounts::authenticate(&*self.read()?, now, hash)
+            })
     }
 
     pub fn user(&self, user_id: i64) -> Result<User, AppError> {

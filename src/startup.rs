@@ -26,6 +26,8 @@ pub struct App {
     writer_thread: JoinHandle<()>,
     jobs: Vec<JoinHandle<()>>,
     wakeups: Vec<Arc<Wakeup>>,
+    /// Held until the process exits, or until `shutdown` has checkpointed.
+    serve_lock: db::ServeLock,
 }
 
 /// Options that tests set and production never does.
@@ -41,6 +43,8 @@ impl App {
     }
 
     pub fn start_with(config: Config, clock: SharedClock, hooks: TestHooks) -> Result<App, String> {
+        // First of all: a second server must not even migrate the file under the first one.
+        let serve_lock = db::lock_for_serving(&config.db)?;
         raise_descriptor_limit();
         tune_malloc();
         let mut conn = db::open(&config.db, config.serve.synchronous)
@@ -85,6 +89,7 @@ impl App {
             throttle: LoginThrottle::new(
                 config.serve.login_failures_max,
                 config.serve.login_window,
+                crate::accounts::THROTTLE_KEYS_MAX,
             ),
             tokens: TokenCache::default(),
             config: config.clone(),
@@ -140,6 +145,7 @@ impl App {
             writer_thread,
             jobs,
             wakeups: vec![payout_wakeup, snapshot_wakeup, checkpoint_wakeup],
+            serve_lock,
         })
     }
 
@@ -164,8 +170,13 @@ impl App {
         drop(self.service);
         let _ = self.writer_thread.join();
         let conn = db::open(&db_path, sync).map_err(|e| e.to_string())?;
-        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-            .map_err(|e| format!("checkpoint: {e}"))
+        let checkpointed = conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(|e| format!("checkpoint: {e}"));
+        drop(conn);
+        // Only now may another server start on the file.
+        drop(self.serve_lock);
+        checkpointed
     }
 }
 

@@ -71,7 +71,7 @@ pub fn createsuperuser(
     let username = Username::parse(username).map_err(|e| format!("--username: {e}"))?;
     let email = Email::parse(email).map_err(|e| format!("--email: {e}"))?;
     let password = Password::parse(&read_password()?).map_err(|e| format!("password: {e}"))?;
-    if password.expose().eq_ignore_ascii_case(username.as_str()) {
+    if crate::domain::username_key(password.expose()) == username.key() {
         return Err("password: must not be the same as the username".into());
     }
     let conn = open_migrated(db_path)?;

@@ -1,5 +1,6 @@
 //! Storage: opening SQLite, applying `schema.sql`, the reader pool and the single writer.
 
+mod migrations;
 pub mod writer;
 
 use std::path::Path;
@@ -16,10 +17,20 @@ pub use writer::{Writer, WriterStats};
 /// The schema, embedded so the binary is all a user needs.
 pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 /// `PRAGMA user_version` after `SCHEMA_SQL`; each migration bumps it by one.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 /// `MIGRATIONS[i]` takes a database from version `i + 1` to `i + 2`. A new database gets
 /// `SCHEMA_SQL` directly.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/002_integer_wallet_keys.sql")];
+const MIGRATIONS: &[migrations::Migration] = &[
+    migrations::Migration {
+        prepare: None,
+        sql: include_str!("../../migrations/002_integer_wallet_keys.sql"),
+    },
+    migrations::Migration {
+        prepare: Some(migrations::usernames_v3),
+        sql: include_str!("../../migrations/003_username_keys.sql"),
+    },
+];
+const _: () = assert!(MIGRATIONS.len() as i32 == SCHEMA_VERSION - 1);
 /// How long a connection waits for another process's lock (say `wallet snapshot`) before
 /// giving up with 503. Inside the server only the writer writes, so it never waits on itself.
 pub const BUSY_TIMEOUT_MS: u64 = 5_000;
@@ -75,6 +86,67 @@ fn tune_sqlite_once() {
             );
         }
     });
+}
+
+/// The lock that makes `serve` the only serving process on a database: an exclusive `flock`
+/// on the sidecar file `<db>-serve.lock`, held for the life of the process. Two servers on one
+/// file would each trust their own token cache, throttle and idempotency view, and both write;
+/// the command-line tools (`verify`, `backup`, `snapshot`, `createsuperuser`) never take it,
+/// so they keep working beside a server. The kernel releases the lock when the process ends,
+/// however it ends (SIGKILL included), so a stale file never blocks a restart. The file stays;
+/// it holds the pid of the server that last took it, for the error message.
+pub struct ServeLock {
+    _file: std::fs::File,
+}
+
+pub fn serve_lock_path(db: &Path) -> std::path::PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-serve.lock");
+    name.into()
+}
+
+/// Takes the serve lock on `db`, or says which process holds it.
+pub fn lock_for_serving(db: &Path) -> Result<ServeLock, String> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    let path = serve_lock_path(db);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| format!("--db/WALLET_DB: cannot open {}: {e}", path.display()))?;
+    // SAFETY: flock on a descriptor this function owns; it only changes the lock's state.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(format!(
+                "--db/WALLET_DB: cannot lock {}: {err}",
+                path.display()
+            ));
+        }
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        let holder = match holder.trim().parse::<u32>() {
+            Ok(pid) => format!(" (process {pid})"),
+            Err(_) => String::new(),
+        };
+        return Err(format!(
+            "cannot serve {}: another wallet server{holder} is already serving it (it holds \
+             the lock on {}); stop that one first, or serve another --db. `wallet verify`, \
+             `backup` and `snapshot` run beside a server",
+            db.display(),
+            path.display()
+        ));
+    }
+    // The pid is only for that message: failing to write it changes nothing.
+    let _ = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}", std::process::id()));
+    Ok(ServeLock { _file: file })
 }
 
 /// Opens a read-write connection with the service's pragmas.
@@ -177,13 +249,18 @@ fn migrate_in_transaction(conn: &mut Connection, version: i32) -> Result<(), Str
         tx.execute_batch(SCHEMA_SQL)
             .map_err(|e| format!("cannot apply schema.sql: {e}"))?;
     } else {
-        for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize - 1) {
-            tx.execute_batch(sql).map_err(|e| {
+        for (from, step) in MIGRATIONS.iter().enumerate().skip(version as usize - 1) {
+            let failed = |e: String| {
                 format!(
-                    "cannot migrate the database from schema version {}: {e}",
+                    "cannot migrate the database from schema version {}: {e}; the database is unchanged",
                     from + 1
                 )
-            })?;
+            };
+            if let Some(prepare) = step.prepare {
+                prepare(&tx).map_err(failed)?;
+            }
+            tx.execute_batch(step.sql)
+                .map_err(|e| failed(e.to_string()))?;
         }
         let dangling: i64 = tx
             .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {

@@ -6,7 +6,7 @@ mod time;
 
 pub use amount::{Amount, AmountError, Currency, AMOUNT_TEXT_CHARS_MAX};
 pub use text::{
-    parse_name, Email, Metadata, Password, Reference, Username, METADATA_BYTES_MAX,
+    parse_name, username_key, Email, Metadata, Password, Reference, Username, METADATA_BYTES_MAX,
     PASSWORD_BYTES_MAX, REFERENCE_CHARS_MAX,
 };
 pub use time::Timestamp;

@@ -1,7 +1,9 @@
 //! Text fields that can only hold valid values: usernames, emails, passwords, names,
 //! references and metadata. Each `parse` says what was expected.
 
+use caseless::Caseless;
 use serde_json::{Map, Value};
+use unicode_normalization::UnicodeNormalization;
 
 pub const USERNAME_CHARS_MIN: usize = 3;
 pub const USERNAME_CHARS_MAX: usize = 150;
@@ -12,12 +14,17 @@ pub const NAME_CHARS_MAX: usize = 150;
 pub const REFERENCE_CHARS_MAX: usize = 255;
 pub const METADATA_BYTES_MAX: usize = 4096;
 
-/// 3–150 letters, digits and `@.+-_`; compared case-insensitively.
+/// 3–150 letters, digits and `@.+-_`, held in Unicode NFKC form; compared by `username_key`.
+///
+/// The length and the characters are checked on the NFKC form, because that is what is stored
+/// and shown: `ｂｏｂ` (fullwidth) becomes `bob`, and `x½y` becomes `x1⁄2y`, which is refused
+/// for its fraction slash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Username(String);
 
 impl Username {
     pub fn parse(s: &str) -> Result<Username, String> {
+        let s: String = s.nfkc().collect();
         let chars = s.chars().count();
         if !(USERNAME_CHARS_MIN..=USERNAME_CHARS_MAX).contains(&chars) {
             return Err(format!(
@@ -32,17 +39,33 @@ impl Username {
                 "may hold only letters, digits and @.+-_, found {c:?}"
             ));
         }
-        Ok(Username(s.to_string()))
+        Ok(Username(s))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
-    /// The key uniqueness is checked on.
+    /// The key uniqueness, login, `to_username` and the login throttle compare.
     pub fn key(&self) -> String {
-        self.0.to_lowercase()
+        username_key(&self.0)
     }
+}
+
+/// The canonical form two usernames are compared in: Unicode's compatibility caseless match
+/// (NFKD of full case folding, twice, as the Unicode Standard's definition D146 prescribes, so
+/// that `ǰ`, `ΐ` and the like fold the same however they are composed), recomposed as NFC to
+/// keep keys short. `ＡＬＩＣＥ`, `𝐚𝐥𝐢𝐜𝐞` and `ALICE` all give `alice`; `straße` and
+/// `STRASSE` give `strasse`. Any text has a key, so a login with an invalid name still costs
+/// the same as one with an unknown name.
+pub fn username_key(s: &str) -> String {
+    s.nfd()
+        .default_case_fold()
+        .nfkd()
+        .default_case_fold()
+        .nfkd()
+        .nfc()
+        .collect()
 }
 
 /// An email address of the form `local@domain.tld`, at most 254 bytes.
@@ -224,6 +247,46 @@ mod tests {
         assert!(Username::parse("al ice").is_err());
         assert!(Username::parse("al/ice").is_err());
         assert_eq!(Username::parse("Alice").unwrap().key(), "alice");
+    }
+
+    #[test]
+    fn usernames_are_stored_in_nfkc_and_compared_after_case_folding() {
+        // Fullwidth and mathematical letters are stored as the letters they stand for, and
+        // every spelling of one name has one key, including full (not only simple) folding.
+        assert_eq!(Username::parse("ａｌｉｃｅ").unwrap().as_str(), "alice");
+        assert_eq!(Username::parse("𝐚𝐥𝐢𝐜𝐞").unwrap().as_str(), "alice");
+        for same in ["alice", "ALICE", "ａｌｉｃｅ", "𝐚𝐥𝐢𝐜𝐞", "Ａｌｉｃｅ"]
+        {
+            assert_eq!(Username::parse(same).unwrap().key(), "alice", "{same}");
+            assert_eq!(username_key(same), "alice", "{same}");
+        }
+        assert_eq!(Username::parse("straße").unwrap().as_str(), "straße");
+        assert_eq!(
+            Username::parse("straße").unwrap().key(),
+            Username::parse("STRASSE").unwrap().key()
+        );
+        // Composed and decomposed accents are one name.
+        assert_eq!(
+            Username::parse("Jos\u{e9}").unwrap().as_str(),
+            Username::parse("Jose\u{301}").unwrap().as_str()
+        );
+        // A key is its own key, so comparing keys is stable.
+        for s in ["straße", "ǰane", "ΐota", "ﬁle", "Å-ring"] {
+            let k = username_key(s);
+            assert_eq!(username_key(&k), k, "{s}");
+        }
+        // Validity and length are judged on the NFKC form.
+        let err = Username::parse("x½y").unwrap_err();
+        assert!(err.contains('⁄'), "{err}");
+        assert!(
+            Username::parse("ａｂ").is_err(),
+            "two characters after NFKC"
+        );
+        assert!(Username::parse("ﬀ").is_err(), "ff is two characters");
+        assert!(
+            Username::parse("㍿x").is_ok(),
+            "㍿ is the four letters 株式会社"
+        );
     }
 
     #[test]

@@ -194,7 +194,7 @@ pub fn register(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppEr
         }
     }
     if let (Some(p), Some(u)) = (&password, &username) {
-        if p.expose().to_lowercase() == u.as_str().to_lowercase() {
+        if crate::domain::username_key(p.expose()) == u.key() {
             f.errors
                 .add("password", "must not be the same as the username");
         }

@@ -179,7 +179,7 @@ fn resolve_recipient(
             conn.prepare_cached(
                 "SELECT u.id, w.key, w.id FROM users u JOIN wallets w ON w.user_id = u.id WHERE u.username_key = ?1",
             )?
-            .query_row([name.to_lowercase()], row)
+            .query_row([crate::domain::username_key(name)], row)
             .optional()?,
         ),
     };

@@ -1,5 +1,8 @@
+use std::time::{Duration, Instant};
+
 use serde_json::json;
 
+use crate::binary::{self, Server};
 use crate::helpers::{name, TestApp};
 
 #[test]
@@ -267,4 +270,308 @@ fn login_from(app: &TestApp, forwarded: &str, username: &str, password: &str) ->
         .unwrap()
         .status()
         .as_u16()
+}
+
+#[test]
+fn a_token_revoked_in_the_database_stops_working_within_a_second() {
+    // An operator revokes a token by hand (or another process does): the running server's
+    // token cache must not keep accepting it. It stops working within a second.
+    let app = TestApp::spawn();
+    let u = app.register(&name("mallory"));
+    for _ in 0..3 {
+        assert_eq!(app.get("/api/auth/profile", &u.token).status, 200);
+    }
+    let revoked = app
+        .sql()
+        .execute(
+            "UPDATE tokens SET revoked_at = '2026-01-01T00:00:00.000000Z' WHERE token_hash = ?1",
+            [&wallet::accounts::hash_token(&u.token)[..]],
+        )
+        .unwrap();
+    assert_eq!(revoked, 1);
+    let started = Instant::now();
+    let refused_after = loop {
+        let r = app.get("/api/auth/profile", &u.token);
+        if r.status == 401 {
+            assert_eq!(r.code(), "unauthorized");
+            break started.elapsed();
+        }
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the revoked token still works after 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Generous for a loaded machine; the bound the server keeps is 0.5 s plus one read.
+    assert!(refused_after < Duration::from_secs(2), "{refused_after:?}");
+    // And it stays refused.
+    assert_eq!(app.get("/api/auth/profile", &u.token).status, 401);
+}
+
+#[test]
+fn a_second_server_on_one_database_is_refused_and_the_tools_still_run() {
+    // Two serving processes on one file would each trust their own token cache and throttle,
+    // and both write. The second (the real binary) exits non-zero with a clear message, while
+    // `verify`, `backup` and `snapshot` keep working beside the first, as the README promises.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("wallet.db");
+    let first = Server::start(binary::wallet(&db));
+    let agent = crate::helpers::agent();
+    let body = json!({
+        "username": "first", "email": "first@example.com",
+        "password": "correct horse battery", "password_confirm": "correct horse battery",
+    });
+    let r = binary::call(
+        &agent,
+        &first.base,
+        "POST",
+        "/api/auth/register",
+        None,
+        Some(&body),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+
+    let mut second = binary::wallet(&db);
+    second.args(["--listen", "127.0.0.1:0", "--snapshot-cron", "off"]);
+    let out = binary::run(second, None, Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains("already serving") && stderr.contains(&db.display().to_string()),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("process {}", first.child.id())),
+        "names the holder: {stderr}"
+    );
+
+    for args in [vec!["verify"], vec!["snapshot"]] {
+        let mut cmd = binary::wallet(&db);
+        cmd.args(&args);
+        let out = binary::run(cmd, None, Duration::from_secs(60));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let copy = dir.path().join("copy.db");
+    let mut backup = binary::wallet(&db);
+    backup.arg("backup").arg(&copy);
+    let out = binary::run(backup, None, Duration::from_secs(60));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(binary::verify(&copy).0, Some(0));
+
+    // The first server still serves; once it is gone (even by SIGKILL), a new one may start.
+    let r = binary::call(&agent, &first.base, "GET", "/health", None, None, &[]).unwrap();
+    assert_eq!(r.status, 200);
+    let mut first = first;
+    first.sigkill();
+    let again = Server::start(binary::wallet(&db));
+    let r = binary::call(&agent, &again.base, "GET", "/health", None, None, &[]).unwrap();
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn a_second_server_in_the_same_process_is_refused_too() {
+    // The lock is per open file, so even a second `App` in one process is refused, and the
+    // first one's shutdown lets the next start.
+    let mut app = TestApp::spawn();
+    let second = wallet::startup::App::start_with(
+        wallet::config::Config::for_tests(app.db.clone()),
+        std::sync::Arc::new(wallet::clock::SystemClock),
+        wallet::startup::TestHooks::default(),
+    );
+    let err = second.err().expect("a second server on the same file");
+    assert!(err.contains("already serving"), "{err}");
+    app.stop();
+    let third = wallet::startup::App::start_with(
+        wallet::config::Config::for_tests(app.db.clone()),
+        std::sync::Arc::new(wallet::clock::SystemClock),
+        wallet::startup::TestHooks::default(),
+    )
+    .expect("starts once the first has stopped");
+    third.shutdown().unwrap();
+}
+
+#[test]
+fn concurrent_wrong_passwords_are_checked_at_most_the_limit() {
+    // 40 wrong passwords for one user at once, limit 10: each attempt is reserved before its
+    // password is hashed, so at most 10 passwords are checked (401); the rest are 429, or 503
+    // from the full hashing queue (never checked either).
+    let app = TestApp::spawn_with(
+        |c| {
+            c.serve.login_failures_max = 10;
+            // A hash that takes a few milliseconds, so the guesses really overlap.
+            c.serve.argon2_memory_kib = 8 * 1024;
+            c.serve.argon2_iterations = 2;
+        },
+        std::sync::Arc::new(wallet::clock::SystemClock),
+    );
+    let u = app.register(&name("target"));
+    let barrier = std::sync::Barrier::new(40);
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..40)
+            .map(|i| {
+                let (app, barrier, username) = (&app, &barrier, &u.username);
+                scope.spawn(move || {
+                    let agent = crate::helpers::agent();
+                    barrier.wait();
+                    let body = json!({"username": username, "password": format!("guess {i}")});
+                    binary::call(
+                        &agent,
+                        &app.base,
+                        "POST",
+                        "/api/auth/login",
+                        None,
+                        Some(&body),
+                        &[],
+                    )
+                    .expect("an answer")
+                    .status
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    let throttled = statuses.iter().filter(|s| **s == 429).count();
+    assert!(
+        statuses.iter().all(|s| [401, 429, 503].contains(s)),
+        "{statuses:?}"
+    );
+    assert!(checked <= 10, "{checked} passwords checked: {statuses:?}");
+    assert!(throttled > 0, "the throttle engaged: {statuses:?}");
+    // The server's own count of checked wrong passwords agrees.
+    let metrics = app.raw("GET", "/metrics", None, None, None);
+    let failed: u64 = metrics
+        .body
+        .as_str()
+        .unwrap_or("")
+        .lines()
+        .find_map(|l| l.strip_prefix("wallet_failed_logins_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("wallet_failed_logins_total");
+    assert!(failed <= 10, "{failed}");
+    // The owner is throttled too now, for this window.
+    let r = app.request(
+        "POST",
+        "/api/auth/login",
+        None,
+        Some(&json!({"username": u.username, "password": "correct horse battery"})),
+    );
+    assert_eq!(r.status, 429);
+}
+
+#[test]
+fn usernames_are_normalised_and_compared_after_case_folding() {
+    // ａｌｉｃｅ (fullwidth), 𝐚𝐥𝐢𝐜𝐞 (mathematical bold) and ALICE are one name, stored as
+    // alice; straße and STRASSE are one name. Registration, login and to_username agree.
+    let app = TestApp::spawn();
+    let register = |username: &str, email: &str| {
+        app.request(
+            "POST",
+            "/api/auth/register",
+            None,
+            Some(&json!({
+                "username": username, "email": email,
+                "password": "correct horse battery", "password_confirm": "correct horse battery",
+            })),
+        )
+    };
+    let r = register("ａｌｉｃｅ", "alice@example.com");
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(
+        r.body["user"]["username"], "alice",
+        "stored and shown in NFKC"
+    );
+    let alice_token = r.body["token"].as_str().unwrap().to_string();
+    for same in ["alice", "𝐚𝐥𝐢𝐜𝐞", "ALICE", "Ａｌｉｃｅ"] {
+        let r = register(same, &format!("{}@example.com", name("x")));
+        assert_eq!(
+            (r.status, r.code()),
+            (409, "username_taken"),
+            "{same}: {}",
+            r.body
+        );
+    }
+    let r = register("straße", "strasse@example.com");
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["user"]["username"], "straße");
+    let strasse_id = r.body["user"]["id"].as_i64().unwrap();
+    let r = register("STRASSE", "other@example.com");
+    assert_eq!((r.status, r.code()), (409, "username_taken"), "{}", r.body);
+    // NFKC output is validated: ½ becomes 1⁄2, whose fraction slash is not allowed.
+    let r = register("x½y", "half@example.com");
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(
+        r.body["error"]["fields"]["username"].is_array(),
+        "{}",
+        r.body
+    );
+
+    for spelling in ["𝐀𝐋𝐈𝐂𝐄", "ａｌｉｃｅ", "Alice"] {
+        let r = app.request(
+            "POST",
+            "/api/auth/login",
+            None,
+            Some(&json!({"username": spelling, "password": "correct horse battery"})),
+        );
+        assert_eq!(r.status, 200, "{spelling}: {}", r.body);
+        assert_eq!(r.body["user"]["username"], "alice");
+    }
+    let r = app.post(
+        "/api/wallets/me/deposit",
+        &alice_token,
+        json!({"amount": "10.00", "reference": "d1"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = app.post(
+        "/api/wallets/me/transfer",
+        &alice_token,
+        json!({"to_username": "ＳＴＲＡＳＳＥ", "amount": "1.00", "reference": "t1"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["transfer_out"]["counterparty_user_id"], strasse_id);
+    let r = app.post(
+        "/api/wallets/me/transfer",
+        &alice_token,
+        json!({"to_username": "𝐚𝐥𝐢𝐜𝐞", "amount": "1.00", "reference": "t2"}),
+    );
+    assert_eq!(
+        r.status, 422,
+        "to oneself under another spelling: {}",
+        r.body
+    );
+}
+
+#[test]
+fn every_spelling_of_a_username_shares_one_failed_login_count() {
+    // The throttle keys a username by its normalised form: three failures spread over three
+    // spellings (from three addresses, behind a trusted proxy) use up a limit of three.
+    let app = TestApp::spawn_with(
+        |c| {
+            c.serve.login_failures_max = 3;
+            c.serve.trusted_proxy = Some("127.0.0.1".parse().unwrap());
+        },
+        std::sync::Arc::new(wallet::clock::SystemClock),
+    );
+    app.register("alice");
+    for (i, spelling) in ["ALICE", "ａｌｉｃｅ", "𝐚𝐥𝐢𝐜𝐞"].iter().enumerate() {
+        let from = format!("203.0.113.{i}");
+        assert_eq!(login_from(&app, &from, spelling, "wrong password"), 401);
+    }
+    assert_eq!(
+        login_from(&app, "203.0.113.9", "alice", "correct horse battery"),
+        429
+    );
 }

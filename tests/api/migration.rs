@@ -38,7 +38,7 @@ fn a_schema_1_database_is_upgraded_with_every_row_hash_and_balance_intact() {
     let version: i64 = db
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, i64::from(wallet::db::SCHEMA_VERSION));
     let dangling: i64 = db
         .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
             r.get(0)
@@ -146,4 +146,107 @@ fn an_upgrade_that_would_lose_an_entry_stops_and_changes_nothing() {
         )
         .unwrap();
     assert_eq!((version, orphan), (1, 1));
+}
+
+/// A schema-2 database whose users were registered as `user0`, `user1`, … (password "correct
+/// horse battery"), then renamed by hand to `stored`, each with the key schema 2 gave it: its
+/// lowercase. Schema 3 has the same tables, so this is what schema 2 could hold.
+fn schema_2_database_with_users(stored: &[&str]) -> (tempfile::TempDir, std::path::PathBuf) {
+    let mut app = TestApp::spawn();
+    for i in 0..stored.len() {
+        app.register(&format!("user{i}"));
+    }
+    app.stop();
+    {
+        let db = app.sql();
+        for (i, name) in stored.iter().enumerate() {
+            db.execute(
+                "UPDATE users SET username = ?1, username_key = ?2 WHERE username = ?3",
+                rusqlite::params![name, name.to_lowercase(), format!("user{i}")],
+            )
+            .unwrap();
+        }
+        db.execute_batch("PRAGMA user_version = 2").unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wallet-v2.db");
+    std::fs::copy(&app.db, &path).unwrap();
+    (dir, path)
+}
+
+fn usernames(path: &Path) -> Vec<(String, String)> {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .prepare("SELECT username, username_key FROM users ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn an_upgrade_that_would_merge_users_stops_and_names_them() {
+    // Schema 2 compared usernames by lowercase, so alice, ＡＬＩＣＥ and 𝐚𝐥𝐢𝐜𝐞 could all be
+    // registered, as could Straße and STRASSE. Schema 3 compares them after NFKC and case
+    // folding: the upgrade refuses to start rather than merge anyone, names every user
+    // concerned, and changes nothing.
+    let (_dir, path) =
+        schema_2_database_with_users(&["alice", "ＡＬＩＣＥ", "bob", "𝐚𝐥𝐢𝐜𝐞", "Straße", "STRASSE"]);
+    let before = usernames(&path);
+    let started = wallet::startup::App::start_with(
+        wallet::config::Config::for_tests(path.clone()),
+        Arc::new(SystemClock),
+        wallet::startup::TestHooks::default(),
+    );
+    let err = started.err().expect("the upgrade must refuse");
+    assert!(err.contains("schema version 2"), "{err}");
+    for named in [
+        r#"user 1 ("alice")"#,
+        r#"user 2 ("ＡＬＩＣＥ")"#,
+        r#"user 4 ("𝐚𝐥𝐢𝐜𝐞")"#,
+        r#"user 5 ("Straße")"#,
+        r#"user 6 ("STRASSE")"#,
+    ] {
+        assert!(err.contains(named), "{named} not named: {err}");
+    }
+    assert!(!err.contains("user 3"), "bob collides with nobody: {err}");
+    let version: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+    assert_eq!(usernames(&path), before, "nothing changed");
+}
+
+#[test]
+fn an_upgrade_stores_usernames_in_nfkc_with_their_new_keys() {
+    // Without collisions the upgrade rewrites each username in NFKC form and its key after
+    // case folding; users then log in under any spelling, and no new user can take the name.
+    let (_dir, path) = schema_2_database_with_users(&["Ｄａｖｅ", "Straße", "erin"]);
+    let app = TestApp::spawn_on(Some(&path), |_| {}, Arc::new(SystemClock));
+    assert_eq!(
+        usernames(&app.db),
+        [
+            ("Dave".to_string(), "dave".to_string()),
+            ("Straße".into(), "strasse".into()),
+            ("erin".into(), "erin".into())
+        ]
+    );
+    for (spelling, id) in [("DAVE", 1), ("ｄａｖｅ", 1), ("STRASSE", 2)] {
+        let r = app.post(
+            "/api/auth/login",
+            "",
+            json!({"username": spelling, "password": "correct horse battery"}),
+        );
+        assert_eq!(r.status, 200, "{spelling}: {}", r.body);
+        assert_eq!(r.body["user"]["id"], id);
+    }
+    let r = app.post(
+        "/api/auth/register",
+        "",
+        json!({"username": "strasse", "email": "s@example.com",
+               "password": "correct horse battery", "password_confirm": "correct horse battery"}),
+    );
+    assert_eq!((r.status, r.code()), (409, "username_taken"), "{}", r.body);
 }

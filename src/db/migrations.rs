@@ -1,0 +1,90 @@
+//! The steps of a migration that SQL cannot do. Each runs inside the migration's transaction,
+//! just before its file in `migrations/`, and may stop the migration (nothing changes then).
+
+use std::collections::BTreeMap;
+
+use rusqlite::Connection;
+use unicode_normalization::UnicodeNormalization;
+
+use crate::domain::username_key;
+
+/// A migration's step in Rust, given the migration's transaction.
+pub type Prepare = fn(&Connection) -> Result<(), String>;
+
+/// One schema version's migration: an optional step in Rust, then the SQL file.
+pub struct Migration {
+    pub prepare: Option<Prepare>,
+    pub sql: &'static str,
+}
+
+/// Collisions named in the error at most; the count says how many more there are.
+pub const COLLISIONS_NAMED_MAX: usize = 20;
+
+/// Schema 2 → 3: fills `temp.usernames_v3` with each user's NFKC username and its new key
+/// for `003_username_keys.sql` to apply, or refuses when two users would share a key. Merging
+/// them would hand one person's wallet to another, and choosing who keeps the name is the
+/// operator's decision, so the error names every such group.
+pub fn usernames_v3(tx: &Connection) -> Result<(), String> {
+    let sql_err = |e: rusqlite::Error| e.to_string();
+    tx.execute_batch(
+        "CREATE TEMP TABLE usernames_v3 (
+             id           INTEGER PRIMARY KEY,
+             username     TEXT NOT NULL,
+             username_key TEXT NOT NULL UNIQUE
+         )",
+    )
+    .map_err(sql_err)?;
+    let mut by_key: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
+    {
+        let mut stmt = tx
+            .prepare("SELECT id, username FROM users ORDER BY id")
+            .map_err(sql_err)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+            .map_err(sql_err)?;
+        for row in rows {
+            let (id, username) = row.map_err(sql_err)?;
+            by_key
+                .entry(username_key(&username))
+                .or_default()
+                .push((id, username));
+        }
+    }
+    let clashes: Vec<String> = by_key
+        .iter()
+        .filter(|(_, users)| users.len() > 1)
+        .map(|(key, users)| {
+            let named: Vec<String> = users
+                .iter()
+                .map(|(id, name)| format!("user {id} ({name:?})"))
+                .collect();
+            format!("{} are all {key:?}", named.join(", "))
+        })
+        .collect();
+    if !clashes.is_empty() {
+        let more = clashes.len().saturating_sub(COLLISIONS_NAMED_MAX);
+        let mut listed = clashes[..clashes.len().min(COLLISIONS_NAMED_MAX)].join("; ");
+        if more > 0 {
+            listed.push_str(&format!("; and {more} more"));
+        }
+        return Err(format!(
+            "usernames now compare after Unicode NFKC and case folding, and {} groups of users \
+             would each become one account (no account is merged into another): {listed}; \
+             rename all but one of each, e.g. with sqlite3: UPDATE users SET username = \
+             'new-name', username_key = 'new-name' WHERE id = N; then start again",
+            clashes.len()
+        ));
+    }
+    let mut insert = tx
+        .prepare("INSERT INTO temp.usernames_v3 (id, username, username_key) VALUES (?1, ?2, ?3)")
+        .map_err(sql_err)?;
+    for (key, users) in by_key {
+        for (id, username) in users {
+            let stored: String = username.nfkc().collect();
+            insert
+                .execute(rusqlite::params![id, stored, key])
+                .map_err(sql_err)?;
+        }
+    }
+    Ok(())
+}
