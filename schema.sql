@@ -131,6 +131,9 @@ CREATE TABLE withdrawals (
     updated_at            TEXT    NOT NULL,
     transaction_id        TEXT    REFERENCES entries (id),
     refund_transaction_id TEXT    REFERENCES entries (id),
+    -- When a payout attempt first ended without saying whether the money left (a timeout
+    -- after the request was sent, a 502, ...). From then on nothing refunds it but staff.
+    outcome_unknown_since TEXT,
     UNIQUE (wallet_id, reference),
     -- A failed withdrawal that took money always has its refund.
     CHECK (NOT (status = 'FAILED' AND transaction_id IS NOT NULL AND refund_transaction_id IS NULL))

@@ -143,9 +143,16 @@ pub struct ServeArgs {
     #[arg(long, env = "WALLET_PAYOUT_RETRY_BASE_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub payout_retry_base_ms: u64,
 
-    /// Timeout of one payout call, in ms.
+    /// Timeout of one payout call, in ms: for connecting, and then for the answer (the whole
+    /// call at most twice this).
     #[arg(long, env = "WALLET_PAYOUT_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=300_000))]
     pub payout_timeout_ms: u64,
+
+    /// How long to keep retrying a payout whose outcome is unknown (a timeout after the request
+    /// was sent, a 502, ...), counted from the first such attempt; then it stays PROCESSING
+    /// for staff to resolve. Seconds, or a number with s, m, h or d.
+    #[arg(long, env = "WALLET_PAYOUT_RETRY_WINDOW", default_value = "24h", value_parser = parse_duration)]
+    pub payout_retry_window: Duration,
 
     /// How far ahead a withdrawal may be scheduled, in days.
     #[arg(long, env = "WALLET_SCHEDULE_HORIZON_DAYS", default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]

@@ -16,10 +16,13 @@ pub use writer::{Writer, WriterStats};
 /// The schema, embedded so the binary is all a user needs.
 pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 /// `PRAGMA user_version` after `SCHEMA_SQL`; each migration bumps it by one.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 /// `MIGRATIONS[i]` takes a database from version `i + 1` to `i + 2`. A new database gets
 /// `SCHEMA_SQL` directly.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/002_integer_wallet_keys.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/002_integer_wallet_keys.sql"),
+    include_str!("../../migrations/003_payout_outcome_unknown.sql"),
+];
 /// How long a connection waits for another process's lock (say `wallet snapshot`) before
 /// giving up with 503. Inside the server only the writer writes, so it never waits on itself.
 pub const BUSY_TIMEOUT_MS: u64 = 5_000;

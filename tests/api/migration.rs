@@ -38,7 +38,7 @@ fn a_schema_1_database_is_upgraded_with_every_row_hash_and_balance_intact() {
     let version: i64 = db
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     let dangling: i64 = db
         .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
             r.get(0)
