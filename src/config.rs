@@ -135,7 +135,8 @@ pub struct ServeArgs {
     #[arg(long, env = "WALLET_PAYOUT_URL")]
     pub payout_url: Option<String>,
 
-    /// Payout attempts before a withdrawal fails and is refunded.
+    /// Payout attempts before a withdrawal fails and is refunded, when every one of them was a
+    /// 500, 503 or a connection not made (any other failure leaves the outcome unknown).
     #[arg(long, env = "WALLET_PAYOUT_ATTEMPTS_MAX", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub payout_attempts_max: u32,
 
@@ -291,6 +292,15 @@ mod tests {
         assert!(parse_duration("1w").is_err());
         assert!(parse_duration("h").is_err());
         assert!(parse_duration("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn the_payout_retry_window_defaults_to_a_day() {
+        let serve = Cli::parse_from(["wallet"]).serve;
+        assert_eq!(serve.payout_retry_window, Duration::from_secs(86_400));
+        let serve = Cli::parse_from(["wallet", "--payout-retry-window", "90m"]).serve;
+        assert_eq!(serve.payout_retry_window, Duration::from_secs(5_400));
+        assert!(Cli::try_parse_from(["wallet", "--payout-retry-window", "0"]).is_err());
     }
 
     #[test]

@@ -218,7 +218,13 @@ impl PayoutWorker {
                 .writer
                 .execute(move |conn, now| withdrawals::before_retry(conn, now, &id, window_ms))?;
             match fresh {
-                Some(fresh) => w = fresh,
+                Some(fresh) => {
+                    if fresh.outcome_unknown_since.is_some() && w.outcome_unknown_since.is_none() {
+                        // A call the process never heard back from.
+                        self.metrics.payouts_outcome_unknown.inc();
+                    }
+                    w = fresh;
+                }
                 None => return Ok(()),
             }
         }

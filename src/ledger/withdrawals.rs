@@ -37,12 +37,14 @@ pub struct Withdrawal {
     /// When an attempt first ended without saying whether the money left; from then on only
     /// staff can fail (and refund) it.
     pub outcome_unknown_since: Option<Timestamp>,
+    /// When the payout call under way started; set before each call, cleared with its outcome.
+    pub payout_call_started_at: Option<Timestamp>,
 }
 
 const COLUMNS: &str =
     "id, wallet_id, amount, reference, metadata, status, scheduled_at, next_attempt_at, \
      attempts, error_message, created_at, updated_at, transaction_id, refund_transaction_id, \
-     outcome_unknown_since";
+     outcome_unknown_since, payout_call_started_at";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Withdrawal> {
     let status: String = r.get(5)?;
@@ -70,6 +72,9 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Withdrawal> {
         refund_transaction_id: r.get(13)?,
         outcome_unknown_since: r
             .get::<_, Option<String>>(14)?
+            .map(|t| Timestamp::from_stored(&t)),
+        payout_call_started_at: r
+            .get::<_, Option<String>>(15)?
             .map(|t| Timestamp::from_stored(&t)),
     })
 }
@@ -297,10 +302,14 @@ pub fn begin(
             } else {
                 WithdrawalStatus::Processing
             };
+            // The payout call follows at once: from here until its outcome is recorded, a
+            // call may be under way.
+            let call_started_at = (!complete).then(|| now.to_text());
             conn.prepare_cached(
-                "UPDATE withdrawals SET status = ?2, transaction_id = ?3, updated_at = ?4, next_attempt_at = ?4 WHERE id = ?1",
+                "UPDATE withdrawals SET status = ?2, transaction_id = ?3, updated_at = ?4, next_attempt_at = ?4,
+                     payout_call_started_at = ?5 WHERE id = ?1",
             )?
-            .execute(params![id, status.as_str(), entry.id, now.to_text()])?;
+            .execute(params![id, status.as_str(), entry.id, now.to_text(), call_started_at])?;
         }
     }
     find_any(conn, id)?.ok_or(AppError::NotFound("withdrawal"))
@@ -369,6 +378,9 @@ pub fn record_attempt(
     if w.status != WithdrawalStatus::Processing {
         return Ok(w);
     }
+    // This call has reported back.
+    conn.prepare_cached("UPDATE withdrawals SET payout_call_started_at = NULL WHERE id = ?1")?
+        .execute([id])?;
     let attempts = w.attempts + 1;
     match decide(attempt, attempts, w.outcome_unknown_since, now, plan) {
         Decision::Succeed => {
@@ -474,10 +486,12 @@ fn retry_later(
     find_any(conn, &w.id)?.ok_or(AppError::NotFound("withdrawal"))
 }
 
-/// Before a retry's call: the withdrawal as it stands, if a call should be made. None when it
-/// is no longer PROCESSING (staff resolved it), or when its retry window is over, in which case
-/// it is left for staff (again) and looked at only hourly. Runs in the writer, so it is ordered
-/// with `resolve`: whichever runs second sees what the first did.
+/// Before a retry's call (or a call resumed after a restart): the withdrawal as it stands, if a
+/// call should be made, now marked as called. None when it is no longer PROCESSING (staff
+/// resolved it), or when its retry window is over, in which case it is left for staff (again)
+/// and looked at only hourly. A call that started but never reported back (the process
+/// stopped during it) makes the outcome unknown from now on. Runs in the writer, so it is
+/// ordered with `resolve`: whichever runs second sees what the first did.
 pub fn before_retry(
     conn: &Connection,
     now: Timestamp,
@@ -490,14 +504,35 @@ pub fn before_retry(
     if w.status != WithdrawalStatus::Processing {
         return Ok(None);
     }
-    match w.outcome_unknown_since {
-        Some(since) if now >= since.plus_millis(window_ms) => {
-            let last = w.error_message.clone().unwrap_or_default();
+    let (unknown_since, error) = match (w.outcome_unknown_since, w.payout_call_started_at) {
+        (Some(since), _) => (Some(since), w.error_message.clone()),
+        (None, Some(started)) => (
+            Some(now),
+            Some(format!(
+                "the payout call of {} never reported back (the server stopped during it)",
+                started.to_text()
+            )),
+        ),
+        (None, None) => (None, w.error_message.clone()),
+    };
+    if let Some(since) = unknown_since {
+        if now >= since.plus_millis(window_ms) {
+            let last = error.unwrap_or_default();
             leave_for_staff(conn, now, &w, w.attempts, since, &last)?;
-            Ok(None)
+            return Ok(None);
         }
-        _ => Ok(Some(w)),
     }
+    conn.prepare_cached(
+        "UPDATE withdrawals SET payout_call_started_at = ?2, outcome_unknown_since = ?3,
+             error_message = ?4 WHERE id = ?1",
+    )?
+    .execute(params![
+        id,
+        now.to_text(),
+        unknown_since.map(Timestamp::to_text),
+        error
+    ])?;
+    find_any(conn, id)
 }
 
 /// Leaves a PROCESSING withdrawal whose outcome is unknown for staff: no refund, a message
@@ -520,7 +555,7 @@ fn leave_for_staff(
     };
     conn.prepare_cached(
         "UPDATE withdrawals SET attempts = ?2, error_message = ?3, next_attempt_at = ?4,
-             outcome_unknown_since = ?5, updated_at = ?6 WHERE id = ?1",
+             outcome_unknown_since = ?5, updated_at = ?6, payout_call_started_at = NULL WHERE id = ?1",
     )?
     .execute(params![
         w.id,

@@ -840,13 +840,64 @@ fn list_filters_by_status() {
 
 // ---- Crash safety: SIGKILL the real binary in the middle of a payout ----------------------
 
-/// The real binary serving `db`, paying out to `payout_url` with short retries.
-fn start_binary(db: &Path, payout_url: &str) -> crate::binary::Server {
+/// The real binary serving `db`, paying out to `payout_url` with short retries (within
+/// `retry_window`, when given).
+fn start_binary(db: &Path, payout_url: &str, retry_window: Option<&str>) -> crate::binary::Server {
     let mut cmd = crate::binary::wallet(db);
     cmd.env("WALLET_PAYOUT_URL", payout_url)
         .env("WALLET_PAYOUT_RETRY_BASE_MS", "20")
         .env("WALLET_PAYOUT_TIMEOUT_MS", "20000");
+    if let Some(window) = retry_window {
+        cmd.env("WALLET_PAYOUT_RETRY_WINDOW", window);
+    }
     crate::binary::Server::start(cmd)
+}
+
+/// On a running binary: registers a user, deposits 100.00 and schedules `amount` 300 ms ahead.
+/// Returns the token, the user id and the withdrawal id.
+fn binary_withdrawal(base: &str, amount: &str, reference: &str) -> (String, i64, String) {
+    let username = name("k");
+    let (status, reg) = call(
+        base,
+        "POST",
+        "/api/auth/register",
+        None,
+        Some(
+            json!({"username": username, "email": format!("{username}@example.com"),
+            "password": "correct horse battery", "password_confirm": "correct horse battery"}),
+        ),
+    );
+    assert_eq!(status, 201, "{reg}");
+    let token = reg["token"].as_str().unwrap().to_string();
+    let user_id = reg["user"]["id"].as_i64().unwrap();
+    let (status, body) = call(
+        base,
+        "POST",
+        "/api/wallets/me/deposit",
+        Some(&token),
+        Some(json!({"amount": "100.00", "reference": "fund"})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let at = Timestamp::from_datetime(chrono::Utc::now())
+        .plus_millis(300)
+        .to_text();
+    let (status, w) = call(
+        base,
+        "POST",
+        "/api/wallets/me/withdraw",
+        Some(&token),
+        Some(json!({"amount": amount, "reference": reference, "scheduled_at": at})),
+    );
+    assert_eq!(status, 202, "{w}");
+    (token, user_id, w["id"].as_str().unwrap().to_string())
+}
+
+/// The fake holds the first call open; SIGKILLs the server while it waits for the answer.
+fn kill_during_the_call(mut server: crate::binary::Server, fake: &FakePayout) {
+    let calls = fake.wait_calls(1, Duration::from_secs(10));
+    assert_eq!(calls.len(), 1, "the payout call never came");
+    server.child.kill().expect("SIGKILL");
+    server.child.wait().unwrap();
 }
 
 fn call(
@@ -889,48 +940,9 @@ fn killed_mid_payout_the_withdrawal_completes_exactly_once_after_restart() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("wallet.db");
 
-    let mut first = start_binary(&db, &fake.url);
-    let username = name("k");
-    let (status, reg) = call(
-        &first.base,
-        "POST",
-        "/api/auth/register",
-        None,
-        Some(
-            json!({"username": username, "email": format!("{username}@example.com"),
-            "password": "correct horse battery", "password_confirm": "correct horse battery"}),
-        ),
-    );
-    assert_eq!(status, 201, "{reg}");
-    let token = reg["token"].as_str().unwrap().to_string();
-    let user_id = reg["user"]["id"].as_i64().unwrap();
-    let (status, body) = call(
-        &first.base,
-        "POST",
-        "/api/wallets/me/deposit",
-        Some(&token),
-        Some(json!({"amount": "100.00", "reference": "fund"})),
-    );
-    assert_eq!(status, 201, "{body}");
-    let at = Timestamp::from_datetime(chrono::Utc::now())
-        .plus_millis(300)
-        .to_text();
-    let (status, w) = call(
-        &first.base,
-        "POST",
-        "/api/wallets/me/withdraw",
-        Some(&token),
-        Some(json!({"amount": "40.00", "reference": "kill", "scheduled_at": at})),
-    );
-    assert_eq!(status, 202, "{w}");
-    let id = w["id"].as_str().unwrap().to_string();
-
-    // The fake holds the first call open; kill the server while it waits for the answer.
-    let calls = fake.wait_calls(1, Duration::from_secs(10));
-    assert_eq!(calls.len(), 1, "the payout call never came");
-    first.child.kill().expect("SIGKILL");
-    first.child.wait().unwrap();
-    drop(first);
+    let first = start_binary(&db, &fake.url, None);
+    let (token, user_id, id) = binary_withdrawal(&first.base, "40.00", "kill");
+    kill_during_the_call(first, &fake);
     {
         let conn = rusqlite::Connection::open(&db).unwrap();
         let (status, balance): (String, i64) = conn
@@ -947,7 +959,7 @@ fn killed_mid_payout_the_withdrawal_completes_exactly_once_after_restart() {
         );
     }
 
-    let second = start_binary(&db, &fake.url);
+    let second = start_binary(&db, &fake.url, None);
     let deadline = Instant::now() + Duration::from_secs(10);
     let w = loop {
         let (status, w) = call(
@@ -1828,4 +1840,68 @@ fn resolve_is_409_while_a_payout_call_is_in_flight() {
     assert_eq!(r.body["status"], "FAILED");
     assert_eq!(app.balance(&user), "100.00");
     assert_verified(&app);
+}
+
+#[test]
+fn killed_mid_payout_then_unreachable_the_withdrawal_is_left_for_staff_not_refunded() {
+    // SIGKILL while the payout call is in flight: whether that call paid is unknown. After the
+    // restart every connection to the payout service is refused (which alone would refund),
+    // so the withdrawal is retried within the window (1 s here), then left PROCESSING for
+    // staff: still debited, no REFUND entry, a message saying the outcome is unknown, counted
+    // in /metrics; `wallet verify` exits 0.
+    let fake = FakePayout::start(&[Step::Hold], Step::Reply(200));
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("wallet.db");
+    let first = start_binary(&db, &fake.url, Some("1s"));
+    let (token, _, id) = binary_withdrawal(&first.base, "40.00", "kill-unknown");
+    kill_during_the_call(first, &fake);
+
+    let second = start_binary(&db, &refused_url(), Some("1s"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let w = loop {
+        let path = format!("/api/wallets/me/withdrawals/{id}");
+        let (status, w) = call(&second.base, "GET", &path, Some(&token), None);
+        assert_eq!(status, 200, "{w}");
+        if w["status"] != "PROCESSING" || left_for_staff(&w) {
+            break w;
+        }
+        assert!(Instant::now() < deadline, "still {w} after restart");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(left_for_staff(&w), "{w}");
+    assert_eq!(w["refund_transaction_id"], Value::Null, "{w}");
+    assert!(w["attempts"].as_u64().unwrap() >= 1, "{w}");
+    let (_, wallet) = call(&second.base, "GET", "/api/wallets/me", Some(&token), None);
+    assert_eq!(wallet["balance"], "60.00");
+    let (_, list) = call(
+        &second.base,
+        "GET",
+        "/api/wallets/me/transactions?type=REFUND",
+        Some(&token),
+        None,
+    );
+    assert_eq!(list["count"], 0, "{list}");
+    let (_, metrics) = call(&second.base, "GET", "/metrics", None, None);
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .lines()
+            .any(|l| l == "wallet_payouts_outcome_unknown 1"),
+        "{metrics}"
+    );
+    drop(second);
+    let out = Command::new(env!("CARGO_BIN_EXE_wallet"))
+        .arg("--db")
+        .arg(&db)
+        .arg("verify")
+        .env_remove("WALLET_DB")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
