@@ -134,6 +134,12 @@ CREATE TABLE withdrawals (
     updated_at            TEXT    NOT NULL,
     transaction_id        TEXT    REFERENCES entries (id),
     refund_transaction_id TEXT    REFERENCES entries (id),
+    -- When a payout attempt first ended without saying whether the money left (a timeout
+    -- after the request was sent, a 502, ...). From then on nothing refunds it but staff.
+    outcome_unknown_since TEXT,
+    -- When the payout call now under way started; NULL when none is. Cleared when its outcome
+    -- is recorded, so one found set by a new process never reported back: its outcome is unknown.
+    payout_call_started_at TEXT,
     UNIQUE (wallet_id, reference),
     -- A failed withdrawal that took money always has its refund.
     CHECK (NOT (status = 'FAILED' AND transaction_id IS NOT NULL AND refund_transaction_id IS NULL))

@@ -135,7 +135,8 @@ pub struct ServeArgs {
     #[arg(long, env = "WALLET_PAYOUT_URL")]
     pub payout_url: Option<String>,
 
-    /// Payout attempts before a withdrawal fails and is refunded.
+    /// Payout attempts before a withdrawal fails and is refunded, when every one of them was a
+    /// 500, 503 or a connection not made (any other failure leaves the outcome unknown).
     #[arg(long, env = "WALLET_PAYOUT_ATTEMPTS_MAX", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub payout_attempts_max: u32,
 
@@ -143,9 +144,16 @@ pub struct ServeArgs {
     #[arg(long, env = "WALLET_PAYOUT_RETRY_BASE_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub payout_retry_base_ms: u64,
 
-    /// Timeout of one payout call, in ms.
+    /// Timeout of one payout call, in ms: for connecting, and then for the answer (the whole
+    /// call at most twice this).
     #[arg(long, env = "WALLET_PAYOUT_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=300_000))]
     pub payout_timeout_ms: u64,
+
+    /// How long to keep retrying a payout whose outcome is unknown (a timeout after the request
+    /// was sent, a 502, ...), counted from the first such attempt; then it stays PROCESSING
+    /// for staff to resolve. Seconds, or a number with s, m, h or d.
+    #[arg(long, env = "WALLET_PAYOUT_RETRY_WINDOW", default_value = "24h", value_parser = parse_duration)]
+    pub payout_retry_window: Duration,
 
     /// How far ahead a withdrawal may be scheduled, in days.
     #[arg(long, env = "WALLET_SCHEDULE_HORIZON_DAYS", default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]
@@ -298,6 +306,15 @@ mod tests {
         assert!(parse_duration("1w").is_err());
         assert!(parse_duration("h").is_err());
         assert!(parse_duration("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn the_payout_retry_window_defaults_to_a_day() {
+        let serve = Cli::parse_from(["wallet"]).serve;
+        assert_eq!(serve.payout_retry_window, Duration::from_secs(86_400));
+        let serve = Cli::parse_from(["wallet", "--payout-retry-window", "90m"]).serve;
+        assert_eq!(serve.payout_retry_window, Duration::from_secs(5_400));
+        assert!(Cli::try_parse_from(["wallet", "--payout-retry-window", "0"]).is_err());
     }
 
     #[test]

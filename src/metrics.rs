@@ -48,6 +48,7 @@ pub struct Metrics {
     pub payouts_succeeded: Counter,
     pub payouts_failed: Counter,
     pub payouts_retried: Counter,
+    pub payouts_outcome_unknown: Counter,
     pub unavailable: Counter,
     pub panics: Counter,
 }
@@ -75,8 +76,10 @@ impl Metrics {
         self.money_minor[i].add(minor.unsigned_abs());
     }
 
-    /// The Prometheus text exposition format.
-    pub fn render(&self, writer: &WriterStats) -> String {
+    /// The Prometheus text exposition format. `left_for_staff` is the number of withdrawals
+    /// whose payout outcome is unknown and whose retry window is over (read from the database
+    /// by the caller; None when it could not be read).
+    pub fn render(&self, writer: &WriterStats, left_for_staff: Option<i64>) -> String {
         let mut out = String::new();
         out.push_str(
             "# HELP wallet_http_requests_total HTTP requests by route template and status.\n",
@@ -136,7 +139,7 @@ impl Metrics {
                 c.get()
             );
         }
-        let counters: [(&str, &str, u64); 14] = [
+        let counters: [(&str, &str, u64); 15] = [
             (
                 "wallet_failed_logins_total",
                 "Logins refused for wrong credentials.",
@@ -166,6 +169,11 @@ impl Metrics {
                 "wallet_payout_retries_total",
                 "Payout attempts that will be retried.",
                 self.payouts_retried.get(),
+            ),
+            (
+                "wallet_payouts_outcome_unknown_total",
+                "Scheduled withdrawals whose payout attempt ended without saying whether the money left.",
+                self.payouts_outcome_unknown.get(),
             ),
             (
                 "wallet_unavailable_total",
@@ -208,6 +216,13 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        }
+        if let Some(n) = left_for_staff {
+            let name = "wallet_payouts_outcome_unknown";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Scheduled withdrawals left PROCESSING for staff to resolve: whether they were paid is unknown and their retry window is over.\n# TYPE {name} gauge\n{name} {n}"
             );
         }
         out

@@ -11,8 +11,11 @@ use crate::accounts::{
 use crate::clock::{SharedClock, Wakeup};
 use crate::config::Config;
 use crate::db::{Pool, Writer};
-use crate::domain::{Email, Password, Timestamp, Username, WithdrawalStatus};
+use crate::domain::{
+    Email, Password, PayoutResolution, StaffReason, Timestamp, Username, WithdrawalStatus,
+};
 use crate::error::AppError;
+use crate::jobs::payout::InFlight;
 use crate::ledger::queries::{self, HistoryPage, HistoryQuery, Wallet};
 use crate::ledger::withdrawals::{self, Withdrawal};
 use crate::ledger::{self, Entry, Movement, Outcome, TransferRequest, TransferResult, WalletRef};
@@ -30,6 +33,8 @@ pub struct Service {
     pub metrics: Arc<Metrics>,
     /// Wakes the payout worker when a new withdrawal is scheduled.
     pub payout_wakeup: Arc<Wakeup>,
+    /// The withdrawals the payout worker is calling out for: staff can't resolve them.
+    pub payouts_in_flight: Arc<InFlight>,
 }
 
 pub struct Registration {
@@ -297,6 +302,57 @@ impl Service {
         })?;
         self.count_money(&out, |e| vec![e]);
         Ok(out)
+    }
+
+    /// Staff settle a PROCESSING withdrawal after asking the payout service whether it paid:
+    /// `failed` refunds it in the same transaction. Audited with the staff id and the reason.
+    pub fn admin_resolve_withdrawal(
+        &self,
+        staff: &AuthUser,
+        id: &str,
+        resolution: PayoutResolution,
+        reason: StaffReason,
+    ) -> Result<Withdrawal, AppError> {
+        let (currency, staff_id, id) =
+            (self.config.currency.clone(), staff.user_id, id.to_string());
+        let in_flight = self.payouts_in_flight.clone();
+        self.writer.execute(move |conn, now| {
+            let w = withdrawals::find_any(conn, &id)?.ok_or(AppError::NotFound("withdrawal"))?;
+            if withdrawals::owner_user_id(conn, &w)? == staff_id {
+                return Err(AppError::Forbidden);
+            }
+            // Checked inside the writer: the worker enters the set before its own writer job
+            // decides to call, so one of the two always sees the other.
+            if w.status == WithdrawalStatus::Processing && in_flight.contains(&id) {
+                return Err(AppError::Conflict(
+                    "a payout call for this withdrawal is in flight; try again when it has ended"
+                        .into(),
+                ));
+            }
+            let w = withdrawals::resolve(conn, now, &currency, &w, resolution)?;
+            let detail = serde_json::json!({
+                "outcome": resolution.as_str(),
+                "reason": reason.as_str(),
+                "refund_transaction_id": w.refund_transaction_id,
+            })
+            .to_string();
+            audit(
+                conn,
+                now,
+                staff_id,
+                "resolve_withdrawal",
+                &format!("withdrawal:{id}"),
+                &detail,
+            )?;
+            Ok(w)
+        })
+    }
+
+    /// Withdrawals left for staff because their payout outcome is unknown, for `/metrics`.
+    pub fn payouts_outcome_unknown(&self) -> Result<i64, AppError> {
+        let window_ms = i64::try_from(self.config.serve.payout_retry_window.as_millis())
+            .unwrap_or(i64::MAX / 4);
+        withdrawals::count_outcome_unknown(&*self.read()?, self.now(), window_ms)
     }
 
     /// Records a staff read in the audit log.

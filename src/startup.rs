@@ -11,7 +11,7 @@ use crate::clock::{SharedClock, SystemClock, Wakeup};
 use crate::config::Config;
 use crate::db::{self, Writer};
 use crate::http::HttpServer;
-use crate::jobs::payout::{PayoutSettings, PayoutWorker};
+use crate::jobs::payout::{InFlight, PayoutSettings, PayoutWorker};
 use crate::jobs::snapshot::SnapshotJob;
 use crate::metrics::Metrics;
 use crate::service::Service;
@@ -78,6 +78,7 @@ impl App {
         )?;
         let metrics = Arc::new(Metrics::default());
         let payout_wakeup = Arc::new(Wakeup::default());
+        let payouts_in_flight = Arc::new(InFlight::default());
         let snapshot_wakeup = Arc::new(Wakeup::default());
         let listener = TcpListener::bind(config.serve.listen).map_err(|e| {
             format!(
@@ -99,6 +100,7 @@ impl App {
             passwords,
             metrics: metrics.clone(),
             payout_wakeup: payout_wakeup.clone(),
+            payouts_in_flight: payouts_in_flight.clone(),
         });
         let checkpoint_wakeup = Arc::new(Wakeup::default());
         let checkpointer = db::start_checkpointer(
@@ -115,6 +117,7 @@ impl App {
                     attempts_max: config.serve.payout_attempts_max,
                     retry_base_ms: config.serve.payout_retry_base_ms,
                     timeout_ms: config.serve.payout_timeout_ms,
+                    retry_window: config.serve.payout_retry_window,
                 },
                 currency: config.currency.clone(),
                 writer: writer.clone(),
@@ -122,6 +125,7 @@ impl App {
                 clock: clock.clone(),
                 wakeup: payout_wakeup.clone(),
                 metrics: metrics.clone(),
+                in_flight: payouts_in_flight,
             }
             .spawn(),
         ];

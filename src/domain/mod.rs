@@ -1,10 +1,12 @@
 //! Types that can only hold valid values. Nothing here knows about HTTP or SQL.
 
 mod amount;
+mod staff;
 mod text;
 mod time;
 
 pub use amount::{Amount, AmountError, Currency, AMOUNT_TEXT_CHARS_MAX};
+pub use staff::{PayoutResolution, StaffReason, STAFF_REASON_CHARS_MAX};
 pub use text::{
     parse_name, username_key, Email, Metadata, Password, Reference, Username, METADATA_BYTES_MAX,
     PASSWORD_BYTES_MAX, REFERENCE_CHARS_MAX,

@@ -7,8 +7,8 @@ use super::request::{Fields, Incoming};
 use super::response::Reply;
 use crate::accounts::{AuthUser, IssuedToken, User};
 use crate::domain::{
-    parse_name, Amount, Currency, Email, EntryKind, Metadata, Password, Reference, Timestamp,
-    Username, WithdrawalStatus,
+    parse_name, Amount, Currency, Email, EntryKind, Metadata, Password, PayoutResolution,
+    Reference, StaffReason, Timestamp, Username, WithdrawalStatus,
 };
 use crate::error::AppError;
 use crate::ledger::queries::{HistoryQuery, Wallet, PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX};
@@ -549,6 +549,26 @@ pub fn admin_credit(svc: &Service, rq: &Incoming, params: &Params) -> Result<Rep
     ))
 }
 
+/// `{outcome: "succeeded" | "failed", reason}`: staff settle a withdrawal whose payout outcome
+/// is unknown.
+pub fn admin_resolve_withdrawal(
+    svc: &Service,
+    rq: &Incoming,
+    params: &Params,
+) -> Result<Reply, AppError> {
+    let staff = staff(svc, rq)?;
+    let body = rq.json()?;
+    let mut f = Fields::new(&body);
+    let outcome = f.parsed("outcome", PayoutResolution::parse);
+    let reason = f.parsed("reason", StaffReason::parse);
+    f.finish()?;
+    let (Some(outcome), Some(reason)) = (outcome, reason) else {
+        return Err(validated_but_missing());
+    };
+    let w = svc.admin_resolve_withdrawal(&staff, &params[0], outcome, reason)?;
+    Ok(Reply::json(200, withdrawal_json(&w, &svc.config.currency)))
+}
+
 // ---- Operations --------------------------------------------------------------------------
 
 pub fn health(svc: &Service, _: &Incoming, _: &Params) -> Result<Reply, AppError> {
@@ -566,9 +586,14 @@ pub fn health(svc: &Service, _: &Incoming, _: &Params) -> Result<Reply, AppError
 }
 
 pub fn metrics(svc: &Service, _: &Incoming, _: &Params) -> Result<Reply, AppError> {
+    // The metrics still render when the database can't answer; that gauge is left out.
+    let left_for_staff = svc
+        .payouts_outcome_unknown()
+        .map_err(|e| crate::log::error(&format!("metrics: cannot count payouts: {e:?}")))
+        .ok();
     Ok(Reply::text(
         "text/plain; version=0.0.4; charset=utf-8",
-        svc.metrics.render(&svc.writer.stats),
+        svc.metrics.render(&svc.writer.stats, left_for_staff),
     ))
 }
 

@@ -87,6 +87,12 @@ pub fn route(path: &str, test_hooks: bool) -> Option<Matched> {
                 Some(h::admin_credit),
                 vec![id],
             ),
+            ["api", "admin", "withdrawals", id, "resolve"] => (
+                "/api/admin/withdrawals/{id}/resolve",
+                None,
+                Some(h::admin_resolve_withdrawal),
+                vec![id],
+            ),
             ["health"] => ("/health", Some(h::health), None, vec![]),
             ["metrics"] => ("/metrics", Some(h::metrics), None, vec![]),
             ["openapi.json"] => ("/openapi.json", Some(h::openapi), None, vec![]),

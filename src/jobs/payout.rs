@@ -5,8 +5,15 @@
 //! Crash safety: the debit and PROCESSING are one transaction; the call carries
 //! `Idempotency-Key: <withdrawal id>`, so a call repeated after a crash pays once; a
 //! PROCESSING withdrawal is due again at start-up and resumes with the same key.
+//!
+//! Only a definite "not paid" refunds: no connection was made, or the service refused the
+//! request (400, 401, 403, 404, 422), or it answered 500 or 503 on every attempt. Any other
+//! outcome (a timeout after the request was sent, a 502, a 429, ...) says nothing about whether
+//! the money left: the worker retries within `--payout-retry-window` and then leaves the
+//! withdrawal PROCESSING for staff (`POST /api/admin/withdrawals/{id}/resolve`).
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -14,9 +21,9 @@ use serde_json::json;
 
 use crate::clock::{SharedClock, Wakeup};
 use crate::db::{Pool, Writer};
-use crate::domain::{Currency, WithdrawalStatus};
+use crate::domain::{Currency, Timestamp, WithdrawalStatus};
 use crate::error::AppError;
-use crate::ledger::withdrawals::{self, Attempt, Withdrawal};
+use crate::ledger::withdrawals::{self, Attempt, RetryPlan, Withdrawal};
 use crate::metrics::Metrics;
 
 /// Withdrawals taken per look at the table.
@@ -30,6 +37,9 @@ const PARKED_MESSAGE: &str =
 pub const ERROR_BACKOFF_MS: u64 = 1_000;
 /// Most of the payout service's reply kept as the error message.
 pub const PAYOUT_ERROR_CHARS_MAX: usize = 500;
+/// The longest wait between two retries (or the base delay, if that is longer): a retry
+/// window of a day is tried every hour at its end, not twice in all.
+pub const RETRY_DELAY_MS_MAX: u64 = 3_600_000;
 
 #[derive(Clone, Debug)]
 pub struct PayoutSettings {
@@ -37,6 +47,51 @@ pub struct PayoutSettings {
     pub attempts_max: u32,
     pub retry_base_ms: u64,
     pub timeout_ms: u64,
+    /// How long after an attempt of unknown outcome the worker keeps trying.
+    pub retry_window: Duration,
+}
+
+/// The withdrawals the worker is handling right now (from just before its payout call is
+/// decided until its outcome is recorded). Staff can't resolve one of them: the call might
+/// pay it while they refund it. The worker enters a withdrawal here before the writer job that
+/// decides to call, and staff check here inside their writer job, so the writer's order
+/// settles every race.
+#[derive(Default)]
+pub struct InFlight(Mutex<HashSet<String>>);
+
+impl InFlight {
+    pub fn contains(&self, id: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
+    }
+
+    fn enter(&self, id: &str) -> InFlightGuard<'_> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string());
+        InFlightGuard {
+            set: self,
+            id: id.to_string(),
+        }
+    }
+}
+
+struct InFlightGuard<'a> {
+    set: &'a InFlight,
+    id: String,
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.set
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
 }
 
 pub struct PayoutWorker {
@@ -47,6 +102,7 @@ pub struct PayoutWorker {
     pub clock: SharedClock,
     pub wakeup: Arc<Wakeup>,
     pub metrics: Arc<Metrics>,
+    pub in_flight: Arc<InFlight>,
 }
 
 impl PayoutWorker {
@@ -58,11 +114,19 @@ impl PayoutWorker {
     }
 
     fn run(self) {
+        let timeout = Duration::from_millis(self.settings.timeout_ms);
         let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_millis(self.settings.timeout_ms)))
+            // Connecting and then waiting for the answer each get the timeout; the whole call
+            // at most twice it. With separate budgets a connection that was never made is told
+            // apart (Timeout::Resolve/Connect: not paid) from a wait for an answer that ran out
+            // (the request went out: the outcome is unknown).
+            .timeout_resolve(Some(timeout))
+            .timeout_connect(Some(timeout))
+            .timeout_recv_response(Some(timeout))
+            .timeout_global(Some(timeout * 2))
             .http_status_as_error(false)
             // A redirect is not a payout: following one turned the POST into a GET whose 200
-            // looked like success. A 3xx is an answer to retry, then fail and refund.
+            // looked like success. A 3xx is an answer of unknown outcome, retried.
             .max_redirects(0)
             .max_redirects_will_error(false)
             .build()
@@ -113,8 +177,11 @@ impl PayoutWorker {
     }
 
     fn process(&self, agent: &ureq::Agent, w: Withdrawal) -> Result<(), AppError> {
+        // From here until its outcome is recorded, staff can't resolve it.
+        let _in_flight = self.in_flight.enter(&w.id);
         let mut w = w;
-        if w.status == WithdrawalStatus::Pending {
+        let debited_now = w.status == WithdrawalStatus::Pending;
+        if debited_now {
             let (currency, id, complete) = (
                 self.currency.clone(),
                 w.id.clone(),
@@ -142,6 +209,30 @@ impl PayoutWorker {
             ));
             return Ok(());
         };
+        if !debited_now {
+            // A retry, or a call resumed after a restart: read it again in the writer (staff
+            // may have resolved it since it was found due), and leave it for staff once its
+            // retry window is over.
+            let (id, window_ms) = (w.id.clone(), self.window_ms());
+            let fresh = self
+                .writer
+                .execute(move |conn, now| withdrawals::before_retry(conn, now, &id, window_ms))?;
+            match fresh {
+                Some(fresh) => {
+                    if fresh.outcome_unknown_since.is_some() && w.outcome_unknown_since.is_none() {
+                        // A call the process never heard back from.
+                        self.metrics.payouts_outcome_unknown.inc();
+                    }
+                    w = fresh;
+                }
+                None => return Ok(()),
+            }
+        }
+        self.pay(agent, url, &w)
+    }
+
+    /// Step 2 and 3: one call to the payout service, and its outcome recorded.
+    fn pay(&self, agent: &ureq::Agent, url: &str, w: &Withdrawal) -> Result<(), AppError> {
         let user_id: i64 = self.pool.get()?.query_row(
             "SELECT user_id FROM wallets WHERE id = ?1",
             [&w.wallet_id],
@@ -154,27 +245,30 @@ impl PayoutWorker {
             "currency": self.currency.code,
             "reference": w.reference,
         });
-        let attempt = self.call(agent, url, &w, &body);
+        let attempt = self.call(agent, url, w, &body);
         // Backoff counts from when the call ended: a call that timed out is not due again at once.
-        let attempt = match attempt {
-            Attempt::Failed { error, .. } => Attempt::Failed {
-                error,
-                retry_at: self.retry_at(&w),
-            },
-            other => other,
+        let plan = RetryPlan {
+            retry_at: self.retry_at(w),
+            attempts_max: self.settings.attempts_max,
+            window_ms: self.window_ms(),
         };
-        let (currency, id, max) = (
-            self.currency.clone(),
-            w.id.clone(),
-            self.settings.attempts_max,
-        );
-        let w = self.writer.execute(move |conn, now| {
-            withdrawals::record_attempt(conn, now, &currency, &id, &attempt, max)
+        let (currency, id) = (self.currency.clone(), w.id.clone());
+        let after = self.writer.execute(move |conn, now| {
+            withdrawals::record_attempt(conn, now, &currency, &id, &attempt, plan)
         })?;
-        if w.status == WithdrawalStatus::Processing {
-            self.metrics.payouts_retried.inc();
+        if after.status == WithdrawalStatus::Processing {
+            let left_for_staff = after
+                .error_message
+                .as_deref()
+                .is_some_and(|m| m.starts_with(withdrawals::OUTCOME_UNKNOWN_PREFIX));
+            if !left_for_staff {
+                self.metrics.payouts_retried.inc();
+            }
+            if after.outcome_unknown_since.is_some() && w.outcome_unknown_since.is_none() {
+                self.metrics.payouts_outcome_unknown.inc();
+            }
         }
-        self.count(&w);
+        self.count(&after);
         Ok(())
     }
 
@@ -186,13 +280,21 @@ impl PayoutWorker {
         }
     }
 
-    /// Exponential backoff from now: base, 2×base, 4×base, … after the 1st, 2nd, 3rd failure.
-    fn retry_at(&self, w: &Withdrawal) -> crate::domain::Timestamp {
+    /// Exponential backoff from now: base, 2×base, 4×base, … after the 1st, 2nd, 3rd failure,
+    /// at most `RETRY_DELAY_MS_MAX` (or the base, if longer).
+    fn retry_at(&self, w: &Withdrawal) -> Timestamp {
+        let base = self.settings.retry_base_ms;
         let factor = 1u64 << w.attempts.min(20);
-        let delay_ms = self.settings.retry_base_ms.saturating_mul(factor);
+        let delay_ms = base
+            .saturating_mul(factor)
+            .min(RETRY_DELAY_MS_MAX.max(base));
         self.clock
             .now()
             .plus_millis(i64::try_from(delay_ms).unwrap_or(i64::MAX / 4))
+    }
+
+    fn window_ms(&self) -> i64 {
+        i64::try_from(self.settings.retry_window.as_millis()).unwrap_or(i64::MAX / 4)
     }
 
     /// One call to the payout service, classified.
@@ -203,7 +305,6 @@ impl PayoutWorker {
         w: &Withdrawal,
         body: &serde_json::Value,
     ) -> Attempt {
-        let retry_at = self.retry_at(w);
         match agent
             .post(url)
             .header("Idempotency-Key", &w.id)
@@ -220,19 +321,109 @@ impl PayoutWorker {
                     .chars()
                     .take(PAYOUT_ERROR_CHARS_MAX)
                     .collect();
-                match status {
-                    200..=299 => Attempt::Paid,
-                    400..=499 => Attempt::Refused(format!("HTTP {status}: {text}")),
-                    _ => Attempt::Failed {
-                        error: format!("HTTP {status}: {text}"),
-                        retry_at,
-                    },
-                }
+                classify_status(status, format!("HTTP {status}: {text}"))
             }
-            Err(e) => Attempt::Failed {
-                error: format!("payout service unreachable: {e}"),
-                retry_at,
-            },
+            Err(e) if never_connected(&e) => {
+                Attempt::NotPaid(format!("payout service unreachable: {e}"))
+            }
+            Err(e) => Attempt::Unknown(format!("no answer from the payout service: {e}")),
         }
+    }
+}
+
+/// What an answer with this status says about the money (the contract's "Payouts whose
+/// outcome is unknown"): a 2xx paid; 400, 401, 403, 404 and 422 refused (the service read the
+/// request and said no); 500 and 503 not paid this time; anything else, unknown.
+pub fn classify_status(status: u16, error: String) -> Attempt {
+    match status {
+        200..=299 => Attempt::Paid,
+        400 | 401 | 403 | 404 | 422 => Attempt::Refused(error),
+        500 | 503 => Attempt::NotPaid(error),
+        _ => Attempt::Unknown(error),
+    }
+}
+
+/// Whether a failed call never reached the payout service: the name did not resolve, or no
+/// connection was made (refused, no route, or none within the timeout). Anything that can
+/// happen after the request went out (a reset, a timeout waiting for the answer, a broken
+/// reply) is not this.
+fn never_connected(e: &ureq::Error) -> bool {
+    use std::io::ErrorKind;
+    match e {
+        ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => true,
+        ureq::Error::Timeout(t) => {
+            matches!(t, ureq::Timeout::Resolve | ureq::Timeout::Connect)
+        }
+        ureq::Error::Io(io) => matches!(
+            io.kind(),
+            ErrorKind::ConnectionRefused
+                | ErrorKind::HostUnreachable
+                | ErrorKind::NetworkUnreachable
+                | ErrorKind::AddrNotAvailable
+        ),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_classified_as_the_contract_says() {
+        let kind = |s: u16| match classify_status(s, String::new()) {
+            Attempt::Paid => "paid",
+            Attempt::Refused(_) => "refused",
+            Attempt::NotPaid(_) => "not paid",
+            Attempt::Unknown(_) => "unknown",
+        };
+        for (status, expected) in [
+            (200, "paid"),
+            (201, "paid"),
+            (204, "paid"),
+            (400, "refused"),
+            (401, "refused"),
+            (403, "refused"),
+            (404, "refused"),
+            (422, "refused"),
+            (500, "not paid"),
+            (503, "not paid"),
+            (502, "unknown"),
+            (504, "unknown"),
+            (409, "unknown"),
+            (429, "unknown"),
+            (302, "unknown"),
+            (405, "unknown"),
+            (410, "unknown"),
+            (501, "unknown"),
+            (100, "unknown"),
+        ] {
+            assert_eq!(kind(status), expected, "HTTP {status}");
+        }
+    }
+
+    #[test]
+    fn only_errors_before_the_request_went_out_are_definite() {
+        use std::io::{Error, ErrorKind};
+        assert!(never_connected(&ureq::Error::HostNotFound));
+        assert!(never_connected(&ureq::Error::ConnectionFailed));
+        assert!(never_connected(&ureq::Error::Timeout(
+            ureq::Timeout::Connect
+        )));
+        assert!(never_connected(&ureq::Error::Io(Error::from(
+            ErrorKind::ConnectionRefused
+        ))));
+        assert!(!never_connected(&ureq::Error::Timeout(
+            ureq::Timeout::RecvResponse
+        )));
+        assert!(!never_connected(&ureq::Error::Timeout(
+            ureq::Timeout::Global
+        )));
+        assert!(!never_connected(&ureq::Error::Io(Error::from(
+            ErrorKind::ConnectionReset
+        ))));
+        assert!(!never_connected(&ureq::Error::Io(Error::from(
+            ErrorKind::UnexpectedEof
+        ))));
     }
 }

@@ -3,14 +3,19 @@
 //! PENDING --(due, funds short)--> FAILED (no entry)
 //! PENDING --(due)--> PROCESSING (WITHDRAWAL entry written, wallet debited)
 //! PROCESSING --(2xx, or no payout service)--> SUCCEEDED
-//! PROCESSING --(4xx, or attempts exhausted)--> FAILED + REFUND entry, in one transaction
+//! PROCESSING --(definitely not paid: 400/401/403/404/422, or every attempt a 500, 503 or no
+//!               connection)--> FAILED + REFUND entry, in one transaction
+//! PROCESSING --(any attempt of unknown outcome, then the retry window ends)--> PROCESSING,
+//!               left for staff with a message saying the outcome is unknown
+//! PROCESSING --(staff resolve: succeeded)--> SUCCEEDED
+//! PROCESSING --(staff resolve: failed)--> FAILED + REFUND entry, in one transaction
 //! PENDING --(cancel)--> CANCELLED
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::entries::{self, NewEntry, WalletRef};
 use super::{conflict, Movement, Outcome};
-use crate::domain::{Currency, EntryKind, Metadata, Timestamp, WithdrawalStatus};
+use crate::domain::{Currency, EntryKind, Metadata, PayoutResolution, Timestamp, WithdrawalStatus};
 use crate::error::AppError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,11 +34,17 @@ pub struct Withdrawal {
     pub updated_at: Timestamp,
     pub transaction_id: Option<String>,
     pub refund_transaction_id: Option<String>,
+    /// When an attempt first ended without saying whether the money left; from then on only
+    /// staff can fail (and refund) it.
+    pub outcome_unknown_since: Option<Timestamp>,
+    /// When the payout call under way started; set before each call, cleared with its outcome.
+    pub payout_call_started_at: Option<Timestamp>,
 }
 
 const COLUMNS: &str =
     "id, wallet_id, amount, reference, metadata, status, scheduled_at, next_attempt_at, \
-     attempts, error_message, created_at, updated_at, transaction_id, refund_transaction_id";
+     attempts, error_message, created_at, updated_at, transaction_id, refund_transaction_id, \
+     outcome_unknown_since, payout_call_started_at";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Withdrawal> {
     let status: String = r.get(5)?;
@@ -59,6 +70,12 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Withdrawal> {
         updated_at: ts(11)?,
         transaction_id: r.get(12)?,
         refund_transaction_id: r.get(13)?,
+        outcome_unknown_since: r
+            .get::<_, Option<String>>(14)?
+            .map(|t| Timestamp::from_stored(&t)),
+        payout_call_started_at: r
+            .get::<_, Option<String>>(15)?
+            .map(|t| Timestamp::from_stored(&t)),
     })
 }
 
@@ -285,10 +302,14 @@ pub fn begin(
             } else {
                 WithdrawalStatus::Processing
             };
+            // The payout call follows at once: from here until its outcome is recorded, a
+            // call may be under way.
+            let call_started_at = (!complete).then(|| now.to_text());
             conn.prepare_cached(
-                "UPDATE withdrawals SET status = ?2, transaction_id = ?3, updated_at = ?4, next_attempt_at = ?4 WHERE id = ?1",
+                "UPDATE withdrawals SET status = ?2, transaction_id = ?3, updated_at = ?4, next_attempt_at = ?4,
+                     payout_call_started_at = ?5 WHERE id = ?1",
             )?
-            .execute(params![id, status.as_str(), entry.id, now.to_text()])?;
+            .execute(params![id, status.as_str(), entry.id, now.to_text(), call_started_at])?;
         }
     }
     find_any(conn, id)?.ok_or(AppError::NotFound("withdrawal"))
@@ -313,72 +334,384 @@ pub fn defer(
 /// What one payout call came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attempt {
+    /// A 2xx.
     Paid,
-    /// The service refused for good (4xx): fail and refund.
+    /// The service read the request and refused it (400, 401, 403, 404, 422): not paid.
     Refused(String),
-    /// A 5xx, timeout or connection error: retry at `retry_at`, unless attempts are used up.
-    Failed {
-        error: String,
-        retry_at: Timestamp,
-    },
+    /// Not paid this time, worth another try: no connection was made, or a 500 or 503.
+    NotPaid(String),
+    /// Whether it paid is unknown: a timeout after the request was sent, a 502, 504, 409, 429,
+    /// a redirect or any other answer.
+    Unknown(String),
 }
 
-/// Step 3: records one payout attempt on a PROCESSING withdrawal. A final failure writes the
-/// REFUND entry in the same transaction as the FAILED status, so neither exists without the other.
+/// When and how long to keep trying after an attempt that did not pay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPlan {
+    /// The next attempt's time by the backoff.
+    pub retry_at: Timestamp,
+    /// Definite failures (500, 503, no connection) allowed before the refund.
+    pub attempts_max: u32,
+    /// How long after the first attempt of unknown outcome the worker keeps trying.
+    pub window_ms: i64,
+}
+
+/// The first words of the message on a withdrawal left for staff.
+pub const OUTCOME_UNKNOWN_PREFIX: &str = "payout outcome unknown";
+/// How long a withdrawal left for staff waits before the worker looks at it again (only to
+/// check that it is still left: it makes no call).
+pub const UNKNOWN_RECHECK_MS: i64 = 3_600_000;
+
+/// Step 3: records one payout attempt on a PROCESSING withdrawal. A refund is written only when
+/// the money definitely did not leave, and in the same transaction as the FAILED status, so
+/// neither exists without the other. Once any attempt's outcome was unknown, no answer but a
+/// 2xx is final: the worker retries within the window, then leaves it for staff.
 pub fn record_attempt(
     conn: &Connection,
     now: Timestamp,
     currency: &Currency,
     id: &str,
     attempt: &Attempt,
-    attempts_max: u32,
+    plan: RetryPlan,
 ) -> Result<Withdrawal, AppError> {
     let w = find_any(conn, id)?.ok_or(AppError::NotFound("withdrawal"))?;
     if w.status != WithdrawalStatus::Processing {
         return Ok(w);
     }
+    // This call has reported back.
+    conn.prepare_cached("UPDATE withdrawals SET payout_call_started_at = NULL WHERE id = ?1")?
+        .execute([id])?;
     let attempts = w.attempts + 1;
-    let final_error = match attempt {
-        Attempt::Paid => None,
-        Attempt::Refused(msg) => Some(format!("payout refused: {msg}")),
-        Attempt::Failed { error, .. } if attempts >= attempts_max => {
-            Some(format!("payout failed after {attempts} attempts: {error}"))
-        }
-        Attempt::Failed { error, retry_at } => {
+    match decide(attempt, attempts, w.outcome_unknown_since, now, plan) {
+        Decision::Succeed => {
             conn.prepare_cached(
-                "UPDATE withdrawals SET attempts = ?2, error_message = ?3, next_attempt_at = ?4, updated_at = ?5 WHERE id = ?1",
+                "UPDATE withdrawals SET attempts = ?2, status = 'SUCCEEDED', updated_at = ?3 WHERE id = ?1",
             )?
-            .execute(params![id, attempts, error, retry_at.to_text(), now.to_text()])?;
-            return find_any(conn, id)?.ok_or(AppError::NotFound("withdrawal"));
+            .execute(params![id, attempts, now.to_text()])?;
+            find_any(conn, id)?.ok_or(AppError::NotFound("withdrawal"))
         }
-    };
-    match final_error {
-        None => {
-            conn.prepare_cached("UPDATE withdrawals SET attempts = ?2, status = 'SUCCEEDED', updated_at = ?3 WHERE id = ?1")?
-                .execute(params![id, attempts, now.to_text()])?;
+        Decision::Refund(message) => fail_and_refund(conn, now, currency, &w, attempts, &message),
+        Decision::Retry { at, unknown_since } => {
+            retry_later(conn, now, &w, attempts, attempt.error(), at, unknown_since)
         }
-        Some(message) => {
-            let wallet = wallet_ref(conn, &w.wallet_id)?;
-            let refund = entries::append(
-                conn,
-                now,
-                NewEntry {
-                    wallet: &wallet,
-                    kind: EntryKind::Refund,
-                    amount: w.amount,
-                    reference: &w.reference,
-                    counterparty_user_id: None,
-                    transfer_id: None,
-                    metadata: &w.metadata,
-                },
-                |v| currency.format(v),
-            )?;
-            conn.prepare_cached(
-                "UPDATE withdrawals SET attempts = ?2, status = 'FAILED', error_message = ?3,
-                     refund_transaction_id = ?4, updated_at = ?5 WHERE id = ?1",
-            )?
-            .execute(params![id, attempts, message, refund.id, now.to_text()])?;
+        Decision::LeaveForStaff { since } => {
+            leave_for_staff(conn, now, &w, attempts, since, attempt.error())
         }
     }
-    find_any(conn, id)?.ok_or(AppError::NotFound("withdrawal"))
+}
+
+/// What an attempt leads to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Succeed,
+    /// FAILED and refunded, with this message.
+    Refund(String),
+    /// Try again at `at`; `unknown_since` as it now stands.
+    Retry {
+        at: Timestamp,
+        unknown_since: Option<Timestamp>,
+    },
+    /// Whether it paid is unknown and the window is over: PROCESSING, for staff.
+    LeaveForStaff {
+        since: Timestamp,
+    },
+}
+
+impl Attempt {
+    fn error(&self) -> &str {
+        match self {
+            Attempt::Paid => "",
+            Attempt::Refused(e) | Attempt::NotPaid(e) | Attempt::Unknown(e) => e,
+        }
+    }
+}
+
+/// The rule of "Payouts whose outcome is unknown", without storage: `attempts` counts this one,
+/// `unknown_since` is when an earlier attempt first left the outcome unknown.
+pub fn decide(
+    attempt: &Attempt,
+    attempts: u32,
+    unknown_since: Option<Timestamp>,
+    now: Timestamp,
+    plan: RetryPlan,
+) -> Decision {
+    let unknown_since = match (attempt, unknown_since) {
+        (Attempt::Paid, _) => return Decision::Succeed,
+        (_, Some(since)) => Some(since),
+        (Attempt::Unknown(_), None) => Some(now),
+        _ => None,
+    };
+    let error = attempt.error();
+    match (unknown_since, attempt) {
+        (Some(since), _) if now >= since.plus_millis(plan.window_ms) => {
+            Decision::LeaveForStaff { since }
+        }
+        (Some(since), _) => Decision::Retry {
+            at: plan.retry_at.min(since.plus_millis(plan.window_ms)),
+            unknown_since: Some(since),
+        },
+        (None, Attempt::Refused(msg)) => Decision::Refund(format!("payout refused: {msg}")),
+        (None, _) if attempts >= plan.attempts_max => {
+            Decision::Refund(format!("payout failed after {attempts} attempts: {error}"))
+        }
+        (None, _) => Decision::Retry {
+            at: plan.retry_at,
+            unknown_since: None,
+        },
+    }
+}
+
+/// Records an attempt that did not pay, and when to try again.
+fn retry_later(
+    conn: &Connection,
+    now: Timestamp,
+    w: &Withdrawal,
+    attempts: u32,
+    error: &str,
+    retry_at: Timestamp,
+    unknown_since: Option<Timestamp>,
+) -> Result<Withdrawal, AppError> {
+    conn.prepare_cached(
+        "UPDATE withdrawals SET attempts = ?2, error_message = ?3, next_attempt_at = ?4,
+             outcome_unknown_since = ?5, updated_at = ?6 WHERE id = ?1",
+    )?
+    .execute(params![
+        w.id,
+        attempts,
+        error,
+        retry_at.to_text(),
+        unknown_since.map(Timestamp::to_text),
+        now.to_text()
+    ])?;
+    find_any(conn, &w.id)?.ok_or(AppError::NotFound("withdrawal"))
+}
+
+/// Before a retry's call (or a call resumed after a restart): the withdrawal as it stands, if a
+/// call should be made, now marked as called. None when it is no longer PROCESSING (staff
+/// resolved it), or when its retry window is over, in which case it is left for staff (again)
+/// and looked at only hourly. A call that started but never reported back (the process
+/// stopped during it) makes the outcome unknown from now on. Runs in the writer, so it is
+/// ordered with `resolve`: whichever runs second sees what the first did.
+pub fn before_retry(
+    conn: &Connection,
+    now: Timestamp,
+    id: &str,
+    window_ms: i64,
+) -> Result<Option<Withdrawal>, AppError> {
+    let Some(w) = find_any(conn, id)? else {
+        return Ok(None);
+    };
+    if w.status != WithdrawalStatus::Processing {
+        return Ok(None);
+    }
+    let (unknown_since, error) = match (w.outcome_unknown_since, w.payout_call_started_at) {
+        (Some(since), _) => (Some(since), w.error_message.clone()),
+        (None, Some(started)) => (
+            Some(now),
+            Some(format!(
+                "the payout call of {} never reported back (the server stopped during it)",
+                started.to_text()
+            )),
+        ),
+        (None, None) => (None, w.error_message.clone()),
+    };
+    if let Some(since) = unknown_since {
+        if now >= since.plus_millis(window_ms) {
+            let last = error.unwrap_or_default();
+            leave_for_staff(conn, now, &w, w.attempts, since, &last)?;
+            return Ok(None);
+        }
+    }
+    conn.prepare_cached(
+        "UPDATE withdrawals SET payout_call_started_at = ?2, outcome_unknown_since = ?3,
+             error_message = ?4 WHERE id = ?1",
+    )?
+    .execute(params![
+        id,
+        now.to_text(),
+        unknown_since.map(Timestamp::to_text),
+        error
+    ])?;
+    find_any(conn, id)
+}
+
+/// Leaves a PROCESSING withdrawal whose outcome is unknown for staff: no refund, a message
+/// saying why, and no call until staff resolve it.
+fn leave_for_staff(
+    conn: &Connection,
+    now: Timestamp,
+    w: &Withdrawal,
+    attempts: u32,
+    since: Timestamp,
+    last_error: &str,
+) -> Result<Withdrawal, AppError> {
+    let message = if last_error.starts_with(OUTCOME_UNKNOWN_PREFIX) {
+        last_error.to_string()
+    } else {
+        format!(
+            "{OUTCOME_UNKNOWN_PREFIX} after {attempts} attempts (last: {last_error}); the payout \
+             service may have paid it: staff must check with it and resolve this withdrawal"
+        )
+    };
+    conn.prepare_cached(
+        "UPDATE withdrawals SET attempts = ?2, error_message = ?3, next_attempt_at = ?4,
+             outcome_unknown_since = ?5, updated_at = ?6, payout_call_started_at = NULL WHERE id = ?1",
+    )?
+    .execute(params![
+        w.id,
+        attempts,
+        message,
+        now.plus_millis(UNKNOWN_RECHECK_MS).to_text(),
+        since.to_text(),
+        now.to_text()
+    ])?;
+    find_any(conn, &w.id)?.ok_or(AppError::NotFound("withdrawal"))
+}
+
+/// FAILED with its REFUND entry, in the caller's transaction.
+fn fail_and_refund(
+    conn: &Connection,
+    now: Timestamp,
+    currency: &Currency,
+    w: &Withdrawal,
+    attempts: u32,
+    message: &str,
+) -> Result<Withdrawal, AppError> {
+    let wallet = wallet_ref(conn, &w.wallet_id)?;
+    let refund = entries::append(
+        conn,
+        now,
+        NewEntry {
+            wallet: &wallet,
+            kind: EntryKind::Refund,
+            amount: w.amount,
+            reference: &w.reference,
+            counterparty_user_id: None,
+            transfer_id: None,
+            metadata: &w.metadata,
+        },
+        |v| currency.format(v),
+    )?;
+    conn.prepare_cached(
+        "UPDATE withdrawals SET attempts = ?2, status = 'FAILED', error_message = ?3,
+             refund_transaction_id = ?4, updated_at = ?5 WHERE id = ?1",
+    )?
+    .execute(params![w.id, attempts, message, refund.id, now.to_text()])?;
+    find_any(conn, &w.id)?.ok_or(AppError::NotFound("withdrawal"))
+}
+
+/// The user whose wallet a withdrawal debits.
+pub fn owner_user_id(conn: &Connection, w: &Withdrawal) -> Result<i64, AppError> {
+    Ok(conn
+        .prepare_cached("SELECT user_id FROM wallets WHERE id = ?1")?
+        .query_row([&w.wallet_id], |r| r.get(0))?)
+}
+
+/// Staff settle a PROCESSING withdrawal after asking the payout service: `Succeeded` marks it
+/// paid; `Failed` refunds it, in this transaction. Anything but PROCESSING is a conflict. The
+/// caller has checked that no payout call for it is in flight.
+pub fn resolve(
+    conn: &Connection,
+    now: Timestamp,
+    currency: &Currency,
+    w: &Withdrawal,
+    resolution: PayoutResolution,
+) -> Result<Withdrawal, AppError> {
+    if w.status != WithdrawalStatus::Processing {
+        return Err(AppError::Conflict(format!(
+            "only a PROCESSING withdrawal can be resolved; this one is {}",
+            w.status.as_str()
+        )));
+    }
+    match resolution {
+        PayoutResolution::Succeeded => {
+            conn.prepare_cached(
+                "UPDATE withdrawals SET status = 'SUCCEEDED', error_message = NULL, updated_at = ?2
+                 WHERE id = ?1 AND status = 'PROCESSING'",
+            )?
+            .execute(params![w.id, now.to_text()])?;
+            find_any(conn, &w.id)?.ok_or(AppError::NotFound("withdrawal"))
+        }
+        PayoutResolution::Failed => fail_and_refund(
+            conn,
+            now,
+            currency,
+            w,
+            w.attempts,
+            "payout failed: resolved by staff after checking with the payout service",
+        ),
+    }
+}
+
+/// Withdrawals left PROCESSING because whether they were paid is unknown and their retry window
+/// ended before `now`: the ones waiting for staff.
+pub fn count_outcome_unknown(
+    conn: &Connection,
+    now: Timestamp,
+    window_ms: i64,
+) -> Result<i64, AppError> {
+    let cutoff = now.plus_millis(-window_ms);
+    Ok(conn
+        .prepare_cached(
+            "SELECT count(*) FROM withdrawals
+             WHERE status = 'PROCESSING' AND outcome_unknown_since <= ?1",
+        )?
+        .query_row([cutoff.to_text()], |r| r.get(0))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(ms: i64) -> Timestamp {
+        Timestamp::parse("2026-03-02T09:00:00Z")
+            .unwrap()
+            .plus_millis(ms)
+    }
+
+    #[test]
+    fn only_a_definite_answer_refunds_and_unknown_sticks() {
+        // now = 1 s; retries 100 ms later; 3 definite failures; a 10 s window.
+        let plan = RetryPlan {
+            retry_at: t(1_100),
+            attempts_max: 3,
+            window_ms: 10_000,
+        };
+        let decide_at =
+            |a: &Attempt, n: u32, since: Option<Timestamp>| decide(a, n, since, t(1_000), plan);
+        let refused = Attempt::Refused("HTTP 400: no".into());
+        let not_paid = Attempt::NotPaid("HTTP 500: down".into());
+        let unknown = Attempt::Unknown("HTTP 502: gateway".into());
+        let retry = |since| Decision::Retry {
+            at: t(1_100),
+            unknown_since: since,
+        };
+        assert_eq!(decide_at(&Attempt::Paid, 1, Some(t(0))), Decision::Succeed);
+        assert_eq!(
+            decide_at(&refused, 1, None),
+            Decision::Refund("payout refused: HTTP 400: no".into())
+        );
+        assert_eq!(decide_at(&not_paid, 2, None), retry(None));
+        assert_eq!(
+            decide_at(&not_paid, 3, None),
+            Decision::Refund("payout failed after 3 attempts: HTTP 500: down".into())
+        );
+        // The first unknown outcome starts the window now; later definite answers don't refund.
+        assert_eq!(decide_at(&unknown, 1, None), retry(Some(t(1_000))));
+        assert_eq!(decide_at(&unknown, 9, None), retry(Some(t(1_000))));
+        assert_eq!(decide_at(&refused, 2, Some(t(0))), retry(Some(t(0))));
+        assert_eq!(decide_at(&not_paid, 5, Some(t(0))), retry(Some(t(0))));
+        // The last retry is at the window's end, not after it; at its end, staff.
+        assert_eq!(
+            decide_at(&unknown, 2, Some(t(-8_950))),
+            Decision::Retry {
+                at: t(1_050),
+                unknown_since: Some(t(-8_950))
+            }
+        );
+        assert_eq!(
+            decide_at(&not_paid, 2, Some(t(-9_000))),
+            Decision::LeaveForStaff { since: t(-9_000) }
+        );
+    }
 }

@@ -150,7 +150,7 @@ fn an_upgrade_that_would_lose_an_entry_stops_and_changes_nothing() {
 
 /// A schema-2 database whose users were registered as `user0`, `user1`, … (password "correct
 /// horse battery"), then renamed by hand to `stored`, each with the key schema 2 gave it: its
-/// lowercase. Schema 3 has the same tables, so this is what schema 2 could hold.
+/// lowercase, and without what schema 4 added to `withdrawals`: what schema 2 could hold.
 fn schema_2_database_with_users(stored: &[&str]) -> (tempfile::TempDir, std::path::PathBuf) {
     let mut app = TestApp::spawn();
     for i in 0..stored.len() {
@@ -166,7 +166,12 @@ fn schema_2_database_with_users(stored: &[&str]) -> (tempfile::TempDir, std::pat
             )
             .unwrap();
         }
-        db.execute_batch("PRAGMA user_version = 2").unwrap();
+        db.execute_batch(
+            "ALTER TABLE withdrawals DROP COLUMN outcome_unknown_since;
+             ALTER TABLE withdrawals DROP COLUMN payout_call_started_at;
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("wallet-v2.db");

@@ -1,5 +1,7 @@
 //! Scheduled withdrawals (issue 4) against a scripted fake payout service: outcomes, retries,
 //! refunds, cancel, idempotency, validation, and a SIGKILL of the real binary mid-payout.
+//! Payouts whose outcome is unknown (issue 11): the scenario table of the payout service's
+//! answers, and staff resolving what the worker leaves for them.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -10,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ::wallet::clock::SystemClock;
+use ::wallet::clock::{Clock, ManualClock, SystemClock};
 use ::wallet::domain::Timestamp;
 use serde_json::{json, Value};
 
@@ -206,15 +208,22 @@ fn serve(conn: TcpStream, st: &FakeState) {
 
 const RETRY_BASE_MS: u64 = 20;
 const TIMEOUT_MS: u64 = 300;
+/// The retry window for an outcome that is unknown, short enough for tests on the real clock.
+const RETRY_WINDOW: Duration = Duration::from_millis(1000);
 
 fn app_with_payout(fake: &FakePayout) -> TestApp {
-    let url = fake.url.clone();
+    app_paying_to(&fake.url)
+}
+
+fn app_paying_to(url: &str) -> TestApp {
+    let url = url.to_string();
     TestApp::spawn_with(
         move |c| {
             c.serve.payout_url = Some(url);
             c.serve.payout_retry_base_ms = RETRY_BASE_MS;
             c.serve.payout_timeout_ms = TIMEOUT_MS;
             c.serve.payout_attempts_max = 3;
+            c.serve.payout_retry_window = RETRY_WINDOW;
         },
         Arc::new(SystemClock),
     )
@@ -831,13 +840,64 @@ fn list_filters_by_status() {
 
 // ---- Crash safety: SIGKILL the real binary in the middle of a payout ----------------------
 
-/// The real binary serving `db`, paying out to `payout_url` with short retries.
-fn start_binary(db: &Path, payout_url: &str) -> crate::binary::Server {
+/// The real binary serving `db`, paying out to `payout_url` with short retries (within
+/// `retry_window`, when given).
+fn start_binary(db: &Path, payout_url: &str, retry_window: Option<&str>) -> crate::binary::Server {
     let mut cmd = crate::binary::wallet(db);
     cmd.env("WALLET_PAYOUT_URL", payout_url)
         .env("WALLET_PAYOUT_RETRY_BASE_MS", "20")
         .env("WALLET_PAYOUT_TIMEOUT_MS", "20000");
+    if let Some(window) = retry_window {
+        cmd.env("WALLET_PAYOUT_RETRY_WINDOW", window);
+    }
     crate::binary::Server::start(cmd)
+}
+
+/// On a running binary: registers a user, deposits 100.00 and schedules `amount` 300 ms ahead.
+/// Returns the token, the user id and the withdrawal id.
+fn binary_withdrawal(base: &str, amount: &str, reference: &str) -> (String, i64, String) {
+    let username = name("k");
+    let (status, reg) = call(
+        base,
+        "POST",
+        "/api/auth/register",
+        None,
+        Some(
+            json!({"username": username, "email": format!("{username}@example.com"),
+            "password": "correct horse battery", "password_confirm": "correct horse battery"}),
+        ),
+    );
+    assert_eq!(status, 201, "{reg}");
+    let token = reg["token"].as_str().unwrap().to_string();
+    let user_id = reg["user"]["id"].as_i64().unwrap();
+    let (status, body) = call(
+        base,
+        "POST",
+        "/api/wallets/me/deposit",
+        Some(&token),
+        Some(json!({"amount": "100.00", "reference": "fund"})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let at = Timestamp::from_datetime(chrono::Utc::now())
+        .plus_millis(300)
+        .to_text();
+    let (status, w) = call(
+        base,
+        "POST",
+        "/api/wallets/me/withdraw",
+        Some(&token),
+        Some(json!({"amount": amount, "reference": reference, "scheduled_at": at})),
+    );
+    assert_eq!(status, 202, "{w}");
+    (token, user_id, w["id"].as_str().unwrap().to_string())
+}
+
+/// The fake holds the first call open; SIGKILLs the server while it waits for the answer.
+fn kill_during_the_call(mut server: crate::binary::Server, fake: &FakePayout) {
+    let calls = fake.wait_calls(1, Duration::from_secs(10));
+    assert_eq!(calls.len(), 1, "the payout call never came");
+    server.child.kill().expect("SIGKILL");
+    server.child.wait().unwrap();
 }
 
 fn call(
@@ -880,48 +940,9 @@ fn killed_mid_payout_the_withdrawal_completes_exactly_once_after_restart() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("wallet.db");
 
-    let mut first = start_binary(&db, &fake.url);
-    let username = name("k");
-    let (status, reg) = call(
-        &first.base,
-        "POST",
-        "/api/auth/register",
-        None,
-        Some(
-            json!({"username": username, "email": format!("{username}@example.com"),
-            "password": "correct horse battery", "password_confirm": "correct horse battery"}),
-        ),
-    );
-    assert_eq!(status, 201, "{reg}");
-    let token = reg["token"].as_str().unwrap().to_string();
-    let user_id = reg["user"]["id"].as_i64().unwrap();
-    let (status, body) = call(
-        &first.base,
-        "POST",
-        "/api/wallets/me/deposit",
-        Some(&token),
-        Some(json!({"amount": "100.00", "reference": "fund"})),
-    );
-    assert_eq!(status, 201, "{body}");
-    let at = Timestamp::from_datetime(chrono::Utc::now())
-        .plus_millis(300)
-        .to_text();
-    let (status, w) = call(
-        &first.base,
-        "POST",
-        "/api/wallets/me/withdraw",
-        Some(&token),
-        Some(json!({"amount": "40.00", "reference": "kill", "scheduled_at": at})),
-    );
-    assert_eq!(status, 202, "{w}");
-    let id = w["id"].as_str().unwrap().to_string();
-
-    // The fake holds the first call open; kill the server while it waits for the answer.
-    let calls = fake.wait_calls(1, Duration::from_secs(10));
-    assert_eq!(calls.len(), 1, "the payout call never came");
-    first.child.kill().expect("SIGKILL");
-    first.child.wait().unwrap();
-    drop(first);
+    let first = start_binary(&db, &fake.url, None);
+    let (token, user_id, id) = binary_withdrawal(&first.base, "40.00", "kill");
+    kill_during_the_call(first, &fake);
     {
         let conn = rusqlite::Connection::open(&db).unwrap();
         let (status, balance): (String, i64) = conn
@@ -938,7 +959,7 @@ fn killed_mid_payout_the_withdrawal_completes_exactly_once_after_restart() {
         );
     }
 
-    let second = start_binary(&db, &fake.url);
+    let second = start_binary(&db, &fake.url, None);
     let deadline = Instant::now() + Duration::from_secs(10);
     let w = loop {
         let (status, w) = call(
@@ -1071,4 +1092,816 @@ fn a_redirect_from_the_payout_service_is_not_a_payout() {
     );
     assert_eq!(app.balance(&u), "70.00");
     assert_verified(&app);
+}
+
+// ---- Payouts whose outcome is unknown (issue 11) ------------------------------------------
+
+/// Where the payout calls go in a scenario.
+#[derive(Clone, Copy, Debug)]
+enum Payee {
+    /// The fake, answering with `script` in order, then with `fallback`.
+    Fake(&'static [Step], Step),
+    /// A port nobody listens on: every connection is refused.
+    Nobody,
+}
+
+/// What a scenario must come to.
+#[derive(Clone, Copy, Debug)]
+enum Expect {
+    /// SUCCEEDED after this many attempts, debited once.
+    Paid(u32),
+    /// FAILED after this many attempts, with a message starting so, and refunded.
+    Refunded(u32, &'static str),
+    /// Left PROCESSING for staff once the retry window is over: not refunded, retried at least
+    /// once with the same key, counted in /metrics.
+    Unknown,
+}
+
+struct Scenario {
+    name: &'static str,
+    payee: Payee,
+    expect: Expect,
+}
+
+use Step::{Hang, Reply};
+
+/// The contract's "Payouts whose outcome is unknown", one row per sequence of answers. Only a
+/// definite "not paid" refunds: no connection, a 400/401/403/404/422, or 500/503 on every
+/// attempt. Anything else, once, makes the outcome unknown for good.
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "502 every time",
+        payee: Payee::Fake(&[], Reply(502)),
+        expect: Expect::Unknown,
+    },
+    Scenario {
+        name: "504 every time",
+        payee: Payee::Fake(&[], Reply(504)),
+        expect: Expect::Unknown,
+    },
+    Scenario {
+        name: "409 every time",
+        payee: Payee::Fake(&[], Reply(409)),
+        expect: Expect::Unknown,
+    },
+    Scenario {
+        name: "429 every time",
+        payee: Payee::Fake(&[], Reply(429)),
+        expect: Expect::Unknown,
+    },
+    Scenario {
+        name: "418, a status the contract does not name",
+        payee: Payee::Fake(&[], Reply(418)),
+        expect: Expect::Unknown,
+    },
+    Scenario {
+        name: "a timeout every time",
+        payee: Payee::Fake(&[], Hang(2000, 200)),
+        expect: Expect::Unknown,
+    },
+    Scenario {
+        name: "500, then 502",
+        payee: Payee::Fake(&[Reply(500)], Reply(502)),
+        expect: Expect::Unknown,
+    },
+    Scenario {
+        name: "502, then 500 (an earlier unknown outcome stays unknown)",
+        payee: Payee::Fake(&[Reply(502)], Reply(500)),
+        expect: Expect::Unknown,
+    },
+    Scenario {
+        name: "a timeout, then 400",
+        payee: Payee::Fake(&[Hang(2000, 200)], Reply(400)),
+        expect: Expect::Unknown,
+    },
+    Scenario {
+        name: "502, then 200",
+        payee: Payee::Fake(&[Reply(502)], Reply(200)),
+        expect: Expect::Paid(2),
+    },
+    Scenario {
+        name: "connection refused every time",
+        payee: Payee::Nobody,
+        expect: Expect::Refunded(
+            3,
+            "payout failed after 3 attempts: payout service unreachable",
+        ),
+    },
+    Scenario {
+        name: "400",
+        payee: Payee::Fake(&[], Reply(400)),
+        expect: Expect::Refunded(1, "payout refused: HTTP 400"),
+    },
+    Scenario {
+        name: "401",
+        payee: Payee::Fake(&[], Reply(401)),
+        expect: Expect::Refunded(1, "payout refused: HTTP 401"),
+    },
+    Scenario {
+        name: "403",
+        payee: Payee::Fake(&[], Reply(403)),
+        expect: Expect::Refunded(1, "payout refused: HTTP 403"),
+    },
+    Scenario {
+        name: "404",
+        payee: Payee::Fake(&[], Reply(404)),
+        expect: Expect::Refunded(1, "payout refused: HTTP 404"),
+    },
+    Scenario {
+        name: "422",
+        payee: Payee::Fake(&[], Reply(422)),
+        expect: Expect::Refunded(1, "payout refused: HTTP 422"),
+    },
+    Scenario {
+        name: "500, then 400",
+        payee: Payee::Fake(&[Reply(500)], Reply(400)),
+        expect: Expect::Refunded(2, "payout refused: HTTP 400"),
+    },
+    Scenario {
+        name: "500 every time",
+        payee: Payee::Fake(&[], Reply(500)),
+        expect: Expect::Refunded(3, "payout failed after 3 attempts: HTTP 500"),
+    },
+    Scenario {
+        name: "503 every time",
+        payee: Payee::Fake(&[], Reply(503)),
+        expect: Expect::Refunded(3, "payout failed after 3 attempts: HTTP 503"),
+    },
+    Scenario {
+        name: "500, 503, 500",
+        payee: Payee::Fake(&[Reply(500), Reply(503)], Reply(500)),
+        expect: Expect::Refunded(3, "payout failed after 3 attempts: HTTP 500"),
+    },
+];
+
+const OUTCOME_UNKNOWN: &str = "payout outcome unknown";
+
+/// An http:// URL on which every connection is refused (a port that was just let go).
+fn refused_url() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}/payouts")
+}
+
+/// Polls the withdrawal (at most 10 s) until `done` says yes, and returns it.
+fn wait_until(app: &TestApp, u: &User, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = get_withdrawal(app, u, id);
+        assert_eq!(r.status, 200, "{}", r.body);
+        if done(&r.body) {
+            return r.body;
+        }
+        assert!(Instant::now() < deadline, "still {} after 10 s", r.body);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Final, or left PROCESSING for staff.
+fn settled(w: &Value) -> bool {
+    ["SUCCEEDED", "FAILED", "CANCELLED"].contains(&w["status"].as_str().unwrap_or(""))
+        || left_for_staff(w)
+}
+
+fn left_for_staff(w: &Value) -> bool {
+    w["status"] == "PROCESSING"
+        && w["error_message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with(OUTCOME_UNKNOWN))
+}
+
+/// One sample from /metrics.
+fn metric(app: &TestApp, name: &str) -> Option<f64> {
+    let r = app.request("GET", "/metrics", None, None);
+    assert_eq!(r.status, 200);
+    let text = r.body.as_str().expect("metrics are text").to_string();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_string))
+        .map(|v| v.parse().expect("a number"))
+}
+
+fn run_scenario(s: &Scenario) {
+    let fake = match s.payee {
+        Payee::Fake(script, fallback) => Some(FakePayout::start(script, fallback)),
+        Payee::Nobody => None,
+    };
+    let url = fake.as_ref().map_or_else(refused_url, |f| f.url.clone());
+    let app = app_paying_to(&url);
+    let u = funded(&app);
+    let id = schedule_ok(&app, &u, "30.00", "row");
+    let w = wait_until(&app, &u, &id, settled);
+    let attempts = w["attempts"].as_u64().unwrap() as usize;
+    let debited = vec![
+        e("WITHDRAWAL", "30.00", "70.00", "row"),
+        e("DEPOSIT", "100.00", "100.00", "fund"),
+    ];
+    match s.expect {
+        Expect::Paid(n) => {
+            assert_eq!(
+                (&w["status"], &w["attempts"], &w["refund_transaction_id"]),
+                (&json!("SUCCEEDED"), &json!(n), &Value::Null),
+                "{w}"
+            );
+            assert_eq!(entries(&app, &u), debited);
+            assert_eq!(app.balance(&u), "70.00");
+        }
+        Expect::Refunded(n, message) => {
+            assert_eq!(
+                (&w["status"], &w["attempts"]),
+                (&json!("FAILED"), &json!(n)),
+                "{w}"
+            );
+            let error = w["error_message"].as_str().unwrap();
+            assert!(error.starts_with(message), "{error}");
+            let all = full_entries(&app, &u);
+            assert_eq!(w["refund_transaction_id"], id_of_entry(&all, "REFUND"));
+            let mut refunded = vec![e("REFUND", "30.00", "100.00", "row")];
+            refunded.extend(debited);
+            assert_eq!(entries(&app, &u), refunded);
+            assert_eq!(app.balance(&u), "100.00");
+        }
+        Expect::Unknown => {
+            assert!(left_for_staff(&w), "{w}");
+            assert_eq!(w["refund_transaction_id"], Value::Null, "{w}");
+            assert!(attempts >= 2, "never retried: {w}");
+            assert_eq!(
+                entries(&app, &u),
+                debited,
+                "refunded although it may be paid"
+            );
+            assert_eq!(app.balance(&u), "70.00");
+            assert_eq!(metric(&app, "wallet_payouts_outcome_unknown"), Some(1.0));
+            // Left alone, it is not called for again (nor does the worker spin on it).
+            std::thread::sleep(Duration::from_millis(300));
+            assert_eq!(get_withdrawal(&app, &u, &id).body, w);
+        }
+    }
+    if let Some(fake) = &fake {
+        let body = payout_body(&id, &u, "30.00", "row");
+        assert_calls(&fake.calls(), attempts, &id, &body);
+    }
+    assert_verified(&app);
+}
+
+#[test]
+fn payout_answers_decide_between_paid_refunded_and_unknown() {
+    // Each row of SCENARIOS on its own server and fake payout service (in parallel): the final
+    // state, the refund or its absence, the balance, the attempts, and that every call carried
+    // the withdrawal id as Idempotency-Key with the same body. A row of unknown outcome is
+    // retried within the window, then left PROCESSING with a message saying so, counted by
+    // the `wallet_payouts_outcome_unknown` gauge, and not called again.
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = SCENARIOS
+            .iter()
+            .map(|s| (s.name, scope.spawn(move || run_scenario(s))))
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|(name, h)| {
+                h.join().err().map(|panic| {
+                    let why = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    format!("{name}: {why}")
+                })
+            })
+            .collect()
+    });
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+// A clock the test moves: the retry window and the backoff pass only when told to, so the
+// number of calls is exact.
+
+const START: &str = "2026-03-02T09:00:00.000000Z";
+
+struct Manual {
+    app: TestApp,
+    clock: Arc<ManualClock>,
+    fake: FakePayout,
+    user: User,
+    id: String,
+}
+
+/// A server on a manual clock paying out to a fake answering `fallback` (timeout `timeout_ms`,
+/// retry window an hour), and a withdrawal of 30.00 from a wallet of 100.00 that is now due.
+fn manual_withdrawal(fallback: Step, timeout_ms: u64) -> Manual {
+    let clock = Arc::new(ManualClock::new(Timestamp::parse(START).unwrap()));
+    let fake = FakePayout::start(&[], fallback);
+    let url = fake.url.clone();
+    let app = TestApp::spawn_with(
+        move |c| {
+            c.serve.payout_url = Some(url);
+            c.serve.payout_retry_base_ms = RETRY_BASE_MS;
+            c.serve.payout_timeout_ms = timeout_ms;
+            c.serve.payout_attempts_max = 3;
+            c.serve.payout_retry_window = Duration::from_secs(3600);
+        },
+        clock.clone(),
+    );
+    let user = funded(&app);
+    let at = clock.now().plus_millis(10).to_text();
+    let r = schedule(&app, &user, "30.00", "unknown", &at);
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    clock.advance_ms(10);
+    Manual {
+        app,
+        clock,
+        fake,
+        user,
+        id,
+    }
+}
+
+/// Waits until `n` attempts are recorded; the withdrawal is PROCESSING and not refunded.
+fn wait_attempts(m: &Manual, n: u64) -> Value {
+    let w = wait_until(&m.app, &m.user, &m.id, |w| w["attempts"] == n);
+    assert_eq!(
+        (&w["status"], &w["refund_transaction_id"]),
+        (&json!("PROCESSING"), &Value::Null),
+        "{w}"
+    );
+    w
+}
+
+#[test]
+fn a_payout_timing_out_after_the_request_was_sent_is_never_refunded() {
+    // The issue's case: the payout service answers after 2 s, the timeout is 500 ms. Each try
+    // times out after the request was sent, so whether the money left is unknown: three tries
+    // with the same Idempotency-Key and body, then the window ends and the withdrawal stays
+    // PROCESSING with a message saying the outcome is unknown: no REFUND entry, the balance
+    // still debited, counted in /metrics, and no fourth call.
+    let m = manual_withdrawal(Step::Hang(2000, 200), 500);
+    for n in 1..=3 {
+        let w = wait_attempts(&m, n);
+        let error = w["error_message"].as_str().unwrap();
+        assert!(error.contains("no answer"), "{error}");
+        // Past the backoff, well inside the hour's window.
+        m.clock.advance_ms(60_000);
+        if n == 3 {
+            // The window ends while the fourth try waits for its time.
+            m.clock.advance_ms(3_600_000);
+        }
+    }
+    let w = wait_until(&m.app, &m.user, &m.id, left_for_staff);
+    assert_eq!(
+        (&w["status"], &w["attempts"], &w["refund_transaction_id"]),
+        (&json!("PROCESSING"), &json!(3), &Value::Null),
+        "{w}"
+    );
+    assert!(
+        w["error_message"].as_str().unwrap().contains("staff"),
+        "{w}"
+    );
+    assert_eq!(
+        entries(&m.app, &m.user),
+        vec![
+            e("WITHDRAWAL", "30.00", "70.00", "unknown"),
+            e("DEPOSIT", "100.00", "100.00", "fund"),
+        ]
+    );
+    assert_eq!(m.app.balance(&m.user), "70.00");
+    assert_eq!(metric(&m.app, "wallet_payouts_outcome_unknown"), Some(1.0));
+    assert_eq!(
+        metric(&m.app, "wallet_payouts_outcome_unknown_total"),
+        Some(1.0)
+    );
+    // More time passes: still left for staff, still no call.
+    m.clock.advance_ms(7_200_000);
+    std::thread::sleep(Duration::from_millis(300));
+    let body = payout_body(&m.id, &m.user, "30.00", "unknown");
+    assert_calls(&m.fake.calls(), 3, &m.id, &body);
+    assert_eq!(
+        get_withdrawal(&m.app, &m.user, &m.id).body["status"],
+        "PROCESSING"
+    );
+    assert_verified(&m.app);
+}
+
+/// A staff user (made staff in the database, then logged in for a token that says so).
+fn staff_user(app: &TestApp) -> User {
+    let u = app.register(&name("staff"));
+    app.sql()
+        .execute("UPDATE users SET is_staff = 1 WHERE id = ?1", [u.id])
+        .unwrap();
+    let r = app.request(
+        "POST",
+        "/api/auth/login",
+        None,
+        Some(&json!({"username": u.username, "password": "correct horse battery"})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["user"]["is_staff"], true);
+    User {
+        token: r.body["token"].as_str().unwrap().to_string(),
+        ..u
+    }
+}
+
+fn resolve(app: &TestApp, token: Option<&str>, id: &str, body: Value) -> Resp {
+    app.request(
+        "POST",
+        &format!("/api/admin/withdrawals/{id}/resolve"),
+        token,
+        Some(&body),
+    )
+}
+
+/// (staff_user_id, action, target, detail) of every audit row.
+fn audit_rows(app: &TestApp) -> Vec<(i64, String, String, Value)> {
+    app.sql()
+        .prepare("SELECT staff_user_id, action, target, detail FROM audit_log ORDER BY id")
+        .unwrap()
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                serde_json::from_str(&r.get::<_, String>(3)?).unwrap(),
+            ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn resolve_succeeded_marks_it_paid_and_is_audited() {
+    // A withdrawal whose payout answered 502 (outcome unknown, PROCESSING, between tries):
+    // staff resolve it as succeeded: 200 SUCCEEDED, no refund, still debited once; the audit
+    // log names the staff user, the withdrawal, the outcome and the reason; a second resolve is
+    // 409 `conflict`; the worker never calls for it again.
+    let m = manual_withdrawal(Step::Reply(502), TIMEOUT_MS);
+    wait_attempts(&m, 1);
+    let staff = staff_user(&m.app);
+    let reason = "the bank confirmed payout 7781 on 2 March";
+    let r = resolve(
+        &m.app,
+        Some(&staff.token),
+        &m.id,
+        json!({"outcome": "succeeded", "reason": reason}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        (
+            &r.body["id"],
+            &r.body["status"],
+            &r.body["error_message"],
+            &r.body["refund_transaction_id"],
+            &r.body["attempts"]
+        ),
+        (
+            &json!(m.id),
+            &json!("SUCCEEDED"),
+            &Value::Null,
+            &Value::Null,
+            &json!(1)
+        ),
+        "{}",
+        r.body
+    );
+    assert_eq!(get_withdrawal(&m.app, &m.user, &m.id).body, r.body);
+    assert_eq!(m.app.balance(&m.user), "70.00");
+    assert_eq!(
+        entries(&m.app, &m.user),
+        vec![
+            e("WITHDRAWAL", "30.00", "70.00", "unknown"),
+            e("DEPOSIT", "100.00", "100.00", "fund"),
+        ]
+    );
+    let audit = audit_rows(&m.app);
+    assert_eq!(
+        audit,
+        vec![(
+            staff.id,
+            "resolve_withdrawal".to_string(),
+            format!("withdrawal:{}", m.id),
+            json!({"outcome": "succeeded", "reason": reason, "refund_transaction_id": null}),
+        )]
+    );
+    let again = resolve(
+        &m.app,
+        Some(&staff.token),
+        &m.id,
+        json!({"outcome": "failed", "reason": "changed my mind"}),
+    );
+    assert_eq!(
+        (again.status, again.code()),
+        (409, "conflict"),
+        "{}",
+        again.body
+    );
+    assert_eq!(
+        audit_rows(&m.app).len(),
+        1,
+        "a refused resolve is not audited"
+    );
+    // Its retry time comes and goes: no call.
+    m.clock.advance_ms(60_000);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(m.fake.calls().len(), 1);
+    assert_verified(&m.app);
+}
+
+#[test]
+fn resolve_failed_refunds_in_the_same_transaction() {
+    // Staff resolve a withdrawal left for them (its window over) as failed: 200 FAILED with
+    // refund_transaction_id naming the new REFUND entry, the balance restored, the gauge back
+    // to 0; the table's CHECK (FAILED with a debit needs its refund) holds and refuses to be
+    // broken; a second resolve is 409 `conflict`; `wallet verify` passes.
+    let m = manual_withdrawal(Step::Reply(502), TIMEOUT_MS);
+    wait_attempts(&m, 1);
+    m.clock.advance_ms(2 * 3_600_000);
+    wait_until(&m.app, &m.user, &m.id, left_for_staff);
+    assert_eq!(metric(&m.app, "wallet_payouts_outcome_unknown"), Some(1.0));
+    let staff = staff_user(&m.app);
+    let r = resolve(
+        &m.app,
+        Some(&staff.token),
+        &m.id,
+        json!({"outcome": "failed", "reason": "the bank has no payout with this key"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["status"], "FAILED", "{}", r.body);
+    let all = full_entries(&m.app, &m.user);
+    assert_eq!(r.body["refund_transaction_id"], id_of_entry(&all, "REFUND"));
+    assert_eq!(r.body["transaction_id"], id_of_entry(&all, "WITHDRAWAL"));
+    assert_eq!(
+        entries(&m.app, &m.user),
+        vec![
+            e("REFUND", "30.00", "100.00", "unknown"),
+            e("WITHDRAWAL", "30.00", "70.00", "unknown"),
+            e("DEPOSIT", "100.00", "100.00", "fund"),
+        ]
+    );
+    assert_eq!(m.app.balance(&m.user), "100.00");
+    assert_eq!(metric(&m.app, "wallet_payouts_outcome_unknown"), Some(0.0));
+    let audit = audit_rows(&m.app);
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(
+        audit[0].3["refund_transaction_id"],
+        r.body["refund_transaction_id"]
+    );
+    let db = m.app.sql();
+    let broken: i64 = db
+        .query_row(
+            "SELECT count(*) FROM withdrawals WHERE status = 'FAILED' AND transaction_id IS NOT NULL
+             AND refund_transaction_id IS NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(broken, 0);
+    let err = db
+        .execute(
+            "UPDATE withdrawals SET refund_transaction_id = NULL WHERE id = ?1",
+            [&m.id],
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("CHECK"), "{err}");
+    let again = resolve(
+        &m.app,
+        Some(&staff.token),
+        &m.id,
+        json!({"outcome": "failed", "reason": "again"}),
+    );
+    assert_eq!(
+        (again.status, again.code()),
+        (409, "conflict"),
+        "{}",
+        again.body
+    );
+    assert_eq!(m.app.balance(&m.user), "100.00", "refunded twice");
+    assert_eq!(m.fake.calls().len(), 1);
+    assert_verified(&m.app);
+}
+
+#[test]
+fn resolve_is_for_staff_with_a_valid_body_on_a_processing_withdrawal_only() {
+    // No token: 401. A user who is not staff (the owner included): 403 `forbidden`. A staff
+    // user resolving their own withdrawal: 403. A missing or bad outcome or reason: 422
+    // `validation_error` naming each field; broken JSON: 400. An unknown id: 404. A PENDING or
+    // SUCCEEDED withdrawal: 409 `conflict`. None of them changes anything.
+    let m = manual_withdrawal(Step::Reply(502), TIMEOUT_MS);
+    wait_attempts(&m, 1);
+    let staff = staff_user(&m.app);
+    let ok = json!({"outcome": "failed", "reason": "checked"});
+    let r = resolve(&m.app, None, &m.id, ok.clone());
+    assert_eq!((r.status, r.code()), (401, "unauthorized"), "{}", r.body);
+    let other = m.app.register(&name("o"));
+    for who in [&m.user, &other] {
+        let r = resolve(&m.app, Some(&who.token), &m.id, ok.clone());
+        assert_eq!((r.status, r.code()), (403, "forbidden"), "{}", r.body);
+    }
+    let long = "x".repeat(501);
+    for (body, fields) in [
+        (json!({}), vec!["outcome", "reason"]),
+        (json!({"reason": "checked"}), vec!["outcome"]),
+        (
+            json!({"outcome": "paid", "reason": "checked"}),
+            vec!["outcome"],
+        ),
+        (
+            json!({"outcome": "FAILED", "reason": "checked"}),
+            vec!["outcome"],
+        ),
+        (
+            json!({"outcome": true, "reason": "checked"}),
+            vec!["outcome"],
+        ),
+        (json!({"outcome": "failed"}), vec!["reason"]),
+        (json!({"outcome": "failed", "reason": ""}), vec!["reason"]),
+        (
+            json!({"outcome": "failed", "reason": "   "}),
+            vec!["reason"],
+        ),
+        (json!({"outcome": "failed", "reason": null}), vec!["reason"]),
+        (json!({"outcome": "failed", "reason": 7}), vec!["reason"]),
+        (json!({"outcome": "failed", "reason": long}), vec!["reason"]),
+        (
+            json!({"outcome": null, "reason": []}),
+            vec!["outcome", "reason"],
+        ),
+    ] {
+        let r = resolve(&m.app, Some(&staff.token), &m.id, body.clone());
+        assert_eq!(
+            (r.status, r.code()),
+            (422, "validation_error"),
+            "{body}: {}",
+            r.body
+        );
+        let named: Vec<&str> = r.body["error"]["fields"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(named, fields, "{body}: {}", r.body);
+    }
+    let r = m.app.raw(
+        "POST",
+        &format!("/api/admin/withdrawals/{}/resolve", m.id),
+        Some(&staff.token),
+        Some("{\"outcome\": ".into()),
+        Some("application/json"),
+    );
+    assert_eq!((r.status, r.code()), (400, "malformed_json"), "{}", r.body);
+    for unknown in [uuid::Uuid::new_v4().to_string(), "not-an-id".to_string()] {
+        let r = resolve(&m.app, Some(&staff.token), &unknown, ok.clone());
+        assert_eq!((r.status, r.code()), (404, "not_found"), "{}", r.body);
+    }
+    let r = m.app.request(
+        "GET",
+        &format!("/api/admin/withdrawals/{}/resolve", m.id),
+        Some(&staff.token),
+        None,
+    );
+    assert_eq!(r.status, 405, "{}", r.body);
+
+    // A staff user's own PROCESSING withdrawal.
+    m.app.deposit(&staff, "10.00", "staff-fund");
+    let at = m.clock.now().plus_millis(10).to_text();
+    let r = schedule(&m.app, &staff, "5.00", "mine", &at);
+    assert_eq!(r.status, 202, "{}", r.body);
+    let mine = r.body["id"].as_str().unwrap().to_string();
+    m.clock.advance_ms(10);
+    wait_until(&m.app, &staff, &mine, |w| w["attempts"] == 1);
+    let r = resolve(&m.app, Some(&staff.token), &mine, ok.clone());
+    assert_eq!((r.status, r.code()), (403, "forbidden"), "{}", r.body);
+
+    // Nothing changed so far.
+    let w = get_withdrawal(&m.app, &m.user, &m.id).body;
+    assert_eq!(
+        (&w["status"], &w["attempts"]),
+        (&json!("PROCESSING"), &json!(1))
+    );
+    assert_eq!(m.app.balance(&m.user), "70.00");
+    assert!(audit_rows(&m.app).is_empty());
+
+    // Not PROCESSING: a PENDING one (an hour ahead), then this one once paid.
+    let later = m.clock.now().plus_millis(3_600_000).to_text();
+    let r = schedule(&m.app, &m.user, "1.00", "later", &later);
+    assert_eq!(r.status, 202, "{}", r.body);
+    let pending = r.body["id"].as_str().unwrap().to_string();
+    let r = resolve(&m.app, Some(&staff.token), &pending, ok.clone());
+    assert_eq!((r.status, r.code()), (409, "conflict"), "{}", r.body);
+    assert_eq!(
+        get_withdrawal(&m.app, &m.user, &pending).body["status"],
+        "PENDING"
+    );
+    let r = resolve(
+        &m.app,
+        Some(&staff.token),
+        &m.id,
+        json!({"outcome": "succeeded", "reason": "paid"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = resolve(&m.app, Some(&staff.token), &m.id, ok);
+    assert_eq!((r.status, r.code()), (409, "conflict"), "{}", r.body);
+    assert_eq!(m.app.balance(&m.user), "70.00");
+    assert_verified(&m.app);
+}
+
+#[test]
+fn resolve_is_409_while_a_payout_call_is_in_flight() {
+    // While the worker waits for the payout service's answer, staff can't resolve the
+    // withdrawal: the call may still pay it. 409 `conflict`, nothing changes; once the call
+    // has ended (the connection drops: outcome unknown), the same request succeeds.
+    let m = manual_withdrawal(Step::Hold, 20_000);
+    let calls = m.fake.wait_calls(1, Duration::from_secs(10));
+    assert_eq!(calls.len(), 1, "the payout call never came");
+    let staff = staff_user(&m.app);
+    let body = json!({"outcome": "failed", "reason": "the bank never saw it"});
+    let r = resolve(&m.app, Some(&staff.token), &m.id, body.clone());
+    assert_eq!((r.status, r.code()), (409, "conflict"), "{}", r.body);
+    let w = get_withdrawal(&m.app, &m.user, &m.id).body;
+    assert_eq!(
+        (&w["status"], &w["attempts"]),
+        (&json!("PROCESSING"), &json!(0))
+    );
+    assert_eq!(m.app.balance(&m.user), "70.00");
+    // End the call: the fake lets the connection go without an answer.
+    let Manual {
+        app,
+        fake,
+        user,
+        id,
+        clock: _clock,
+    } = m;
+    drop(fake);
+    let w = wait_until(&app, &user, &id, |w| w["attempts"] == 1);
+    assert_eq!(w["status"], "PROCESSING", "{w}");
+    let r = resolve(&app, Some(&staff.token), &id, body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["status"], "FAILED");
+    assert_eq!(app.balance(&user), "100.00");
+    assert_verified(&app);
+}
+
+#[test]
+fn killed_mid_payout_then_unreachable_the_withdrawal_is_left_for_staff_not_refunded() {
+    // SIGKILL while the payout call is in flight: whether that call paid is unknown. After the
+    // restart every connection to the payout service is refused (which alone would refund),
+    // so the withdrawal is retried within the window (1 s here), then left PROCESSING for
+    // staff: still debited, no REFUND entry, a message saying the outcome is unknown, counted
+    // in /metrics; `wallet verify` exits 0.
+    let fake = FakePayout::start(&[Step::Hold], Step::Reply(200));
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("wallet.db");
+    let first = start_binary(&db, &fake.url, Some("1s"));
+    let (token, _, id) = binary_withdrawal(&first.base, "40.00", "kill-unknown");
+    kill_during_the_call(first, &fake);
+
+    let second = start_binary(&db, &refused_url(), Some("1s"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let w = loop {
+        let path = format!("/api/wallets/me/withdrawals/{id}");
+        let (status, w) = call(&second.base, "GET", &path, Some(&token), None);
+        assert_eq!(status, 200, "{w}");
+        if w["status"] != "PROCESSING" || left_for_staff(&w) {
+            break w;
+        }
+        assert!(Instant::now() < deadline, "still {w} after restart");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(left_for_staff(&w), "{w}");
+    assert_eq!(w["refund_transaction_id"], Value::Null, "{w}");
+    assert!(w["attempts"].as_u64().unwrap() >= 1, "{w}");
+    let (_, wallet) = call(&second.base, "GET", "/api/wallets/me", Some(&token), None);
+    assert_eq!(wallet["balance"], "60.00");
+    let (_, list) = call(
+        &second.base,
+        "GET",
+        "/api/wallets/me/transactions?type=REFUND",
+        Some(&token),
+        None,
+    );
+    assert_eq!(list["count"], 0, "{list}");
+    let (_, metrics) = call(&second.base, "GET", "/metrics", None, None);
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .lines()
+            .any(|l| l == "wallet_payouts_outcome_unknown 1"),
+        "{metrics}"
+    );
+    drop(second);
+    let out = Command::new(env!("CARGO_BIN_EXE_wallet"))
+        .arg("--db")
+        .arg(&db)
+        .arg("verify")
+        .env_remove("WALLET_DB")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
