@@ -275,7 +275,7 @@ fn handle(svc: &Service, mut rq: tiny_http::Request, test_hooks: bool) {
                 "request {} {} {template}: {cause}",
                 incoming.request_id, incoming.method
             )),
-            AppError::Unavailable(_) => svc.metrics.unavailable.inc(),
+            AppError::Unavailable(_) | AppError::Storage(_) => svc.metrics.unavailable.inc(),
             _ => {}
         }
         error_reply(&e)
