@@ -175,7 +175,7 @@ impl GuardedClock {
         if self.wall_ahead_micros.load(Ordering::Relaxed) != 0
             && self.wall_ahead_micros.swap(0, Ordering::Relaxed) != 0
         {
-            crate::log::error(&format!(
+            crate::log::info(&format!(
                 "clock: the wall clock ({}) agrees with the reckoning again; following it",
                 stamp(wall)
             ));
@@ -209,7 +209,7 @@ impl GuardedClock {
             ));
         }
         if self.wall_ahead_micros.swap(0, Ordering::Relaxed) != 0 {
-            crate::log::error("clock: the wall clock no longer leads the reckoning; following it");
+            crate::log::info("clock: the wall clock no longer leads the reckoning; following it");
         }
     }
 }
@@ -233,7 +233,7 @@ impl GuardedClock {
                 self.offset_before_step_micros
                     .store(NO_OFFSET, Ordering::Relaxed);
                 self.agreed(wall, mono, offset);
-                crate::log::error(&format!(
+                crate::log::info(&format!(
                     "clock: the wall clock ({}) returned to the time it showed before it was set back; following it",
                     stamp(wall)
                 ));

@@ -394,9 +394,21 @@ pub fn start_checkpointer(
     std::thread::Builder::new()
         .name("checkpointer".into())
         .spawn(move || {
+            // A failure that repeats (a full disk fails every checkpoint) is logged once, not
+            // four times a second.
+            let mut failing: Option<String> = None;
             while wakeup.sleep(Duration::from_millis(CHECKPOINT_INTERVAL_MS)) {
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    crate::log::error(&format!("checkpoint: {e}"));
+                match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    Err(e) if failing.as_deref() != Some(&e.to_string()) => {
+                        crate::log::error(&format!("checkpoint: {e}"));
+                        failing = Some(e.to_string());
+                    }
+                    Err(_) => {}
+                    Ok(()) => {
+                        if failing.take().is_some() {
+                            crate::log::info("checkpoint: works again");
+                        }
+                    }
                 }
             }
         })

@@ -86,7 +86,7 @@ impl WriterStats {
 
     fn wrote(&self) {
         if self.storage_fault.swap(NO_FAULT, Ordering::Relaxed) != NO_FAULT {
-            crate::log::error("writer: the database takes writes again");
+            crate::log::info("writer: the database takes writes again");
         }
     }
 }

@@ -993,3 +993,114 @@ fn a_database_the_server_cannot_write_is_refused_at_start_up() {
     let (_, token) = register(&server.base, &name("writable"), PASSWORD);
     assert!(!token.is_empty());
 }
+
+/// Unmounts a test's file system, whatever the test's outcome.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_really_full_file_system_refuses_writes_with_503_and_they_resume_once_space_is_freed() {
+    // The same as above on a real full disk: the database on a 4 MiB tmpfs, filled to the last
+    // byte by another file. Writes get 503 with Retry-After and /health says `full`; once the
+    // other file is deleted, the refused deposit retried succeeds and nothing acknowledged is
+    // lost. Mounting needs root: elsewhere the test says so and passes (the max_page_count test
+    // above covers the same path portably).
+    wallet::log::errors_only();
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&mnt)
+        .stderr(Stdio::null())
+        .status();
+    if !mounted.as_ref().is_ok_and(|s| s.success()) {
+        eprintln!("skipped: cannot mount a tmpfs here ({mounted:?}); needs root");
+        return;
+    }
+    let _unmount = Mounted(mnt.clone());
+    let app = App::start_with(
+        Config::for_tests(mnt.join("wallet.db")),
+        Arc::new(SystemClock),
+        TestHooks::default(),
+    )
+    .expect("start on the tmpfs");
+    let base = format!("http://{}", app.addr);
+    let agent = agent();
+    let (_, token) = register(&base, &name("disk"), PASSWORD);
+    let deposit = |reference: &str| {
+        call(
+            &agent,
+            &base,
+            "POST",
+            "/api/wallets/me/deposit",
+            Some(&token),
+            Some(&json!({"amount": "1.00", "reference": reference})),
+            &[],
+        )
+        .expect("deposit answers")
+    };
+    // Fill the file system.
+    let ballast = mnt.join("ballast");
+    {
+        let mut f = std::fs::File::create(&ballast).unwrap();
+        let chunk = vec![7u8; 4096];
+        let mut written = 0;
+        while f.write_all(&chunk).is_ok() {
+            written += chunk.len();
+            assert!(written <= 4 << 20, "the tmpfs holds more than its size");
+        }
+    }
+    let mut acknowledged = 0;
+    let mut refused = None;
+    for i in 0..20_000 {
+        let r = deposit(&format!("d{i}"));
+        match r.status {
+            201 => acknowledged += 1,
+            503 => {
+                refused = Some((i, r));
+                break;
+            }
+            s => panic!("deposit {i}: {s} {}", r.body),
+        }
+    }
+    let (i, r) = refused.expect("a full file system refused a write");
+    assert_eq!(r.code(), "unavailable", "{}", r.body);
+    assert!(r.header("Retry-After").is_some(), "{:?}", r.headers);
+    let health = call(&agent, &base, "GET", "/health", None, None, &[]).unwrap();
+    assert_eq!(health.status, 503, "{}", health.body);
+    assert_eq!(health.body["storage"], "full", "{}", health.body);
+
+    std::fs::remove_file(&ballast).unwrap();
+    let retried = deposit(&format!("d{i}"));
+    assert_eq!(retried.status, 201, "{}", retried.body);
+    let health = call(&agent, &base, "GET", "/health", None, None, &[]).unwrap();
+    assert_eq!(health.status, 200, "{}", health.body);
+    let wallet = call(
+        &agent,
+        &base,
+        "GET",
+        "/api/wallets/me",
+        Some(&token),
+        None,
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        wallet.body["balance"],
+        format!("{}.00", acknowledged + 1),
+        "{}",
+        wallet.body
+    );
+    app.shutdown().expect("clean shutdown");
+    let (code, out) = binary::verify(&mnt.join("wallet.db"));
+    assert_eq!(code, Some(0), "{out}");
+}
