@@ -47,7 +47,9 @@ pub enum AppError {
 pub enum StorageFault {
     /// `SQLITE_FULL`, or an I/O error whose cause was `ENOSPC` or `EDQUOT`.
     Full,
-    /// `SQLITE_READONLY`: the file or its file system became read-only while running.
+    /// `SQLITE_READONLY` on the writer's connection: the file or its file system became
+    /// read-only while running. (Not on a reader's: those are read-only by design, and a write
+    /// through one is a bug.)
     ReadOnly,
 }
 
@@ -105,7 +107,6 @@ impl From<rusqlite::Error> for AppError {
                 AppError::Unavailable("the database is busy; try again")
             }
             Some(rusqlite::ErrorCode::DiskFull) => AppError::Storage(StorageFault::Full),
-            Some(rusqlite::ErrorCode::ReadOnly) => AppError::Storage(StorageFault::ReadOnly),
             _ => AppError::internal("sqlite", e),
         }
     }

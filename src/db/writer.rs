@@ -390,9 +390,10 @@ fn batch_error(conn: &Connection, e: rusqlite::Error, job_fault: Option<StorageF
     }
 }
 
-/// A storage fault behind the connection's last error: SQLite reports a short write for lack
-/// of space as `SQLITE_FULL`, but a failed `fsync`, truncate or shared-memory extension as an
-/// I/O error whose cause only the operating system's error number tells.
+/// A storage fault behind the writer connection's last error: SQLite reports a short write for
+/// lack of space as `SQLITE_FULL`, but a failed `fsync`, truncate or shared-memory extension as
+/// an I/O error whose cause only the operating system's error number tells. `SQLITE_READONLY`
+/// here means the file became read-only: this connection was opened read-write.
 fn io_fault(conn: &Connection) -> Option<StorageFault> {
     // SAFETY: the handle is valid while `conn` lives; both calls only read the connection's
     // last error.
@@ -403,8 +404,10 @@ fn io_fault(conn: &Connection) -> Option<StorageFault> {
             rusqlite::ffi::sqlite3_system_errno(db),
         )
     };
-    match code {
+    // Extended result codes are on: the primary code is the low byte.
+    match code & 0xff {
         rusqlite::ffi::SQLITE_FULL => Some(StorageFault::Full),
+        rusqlite::ffi::SQLITE_READONLY => Some(StorageFault::ReadOnly),
         rusqlite::ffi::SQLITE_IOERR if errno == libc::ENOSPC || errno == libc::EDQUOT => {
             Some(StorageFault::Full)
         }
@@ -551,6 +554,26 @@ mod tests {
             w.execute(|c, _| Ok(c.execute("INSERT INTO t (v) VALUES (2)", [])?)),
             Ok(1)
         );
+    }
+
+    #[test]
+    fn a_database_that_turned_read_only_is_a_storage_fault_not_a_bug() {
+        // The writer's connection can't write (here: opened read-only, as SQLite does when the
+        // file's permissions or mount changed): a write is refused as a storage fault, which
+        // /health and /metrics then report, not as an internal error.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ro.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (v INTEGER NOT NULL)")
+            .unwrap();
+        let conn =
+            Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let (w, _h) = Writer::start(conn, Arc::new(SystemClock), 8, 8);
+        let refused = w.execute(|c, _| Ok(c.execute("INSERT INTO t (v) VALUES (1)", [])?));
+        assert_eq!(refused, Err(AppError::Storage(StorageFault::ReadOnly)));
+        assert_eq!(w.stats.storage_fault(), Some(StorageFault::ReadOnly));
+        assert_eq!(w.stats.refused_read_only.load(Ordering::SeqCst), 1);
     }
 
     #[test]
