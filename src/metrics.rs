@@ -77,7 +77,12 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition format.
-    pub fn render(&self, writer: &WriterStats, clock: &ClockReport) -> String {
+    pub fn render(
+        &self,
+        writer: &WriterStats,
+        clock: &ClockReport,
+        stamps_ahead_micros: i64,
+    ) -> String {
         let mut out = String::new();
         out.push_str(
             "# HELP wallet_http_requests_total HTTP requests by route template and status.\n",
@@ -212,7 +217,7 @@ impl Metrics {
             );
         }
         render_storage(&mut out, writer);
-        render_clock(&mut out, clock);
+        render_clock(&mut out, clock, stamps_ahead_micros);
         out
     }
 }
@@ -250,7 +255,7 @@ fn render_storage(out: &mut String, writer: &WriterStats) {
 }
 
 /// Whether the wall clock is believed (see `clock::GuardedClock`).
-fn render_clock(out: &mut String, clock: &ClockReport) {
+fn render_clock(out: &mut String, clock: &ClockReport, stamps_ahead_micros: i64) {
     let _ = writeln!(
         out,
         "# HELP wallet_clock_wall_ahead_seconds How far the wall clock is ahead of the time reckoned from the monotonic clock while it is not believed (time stamps follow the reckoning); 0 while it is.\n\
@@ -268,5 +273,11 @@ fn render_clock(out: &mut String, clock: &ClockReport) {
         "# HELP wallet_clock_steps_back_total Times the wall clock was set back by more than the bound (time stamps held still until it caught up).\n\
          # TYPE wallet_clock_steps_back_total counter\nwallet_clock_steps_back_total {}",
         clock.steps_back
+    );
+    let _ = writeln!(
+        out,
+        "# HELP wallet_clock_stamps_ahead_seconds How far the newest time stamp is ahead of the clock when by more than 5 s (new stamps are held just after it); 0 otherwise.\n\
+         # TYPE wallet_clock_stamps_ahead_seconds gauge\nwallet_clock_stamps_ahead_seconds {}",
+        stamps_ahead_micros as f64 / 1e6
     );
 }

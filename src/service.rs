@@ -8,7 +8,7 @@ use rusqlite::params;
 use crate::accounts::{
     self, AuthUser, IssuedToken, LoginThrottle, NewUser, PasswordGuard, TokenCache, User,
 };
-use crate::clock::{ClockReport, GuardedClock, Wakeup};
+use crate::clock::{ClockReport, GuardedClock, Wakeup, WALL_LEAP_MS_MAX};
 use crate::config::Config;
 use crate::db::{Pool, Writer};
 use crate::domain::{Email, Password, Timestamp, Username, WithdrawalStatus};
@@ -40,6 +40,10 @@ pub struct Health {
     /// Why writes are being refused, if they are.
     pub storage: Option<StorageFault>,
     pub clock: ClockReport,
+    /// How far the newest time stamp is ahead of the clock, in µs, when by more than
+    /// `WALL_LEAP_MS_MAX` (the clock was set back, or the server started with
+    /// `--accept-future-stamps`): new stamps are held just after it. Otherwise 0.
+    pub stamps_ahead_micros: i64,
 }
 
 pub struct Registration {
@@ -330,11 +334,26 @@ impl Service {
             crate::log::error(&format!("health: database check failed: {e:?}"));
         }
         // A reading of its own, so that a leap shows here even while nothing else reads the clock.
-        self.clock.now();
+        let now = self.clock.now();
         Health {
             database: database.is_ok(),
             storage: self.writer.stats.storage_fault(),
             clock: self.clock.report(),
+            stamps_ahead_micros: self.stamps_ahead_micros(now),
+        }
+    }
+
+    /// See `Health::stamps_ahead_micros`.
+    pub fn stamps_ahead_micros(&self, now: Timestamp) -> i64 {
+        let ahead = self
+            .writer
+            .stats
+            .last_stamp()
+            .map_or(0, |t| t.micros() - now.micros());
+        if ahead > WALL_LEAP_MS_MAX * 1_000 {
+            ahead
+        } else {
+            0
         }
     }
 }

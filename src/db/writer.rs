@@ -51,6 +51,8 @@ pub struct WriterStats {
     /// The storage fault standing since the last refused write (`NO_FAULT`, `FULL`,
     /// `READ_ONLY`): set when a write is refused for it, cleared when a write commits again.
     storage_fault: AtomicU8,
+    /// The newest time stamp the writer has given (or started after), in microseconds; 0 before.
+    last_stamp_micros: AtomicI64,
 }
 
 const NO_FAULT: u8 = 0;
@@ -58,6 +60,14 @@ const FULL: u8 = 1;
 const READ_ONLY: u8 = 2;
 
 impl WriterStats {
+    /// The newest time stamp given to a batch, or the newest stored entry's at start.
+    pub fn last_stamp(&self) -> Option<Timestamp> {
+        match self.last_stamp_micros.load(Ordering::Relaxed) {
+            0 => None,
+            micros => Timestamp::from_micros(micros),
+        }
+    }
+
     /// Why writes are being refused right now, if they are.
     pub fn storage_fault(&self) -> Option<StorageFault> {
         match self.storage_fault.load(Ordering::Relaxed) {
@@ -231,6 +241,9 @@ fn run(
     // restart (start-up refuses one far in the future unless told to accept it).
     let newest = super::newest_entry_stamp(&conn).ok().flatten();
     let mut last_now = newest.map_or(clock.now(), |t| clock.now().max(t));
+    stats
+        .last_stamp_micros
+        .store(last_now.micros(), Ordering::Relaxed);
     let mut batch: Vec<Job> = Vec::with_capacity(batch_max);
     // Waking each caller is a system call per job (8% of the writer's time in a profile), so a
     // second thread delivers the answers while the writer starts on the next batch.
@@ -342,6 +355,9 @@ fn run_batch(
     *last_now = clock.now().max(last_now.plus_micros(1));
     let now = *last_now;
     in_flight.store(now.micros(), Ordering::SeqCst);
+    stats
+        .last_stamp_micros
+        .store(now.micros(), Ordering::Relaxed);
     for job in batch.drain(..) {
         stats.jobs.fetch_add(1, Ordering::Relaxed);
         let step = exec_cached(conn, "SAVEPOINT job");

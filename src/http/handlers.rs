@@ -574,8 +574,16 @@ pub fn health(svc: &Service, _: &Incoming, _: &Params) -> Result<Reply, AppError
             h.clock.wall_ahead_micros as f64 / 1e6
         ));
     }
+    let stamps_ahead = h.stamps_ahead_micros > 0;
+    if stamps_ahead {
+        reasons.push(format!(
+            "the newest time stamp is {:.3} s ahead of the clock (it was set back, or the server started with \
+             --accept-future-stamps): new entries are stamped just after it until the clock catches up",
+            h.stamps_ahead_micros as f64 / 1e6
+        ));
+    }
     let unavailable = !h.database || h.storage.is_some();
-    let status = match (unavailable, wall_ahead) {
+    let status = match (unavailable, wall_ahead || stamps_ahead) {
         (true, _) => "unavailable",
         (false, true) => "degraded",
         (false, false) => "ok",
@@ -584,7 +592,11 @@ pub fn health(svc: &Service, _: &Incoming, _: &Params) -> Result<Reply, AppError
         "status": status,
         "database": if h.database { "ok" } else { "unavailable" },
         "storage": h.storage.map_or("ok", StorageFault::as_str),
-        "clock": if wall_ahead { "wall_clock_ahead" } else { "ok" },
+        "clock": match (wall_ahead, stamps_ahead) {
+            (true, _) => "wall_clock_ahead",
+            (false, true) => "wall_clock_behind",
+            (false, false) => "ok",
+        },
     });
     if !reasons.is_empty() {
         body["reason"] = json!(reasons.join("; "));
@@ -598,10 +610,11 @@ pub fn health(svc: &Service, _: &Incoming, _: &Params) -> Result<Reply, AppError
 
 pub fn metrics(svc: &Service, _: &Incoming, _: &Params) -> Result<Reply, AppError> {
     // A reading of its own, so that the clock gauges are current.
-    svc.clock.now();
+    let stamps_ahead_micros = svc.stamps_ahead_micros(svc.clock.now());
     Ok(Reply::text(
         "text/plain; version=0.0.4; charset=utf-8",
-        svc.metrics.render(&svc.writer.stats, &svc.clock.report()),
+        svc.metrics
+            .render(&svc.writer.stats, &svc.clock.report(), stamps_ahead_micros),
     ))
 }
 

@@ -780,10 +780,42 @@ fn a_wall_clock_that_leaps_ahead_for_a_second_is_never_adopted() {
 }
 
 #[test]
+fn a_wall_clock_set_back_keeps_stamps_in_order_and_says_so() {
+    // The wall clock is set back a year: new entries are still stamped after the newest one,
+    // and /health says `degraded`, `clock: wall_clock_behind` while stamps are held ahead of
+    // the clock. Set forward again, the clock is followed with no alert.
+    let clock = Arc::new(ManualClock::new(ts("2026-11-30T10:00:00Z")));
+    let app = TestApp::spawn_with(|_| {}, clock.clone());
+    let u = app.register(&name("back"));
+    let first = app.deposit(&u, "1.00", "first");
+    clock.set(ts("2025-11-30T10:00:00Z"));
+    let second = app.deposit(&u, "1.00", "second");
+    assert_eq!(second.status, 201, "{}", second.body);
+    assert!(stamp_of(&second) > stamp_of(&first), "{}", second.body);
+    let health = app.request("GET", "/health", None, None);
+    assert_eq!(health.status, 200, "{}", health.body);
+    assert_eq!(health.body["status"], "degraded", "{}", health.body);
+    assert_eq!(health.body["clock"], "wall_clock_behind", "{}", health.body);
+    clock.set(ts("2026-11-30T10:00:01Z"));
+    let third = app.deposit(&u, "1.00", "third");
+    assert_eq!(stamp_of(&third), "2026-11-30T10:00:01.000000Z");
+    let health = app.request("GET", "/health", None, None);
+    assert_eq!(health.body["status"], "ok", "{}", health.body);
+    let metrics = app.request("GET", "/metrics", None, None);
+    let metrics = metrics.body.as_str().unwrap_or_default().to_string();
+    assert!(
+        metrics.contains("wallet_clock_steps_back_total 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("wallet_clock_leaps_total 0"), "{metrics}");
+}
+
+#[test]
 fn a_ledger_stamped_far_ahead_of_the_clock_is_refused_at_start_up_unless_accepted() {
     // A database whose newest entry was stamped by a clock two years ahead: the binary refuses
     // to start (exit 1), naming the stamp and the way out. With --accept-future-stamps it
-    // starts, and a new entry is stamped after that one (time stamps never go back).
+    // starts, and a new entry is stamped after that one (time stamps never go back), with
+    // /health `degraded` meanwhile.
     let ahead = SystemClock.now().plus_millis(2 * 365 * 86_400_000);
     let mut app = TestApp::spawn_with(|_| {}, Arc::new(ManualClock::new(ahead)));
     let u = app.register(&name("ahead"));
@@ -816,6 +848,11 @@ fn a_ledger_stamped_far_ahead_of_the_clock_is_refused_at_start_up_unless_accepte
     .expect("deposit answers");
     assert_eq!(r.status, 201, "{}", r.body);
     assert!(stamp_of(&r) > future, "{} after {future}", stamp_of(&r));
+    // Not silent: /health is degraded while new stamps are held ahead of the clock.
+    let health = call(&agent(), &server.base, "GET", "/health", None, None, &[]).unwrap();
+    assert_eq!(health.status, 200, "{}", health.body);
+    assert_eq!(health.body["status"], "degraded", "{}", health.body);
+    assert_eq!(health.body["clock"], "wall_clock_behind", "{}", health.body);
 }
 
 // ---- Storage faults ----------------------------------------------------------------------
