@@ -195,6 +195,12 @@ pub struct ServeArgs {
     /// `false`.
     #[arg(long, env = "WALLET_PIN_WRITER", default_value_t = true, action = clap::ArgAction::Set)]
     pub pin_writer: bool,
+
+    /// Start even though the newest ledger entry is stamped more than 5 s ahead of this
+    /// machine's clock. New entries are then stamped after it (time stamps never go back)
+    /// until the clock passes it. Without this flag, such a database is refused at start-up.
+    #[arg(long, env = "WALLET_ACCEPT_FUTURE_STAMPS")]
+    pub accept_future_stamps: bool,
 }
 
 /// Parses `90`, `90s`, `15m`, `24h` or `7d`.

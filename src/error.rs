@@ -35,8 +35,31 @@ pub enum AppError {
         retry_after_s: u64,
     },
     Unavailable(&'static str),
+    /// The database cannot take writes: the disk is full or the file became read-only. An
+    /// operator's problem, not a bug: 503, and `/health` says which.
+    Storage(StorageFault),
     /// A bug or an environment failure. The string goes to the log only.
     Internal(String),
+}
+
+/// Why the database refuses writes while reads go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageFault {
+    /// `SQLITE_FULL`, or an I/O error whose cause was `ENOSPC` or `EDQUOT`.
+    Full,
+    /// `SQLITE_READONLY` on the writer's connection: the file or its file system became
+    /// read-only while running. (Not on a reader's: those are read-only by design, and a write
+    /// through one is a bug.)
+    ReadOnly,
+}
+
+impl StorageFault {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageFault::Full => "full",
+            StorageFault::ReadOnly => "read_only",
+        }
+    }
 }
 
 impl AppError {
@@ -83,6 +106,7 @@ impl From<rusqlite::Error> for AppError {
             Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked) => {
                 AppError::Unavailable("the database is busy; try again")
             }
+            Some(rusqlite::ErrorCode::DiskFull) => AppError::Storage(StorageFault::Full),
             _ => AppError::internal("sqlite", e),
         }
     }

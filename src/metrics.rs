@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::clock::ClockReport;
 use crate::db::WriterStats;
 use crate::domain::EntryKind;
 
@@ -79,7 +80,13 @@ impl Metrics {
     /// The Prometheus text exposition format. `left_for_staff` is the number of withdrawals
     /// whose payout outcome is unknown and whose retry window is over (read from the database
     /// by the caller; None when it could not be read).
-    pub fn render(&self, writer: &WriterStats, left_for_staff: Option<i64>) -> String {
+    pub fn render(
+        &self,
+        writer: &WriterStats,
+        clock: &ClockReport,
+        stamps_ahead_micros: i64,
+        left_for_staff: Option<i64>,
+    ) -> String {
         let mut out = String::new();
         out.push_str(
             "# HELP wallet_http_requests_total HTTP requests by route template and status.\n",
@@ -177,7 +184,7 @@ impl Metrics {
             ),
             (
                 "wallet_unavailable_total",
-                "Requests answered 503 (busy database, full queue, shutdown).",
+                "Requests answered 503 (busy database, full queue, full or read-only storage, shutdown).",
                 self.unavailable.get(),
             ),
             (
@@ -225,6 +232,68 @@ impl Metrics {
                 "# HELP {name} Scheduled withdrawals left PROCESSING for staff to resolve: whether they were paid is unknown and their retry window is over.\n# TYPE {name} gauge\n{name} {n}"
             );
         }
+        render_storage(&mut out, writer);
+        render_clock(&mut out, clock, stamps_ahead_micros);
         out
     }
+}
+
+/// Writes refused because the storage would not take them, and the fault standing now.
+fn render_storage(out: &mut String, writer: &WriterStats) {
+    use crate::error::StorageFault;
+    let refused = [
+        (
+            StorageFault::Full,
+            writer.refused_full.load(Ordering::Relaxed),
+        ),
+        (
+            StorageFault::ReadOnly,
+            writer.refused_read_only.load(Ordering::Relaxed),
+        ),
+    ];
+    out.push_str("# HELP wallet_storage_refused_writes_total Writes refused (503) because the database's disk was full or the database read-only.\n# TYPE wallet_storage_refused_writes_total counter\n");
+    for (fault, n) in refused {
+        let _ = writeln!(
+            out,
+            "wallet_storage_refused_writes_total{{reason=\"{}\"}} {n}",
+            fault.as_str()
+        );
+    }
+    out.push_str("# HELP wallet_storage_fault 1 while writes are refused for this reason (from the first refused write until one commits again), else 0.\n# TYPE wallet_storage_fault gauge\n");
+    for (fault, _) in refused {
+        let on = u8::from(writer.storage_fault() == Some(fault));
+        let _ = writeln!(
+            out,
+            "wallet_storage_fault{{reason=\"{}\"}} {on}",
+            fault.as_str()
+        );
+    }
+}
+
+/// Whether the wall clock is believed (see `clock::GuardedClock`).
+fn render_clock(out: &mut String, clock: &ClockReport, stamps_ahead_micros: i64) {
+    let _ = writeln!(
+        out,
+        "# HELP wallet_clock_wall_ahead_seconds How far the wall clock is ahead of the time reckoned from the monotonic clock while it is not believed (time stamps follow the reckoning); 0 while it is.\n\
+         # TYPE wallet_clock_wall_ahead_seconds gauge\nwallet_clock_wall_ahead_seconds {}",
+        clock.wall_ahead_micros as f64 / 1e6
+    );
+    let _ = writeln!(
+        out,
+        "# HELP wallet_clock_leaps_total Times the wall clock leapt ahead of the reckoning by more than the bound and was not believed.\n\
+         # TYPE wallet_clock_leaps_total counter\nwallet_clock_leaps_total {}",
+        clock.leaps
+    );
+    let _ = writeln!(
+        out,
+        "# HELP wallet_clock_steps_back_total Times the wall clock was set back by more than the bound (time stamps held still until it caught up).\n\
+         # TYPE wallet_clock_steps_back_total counter\nwallet_clock_steps_back_total {}",
+        clock.steps_back
+    );
+    let _ = writeln!(
+        out,
+        "# HELP wallet_clock_stamps_ahead_seconds How far the newest time stamp is ahead of the clock when by more than 5 s (new stamps are held just after it); 0 otherwise.\n\
+         # TYPE wallet_clock_stamps_ahead_seconds gauge\nwallet_clock_stamps_ahead_seconds {}",
+        stamps_ahead_micros as f64 / 1e6
+    );
 }

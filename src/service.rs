@@ -8,13 +8,13 @@ use rusqlite::params;
 use crate::accounts::{
     self, AuthUser, IssuedToken, LoginThrottle, NewUser, PasswordGuard, TokenCache, User,
 };
-use crate::clock::{SharedClock, Wakeup};
+use crate::clock::{ClockReport, GuardedClock, Wakeup, WALL_LEAP_MS_MAX};
 use crate::config::Config;
 use crate::db::{Pool, Writer};
 use crate::domain::{
     Email, Password, PayoutResolution, StaffReason, Timestamp, Username, WithdrawalStatus,
 };
-use crate::error::AppError;
+use crate::error::{AppError, StorageFault};
 use crate::jobs::payout::InFlight;
 use crate::ledger::queries::{self, HistoryPage, HistoryQuery, Wallet};
 use crate::ledger::withdrawals::{self, Withdrawal};
@@ -26,7 +26,8 @@ pub struct Service {
     pub config: Config,
     pub pool: Pool,
     pub writer: Writer,
-    pub clock: SharedClock,
+    /// The wall clock, believed only while it agrees with the monotonic clock.
+    pub clock: Arc<GuardedClock>,
     pub passwords: PasswordGuard,
     pub throttle: LoginThrottle,
     pub tokens: TokenCache,
@@ -35,6 +36,19 @@ pub struct Service {
     pub payout_wakeup: Arc<Wakeup>,
     /// The withdrawals the payout worker is calling out for: staff can't resolve them.
     pub payouts_in_flight: Arc<InFlight>,
+}
+
+/// What `/health` reports.
+pub struct Health {
+    /// The database answers a query.
+    pub database: bool,
+    /// Why writes are being refused, if they are.
+    pub storage: Option<StorageFault>,
+    pub clock: ClockReport,
+    /// How far the newest time stamp is ahead of the clock, in µs, when by more than
+    /// `WALL_LEAP_MS_MAX` (the clock was set back, or the server started with
+    /// `--accept-future-stamps`): new stamps are held just after it. Otherwise 0.
+    pub stamps_ahead_micros: i64,
 }
 
 pub struct Registration {
@@ -367,11 +381,39 @@ impl Service {
             .execute(move |conn, now| audit(conn, now, staff_id, action, &target, "{}"))
     }
 
-    /// `/health`: the database answers a query.
-    pub fn health(&self) -> Result<(), AppError> {
-        let conn = self.pool.get()?;
-        conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?;
-        Ok(())
+    /// `/health`: whether the database answers a query, takes writes, and the wall clock is
+    /// believed.
+    pub fn health(&self) -> Health {
+        let database = self
+            .pool
+            .get()
+            .map_err(AppError::from)
+            .and_then(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?));
+        if let Err(e) = &database {
+            crate::log::error(&format!("health: database check failed: {e:?}"));
+        }
+        // A reading of its own, so that a leap shows here even while nothing else reads the clock.
+        let now = self.clock.now();
+        Health {
+            database: database.is_ok(),
+            storage: self.writer.stats.storage_fault(),
+            clock: self.clock.report(),
+            stamps_ahead_micros: self.stamps_ahead_micros(now),
+        }
+    }
+
+    /// See `Health::stamps_ahead_micros`.
+    pub fn stamps_ahead_micros(&self, now: Timestamp) -> i64 {
+        let ahead = self
+            .writer
+            .stats
+            .last_stamp()
+            .map_or(0, |t| t.micros() - now.micros());
+        if ahead > WALL_LEAP_MS_MAX * 1_000 {
+            ahead
+        } else {
+            0
+        }
     }
 }
 

@@ -7,9 +7,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::accounts::{LoginThrottle, PasswordGuard, TokenCache};
-use crate::clock::{SharedClock, SystemClock, Wakeup};
+use crate::clock::{GuardedClock, SharedClock, SystemClock, Wakeup, WALL_LEAP_MS_MAX};
 use crate::config::Config;
 use crate::db::{self, Writer};
+use crate::domain::Timestamp;
 use crate::http::HttpServer;
 use crate::jobs::payout::{InFlight, PayoutSettings, PayoutWorker};
 use crate::jobs::snapshot::SnapshotJob;
@@ -42,15 +43,21 @@ impl App {
         App::start_with(config, Arc::new(SystemClock), TestHooks::default())
     }
 
-    pub fn start_with(config: Config, clock: SharedClock, hooks: TestHooks) -> Result<App, String> {
+    /// Starts the service on `wall`, the wall clock (a `ManualClock` in tests), which it reads
+    /// only through a `GuardedClock`.
+    pub fn start_with(config: Config, wall: SharedClock, hooks: TestHooks) -> Result<App, String> {
         // First of all: a second server must not even migrate the file under the first one.
         let serve_lock = db::lock_for_serving(&config.db)?;
         raise_descriptor_limit();
         tune_malloc();
+        let clock = Arc::new(GuardedClock::new(wall));
+        db::check_writable_path(&config.db)?;
         let mut conn = db::open(&config.db, config.serve.synchronous)
             .map_err(|e| format!("--db/WALLET_DB: cannot open {}: {e}", config.db.display()))?;
+        db::check_writable(&config.db, &conn)?;
         db::migrate(&mut conn)?;
         db::check_currency(&conn, &config.currency)?;
+        check_newest_stamp(&conn, clock.now(), config.serve.accept_future_stamps)?;
         conn.execute_batch(&format!("PRAGMA cache_size = -{}", db::WRITER_CACHE_KIB))
             .map_err(|e| format!("cannot size the writer's cache: {e}"))?;
         // Before any other thread starts: they all inherit the CPUs this thread keeps.
@@ -61,7 +68,7 @@ impl App {
         };
         let (writer, writer_thread) = Writer::start_on(
             conn,
-            clock.clone(),
+            clock.clone() as SharedClock,
             usize::from(config.serve.write_batch_max),
             config.serve.write_queue_max as usize,
             writer_cpu,
@@ -122,7 +129,7 @@ impl App {
                 currency: config.currency.clone(),
                 writer: writer.clone(),
                 pool: pool.clone(),
-                clock: clock.clone(),
+                clock: clock.clone() as SharedClock,
                 wakeup: payout_wakeup.clone(),
                 metrics: metrics.clone(),
                 in_flight: payouts_in_flight,
@@ -135,7 +142,7 @@ impl App {
                     schedule,
                     writer,
                     pool,
-                    clock,
+                    clock: clock as SharedClock,
                     wakeup: snapshot_wakeup.clone(),
                     metrics,
                 }
@@ -181,6 +188,50 @@ impl App {
         // Only now may another server start on the file.
         drop(self.serve_lock);
         checkpointed
+    }
+}
+
+/// Refuses to start on a ledger whose newest entry is stamped more than `WALL_LEAP_MS_MAX` ahead
+/// of the clock, unless told to accept it: the writer never stamps before the newest entry, so
+/// starting would silently carry a clock that was once ahead into every new entry.
+fn check_newest_stamp(
+    conn: &rusqlite::Connection,
+    now: Timestamp,
+    accept: bool,
+) -> Result<(), String> {
+    let Some(newest) = db::newest_entry_stamp(conn)? else {
+        return Ok(());
+    };
+    let ahead_ms = (newest.micros() - now.micros()) / 1_000;
+    if ahead_ms <= WALL_LEAP_MS_MAX {
+        return Ok(());
+    }
+    let what = format!(
+        "the newest ledger entry is stamped {}, {} ahead of this machine's clock ({})",
+        newest.to_text(),
+        human_ms(ahead_ms),
+        now.to_text()
+    );
+    if accept {
+        crate::log::error(&format!(
+            "clock: {what}; starting anyway (--accept-future-stamps): new entries are stamped after it until the clock passes it"
+        ));
+        return Ok(());
+    }
+    Err(format!(
+        "{what}. Time stamps never go back, so every new entry, token expiry and schedule check would follow that \
+         time. If this clock is wrong, correct it and start again. If the entry was stamped by a clock that was \
+         ahead, either wait until {} or start with --accept-future-stamps (WALLET_ACCEPT_FUTURE_STAMPS=true) to \
+         stamp new entries after it until then",
+        newest.to_text()
+    ))
+}
+
+fn human_ms(ms: i64) -> String {
+    match ms {
+        ms if ms >= 2 * 86_400_000 => format!("{:.1} days", ms as f64 / 86_400_000.0),
+        ms if ms >= 2 * 3_600_000 => format!("{:.1} hours", ms as f64 / 3_600_000.0),
+        ms => format!("{:.1} s", ms as f64 / 1_000.0),
     }
 }
 

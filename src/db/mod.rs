@@ -10,7 +10,7 @@ use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, OptionalExtension};
 
 use crate::config::Synchronous;
-use crate::domain::Currency;
+use crate::domain::{Currency, Timestamp};
 
 pub use writer::{Writer, WriterStats};
 
@@ -114,12 +114,19 @@ pub fn lock_for_serving(db: &Path) -> Result<ServeLock, String> {
     use std::io::{Read, Seek, Write};
     use std::os::fd::AsRawFd;
     let path = serve_lock_path(db);
+    // `flock` needs no write access: a lock file left by another user (say root, before the
+    // service account took over) is locked through a read-only descriptor, so that the
+    // writability checks that follow can name what is really wrong.
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(&path)
+        .or_else(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied => std::fs::File::open(&path).map_err(|_| e),
+            _ => Err(e),
+        })
         .map_err(|e| format!("--db/WALLET_DB: cannot open {}: {e}", path.display()))?;
     // SAFETY: flock on a descriptor this function owns; it only changes the lock's state.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
@@ -182,6 +189,85 @@ fn configure(conn: &Connection, sync: Synchronous) -> rusqlite::Result<()> {
     ))?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(())
+}
+
+/// Refuses a database path this process cannot write: the file, or its directory (where
+/// SQLite creates the `-wal` and `-shm` files beside it). Checked before opening, because
+/// SQLite quietly opens a file it cannot write read-only, and the server would then answer
+/// every write with an error instead of refusing to start.
+pub fn check_writable_path(path: &Path) -> Result<(), String> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if let Err(e) = writable(dir) {
+        return Err(format!(
+            "--db/WALLET_DB: cannot write in the directory {} ({e}); SQLite keeps its -wal and -shm files next to \
+             the database, so the directory must be writable by the user the server runs as",
+            dir.display()
+        ));
+    }
+    match writable(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(read_only_db(path, &e.to_string()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a connection SQLite opened read-only, or one on which a write cannot begin: the
+/// checks of `check_writable_path` answer for permissions, not for every way a file can be
+/// read-only (a read-only mount, an immutable file), and `root` passes them regardless.
+pub fn check_writable(path: &Path, conn: &Connection) -> Result<(), String> {
+    if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
+        return Err(read_only_db(path, "SQLite could open it for reading only"));
+    }
+    // A write that is rolled back: in WAL mode nothing reaches the disk.
+    conn.execute_batch("BEGIN IMMEDIATE; CREATE TABLE wallet_write_check (x); ROLLBACK;")
+        .map_err(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            match e.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::ReadOnly) => read_only_db(path, &e.to_string()),
+                _ => format!(
+                    "--db/WALLET_DB: cannot begin a write on {}: {e} (is another program holding it?)",
+                    path.display()
+                ),
+            }
+        })
+}
+
+fn read_only_db(path: &Path, why: &str) -> String {
+    format!(
+        "--db/WALLET_DB: {} is read-only for this process ({why}); the server needs to write it: \
+         make it (and its -wal and -shm files) writable by the user the server runs as, or mount its file system read-write",
+        path.display()
+    )
+}
+
+/// Whether this process may write `path`, by `access(2)`: the kernel's own answer, including a
+/// read-only mount.
+fn writable(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `c` is a NUL-terminated path that outlives the call.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The time stamp of the newest ledger entry, if there is one.
+pub fn newest_entry_stamp(conn: &Connection) -> Result<Option<Timestamp>, String> {
+    conn.query_row(
+        "SELECT created_at FROM entries ORDER BY seq DESC LIMIT 1",
+        [],
+        |r| r.get::<_, String>(0),
+    )
+    .optional()
+    .map(|t| t.map(|t| Timestamp::from_stored(&t)))
+    .map_err(|e| format!("cannot read the newest ledger entry: {e}"))
 }
 
 /// A pool of read-only connections for queries; writes go through the `Writer`.
@@ -396,9 +482,21 @@ pub fn start_checkpointer(
     std::thread::Builder::new()
         .name("checkpointer".into())
         .spawn(move || {
+            // A failure that repeats (a full disk fails every checkpoint) is logged once, not
+            // four times a second.
+            let mut failing: Option<String> = None;
             while wakeup.sleep(Duration::from_millis(CHECKPOINT_INTERVAL_MS)) {
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    crate::log::error(&format!("checkpoint: {e}"));
+                match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    Err(e) if failing.as_deref() != Some(&e.to_string()) => {
+                        crate::log::error(&format!("checkpoint: {e}"));
+                        failing = Some(e.to_string());
+                    }
+                    Err(_) => {}
+                    Ok(()) => {
+                        if failing.take().is_some() {
+                            crate::log::info("checkpoint: works again");
+                        }
+                    }
                 }
             }
         })

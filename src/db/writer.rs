@@ -7,7 +7,7 @@
 //! SQLite never spins in its busy handler, and one fsync covers a whole batch.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -16,19 +16,23 @@ use rusqlite::Connection;
 
 use crate::clock::SharedClock;
 use crate::domain::Timestamp;
-use crate::error::AppError;
+use crate::error::{AppError, StorageFault};
 
 /// What a job gives back after running: whether to keep its savepoint, and how to answer its
 /// caller once the batch's fate (commit or not) is known.
 struct Ran {
     keep: bool,
+    /// The job was refused because the storage would not take its writes.
+    fault: Option<StorageFault>,
     answer: Answer,
 }
 
 /// Delivers a job's result once the batch's commit (or failure) is known.
 type Answer = Box<dyn FnOnce(Result<(), AppError>) + Send>;
 
-type Job = Box<dyn FnOnce(&Connection, Timestamp) -> Ran + Send>;
+/// Runs a write on the connection at the batch's time, or, given `None` (the batch's
+/// transaction could not start), only returns the answer, which then carries the batch's error.
+type Job = Box<dyn FnOnce(Option<(&Connection, Timestamp)>) -> Ran + Send>;
 
 /// Counters for `/metrics` and the benchmark.
 #[derive(Default)]
@@ -41,6 +45,60 @@ pub struct WriterStats {
     /// Write transactions that could not start because another process held the lock past
     /// the busy timeout (the server itself never waits on its own writes).
     pub busy: AtomicU64,
+    /// Writes refused because the disk was full (503), and because the database was read-only.
+    pub refused_full: AtomicU64,
+    pub refused_read_only: AtomicU64,
+    /// The storage fault standing since the last refused write (`NO_FAULT`, `FULL`,
+    /// `READ_ONLY`): set when a write is refused for it, cleared when a write commits again.
+    storage_fault: AtomicU8,
+    /// The newest time stamp the writer has given (or started after), in microseconds; 0 before.
+    last_stamp_micros: AtomicI64,
+}
+
+const NO_FAULT: u8 = 0;
+const FULL: u8 = 1;
+const READ_ONLY: u8 = 2;
+
+impl WriterStats {
+    /// The newest time stamp given to a batch, or the newest stored entry's at start.
+    pub fn last_stamp(&self) -> Option<Timestamp> {
+        match self.last_stamp_micros.load(Ordering::Relaxed) {
+            0 => None,
+            micros => Timestamp::from_micros(micros),
+        }
+    }
+
+    /// Why writes are being refused right now, if they are.
+    pub fn storage_fault(&self) -> Option<StorageFault> {
+        match self.storage_fault.load(Ordering::Relaxed) {
+            FULL => Some(StorageFault::Full),
+            READ_ONLY => Some(StorageFault::ReadOnly),
+            _ => None,
+        }
+    }
+
+    fn refused(&self, fault: StorageFault, jobs: u64) {
+        let (counter, code) = match fault {
+            StorageFault::Full => (&self.refused_full, FULL),
+            StorageFault::ReadOnly => (&self.refused_read_only, READ_ONLY),
+        };
+        counter.fetch_add(jobs, Ordering::Relaxed);
+        if self.storage_fault.swap(code, Ordering::Relaxed) != code {
+            crate::log::error(&format!(
+                "writer: the database's storage is {}: writes are refused with 503 until it takes them again (reads go on)",
+                match fault {
+                    StorageFault::Full => "full (free space on its disk)",
+                    StorageFault::ReadOnly => "read-only",
+                }
+            ));
+        }
+    }
+
+    fn wrote(&self) {
+        if self.storage_fault.swap(NO_FAULT, Ordering::Relaxed) != NO_FAULT {
+            crate::log::info("writer: the database takes writes again");
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -121,10 +179,32 @@ impl Writer {
         F: FnOnce(&Connection, Timestamp) -> Result<T, AppError> + Send + 'static,
     {
         let (tx, rx) = sync_channel::<Result<T, AppError>>(1);
-        let job: Job = Box::new(move |conn, now| {
-            let result = f(conn, now);
+        let job: Job = Box::new(move |run| {
+            let Some((conn, now)) = run else {
+                return Ran {
+                    keep: false,
+                    fault: None,
+                    answer: Box::new(move |batch| {
+                        let _ =
+                            tx.send(batch.and(Err(AppError::Internal("a write not run".into()))));
+                    }),
+                };
+            };
+            let result = match f(conn, now) {
+                // An I/O error's cause is known only to the connection: out of space is an
+                // operator's problem, not a bug.
+                Err(AppError::Internal(cause)) => match io_fault(conn) {
+                    Some(fault) => Err(AppError::Storage(fault)),
+                    None => Err(AppError::Internal(cause)),
+                },
+                result => result,
+            };
             Ran {
                 keep: result.is_ok(),
+                fault: match &result {
+                    Err(AppError::Storage(fault)) => Some(*fault),
+                    _ => None,
+                },
                 answer: Box::new(move |batch| {
                     let _ = tx.send(batch.and(result));
                 }),
@@ -158,15 +238,12 @@ fn run(
     in_flight: &AtomicI64,
 ) {
     // Start after the newest entry already stored, in case the clock stepped back across a
-    // restart.
-    let newest: Option<String> = conn
-        .query_row(
-            "SELECT created_at FROM entries ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| r.get(0),
-        )
-        .ok();
-    let mut last_now = newest.map_or(clock.now(), |t| clock.now().max(Timestamp::from_stored(&t)));
+    // restart (start-up refuses one far in the future unless told to accept it).
+    let newest = super::newest_entry_stamp(&conn).ok().flatten();
+    let mut last_now = newest.map_or(clock.now(), |t| clock.now().max(t));
+    stats
+        .last_stamp_micros
+        .store(last_now.micros(), Ordering::Relaxed);
     let mut batch: Vec<Job> = Vec::with_capacity(batch_max);
     // Waking each caller is a system call per job (8% of the writer's time in a profile), so a
     // second thread delivers the answers while the writer starts on the next batch.
@@ -198,23 +275,41 @@ fn run(
             }
         }
         let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
+        // Only while writes are being refused: whether this batch wrote anything.
+        let faulted = stats.storage_fault.load(Ordering::Relaxed) != NO_FAULT;
+        let changes_before = if faulted { conn.total_changes() } else { 0 };
+        let mut refused = Refused::default();
         let outcome = run_batch(
             &conn,
             &*clock,
             &mut last_now,
             &mut batch,
-            &mut answers,
+            (&mut answers, &mut refused),
             stats,
             in_flight,
         );
         in_flight.store(IDLE, Ordering::SeqCst);
         stats.batches.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = &outcome {
-            stats.commit_failures.fetch_add(1, Ordering::Relaxed);
-            crate::log::error(&format!(
-                "writer: batch of {} not committed: {e:?}",
-                answers.len()
-            ));
+        match &outcome {
+            Ok(()) => {
+                if let Some(fault) = refused.fault {
+                    stats.refused(fault, refused.jobs);
+                } else if faulted && conn.total_changes() > changes_before {
+                    stats.wrote();
+                }
+            }
+            Err(AppError::Storage(fault)) => {
+                // Logged once when it starts (`refused`), not once per batch.
+                stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+                stats.refused(*fault, answers.len() as u64);
+            }
+            Err(e) => {
+                stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+                crate::log::error(&format!(
+                    "writer: batch of {} not committed: {e:?}",
+                    answers.len()
+                ));
+            }
         }
         if let Err(unsent) = replies.send((answers, outcome)) {
             // The reply thread is gone only if an answer panicked; answer here instead.
@@ -228,12 +323,19 @@ fn run(
     let _ = replier.join();
 }
 
+/// Jobs of a batch refused for a storage fault, and the last such fault.
+#[derive(Default)]
+struct Refused {
+    jobs: u64,
+    fault: Option<StorageFault>,
+}
+
 fn run_batch(
     conn: &Connection,
     clock: &dyn crate::clock::Clock,
     last_now: &mut Timestamp,
     batch: &mut Vec<Job>,
-    answers: &mut Vec<Answer>,
+    (answers, refused): (&mut Vec<Answer>, &mut Refused),
     stats: &WriterStats,
     in_flight: &AtomicI64,
 ) -> Result<(), AppError> {
@@ -241,8 +343,10 @@ fn run_batch(
         if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) {
             stats.busy.fetch_add(1, Ordering::Relaxed);
         }
-        batch.clear();
-        return Err(e.into());
+        // Every caller hears why (a busy database is 503), rather than a dropped job.
+        let e = batch_error(conn, e, None);
+        answers.extend(batch.drain(..).map(|job| job(None).answer));
+        return Err(e);
     }
     // The batch's time is read once the write lock is held, and each batch's time is strictly
     // later than the one before, even if the wall clock stalls or steps back. So every entry
@@ -251,12 +355,15 @@ fn run_batch(
     *last_now = clock.now().max(last_now.plus_micros(1));
     let now = *last_now;
     in_flight.store(now.micros(), Ordering::SeqCst);
+    stats
+        .last_stamp_micros
+        .store(now.micros(), Ordering::Relaxed);
     for job in batch.drain(..) {
         stats.jobs.fetch_add(1, Ordering::Relaxed);
         let step = exec_cached(conn, "SAVEPOINT job");
         let ran = step
             .is_ok()
-            .then(|| catch_unwind(AssertUnwindSafe(|| job(conn, now))));
+            .then(|| catch_unwind(AssertUnwindSafe(|| job(Some((conn, now))))));
         let keep = matches!(&ran, Some(Ok(r)) if r.keep);
         let end = if keep {
             exec_cached(conn, "RELEASE job")
@@ -265,18 +372,63 @@ fn run_batch(
             exec_cached(conn, "ROLLBACK TO job").and_then(|()| exec_cached(conn, "RELEASE job"))
         };
         if let Some(Ok(ran)) = ran {
+            if ran.fault.is_some() {
+                refused.jobs += 1;
+                refused.fault = ran.fault;
+            }
             answers.push(ran.answer);
         }
         if let Err(e) = step.and(end) {
+            // Read before the rollback, which replaces the connection's last error.
+            let e = batch_error(conn, e, refused.fault);
             let _ = conn.execute_batch("ROLLBACK");
-            return Err(e.into());
+            return Err(e);
         }
     }
     if let Err(e) = conn.execute_batch("COMMIT") {
+        let e = batch_error(conn, e, refused.fault);
         let _ = conn.execute_batch("ROLLBACK");
-        return Err(e.into());
+        return Err(e);
     }
     Ok(())
+}
+
+/// Why a batch failed. A full disk can end the whole transaction (SQLite then rolls it back
+/// itself, and the next savepoint step fails for want of one): that is the storage's fault,
+/// not a bug, whatever the failing step's own message.
+fn batch_error(conn: &Connection, e: rusqlite::Error, job_fault: Option<StorageFault>) -> AppError {
+    match AppError::from(e) {
+        AppError::Internal(cause) => match io_fault(conn).or(job_fault) {
+            Some(fault) => AppError::Storage(fault),
+            None => AppError::Internal(cause),
+        },
+        other => other,
+    }
+}
+
+/// A storage fault behind the writer connection's last error: SQLite reports a short write for
+/// lack of space as `SQLITE_FULL`, but a failed `fsync`, truncate or shared-memory extension as
+/// an I/O error whose cause only the operating system's error number tells. `SQLITE_READONLY`
+/// here means the file became read-only: this connection was opened read-write.
+fn io_fault(conn: &Connection) -> Option<StorageFault> {
+    // SAFETY: the handle is valid while `conn` lives; both calls only read the connection's
+    // last error.
+    let (code, errno) = unsafe {
+        let db = conn.handle();
+        (
+            rusqlite::ffi::sqlite3_errcode(db),
+            rusqlite::ffi::sqlite3_system_errno(db),
+        )
+    };
+    // Extended result codes are on: the primary code is the low byte.
+    match code & 0xff {
+        rusqlite::ffi::SQLITE_FULL => Some(StorageFault::Full),
+        rusqlite::ffi::SQLITE_READONLY => Some(StorageFault::ReadOnly),
+        rusqlite::ffi::SQLITE_IOERR if errno == libc::ENOSPC || errno == libc::EDQUOT => {
+            Some(StorageFault::Full)
+        }
+        _ => None,
+    }
 }
 
 /// Runs a statement from the connection's statement cache: savepoints run once per job, and
@@ -392,6 +544,52 @@ mod tests {
         w.execute(|c, _| Ok(c.execute("INSERT INTO t (v) VALUES (1)", []).map(drop)?))
             .unwrap();
         assert_eq!(count(&w), 1);
+    }
+
+    #[test]
+    fn a_batch_that_cannot_begin_is_unavailable_not_a_bug() {
+        // Another process holds the write lock past the busy timeout: the writer's caller gets
+        // 503 `unavailable` (an operator's matter), not a 500, and the next write succeeds.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("busy.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (v INTEGER NOT NULL)")
+            .unwrap();
+        conn.busy_timeout(Duration::from_millis(50)).unwrap();
+        let (w, _h) = Writer::start(conn, Arc::new(SystemClock), 8, 8);
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let refused = w.execute(|c, _| Ok(c.execute("INSERT INTO t (v) VALUES (1)", [])?));
+        assert!(
+            matches!(refused, Err(AppError::Unavailable(_))),
+            "{refused:?}"
+        );
+        assert_eq!(w.stats.busy.load(Ordering::SeqCst), 1);
+        other.execute_batch("ROLLBACK").unwrap();
+        assert_eq!(
+            w.execute(|c, _| Ok(c.execute("INSERT INTO t (v) VALUES (2)", [])?)),
+            Ok(1)
+        );
+    }
+
+    #[test]
+    fn a_database_that_turned_read_only_is_a_storage_fault_not_a_bug() {
+        // The writer's connection can't write (here: opened read-only, as SQLite does when the
+        // file's permissions or mount changed): a write is refused as a storage fault, which
+        // /health and /metrics then report, not as an internal error.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ro.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (v INTEGER NOT NULL)")
+            .unwrap();
+        let conn =
+            Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let (w, _h) = Writer::start(conn, Arc::new(SystemClock), 8, 8);
+        let refused = w.execute(|c, _| Ok(c.execute("INSERT INTO t (v) VALUES (1)", [])?));
+        assert_eq!(refused, Err(AppError::Storage(StorageFault::ReadOnly)));
+        assert_eq!(w.stats.storage_fault(), Some(StorageFault::ReadOnly));
+        assert_eq!(w.stats.refused_read_only.load(Ordering::SeqCst), 1);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::domain::{
     parse_name, Amount, Currency, Email, EntryKind, Metadata, Password, PayoutResolution,
     Reference, StaffReason, Timestamp, Username, WithdrawalStatus,
 };
-use crate::error::AppError;
+use crate::error::{AppError, StorageFault};
 use crate::ledger::queries::{HistoryQuery, Wallet, PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX};
 use crate::ledger::withdrawals::Withdrawal;
 use crate::ledger::{Entry, Movement, Recipient, TransferRequest};
@@ -572,17 +572,60 @@ pub fn admin_resolve_withdrawal(
 // ---- Operations --------------------------------------------------------------------------
 
 pub fn health(svc: &Service, _: &Incoming, _: &Params) -> Result<Reply, AppError> {
-    match svc.health() {
-        Ok(()) => Ok(Reply::json(200, json!({"status": "ok", "database": "ok"}))),
-        Err(e) => {
-            crate::log::error(&format!("health: database check failed: {e:?}"));
-            Ok(Reply::json(
-                503,
-                json!({"status": "unavailable", "database": "unavailable"}),
-            )
-            .header("Retry-After", "1"))
-        }
+    let h = svc.health();
+    let mut reasons: Vec<String> = Vec::new();
+    if !h.database {
+        reasons.push("the database does not answer queries".into());
     }
+    match h.storage {
+        Some(StorageFault::Full) => reasons.push(
+            "the database's disk is full: writes are refused (503) until space is freed; reads work".into(),
+        ),
+        Some(StorageFault::ReadOnly) => reasons.push(
+            "the database has become read-only: writes are refused (503); reads work".into(),
+        ),
+        None => {}
+    }
+    let wall_ahead = h.clock.wall_ahead_micros > 0;
+    if wall_ahead {
+        reasons.push(format!(
+            "the wall clock is {:.3} s ahead of the time reckoned from the monotonic clock: time stamps follow \
+             the reckoning until it agrees again (if the wall clock is right, restart the server)",
+            h.clock.wall_ahead_micros as f64 / 1e6
+        ));
+    }
+    let stamps_ahead = h.stamps_ahead_micros > 0;
+    if stamps_ahead {
+        reasons.push(format!(
+            "the newest time stamp is {:.3} s ahead of the clock (it was set back, or the server started with \
+             --accept-future-stamps): new entries are stamped just after it until the clock catches up",
+            h.stamps_ahead_micros as f64 / 1e6
+        ));
+    }
+    let unavailable = !h.database || h.storage.is_some();
+    let status = match (unavailable, wall_ahead || stamps_ahead) {
+        (true, _) => "unavailable",
+        (false, true) => "degraded",
+        (false, false) => "ok",
+    };
+    let mut body = json!({
+        "status": status,
+        "database": if h.database { "ok" } else { "unavailable" },
+        "storage": h.storage.map_or("ok", StorageFault::as_str),
+        "clock": match (wall_ahead, stamps_ahead) {
+            (true, _) => "wall_clock_ahead",
+            (false, true) => "wall_clock_behind",
+            (false, false) => "ok",
+        },
+    });
+    if !reasons.is_empty() {
+        body["reason"] = json!(reasons.join("; "));
+    }
+    Ok(if unavailable {
+        Reply::json(503, body).header("Retry-After", "1")
+    } else {
+        Reply::json(200, body)
+    })
 }
 
 pub fn metrics(svc: &Service, _: &Incoming, _: &Params) -> Result<Reply, AppError> {
@@ -591,9 +634,16 @@ pub fn metrics(svc: &Service, _: &Incoming, _: &Params) -> Result<Reply, AppErro
         .payouts_outcome_unknown()
         .map_err(|e| crate::log::error(&format!("metrics: cannot count payouts: {e:?}")))
         .ok();
+    // A reading of its own, so that the clock gauges are current.
+    let stamps_ahead_micros = svc.stamps_ahead_micros(svc.clock.now());
     Ok(Reply::text(
         "text/plain; version=0.0.4; charset=utf-8",
-        svc.metrics.render(&svc.writer.stats, left_for_staff),
+        svc.metrics.render(
+            &svc.writer.stats,
+            &svc.clock.report(),
+            stamps_ahead_micros,
+            left_for_staff,
+        ),
     ))
 }
 

@@ -393,7 +393,7 @@ fn handle(
                 "request {} {} {template}: {cause}",
                 incoming.request_id, incoming.method
             )),
-            AppError::Unavailable(_) => svc.metrics.unavailable.inc(),
+            AppError::Unavailable(_) | AppError::Storage(_) => svc.metrics.unavailable.inc(),
             _ => {}
         }
         error_reply(&e)

@@ -2,7 +2,11 @@
 
 use serde_json::{json, Value};
 
-use crate::error::AppError;
+use crate::error::{AppError, StorageFault};
+
+/// `Retry-After` while the storage refuses writes: freeing space takes an operator, so clients
+/// need not retry every second.
+pub const STORAGE_RETRY_AFTER_S: u64 = 10;
 
 pub enum Body {
     Json(Value),
@@ -71,6 +75,8 @@ pub fn error_reply(e: &AppError) -> Reply {
         }
         AppError::RateLimited { .. } => (429, "rate_limited", "too many attempts; try again later".into()),
         AppError::Unavailable(m) => (503, "unavailable", (*m).to_string()),
+        AppError::Storage(StorageFault::Full) => (503, "unavailable", "the server's storage is full; reads work, writes are refused until an operator frees space".into()),
+        AppError::Storage(StorageFault::ReadOnly) => (503, "unavailable", "the server's storage is read-only; reads work, writes are refused until an operator fixes it".into()),
         AppError::Internal(_) => (500, "internal", "internal error".into()),
     };
     let mut error = json!({"code": code, "message": message});
@@ -86,6 +92,7 @@ pub fn error_reply(e: &AppError) -> Reply {
             reply.header("Retry-After", retry_after_s.to_string())
         }
         AppError::Unavailable(_) => reply.header("Retry-After", "1"),
+        AppError::Storage(_) => reply.header("Retry-After", STORAGE_RETRY_AFTER_S.to_string()),
         _ => reply,
     }
 }

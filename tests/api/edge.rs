@@ -129,7 +129,10 @@ fn request_ids_health_metrics_and_docs() {
         .unwrap();
     assert_eq!(resp.headers().get("x-request-id").unwrap(), "abc-123");
     let h = app.request("GET", "/health", None, None);
-    assert_eq!(h.body, json!({"status": "ok", "database": "ok"}));
+    assert_eq!(
+        h.body,
+        json!({"status": "ok", "database": "ok", "storage": "ok", "clock": "ok"})
+    );
     assert_eq!(h.header("X-Request-Id").map(str::len), Some(32));
     let m = app.request("GET", "/metrics", None, None);
     assert_eq!(m.status, 200);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use wallet::clock::{Clock, SharedClock, SystemClock};
+use wallet::clock::{GuardedClock, SharedClock, SystemClock};
 use wallet::config::Config;
 use wallet::startup::{App, TestHooks};
 
@@ -88,7 +88,8 @@ impl TestApp {
         }
     }
 
-    pub fn clock(&self) -> &Arc<dyn Clock> {
+    /// The clock the server runs on (the given wall clock, as the server believes it).
+    pub fn clock(&self) -> &Arc<GuardedClock> {
         &self.app.as_ref().expect("running").service().clock
     }
 
