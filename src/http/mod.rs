@@ -161,6 +161,25 @@ struct BodyBudget {
 /// A reservation in the `BodyBudget`, given back when the request is done.
 struct Reserved<'a>(&'a BodyBudget, usize);
 
+impl Reserved<'_> {
+    /// Reserves `bytes` more for this request; false when the budget has no room for them.
+    fn grow(&mut self, bytes: usize) -> bool {
+        let mut reserved = self
+            .0
+            .reserved_bytes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match reserved.checked_add(bytes) {
+            Some(after) if after <= self.0.bytes_max => {
+                *reserved = after;
+                self.1 += bytes;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 impl BodyBudget {
     fn new(bytes_max: usize) -> BodyBudget {
         BodyBudget {
@@ -169,17 +188,9 @@ impl BodyBudget {
         }
     }
 
-    fn reserve(&self, bytes: usize) -> Option<Reserved<'_>> {
-        let mut reserved = self
-            .reserved_bytes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let after = reserved.checked_add(bytes)?;
-        if after > self.bytes_max {
-            return None;
-        }
-        *reserved = after;
-        Some(Reserved(self, bytes))
+    /// A reservation of nothing yet, grown as the body arrives (`Reserved::grow`).
+    fn nothing_reserved(&self) -> Reserved<'_> {
+        Reserved(self, 0)
     }
 }
 
@@ -191,20 +202,6 @@ impl Drop for Reserved<'_> {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         *reserved -= self.1;
-    }
-}
-
-/// What a request's body may take of the budget: its declared length (a longer one is refused
-/// unread), or the most a body may be when its length is not declared (chunked).
-fn body_reservation(rq: &tiny_http::Request, body_bytes_max: usize) -> usize {
-    let chunked = rq
-        .headers()
-        .iter()
-        .any(|h| h.field.equiv("Transfer-Encoding"));
-    match rq.body_length() {
-        Some(declared) => declared.min(body_bytes_max),
-        None if chunked => body_bytes_max,
-        None => 0,
     }
 }
 
@@ -242,7 +239,7 @@ impl HttpServer {
             std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST),
             std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
         ];
-        unlimited_addresses.extend(serve.trusted_proxy);
+        unlimited_addresses.extend(serve.trusted_proxy.map(|ip| ip.to_canonical()));
         let limits = ConnectionLimits {
             read_timeout: timeout,
             write_timeout: timeout,
@@ -284,31 +281,29 @@ impl HttpServer {
                     let reply = error_reply(&AppError::Unavailable("the server is shutting down"));
                     respond(rq, reply, "-");
                 };
+                // From here the request is in flight: a graceful stop lets it finish. Entered
+                // before the check, so that a stop either sees it or refuses it.
+                let in_flight = in_flight.enter();
                 if stopping.load(Ordering::SeqCst) {
                     return shutting_down(rq);
                 }
-                // From here the request is in flight: a graceful stop lets it finish.
-                let _in_flight = in_flight.enter();
                 let started = Instant::now();
                 // The body is read before the request takes a place, so that clients dripping
-                // bodies hold only their own connections; the bytes of the bodies being read
-                // (and handled) at once are bounded instead.
+                // bodies hold only their own connections. The bytes of the bodies being read (and
+                // handled) at once are bounded instead, reserved as they arrive: a client that
+                // declares a large body and sends none of it reserves nothing.
                 let mut incoming = Incoming::from_head(&rq, trusted_proxy);
-                let Some(_reserved) = reading.reserve(body_reservation(&rq, body_bytes_max)) else {
-                    rq.close_connection();
-                    let reply = error_reply(&AppError::Unavailable(
-                        "too many request bodies are arriving at once; try again",
-                    ));
-                    return respond(rq, reply, &incoming.request_id);
-                };
+                let mut reserved = reading.nothing_reserved();
                 let read_error = incoming
-                    .read_body(&mut rq, body_bytes_max, body_deadline)
+                    .read_body(&mut rq, body_bytes_max, body_deadline, &mut |bytes| {
+                        reserved.grow(bytes)
+                    })
                     .err();
                 if read_error.is_some() {
                     // What is left of the body would be read as the next request.
                     rq.close_connection();
                 }
-                let _permit = if hashes_password(rq.url()) {
+                let place = if hashes_password(rq.url()) {
                     // A full password gate means the hashing threads are saturated: refuse,
                     // like the hashing queue does, rather than hold the client in a queue. The
                     // refusal is held back a little (the thread sleeps, using no CPU), so a
@@ -331,7 +326,14 @@ impl HttpServer {
                 // A stop that began while this request was read or waited its turn waits for it
                 // (it is in flight), up to the grace period.
                 match svc.upgrade() {
-                    Some(svc) => handle(&svc, rq, incoming, read_error, started, test_hooks),
+                    Some(svc) => {
+                        let request = Handled {
+                            incoming,
+                            read_error,
+                            started,
+                        };
+                        handle(&svc, rq, request, (place, reserved, in_flight), test_hooks)
+                    }
                     None => shutting_down(rq),
                 }
             })
@@ -363,14 +365,28 @@ impl HttpServer {
     }
 }
 
-fn handle(
-    svc: &Service,
-    rq: tiny_http::Request,
+/// A request read from its connection, to be handled.
+struct Handled {
     incoming: Incoming,
     read_error: Option<AppError>,
     started: Instant,
+}
+
+/// Handles a request holding `held` (its request place and body reservation), which is given
+/// back before the response is written: a client that does not read its responses then holds
+/// its own connection only, not a place every other request needs.
+fn handle(
+    svc: &Service,
+    rq: tiny_http::Request,
+    request: Handled,
+    held: impl Sized,
     test_hooks: bool,
 ) {
+    let Handled {
+        mut incoming,
+        read_error,
+        started,
+    } = request;
     // Any POST body must be JSON, including on routes that take none (the contract's 415).
     let read_error = read_error.or_else(|| incoming.json_content_type_error());
     let matched = router::route(&incoming.path, test_hooks);
@@ -399,6 +415,8 @@ fn handle(
         error_reply(&e)
     });
     let status = reply.status;
+    incoming.body = Vec::new();
+    drop(held);
     respond(rq, reply, &incoming.request_id);
     let took = started.elapsed();
     svc.metrics.observe_request(template, status, took);
@@ -440,7 +458,22 @@ fn respond(rq: tiny_http::Request, reply: Reply, request_id: &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::hashes_password;
+    use super::{hashes_password, BodyBudget};
+
+    #[test]
+    fn the_body_budget_bounds_what_is_reserved_at_once() {
+        let budget = BodyBudget::new(100);
+        let mut a = budget.nothing_reserved();
+        let mut b = budget.nothing_reserved();
+        assert!(a.grow(60));
+        assert!(!b.grow(41), "past the budget");
+        assert!(b.grow(40));
+        assert!(!a.grow(1));
+        drop(a);
+        assert!(b.grow(60), "a reservation is given back when dropped");
+        drop(b);
+        assert_eq!(*budget.reserved_bytes.lock().unwrap(), 0);
+    }
 
     #[test]
     fn every_spelling_of_the_login_path_takes_the_login_gate() {

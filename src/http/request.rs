@@ -77,13 +77,15 @@ impl Incoming {
         }
     }
 
-    /// Reads at most `body_bytes_max` bytes of body, all of it within `body_deadline`. On an
+    /// Reads at most `body_bytes_max` bytes of body, all of it within `body_deadline`, asking
+    /// `reserve` for room before each read of at most `BODY_READ_BYTES` (false: 503). On an
     /// error the body was not read to its end, so the connection must not be read further.
     pub fn read_body(
         &mut self,
         rq: &mut tiny_http::Request,
         body_bytes_max: usize,
         body_deadline: std::time::Duration,
+        reserve: &mut dyn FnMut(usize) -> bool,
     ) -> Result<(), AppError> {
         let too_large = AppError::PayloadTooLarge {
             limit_bytes: body_bytes_max,
@@ -96,7 +98,18 @@ impl Incoming {
             inner: rq.as_reader(),
             until: std::time::Instant::now() + body_deadline,
         };
+        let reader = Reserving {
+            inner: reader,
+            reserve,
+            read_bytes: 0,
+            reserved_bytes: 0,
+        };
         if let Err(e) = reader.take(limit).read_to_end(&mut self.body) {
+            if e.kind() == std::io::ErrorKind::OutOfMemory {
+                return Err(AppError::Unavailable(
+                    "too many request bodies are arriving at once; try again",
+                ));
+            }
             return Err(AppError::MalformedJson(format!(
                 "could not read the request body: {}",
                 e.kind()
@@ -293,6 +306,38 @@ impl<R: Read> Read for Deadline<R> {
             ));
         }
         self.inner.read(buf)
+    }
+}
+
+/// Bytes of body read at a time, each reserved before it is read.
+pub const BODY_READ_BYTES: usize = 8 * 1024;
+
+/// A reader that reserves room in the body budget before each read (an `OutOfMemory` error
+/// when there is none), so that what a request holds follows what it has sent.
+struct Reserving<'a, R> {
+    inner: R,
+    reserve: &'a mut dyn FnMut(usize) -> bool,
+    /// Bytes read so far, and bytes reserved so far (at most `BODY_READ_BYTES` more).
+    read_bytes: usize,
+    reserved_bytes: usize,
+}
+
+impl<R: Read> Read for Reserving<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = buf.len().min(BODY_READ_BYTES);
+        let needed = self.read_bytes + want;
+        if needed > self.reserved_bytes {
+            if !(self.reserve)(needed - self.reserved_bytes) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::OutOfMemory,
+                    "request body budget",
+                ));
+            }
+            self.reserved_bytes = needed;
+        }
+        let n = self.inner.read(&mut buf[..want])?;
+        self.read_bytes += n;
+        Ok(n)
     }
 }
 

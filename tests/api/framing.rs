@@ -51,8 +51,8 @@ fn closed_by_server(s: &mut TcpStream) -> bool {
 
 /// The status codes of every response in `text`, in order.
 fn statuses(text: &str) -> Vec<u16> {
-    text.match_indices("HTTP/1.1 ")
-        .filter_map(|(i, _)| text[i + 9..].get(..3)?.parse().ok())
+    text.match_indices("HTTP/1.")
+        .filter_map(|(i, _)| text.get(i + 9..i + 12)?.parse().ok())
         .collect()
 }
 
@@ -177,6 +177,20 @@ fn a_huge_head_is_refused_with_431_and_never_buffered() {
     let text = read_all(&mut s);
     assert_eq!(statuses(&text), vec![431], "after {sent} bytes: {text}");
     assert!(text.contains("request_header_fields_too_large"), "{text}");
+
+    // The bound is exact: a head of 16 KiB (blank line included) is served, one byte more is
+    // refused.
+    for (extra, status) in [(0, 200), (1, 431)] {
+        let fixed = "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Pad: \r\n\r\n".len();
+        let pad = "p".repeat(16 * 1024 - fixed + extra);
+        let mut s = connect(addr(&app));
+        s.write_all(
+            format!("GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Pad: {pad}\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(statuses(&read_all(&mut s)), vec![status], "{extra} over");
+    }
 
     // Too many header fields is the same refusal.
     let mut s = connect(addr(&app));
@@ -496,4 +510,214 @@ fn a_connection_answered_before_its_body_ends_is_closed() {
     let text = read_all(&mut s);
     assert_eq!(statuses(&text), vec![400], "{text}");
     assert!(closed_by_server(&mut s));
+}
+
+/// A deposit request with a chunked body framed as `chunked` says; the balance must not move.
+fn chunked_deposit(user: &User, chunked: &str) -> String {
+    format!(
+        "POST /api/wallets/me/deposit HTTP/1.1\r\nHost: x\r\nAuthorization: Token {}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{chunked}",
+        user.token
+    )
+}
+
+#[test]
+fn chunk_framing_is_strict_and_a_truncated_body_moves_nothing() {
+    // Chunk size lines are hex digits and CRLF, nothing else: a front proxy that reads `+N`,
+    // blanks or a bare LF differently would frame the body otherwise. A body whose stream ends
+    // inside a chunk is refused like a short Content-Length body, not executed.
+    let app = TestApp::spawn();
+    let user = app.register(&name("chunk"));
+    let body = json!({"amount": "1.00", "reference": "chunky"}).to_string();
+    let n = body.len();
+    let cases = [
+        ("a signed size", format!("+{n:x}\r\n{body}\r\n0\r\n\r\n")),
+        (
+            "blanks around the size",
+            format!(" {n:x} \r\n{body}\r\n0\r\n\r\n"),
+        ),
+        (
+            "a bare LF after the size",
+            format!("{n:x}\n{body}\r\n0\r\n\r\n"),
+        ),
+        (
+            "an extension hiding a bare-LF request",
+            format!("{n:x};a\nGET /health HTTP/1.1\nHost: x\n\n\r\n{body}\r\n0\r\n\r\n"),
+        ),
+        (
+            "an extension with a NUL",
+            format!("{n:x};\u{0}\r\n{body}\r\n0\r\n\r\n"),
+        ),
+        (
+            "no CRLF after the data",
+            format!("{n:x}\r\n{body}XX0\r\n\r\n"),
+        ),
+    ];
+    for (what, chunked) in cases {
+        let mut s = connect(addr(&app));
+        s.write_all(chunked_deposit(&user, &chunked).as_bytes())
+            .unwrap();
+        let text = read_all(&mut s);
+        assert_eq!(statuses(&text), vec![400], "{what}: {text}");
+    }
+    // The stream ends 100 bytes into a chunk that declared more.
+    let mut s = connect(addr(&app));
+    let cut = format!("{:x}\r\n{body}", n + 100);
+    s.write_all(chunked_deposit(&user, &cut).as_bytes())
+        .unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let text = read_all(&mut s);
+    assert_eq!(statuses(&text), vec![400], "truncated: {text}");
+    assert_eq!(app.balance(&user), "0.00", "no malformed body moved money");
+
+    // Trailer fields are read and dropped; the same body well framed is served.
+    let mut s = connect(addr(&app));
+    let good = format!("{n:x}\r\n{body}\r\n0\r\nX-Checksum: 1\r\n\r\n");
+    s.write_all(chunked_deposit(&user, &good).as_bytes())
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 512];
+    let got = s.read(&mut buf).unwrap();
+    assert_eq!(statuses(&String::from_utf8_lossy(&buf[..got])), vec![201]);
+    assert_eq!(app.balance(&user), "1.00");
+}
+
+#[test]
+fn an_endless_or_dripped_chunk_size_line_is_cut_short() {
+    // A size line that never ends (1 MiB of zeros) is refused after its bound, without being
+    // kept; one dripped after `;` a byte every 200 ms is cut at the body deadline (1 s here)
+    // even though no single read times out.
+    let app = TestApp::spawn_with(|c| c.serve.socket_timeout_ms = 1_000, Arc::new(SystemClock));
+    let mut s = connect(addr(&app));
+    s.write_all(
+        b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    .unwrap();
+    let zeros = vec![b'0'; 64 * 1024];
+    for _ in 0..16 {
+        if s.write_all(&zeros).is_err() {
+            break;
+        }
+    }
+    let text = read_all(&mut s);
+    assert_eq!(statuses(&text), vec![400], "{text}");
+
+    let mut s = connect(addr(&app));
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    s.write_all(
+        b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5;",
+    )
+    .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    while started.elapsed() < Duration::from_secs(8) {
+        if s.write_all(b"a").is_err() {
+            break;
+        }
+        let mut buf = [0u8; 1024];
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert_eq!(statuses(&text), vec![400], "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the dripped size line was read for {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_request_needs_exactly_one_host() {
+    // RFC 9112 section 3.2: HTTP/1.1 without Host, or with two, is 400; HTTP/1.0 may omit it.
+    let app = TestApp::spawn();
+    for (head, status) in [
+        ("GET /health HTTP/1.1\r\n\r\n", 400),
+        ("GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        ("GET /health HTTP/1.0\r\n\r\n", 200),
+        (
+            "GET /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            200,
+        ),
+    ] {
+        let mut s = connect(addr(&app));
+        s.write_all(head.as_bytes()).unwrap();
+        assert_eq!(statuses(&read_all(&mut s)), vec![status], "{head:?}");
+    }
+}
+
+#[test]
+fn clients_that_never_read_their_responses_hold_no_request_places() {
+    // With 2 request places, two connections that pipeline large responses and never read
+    // them block in their writes; the places are given back before a response is written, so
+    // a third client is still served at once.
+    let app = TestApp::spawn_with(
+        |c| {
+            c.serve.threads = 2;
+            c.serve.socket_timeout_ms = 10_000;
+        },
+        Arc::new(SystemClock),
+    );
+    let addr = addr(&app);
+    let stuck: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = connect(addr);
+            let many = "GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n".repeat(100);
+            s.write_all(many.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let mut s = connect(addr);
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    assert_eq!(statuses(&read_all(&mut s)), vec![200]);
+    let took = started.elapsed();
+    drop(stuck);
+    // Before, the health check waited for a stuck write's timeout (10 s here).
+    assert!(took < Duration::from_secs(5), "served after {took:?}");
+}
+
+#[test]
+fn a_connection_reset_right_after_its_request_does_not_panic_the_server() {
+    // A client that sends a request and resets the connection at once: asking the socket for
+    // its peer then fails, and upstream tiny_http panicked on that (a thread and a backtrace
+    // per connection). The real binary's stderr must show no panic, and it keeps serving.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr.log");
+    let mut cmd = crate::binary::wallet(&dir.path().join("wallet.db"));
+    cmd.stderr(std::fs::File::create(&log).unwrap());
+    let server = crate::binary::Server::start(cmd);
+    let addr: SocketAddr = server.base.trim_start_matches("http://").parse().unwrap();
+    for _ in 0..300 {
+        let Ok(mut s) = TcpStream::connect(addr) else {
+            continue;
+        };
+        let _ = s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: setsockopt on a socket this test owns, with a linger struct that outlives it.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+    }
+    let mut s = connect(addr);
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    assert_eq!(statuses(&read_all(&mut s)), vec![200]);
+    drop(server);
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

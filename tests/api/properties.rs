@@ -243,10 +243,12 @@ proptest! {
         let fields: Vec<(String, String)> = fields
             .into_iter()
             .filter(|(n, _)| {
-                !n.eq_ignore_ascii_case("content-length") && !n.eq_ignore_ascii_case("transfer-encoding")
+                !["content-length", "transfer-encoding", "host"]
+                    .iter()
+                    .any(|framing| n.eq_ignore_ascii_case(framing))
             })
             .collect();
-        let mut head = String::from("POST /api/wallets/me/deposit HTTP/1.1\r\n");
+        let mut head = String::from("POST /api/wallets/me/deposit HTTP/1.1\r\nHost: x\r\n");
         for (n, v) in &fields {
             head.push_str(&format!("{n}: {}\r\n", v.trim()));
         }

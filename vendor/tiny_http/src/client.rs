@@ -106,16 +106,22 @@ impl ClientConnection {
         write_socket: RefinedTcpStream,
         read_socket: RefinedTcpStream,
     ) -> ClientConnection {
-        ClientConnection::with_limits(write_socket, read_socket, HeadLimits::default())
+        ClientConnection::with_limits(write_socket, read_socket, HeadLimits::default(), None)
     }
 
     /// wallet patch: `new` with bounds on each request head.
+    /// `peer` is the address `accept` returned: asked again later, a socket the peer has
+    /// already reset has none (and upstream panicked on that).
     pub fn with_limits(
         write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
         head_limits: HeadLimits,
+        peer: Option<SocketAddr>,
     ) -> ClientConnection {
-        let remote_addr = read_socket.peer_addr();
+        let remote_addr = match peer {
+            Some(peer) => Ok(Some(peer)),
+            None => read_socket.peer_addr(),
+        };
         let secure = read_socket.secure();
 
         let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(1024, read_socket));
@@ -202,6 +208,9 @@ impl ClientConnection {
                 Ok(None)
             };
             match parsed {
+                Ok(Some((head_len, _))) if head_len > limits.bytes_max => {
+                    break Err(ReadError::HeadTooLarge)
+                }
                 Ok(Some((head_len, parsed))) => {
                     self.next_header_source.consume(head_len - before);
                     break Ok(parsed);
@@ -247,7 +256,7 @@ impl ClientConnection {
             path,
             version.clone(),
             headers,
-            *self.remote_addr.as_ref().unwrap(),
+            self.remote_addr.as_ref().ok().copied().flatten(),
             data_source,
             writer,
             self.must_close.clone(),
@@ -344,6 +353,12 @@ pub fn check_request_head(bytes: &[u8], headers_max: usize) -> Result<Option<usi
 /// bodies in HTTP/1.0, repeated `Content-Length` fields, and lengths that are not plain digits.
 fn check_framing(version: &HTTPVersion, headers: &[Header]) -> Result<(), ReadError> {
     let named = |name: &'static str| headers.iter().filter(move |h| h.field.equiv(name));
+    // RFC 9112 section 3.2: an HTTP/1.1 request has exactly one Host; none or several is 400.
+    match named("Host").count() {
+        0 if *version == HTTPVersion(1, 0) => {}
+        1 => {}
+        _ => return Err(ReadError::BadRequest("a request must have exactly one Host header")),
+    }
     let transfer_encodings: Vec<&Header> = named("Transfer-Encoding").collect();
     let content_lengths: Vec<&Header> = named("Content-Length").collect();
     if !transfer_encodings.is_empty() {
@@ -460,8 +475,9 @@ mod test {
     }
 
     fn framing(lines: &[(&str, &str)]) -> bool {
-        let headers: Vec<Header> = lines
+        let headers: Vec<Header> = [("Host", "x")]
             .iter()
+            .chain(lines.iter())
             .map(|(n, v)| Header::from_bytes(n.as_bytes(), v.as_bytes()).unwrap())
             .collect();
         check_framing(&HTTPVersion(1, 1), &headers).is_ok()
@@ -503,6 +519,7 @@ mod test {
             &[("Transfer-Encoding", "xchunked")],
             &[("Transfer-Encoding", "gzip, chunked")],
             &[("Transfer-Encoding", "chunked"), ("Transfer-Encoding", "chunked")],
+            &[("Host", "y")],
         ] {
             assert!(!framing(bad), "{:?}", bad);
         }

@@ -400,8 +400,9 @@ impl Server {
                             continue;
                         }
                         // wallet patch: one address may hold only so many of the places.
+                        // An IPv4 client of a dual-stack listener is seen as ::ffff:a.b.c.d.
                         let limited_ip = peer
-                            .map(|p| p.ip())
+                            .map(|p| p.ip().to_canonical())
                             .filter(|ip| !limits.unlimited_addresses.contains(ip));
                         if let Some(ip) = limited_ip {
                             if !per_address.try_open(ip, limits.connections_per_address_max) {
@@ -455,7 +456,12 @@ impl Server {
                             ..limits.head
                         };
                         Ok((
-                            ClientConnection::with_limits(write_closable, read_closable, head_limits),
+                            ClientConnection::with_limits(
+                                write_closable,
+                                read_closable,
+                                head_limits,
+                                peer,
+                            ),
                             address_place,
                         ))
                     }

@@ -9,9 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
-use crate::util::{EqualReader, FusedReader};
+use crate::util::{ChunkedDecoder, EqualReader, FusedReader};
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
-use chunked_transfer::Decoder;
 
 /// Represents an HTTP request made by a client.
 ///
@@ -79,51 +78,6 @@ pub struct Request {
 
     // wallet patch: when set, the connection closes after this request's response
     must_close: Arc<AtomicBool>,
-}
-
-/// wallet patch: a chunked body that marks its connection for closing unless it was read to
-/// its last chunk (a reader that stops at a size limit leaves the rest on the socket).
-struct ChunkedBody<R: Read> {
-    decoder: Decoder<R>,
-    finished: bool,
-    must_close: Arc<AtomicBool>,
-}
-
-impl<R: Read> ChunkedBody<R> {
-    fn new(decoder: Decoder<R>, must_close: Arc<AtomicBool>) -> Self {
-        ChunkedBody {
-            decoder,
-            finished: false,
-            must_close,
-        }
-    }
-}
-
-impl<R: Read> Read for ChunkedBody<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.finished {
-            return Ok(0);
-        }
-        match self.decoder.read(buf) {
-            Ok(0) if !buf.is_empty() => {
-                self.finished = true;
-                Ok(0)
-            }
-            Ok(n) => Ok(n),
-            Err(e) => {
-                self.must_close.store(true, Ordering::Release);
-                Err(e)
-            }
-        }
-    }
-}
-
-impl<R: Read> Drop for ChunkedBody<R> {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.must_close.store(true, Ordering::Release);
-        }
-    }
 }
 
 struct NotifyOnDrop<R> {
@@ -236,7 +190,7 @@ where
         }
     } else if transfer_encoding.is_some() {
         // the connection has already refused every coding but a single `chunked`
-        Box::new(ChunkedBody::new(Decoder::new(source_data), must_close.clone()))
+        Box::new(ChunkedDecoder::new(source_data, must_close.clone()))
             as Box<dyn Read + Send + 'static>
     } else {
         // if we have neither a Content-Length nor a Transfer-Encoding,
