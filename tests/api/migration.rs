@@ -150,7 +150,7 @@ fn an_upgrade_that_would_lose_an_entry_stops_and_changes_nothing() {
 
 /// A schema-2 database whose users were registered as `user0`, `user1`, … (password "correct
 /// horse battery"), then renamed by hand to `stored`, each with the key schema 2 gave it: its
-/// lowercase, and without what schema 4 added to `withdrawals`: what schema 2 could hold.
+/// lowercase, and without what schemas 4 and 5 added: what schema 2 could hold.
 fn schema_2_database_with_users(stored: &[&str]) -> (tempfile::TempDir, std::path::PathBuf) {
     let mut app = TestApp::spawn();
     for i in 0..stored.len() {
@@ -167,7 +167,8 @@ fn schema_2_database_with_users(stored: &[&str]) -> (tempfile::TempDir, std::pat
             .unwrap();
         }
         db.execute_batch(
-            "ALTER TABLE withdrawals DROP COLUMN outcome_unknown_since;
+            "DROP TABLE storage_probe;
+             ALTER TABLE withdrawals DROP COLUMN outcome_unknown_since;
              ALTER TABLE withdrawals DROP COLUMN payout_call_started_at;
              PRAGMA user_version = 2;",
         )
@@ -331,7 +332,7 @@ fn an_upgrade_never_lets_the_worker_refund_a_payout_the_old_server_was_making() 
                  WHERE reference = 'retried';
              UPDATE withdrawals SET attempts = 0, error_message = NULL WHERE reference = 'cut-off';
              UPDATE withdrawals SET next_attempt_at = updated_at;
-             DROP TABLE IF EXISTS storage_probe;
+             DROP TABLE storage_probe;
              ALTER TABLE withdrawals DROP COLUMN outcome_unknown_since;
              ALTER TABLE withdrawals DROP COLUMN payout_call_started_at;
              PRAGMA user_version = 3;",
