@@ -488,8 +488,8 @@ fn retry_later(
 
 /// Before a retry's call (or a call resumed after a restart): the withdrawal as it stands, if a
 /// call should be made, now marked as called. None when it is no longer PROCESSING (staff
-/// resolved it), or when this attempt was due after its retry window ended, in which case it
-/// is left for staff (again) and looked at only hourly. A call that started but never reported back (the process
+/// resolved it), or when its retry window is over (unless this is the last retry, due at the
+/// window's end), in which case it is left for staff (again) and looked at only hourly. A call that started but never reported back (the process
 /// stopped during it) makes the outcome unknown from now on. Runs in the writer, so it is
 /// ordered with `resolve`: whichever runs second sees what the first did.
 pub fn before_retry(
@@ -516,9 +516,11 @@ pub fn before_retry(
         (None, None) => (None, w.error_message.clone()),
     };
     if let Some(since) = unknown_since {
-        // Judged by when this attempt was due, not by when the worker got to it: the retry
-        // `decide` schedules at the window's very end is the last one, and is made.
-        if w.next_attempt_at > since.plus_millis(window_ms) {
+        // The retry `decide` schedules at the window's very end is the last one: it is made
+        // although the worker reaches it (a little) after the end. Any other attempt reached
+        // once the window is over is not.
+        let end = since.plus_millis(window_ms);
+        if now >= end && w.next_attempt_at != end {
             let last = error.unwrap_or_default();
             leave_for_staff(conn, now, &w, w.attempts, since, &last)?;
             return Ok(None);
@@ -764,7 +766,13 @@ mod tests {
             ),
             Decision::LeaveForStaff { since: t(0) }
         );
-        // A look due after the window's end (the hourly one for staff) makes no call.
+        // A retry due before the end but reached after it makes no call, nor does a look due
+        // after the end (the hourly one for staff).
+        let conn = processing_since(t(0), t(window_ms - 1));
+        assert_eq!(
+            before_retry(&conn, t(window_ms + 50), "x", window_ms).unwrap(),
+            None
+        );
         let conn = processing_since(t(0), t(window_ms + UNKNOWN_RECHECK_MS));
         assert_eq!(
             before_retry(&conn, t(window_ms + UNKNOWN_RECHECK_MS), "x", window_ms).unwrap(),
