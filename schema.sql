@@ -176,3 +176,11 @@ CREATE TABLE audit_log (
     detail        TEXT    NOT NULL DEFAULT '{}',
     created_at    TEXT    NOT NULL
 ) STRICT;
+
+-- Always empty: while writes are refused for a storage fault, the writer inserts a row of a few
+-- KiB here and deletes it in the same transaction, at most once a second, to learn when the
+-- storage takes writes again (`db::writer::probe`).
+CREATE TABLE storage_probe (
+    id     INTEGER PRIMARY KEY,
+    filler BLOB    NOT NULL
+) STRICT;

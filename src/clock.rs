@@ -97,6 +97,45 @@ impl Clock for ManualClock {
 /// How far the wall clock may drift from the reckoning before the reckoning follows it.
 const REANCHOR_MICROS_MIN: i64 = 1_000;
 
+/// How fast, beyond a step of `WALL_LEAP_MS_MAX`, the reckoning may gain on the monotonic clock
+/// by following a wall clock that is ahead of it, in parts per million of monotonic time. NTP
+/// slews at most 500 ppm (and slews the monotonic clock with the wall clock); a wall clock
+/// gaining faster than this for long is being set, step by step.
+pub const WALL_SLEW_PPM: i64 = 500;
+
+/// How far the reckoning may still step ahead to follow the wall clock: a budget of
+/// `WALL_LEAP_MS_MAX` that each forward step spends, a step back returns, and time refills at
+/// `WALL_SLEW_PPM`. Over any stretch of time the reckoning thus gains at most
+/// `WALL_LEAP_MS_MAX` plus `WALL_SLEW_PPM` of it on the monotonic clock.
+#[derive(Debug, Clone, Copy)]
+struct Credit {
+    micros: i64,
+    as_of_mono: i64,
+}
+
+impl Credit {
+    fn at(&self, mono: i64) -> i64 {
+        let earned = (mono - self.as_of_mono)
+            .max(0)
+            .saturating_mul(WALL_SLEW_PPM)
+            / 1_000_000;
+        self.micros.saturating_add(earned).min(WALL_LEAP_MICROS_MAX)
+    }
+
+    fn spend(&mut self, micros: i64, mono: i64) {
+        self.micros = (self.at(mono) - micros).max(0);
+        self.as_of_mono = mono;
+    }
+
+    fn give_back(&mut self, micros: i64, mono: i64) {
+        self.micros = self
+            .at(mono)
+            .saturating_add(micros)
+            .min(WALL_LEAP_MICROS_MAX);
+        self.as_of_mono = mono;
+    }
+}
+
 /// No offset recorded (`GuardedClock::offset_before_step_micros`).
 const NO_OFFSET: i64 = i64::MIN;
 
@@ -105,10 +144,12 @@ const NO_OFFSET: i64 = i64::MIN;
 ///
 /// The reckoning is `monotonic + offset`, where `offset` is `wall − monotonic` at the last
 /// reading that agreed. Each reading compares the wall clock with it:
-/// - within `WALL_LEAP_MS_MAX` either way: the wall clock is believed (and the offset follows
-///   it, which absorbs NTP's slow corrections);
+/// - behind by at most `WALL_LEAP_MS_MAX`, or ahead by at most what `Credit` allows: the wall
+///   clock is believed, and the offset follows it;
 /// - ahead by more: the reckoning is returned instead, and an alert stands (`alert`) until a
-///   reading agrees again;
+///   reading agrees again. So a single step ahead of up to `WALL_LEAP_MS_MAX` is followed, but
+///   a wall clock that keeps gaining (say 4 s every second) is followed no faster than
+///   `WALL_SLEW_PPM` once the first step has spent the budget;
 /// - behind by more (the clock was set back): the wall clock is believed, as before; the
 ///   writer keeps its stamps increasing. The old offset is kept, so that setting the clock
 ///   forward again onto the old time line is recognised as undoing that step, not as a leap.
@@ -116,6 +157,9 @@ pub struct GuardedClock {
     source: SharedClock,
     offset_micros: AtomicI64,
     offset_before_step_micros: AtomicI64,
+    /// Taken to change the offset (rare: a step of over a millisecond); readings that agree
+    /// and leaps beyond `WALL_LEAP_MS_MAX` don't take it.
+    credit: Mutex<Credit>,
     /// How far the wall clock is ahead of the reckoning while it is not believed; 0 otherwise.
     wall_ahead_micros: AtomicI64,
     leaps: AtomicU64,
@@ -137,11 +181,16 @@ impl GuardedClock {
     /// Anchors on the wall clock as it reads now: at start-up it is the only reference there
     /// is (start-up separately refuses a ledger stamped far ahead of it).
     pub fn new(source: SharedClock) -> GuardedClock {
-        let offset = source.now().micros() - source.monotonic_micros();
+        let mono = source.monotonic_micros();
+        let offset = source.now().micros() - mono;
         GuardedClock {
             source,
             offset_micros: AtomicI64::new(offset),
             offset_before_step_micros: AtomicI64::new(NO_OFFSET),
+            credit: Mutex::new(Credit {
+                micros: WALL_LEAP_MICROS_MAX,
+                as_of_mono: mono,
+            }),
             wall_ahead_micros: AtomicI64::new(0),
             leaps: AtomicU64::new(0),
             steps_back: AtomicU64::new(0),
@@ -171,7 +220,8 @@ impl GuardedClock {
         }
     }
 
-    fn agreed(&self, wall: i64, mono: i64, offset: i64) {
+    /// Ends a standing alert: the wall clock is believed again.
+    fn agreed(&self, wall: i64) {
         if self.wall_ahead_micros.load(Ordering::Relaxed) != 0
             && self.wall_ahead_micros.swap(0, Ordering::Relaxed) != 0
         {
@@ -180,37 +230,75 @@ impl GuardedClock {
                 stamp(wall)
             ));
         }
-        // Only a difference worth a write: every request reads the clock, and an atomic write
-        // on each read would bounce the cache line between CPUs. A lost race only means
-        // another reader's (equally good) offset wins.
-        if (wall - mono - offset).abs() > REANCHOR_MICROS_MIN {
-            let _ = self.offset_micros.compare_exchange(
-                offset,
-                wall - mono,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
-        }
     }
 
     fn stepped_back(&self, wall: i64, mono: i64, offset: i64) {
-        if self
-            .offset_micros
-            .compare_exchange(offset, wall - mono, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-        {
-            self.offset_before_step_micros
-                .store(offset, Ordering::Relaxed);
-            self.steps_back.fetch_add(1, Ordering::Relaxed);
-            crate::log::error(&format!(
-                "clock: the wall clock was set back {:.3} s, to {}; new time stamps stay after the newest one",
-                (mono + offset - wall) as f64 / 1e6,
-                stamp(wall)
-            ));
-        }
+        self.offset_before_step_micros
+            .store(offset, Ordering::Relaxed);
+        self.steps_back.fetch_add(1, Ordering::Relaxed);
+        crate::log::error(&format!(
+            "clock: the wall clock was set back {:.3} s, to {}; new time stamps stay after the newest one",
+            (mono + offset - wall) as f64 / 1e6,
+            stamp(wall)
+        ));
         if self.wall_ahead_micros.swap(0, Ordering::Relaxed) != 0 {
             crate::log::info("clock: the wall clock no longer leads the reckoning; following it");
         }
+    }
+
+    /// A reading more than `REANCHOR_MICROS_MIN` off the reckoning: moves the offset to the
+    /// wall clock if it may, under the lock, so that the credit is spent once per step.
+    fn reanchor(&self, wall_ts: Timestamp, mono: i64) -> Timestamp {
+        let wall = wall_ts.micros();
+        let mut credit = self.credit.lock().unwrap_or_else(|p| p.into_inner());
+        // Read again under the lock: another reading may have moved it already.
+        let offset = self.offset_micros.load(Ordering::Relaxed);
+        let reckoned = mono + offset;
+        let ahead = wall - reckoned;
+        if ahead.abs() <= REANCHOR_MICROS_MIN {
+            self.agreed(wall);
+            return wall_ts;
+        }
+        if ahead < 0 {
+            // Behind: followed. A step back within the bound gives its amount back to the
+            // credit (a clock set back and then forward again by mistake is no leap); one
+            // beyond it is remembered instead, and undone below.
+            if -ahead > WALL_LEAP_MICROS_MAX {
+                self.stepped_back(wall, mono, offset);
+            } else {
+                credit.give_back(-ahead, mono);
+                self.agreed(wall);
+            }
+            self.offset_micros.store(wall - mono, Ordering::Relaxed);
+            return wall_ts;
+        }
+        let before = self.offset_before_step_micros.load(Ordering::Relaxed);
+        if ahead > WALL_LEAP_MICROS_MAX
+            && before != NO_OFFSET
+            && (wall - (mono + before)).abs() <= WALL_LEAP_MICROS_MAX
+        {
+            // Back onto the time line the clock was on before it was set back; only what lies
+            // beyond that line is spent.
+            self.offset_before_step_micros
+                .store(NO_OFFSET, Ordering::Relaxed);
+            credit.spend((wall - (mono + before)).max(0), mono);
+            self.offset_micros.store(wall - mono, Ordering::Relaxed);
+            self.agreed(wall);
+            crate::log::info(&format!(
+                "clock: the wall clock ({}) returned to the time it showed before it was set back; following it",
+                stamp(wall)
+            ));
+            return wall_ts;
+        }
+        if ahead <= credit.at(mono) {
+            credit.spend(ahead, mono);
+            self.offset_micros.store(wall - mono, Ordering::Relaxed);
+            self.agreed(wall);
+            return wall_ts;
+        }
+        drop(credit);
+        self.leapt(wall, reckoned);
+        Timestamp::from_micros(reckoned).unwrap_or(wall_ts)
     }
 }
 
@@ -219,35 +307,28 @@ fn stamp(micros: i64) -> String {
 }
 
 impl GuardedClock {
-    /// The wall clock, if it agrees with the reckoning or is behind it; else the reckoning.
+    /// The wall clock, if it agrees with the reckoning, is behind it, or is ahead of it by no
+    /// more than the reckoning may follow; else the reckoning.
     pub fn now(&self) -> Timestamp {
         let wall_ts = self.source.now();
         let wall = wall_ts.micros();
         let mono = self.source.monotonic_micros();
         let offset = self.offset_micros.load(Ordering::Relaxed);
         let reckoned = mono + offset;
-        if wall - reckoned > WALL_LEAP_MICROS_MAX {
-            let before = self.offset_before_step_micros.load(Ordering::Relaxed);
-            if before != NO_OFFSET && (wall - (mono + before)).abs() <= WALL_LEAP_MICROS_MAX {
-                // Back onto the time line the clock was on before it was set back.
-                self.offset_before_step_micros
-                    .store(NO_OFFSET, Ordering::Relaxed);
-                self.agreed(wall, mono, offset);
-                crate::log::info(&format!(
-                    "clock: the wall clock ({}) returned to the time it showed before it was set back; following it",
-                    stamp(wall)
-                ));
-                return wall_ts;
-            }
+        let ahead = wall - reckoned;
+        if ahead.abs() <= REANCHOR_MICROS_MIN {
+            // The common case: no write, no lock.
+            self.agreed(wall);
+            return wall_ts;
+        }
+        if ahead > WALL_LEAP_MICROS_MAX
+            && self.offset_before_step_micros.load(Ordering::Relaxed) == NO_OFFSET
+        {
+            // Beyond any credit, and no step back to undo: a leap, without the lock.
             self.leapt(wall, reckoned);
             return Timestamp::from_micros(reckoned).unwrap_or(wall_ts);
         }
-        if reckoned - wall > WALL_LEAP_MICROS_MAX {
-            self.stepped_back(wall, mono, offset);
-        } else {
-            self.agreed(wall, mono, offset);
-        }
-        wall_ts
+        self.reanchor(wall_ts, mono)
     }
 }
 
@@ -360,6 +441,48 @@ mod tests {
         // Re-anchored there: the next step is measured from it.
         wall.set(at(START).plus_millis(2 * WALL_LEAP_MS_MAX).plus_micros(1));
         assert_eq!(clock.now(), at(START).plus_millis(WALL_LEAP_MS_MAX));
+        assert_eq!(clock.report().leaps, 1);
+    }
+
+    #[test]
+    fn a_wall_clock_gaining_seconds_every_second_is_not_followed() {
+        // Each step is under the leap bound, but the wall clock gains 4 s every second for
+        // 10 s. The first step is followed (a step within the bound is); the rest is a leap:
+        // time goes on at the monotonic clock's pace, with one alert.
+        let (wall, clock) = guarded();
+        for second in 1..=10 {
+            wall.advance_ms(1_000);
+            wall.set(wall.now().plus_millis(4_000));
+            let now = clock.now();
+            assert!(
+                now <= at(START).plus_millis(second * 1_000 + 4_001),
+                "second {second}: {}",
+                now.to_text()
+            );
+        }
+        assert_eq!(wall.now(), at(START).plus_millis(50_000));
+        assert_eq!(clock.now(), at(START).plus_millis(14_000));
+        let report = clock.report();
+        assert_eq!(report.leaps, 1, "{report:?}");
+        assert_eq!(report.wall_ahead_micros, 36_000_000);
+    }
+
+    #[test]
+    fn a_wall_clock_gaining_at_ntp_slew_rates_is_followed() {
+        // 2 ms ahead every 5 s (400 ppm) for an hour, after a first step of the full bound:
+        // followed all the way, no leap.
+        let (wall, clock) = guarded();
+        wall.set(at(START).plus_millis(WALL_LEAP_MS_MAX));
+        assert_eq!(clock.now(), at(START).plus_millis(WALL_LEAP_MS_MAX));
+        for _ in 0..720 {
+            wall.advance_ms(5_000);
+            wall.set(wall.now().plus_millis(2));
+            assert_eq!(clock.now(), wall.now());
+        }
+        assert_eq!(clock.report().leaps, 0);
+        // The hour earned 1.8 s and spent 1.44 s of it: a step of 0.5 s now is a leap.
+        wall.set(wall.now().plus_millis(500));
+        assert!(clock.now() < wall.now());
         assert_eq!(clock.report().leaps, 1);
     }
 

@@ -11,9 +11,19 @@ use crate::db::{self, DirectWriter, Exec};
 use crate::domain::{Email, Password, Username};
 use crate::ledger::snapshot;
 
+/// Opens the database for a tool, migrating it first if its schema is older than this
+/// binary's. Only the migration takes the serve lock: a tool never changes the schema under a
+/// running server, but one that needs no migration runs beside it.
 fn open_migrated(path: &Path) -> Result<rusqlite::Connection, String> {
     let mut conn = db::open(path, Synchronous::Full)
         .map_err(|e| format!("--db: cannot open {}: {e}", path.display()))?;
+    let version = db::schema_version(&conn)?;
+    let _lock = if version < db::SCHEMA_VERSION {
+        Some(db::lock_for_migration(path, version)?)
+    } else {
+        None
+    };
+    // Checks the version is this binary's (a newer one is refused), or migrates under the lock.
     db::migrate(&mut conn)?;
     Ok(conn)
 }

@@ -17,7 +17,7 @@ pub use writer::{Writer, WriterStats};
 /// The schema, embedded so the binary is all a user needs.
 pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 /// `PRAGMA user_version` after `SCHEMA_SQL`; each migration bumps it by one.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 /// `MIGRATIONS[i]` takes a database from version `i + 1` to `i + 2`. A new database gets
 /// `SCHEMA_SQL` directly.
 const MIGRATIONS: &[migrations::Migration] = &[
@@ -32,6 +32,10 @@ const MIGRATIONS: &[migrations::Migration] = &[
     migrations::Migration {
         prepare: None,
         sql: include_str!("../../migrations/004_payout_outcome_unknown.sql"),
+    },
+    migrations::Migration {
+        prepare: None,
+        sql: include_str!("../../migrations/005_storage_probe.sql"),
     },
 ];
 const _: () = assert!(MIGRATIONS.len() as i32 == SCHEMA_VERSION - 1);
@@ -95,22 +99,82 @@ fn tune_sqlite_once() {
 /// The lock that makes `serve` the only serving process on a database: an exclusive `flock`
 /// on the sidecar file `<db>-serve.lock`, held for the life of the process. Two servers on one
 /// file would each trust their own token cache, throttle and idempotency view, and both write;
-/// the command-line tools (`verify`, `backup`, `snapshot`, `createsuperuser`) never take it,
-/// so they keep working beside a server. The kernel releases the lock when the process ends,
-/// however it ends (SIGKILL included), so a stale file never blocks a restart. The file stays;
-/// it holds the pid of the server that last took it, for the error message.
+/// the command-line tools (`verify`, `backup`, `snapshot`, `createsuperuser`) take it only to
+/// migrate the schema (`lock_for_migration`), so otherwise they keep working beside a server.
+/// `<db>` is the database's canonical path (`canonical_db_path`), so a symlink or another
+/// spelling of the path names the same lock. The kernel releases the lock when the process
+/// ends, however it ends (SIGKILL included), so a stale file never blocks a restart. The file
+/// stays; it holds the pid of the process that last took it, for the error message.
 pub struct ServeLock {
     _file: std::fs::File,
 }
 
+/// The database's path with symbolic links, `.` and `..` resolved, so that every path to one
+/// file names one serve lock. A file not created yet is named by its directory's canonical
+/// path (a symbolic link to it is followed first); a path whose directory is missing too is
+/// kept as given (opening it fails anyway). Hard links are not recognised.
+pub fn canonical_db_path(db: &Path) -> std::path::PathBuf {
+    let mut path = db.to_path_buf();
+    // A dangling link names the file it will create: follow it, as SQLite does.
+    for _ in 0..40 {
+        match std::fs::canonicalize(&path) {
+            Ok(p) => return p,
+            Err(_) => match std::fs::read_link(&path) {
+                Ok(target) => {
+                    path = match path.parent() {
+                        Some(dir) => dir.join(target),
+                        None => target,
+                    }
+                }
+                Err(_) => break,
+            },
+        }
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match (std::fs::canonicalize(dir), path.file_name()) {
+        (Ok(dir), Some(name)) => dir.join(name),
+        _ => db.to_path_buf(),
+    }
+}
+
 pub fn serve_lock_path(db: &Path) -> std::path::PathBuf {
-    let mut name = db.as_os_str().to_owned();
+    let mut name = canonical_db_path(db).into_os_string();
     name.push("-serve.lock");
     name.into()
 }
 
 /// Takes the serve lock on `db`, or says which process holds it.
 pub fn lock_for_serving(db: &Path) -> Result<ServeLock, String> {
+    try_lock(db)?.map_err(|holder| {
+        format!(
+            "cannot serve {}: another wallet server{holder} is already serving it (it holds \
+             the lock on {}); stop that one first, or serve another --db. `wallet verify`, \
+             `backup` and `snapshot` run beside a server",
+            db.display(),
+            serve_lock_path(db).display()
+        )
+    })
+}
+
+/// Takes the serve lock for a command-line tool that must migrate the schema (`from` is the
+/// database's version), so that no tool changes the schema under a running server, which
+/// would go on with the tables it knew. Refused, saying why, while a server holds it.
+pub fn lock_for_migration(db: &Path, from: i32) -> Result<ServeLock, String> {
+    try_lock(db)?.map_err(|holder| {
+        format!(
+            "cannot migrate {} from schema version {from} to {SCHEMA_VERSION}: a wallet server{holder} \
+             is serving it, and a tool never changes the schema under a running server; stop \
+             the server and run this again, or upgrade the server first (it migrates at start-up)",
+            db.display()
+        )
+    })
+}
+
+/// The lock, or, when another process holds it, a note naming that process for a message.
+fn try_lock(db: &Path) -> Result<Result<ServeLock, String>, String> {
     use std::io::{Read, Seek, Write};
     use std::os::fd::AsRawFd;
     let path = serve_lock_path(db);
@@ -140,24 +204,23 @@ pub fn lock_for_serving(db: &Path) -> Result<ServeLock, String> {
         }
         let mut holder = String::new();
         let _ = file.read_to_string(&mut holder);
-        let holder = match holder.trim().parse::<u32>() {
+        return Ok(Err(match holder.trim().parse::<u32>() {
             Ok(pid) => format!(" (process {pid})"),
             Err(_) => String::new(),
-        };
-        return Err(format!(
-            "cannot serve {}: another wallet server{holder} is already serving it (it holds \
-             the lock on {}); stop that one first, or serve another --db. `wallet verify`, \
-             `backup` and `snapshot` run beside a server",
-            db.display(),
-            path.display()
-        ));
+        }));
     }
     // The pid is only for that message: failing to write it changes nothing.
     let _ = file
         .set_len(0)
         .and_then(|()| file.rewind())
         .and_then(|()| writeln!(file, "{}", std::process::id()));
-    Ok(ServeLock { _file: file })
+    Ok(Ok(ServeLock { _file: file }))
+}
+
+/// The database's schema version (`PRAGMA user_version`; 0 for a new file).
+pub fn schema_version(conn: &Connection) -> Result<i32, String> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| format!("cannot read the database: {e}"))
 }
 
 /// Opens a read-write connection with the service's pragmas.
@@ -294,9 +357,7 @@ pub fn reader_pool(path: &Path, size: u32) -> Result<Pool, String> {
 /// Applies the schema to a new database, or migrates an older one to the current version in
 /// one transaction (all of it or none of it), or checks an existing one is ours and current.
 pub fn migrate(conn: &mut Connection) -> Result<(), String> {
-    let version: i32 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(|e| format!("cannot read the database: {e}"))?;
+    let version = schema_version(conn)?;
     if version < 0 {
         return Err(format!(
             "the database has schema version {version}, which no wallet ever wrote; is it another program's?"

@@ -8,9 +8,10 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
@@ -49,7 +50,8 @@ pub struct WriterStats {
     pub refused_full: AtomicU64,
     pub refused_read_only: AtomicU64,
     /// The storage fault standing since the last refused write (`NO_FAULT`, `FULL`,
-    /// `READ_ONLY`): set when a write is refused for it, cleared when a write commits again.
+    /// `READ_ONLY`): set when a write is refused for it, cleared when a write commits again,
+    /// a client's or the writer's own probe (`probe`, once a second while the fault stands).
     storage_fault: AtomicU8,
     /// The newest time stamp the writer has given (or started after), in microseconds; 0 before.
     last_stamp_micros: AtomicI64,
@@ -264,9 +266,34 @@ fn run(
             crate::log::error(&format!("writer: could not keep CPU {cpu} to itself"));
         }
     }
+    // While a storage fault stands: when the writer next probes the storage.
+    let mut next_probe: Option<Instant> = None;
     // Blocks for the first job, then takes whatever else is already waiting: under light load
     // a job is committed at once, under heavy load many share one commit.
-    while let Ok(first) = rx.recv() {
+    loop {
+        let first = if stats.storage_fault.load(Ordering::Relaxed) == NO_FAULT {
+            next_probe = None;
+            match rx.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            }
+        } else {
+            // No client write may come (a load balancer stops sending to a node whose /health
+            // is 503), so the writer finds out by itself when the storage takes writes again.
+            let due = *next_probe.get_or_insert_with(|| Instant::now() + STORAGE_PROBE_INTERVAL);
+            if Instant::now() >= due {
+                next_probe = Some(Instant::now() + STORAGE_PROBE_INTERVAL);
+                if probe(&conn).is_ok() {
+                    stats.wrote();
+                }
+                continue;
+            }
+            match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        };
         batch.push(first);
         while batch.len() < batch_max {
             match rx.try_recv() {
@@ -321,6 +348,45 @@ fn run(
     }
     drop(replies);
     let _ = replier.join();
+}
+
+/// How often the writer probes the storage while a fault stands.
+pub const STORAGE_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// Bytes the probe writes (more than a page), beyond what the file holds free.
+pub const STORAGE_PROBE_BYTES: i64 = 4096;
+/// Most free space in the file that the probe writes past: a file with more free than this
+/// takes writes without growing for a good while.
+const STORAGE_PROBE_FREE_BYTES_MAX: i64 = 1 << 20;
+
+/// A write that needs space, made while writes are refused for a storage fault: a row of a few
+/// KiB inserted into `storage_probe` and deleted again, in one transaction, so the table stays
+/// empty and nothing else changes. It commits once the storage takes writes again (space was
+/// freed, the file became writable), and the fault is then cleared without waiting for a
+/// client's write. Free pages inside the file would take the row without the file growing,
+/// so the row is larger than they are. The delete runs inside a savepoint, which makes SQLite
+/// write the freed pages too instead of skipping them.
+fn probe(conn: &Connection) -> rusqlite::Result<()> {
+    let free_bytes: i64 = conn.query_row(
+        "SELECT freelist_count * page_size FROM pragma_freelist_count, pragma_page_size",
+        [],
+        |r| r.get(0),
+    )?;
+    let bytes = STORAGE_PROBE_BYTES + free_bytes.min(STORAGE_PROBE_FREE_BYTES_MAX);
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let wrote = conn
+        .execute_batch("SAVEPOINT probe")
+        .and_then(|()| {
+            conn.execute(
+                "INSERT INTO storage_probe (filler) VALUES (randomblob(?1))",
+                [bytes],
+            )
+        })
+        .and_then(|_| conn.execute("DELETE FROM storage_probe", []))
+        .and_then(|_| conn.execute_batch("RELEASE probe; COMMIT"));
+    if wrote.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    wrote
 }
 
 /// Jobs of a batch refused for a storage fault, and the last such fault.

@@ -488,8 +488,8 @@ fn retry_later(
 
 /// Before a retry's call (or a call resumed after a restart): the withdrawal as it stands, if a
 /// call should be made, now marked as called. None when it is no longer PROCESSING (staff
-/// resolved it), or when its retry window is over, in which case it is left for staff (again)
-/// and looked at only hourly. A call that started but never reported back (the process
+/// resolved it), or when its retry window is over (unless this is the last retry, due at the
+/// window's end), in which case it is left for staff (again) and looked at only hourly. A call that started but never reported back (the process
 /// stopped during it) makes the outcome unknown from now on. Runs in the writer, so it is
 /// ordered with `resolve`: whichever runs second sees what the first did.
 pub fn before_retry(
@@ -516,7 +516,11 @@ pub fn before_retry(
         (None, None) => (None, w.error_message.clone()),
     };
     if let Some(since) = unknown_since {
-        if now >= since.plus_millis(window_ms) {
+        // The retry `decide` schedules at the window's very end is the last one: it is made
+        // although the worker reaches it (a little) after the end. Any other attempt reached
+        // once the window is over is not.
+        let end = since.plus_millis(window_ms);
+        if now >= end && w.next_attempt_at != end {
             let last = error.unwrap_or_default();
             leave_for_staff(conn, now, &w, w.attempts, since, &last)?;
             return Ok(None);
@@ -713,5 +717,71 @@ mod tests {
             decide_at(&not_paid, 2, Some(t(-9_000))),
             Decision::LeaveForStaff { since: t(-9_000) }
         );
+    }
+
+    /// A database holding one PROCESSING withdrawal whose outcome has been unknown since
+    /// `since`, due again at `due`.
+    fn processing_since(since: Timestamp, due: Timestamp) -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(crate::db::SCHEMA_SQL).unwrap();
+        conn.execute_batch(
+            "INSERT INTO users (id, username, username_key, email, email_key, password_hash, date_joined)
+                 VALUES (1, 'a', 'a', 'a@example.com', 'a@example.com', 'x', '2026-03-01T00:00:00.000000Z');
+             INSERT INTO wallets (key, id, user_id, last_balance_update, created_at)
+                 VALUES (1, 'w', 1, '2026-03-01T00:00:00.000000Z', '2026-03-01T00:00:00.000000Z');",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO withdrawals (id, wallet_id, amount, reference, status, scheduled_at,
+                 next_attempt_at, attempts, created_at, updated_at, outcome_unknown_since)
+             VALUES ('x', 'w', 100, 'r', 'PROCESSING', ?1, ?2, 2, ?1, ?1, ?3)",
+            params![t(-60_000).to_text(), due.to_text(), since.to_text()],
+        )
+        .unwrap();
+        conn
+    }
+
+    #[test]
+    fn the_retry_due_at_the_windows_end_is_made() {
+        // `decide` puts the last retry at the window's end (since + 10 s). The worker reaches it
+        // a little later; the call is still made, and it is the last one.
+        let window_ms = 10_000;
+        let conn = processing_since(t(0), t(window_ms));
+        let w = before_retry(&conn, t(window_ms + 50), "x", window_ms)
+            .unwrap()
+            .expect("the last retry is made");
+        assert_eq!(w.payout_call_started_at, Some(t(window_ms + 50)));
+        let plan = RetryPlan {
+            retry_at: t(window_ms + 1_000),
+            attempts_max: 3,
+            window_ms,
+        };
+        assert_eq!(
+            decide(
+                &Attempt::Unknown("HTTP 502".into()),
+                3,
+                Some(t(0)),
+                t(window_ms + 60),
+                plan
+            ),
+            Decision::LeaveForStaff { since: t(0) }
+        );
+        // A retry due before the end but reached after it makes no call, nor does a look due
+        // after the end (the hourly one for staff).
+        let conn = processing_since(t(0), t(window_ms - 1));
+        assert_eq!(
+            before_retry(&conn, t(window_ms + 50), "x", window_ms).unwrap(),
+            None
+        );
+        let conn = processing_since(t(0), t(window_ms + UNKNOWN_RECHECK_MS));
+        assert_eq!(
+            before_retry(&conn, t(window_ms + UNKNOWN_RECHECK_MS), "x", window_ms).unwrap(),
+            None
+        );
+        let left = find_any(&conn, "x").unwrap().unwrap();
+        assert_eq!(left.status, WithdrawalStatus::Processing);
+        assert!(left
+            .error_message
+            .is_some_and(|m| m.starts_with(OUTCOME_UNKNOWN_PREFIX)));
     }
 }

@@ -382,6 +382,82 @@ fn a_second_server_on_one_database_is_refused_and_the_tools_still_run() {
 }
 
 #[test]
+fn a_second_server_by_another_path_to_the_same_file_is_refused() {
+    // The lock is named after the database's canonical path: a symbolic link to the file, a
+    // link to its directory, or a path through `..` names the same lock, not a new one.
+    let app = TestApp::spawn();
+    let dir = app.db.parent().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let file_link = elsewhere.path().join("linked.db");
+    std::os::unix::fs::symlink(&app.db, &file_link).unwrap();
+    let dir_link = elsewhere.path().join("dir");
+    std::os::unix::fs::symlink(dir, &dir_link).unwrap();
+    let dotted = dir
+        .join("..")
+        .join(dir.file_name().unwrap())
+        .join("wallet.db");
+    for path in [file_link, dir_link.join("wallet.db"), dotted] {
+        let second = wallet::startup::App::start_with(
+            wallet::config::Config::for_tests(path.clone()),
+            std::sync::Arc::new(wallet::clock::SystemClock),
+            wallet::startup::TestHooks::default(),
+        );
+        let err = second
+            .err()
+            .unwrap_or_else(|| panic!("a second server on {}", path.display()));
+        assert!(err.contains("already serving"), "{}: {err}", path.display());
+    }
+}
+
+#[test]
+fn a_tool_that_would_migrate_the_schema_under_a_running_server_is_refused() {
+    // A newer `wallet snapshot` (or `createsuperuser`, `verify`) beside a server of the schema
+    // before: it would change the tables under the running server. Here the server runs on a
+    // database set back to schema 4 (what that server would have). The tool exits 1 with a
+    // message naming the server and what to do, and the schema is unchanged; once the server
+    // is gone, the same command migrates and runs.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("wallet.db");
+    let mut server = Server::start(binary::wallet(&db));
+    let version = || -> i64 {
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap()
+    };
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("DROP TABLE storage_probe; PRAGMA user_version = 4;")
+        .unwrap();
+    for tool in ["snapshot", "verify"] {
+        let mut cmd = binary::wallet(&db);
+        cmd.arg(tool);
+        let out = binary::run(cmd, None, Duration::from_secs(60));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{tool}: {stderr}");
+        assert!(
+            stderr.contains("cannot migrate")
+                && stderr.contains("schema version 4")
+                && stderr.contains(&format!("process {}", server.child.id()))
+                && stderr.contains("stop the server"),
+            "{tool}: {stderr}"
+        );
+        assert_eq!(version(), 4, "{tool} left the schema alone");
+    }
+    server.sigkill();
+    let mut cmd = binary::wallet(&db);
+    cmd.arg("snapshot");
+    let out = binary::run(cmd, None, Duration::from_secs(60));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(version(), i64::from(wallet::db::SCHEMA_VERSION));
+}
+
+#[test]
 fn a_second_server_in_the_same_process_is_refused_too() {
     // The lock is per open file, so even a second `App` in one process is refused, and the
     // first one's shutdown lets the next start.

@@ -150,7 +150,7 @@ fn an_upgrade_that_would_lose_an_entry_stops_and_changes_nothing() {
 
 /// A schema-2 database whose users were registered as `user0`, `user1`, … (password "correct
 /// horse battery"), then renamed by hand to `stored`, each with the key schema 2 gave it: its
-/// lowercase, and without what schema 4 added to `withdrawals`: what schema 2 could hold.
+/// lowercase, and without what schemas 4 and 5 added: what schema 2 could hold.
 fn schema_2_database_with_users(stored: &[&str]) -> (tempfile::TempDir, std::path::PathBuf) {
     let mut app = TestApp::spawn();
     for i in 0..stored.len() {
@@ -167,7 +167,8 @@ fn schema_2_database_with_users(stored: &[&str]) -> (tempfile::TempDir, std::pat
             .unwrap();
         }
         db.execute_batch(
-            "ALTER TABLE withdrawals DROP COLUMN outcome_unknown_since;
+            "DROP TABLE storage_probe;
+             ALTER TABLE withdrawals DROP COLUMN outcome_unknown_since;
              ALTER TABLE withdrawals DROP COLUMN payout_call_started_at;
              PRAGMA user_version = 2;",
         )
@@ -254,4 +255,142 @@ fn an_upgrade_stores_usernames_in_nfkc_with_their_new_keys() {
                "password": "correct horse battery", "password_confirm": "correct horse battery"}),
     );
     assert_eq!((r.status, r.code()), (409, "username_taken"), "{}", r.body);
+}
+
+/// A port nothing listens on: every payout call is "unreachable", a definite "not paid".
+fn unreachable_payout_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}/payouts")
+}
+
+/// (status, attempts, outcome_unknown_since, payout_call_started_at, updated_at) by reference.
+type PayoutColumns = (String, i64, Option<String>, Option<String>, String);
+
+fn payout_columns(db: &rusqlite::Connection, reference: &str) -> PayoutColumns {
+    db.query_row(
+        "SELECT status, attempts, outcome_unknown_since, payout_call_started_at, updated_at
+         FROM withdrawals WHERE reference = ?1",
+        [reference],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+    )
+    .unwrap()
+}
+
+#[test]
+fn an_upgrade_never_lets_the_worker_refund_a_payout_the_old_server_was_making() {
+    // Schema 3 retried a timeout or a 502 like any other failure, and kept no record of a call
+    // under way. So after the upgrade, a withdrawal PROCESSING with attempts behind it counts
+    // as one whose outcome is unknown, and any PROCESSING one as having had a call under way:
+    // the worker never refunds either, even when every attempt it makes now is a definite
+    // "not paid" (here: the payout service is unreachable), and leaves them for staff.
+    let url = unreachable_payout_url();
+    let mut app = TestApp::spawn_with(
+        |c| {
+            c.serve.payout_url = Some(url.clone());
+            c.serve.payout_retry_base_ms = 3_600_000;
+            c.serve.payout_attempts_max = 100;
+        },
+        Arc::new(SystemClock),
+    );
+    let alice = app.register("alice");
+    assert_eq!(app.deposit(&alice, "100.00", "fund").status, 201);
+    let at = app.clock().now().plus_millis(300).to_text();
+    for reference in ["retried", "cut-off"] {
+        let r = app.post(
+            "/api/wallets/me/withdraw",
+            &alice.token,
+            json!({"amount": "10.00", "reference": reference, "scheduled_at": at}),
+        );
+        assert_eq!(r.status, 202, "{}", r.body);
+    }
+    // Both debited and tried once (unreachable; the next try is an hour away).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app
+        .sql()
+        .query_row(
+            "SELECT count(*) FROM withdrawals WHERE status = 'PROCESSING' AND attempts = 1",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap()
+        < 2
+    {
+        assert!(std::time::Instant::now() < deadline, "never processed");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    app.stop();
+    // What schema 3 could hold: "retried" had two attempts (either might have been a timeout),
+    // "cut-off" was debited and its first call never reported back (the server was killed).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wallet-v3.db");
+    {
+        let db = app.sql();
+        db.execute_batch(
+            "UPDATE withdrawals SET attempts = 2, error_message = 'HTTP 502: bad gateway'
+                 WHERE reference = 'retried';
+             UPDATE withdrawals SET attempts = 0, error_message = NULL WHERE reference = 'cut-off';
+             UPDATE withdrawals SET next_attempt_at = updated_at;
+             DROP TABLE storage_probe;
+             ALTER TABLE withdrawals DROP COLUMN outcome_unknown_since;
+             ALTER TABLE withdrawals DROP COLUMN payout_call_started_at;
+             PRAGMA user_version = 3;",
+        )
+        .unwrap();
+    }
+    std::fs::copy(&app.db, &path).unwrap();
+
+    let upgraded = dir.path().join("upgraded.db");
+    std::fs::copy(&path, &upgraded).unwrap();
+    {
+        let mut db = rusqlite::Connection::open(&upgraded).unwrap();
+        wallet::db::migrate(&mut db).unwrap();
+        let (status, attempts, unknown, started, updated) = payout_columns(&db, "retried");
+        assert_eq!((status.as_str(), attempts), ("PROCESSING", 2));
+        assert_eq!(unknown.as_deref(), Some(updated.as_str()));
+        assert_eq!(started.as_deref(), Some(updated.as_str()));
+        let (status, attempts, unknown, started, updated) = payout_columns(&db, "cut-off");
+        assert_eq!((status.as_str(), attempts), ("PROCESSING", 0));
+        assert_eq!(unknown, None, "no attempt of unknown outcome yet");
+        assert_eq!(started.as_deref(), Some(updated.as_str()));
+    }
+
+    // The new server, paying out to the same unreachable service: three attempts would have
+    // refunded both under the old rule. Neither is refunded; both are left for staff.
+    let app = TestApp::spawn_on(
+        Some(&path),
+        |c| {
+            c.serve.payout_url = Some(url.clone());
+            c.serve.payout_retry_base_ms = 20;
+            c.serve.payout_attempts_max = 3;
+            c.serve.payout_retry_window = std::time::Duration::from_millis(500);
+        },
+        Arc::new(SystemClock),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    let db = app.sql();
+    for reference in ["retried", "cut-off"] {
+        let (status, _, unknown, _, _) = payout_columns(&db, reference);
+        assert_eq!(status, "PROCESSING", "{reference}");
+        assert!(unknown.is_some(), "{reference}: outcome unknown");
+    }
+    let refunds: i64 = db
+        .query_row(
+            "SELECT count(*) FROM entries WHERE kind = 'REFUND'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(refunds, 0);
+    assert_eq!(app.balance(&alice), "80.00");
+    let left = app.get("/api/wallets/me/withdrawals", &alice.token);
+    for w in left.body["results"].as_array().unwrap() {
+        assert!(
+            w["error_message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("payout outcome unknown")),
+            "{w}"
+        );
+    }
 }

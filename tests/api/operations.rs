@@ -882,6 +882,21 @@ fn metric(metrics: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in {metrics}"))
 }
 
+/// Asks /health until it answers 200, for at most `within`; returns the last answer.
+fn health_within(
+    within: Duration,
+    health: impl Fn() -> crate::helpers::Resp,
+) -> crate::helpers::Resp {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = health();
+        if r.status == 200 || Instant::now() > deadline {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn a_full_disk_refuses_writes_with_503_and_they_resume_once_space_is_freed() {
     // The database can't grow (held at its size by max_page_count, as by a full disk). Writes
@@ -926,6 +941,10 @@ fn a_full_disk_refuses_writes_with_503_and_they_resume_once_space_is_freed() {
         "{}",
         health.body
     );
+    // The writer's probes (once a second) find the storage still full: still 503.
+    std::thread::sleep(Duration::from_millis(2_500));
+    let health = app.request("GET", "/health", None, None);
+    assert_eq!(health.status, 503, "still full: {}", health.body);
     let again = app.deposit(&u, "1.00", &format!("d{i}"));
     assert_eq!(again.status, 503, "still full: {}", again.body);
     let metrics = app.request("GET", "/metrics", None, None);
@@ -942,13 +961,27 @@ fn a_full_disk_refuses_writes_with_503_and_they_resume_once_space_is_freed() {
         1.0
     );
 
-    // Space is freed: the same request goes through, with nothing else to do.
+    // Space is freed. With no client write at all (a load balancer sends none to a node whose
+    // /health is 503), /health is 200 again within a few seconds: the writer probes the
+    // storage once a second while the fault stands. The probe leaves nothing behind.
     hold_database_at(&app, 1_073_741_823);
-    let retried = app.deposit(&u, "1.00", &format!("d{i}"));
-    assert_eq!(retried.status, 201, "{}", retried.body);
-    let health = app.request("GET", "/health", None, None);
+    let health = health_within(Duration::from_secs(5), || {
+        app.request("GET", "/health", None, None)
+    });
     assert_eq!(health.status, 200, "{}", health.body);
     assert_eq!(health.body["storage"], "ok", "{}", health.body);
+    let (entries, probes): (i64, i64) = app
+        .sql()
+        .query_row(
+            "SELECT (SELECT count(*) FROM entries), (SELECT count(*) FROM storage_probe)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((entries, probes), (acknowledged, 0));
+    // The same request goes through, with nothing else to do.
+    let retried = app.deposit(&u, "1.00", &format!("d{i}"));
+    assert_eq!(retried.status, 201, "{}", retried.body);
     let metrics = app.request("GET", "/metrics", None, None);
     let metrics = metrics.body.as_str().unwrap_or_default().to_string();
     assert_eq!(
@@ -1116,11 +1149,15 @@ fn a_really_full_file_system_refuses_writes_with_503_and_they_resume_once_space_
     assert_eq!(health.status, 503, "{}", health.body);
     assert_eq!(health.body["storage"], "full", "{}", health.body);
 
+    // Space is freed: /health is 200 again without any client write, and then the refused
+    // deposit goes through.
     std::fs::remove_file(&ballast).unwrap();
+    let health = health_within(Duration::from_secs(5), || {
+        call(&agent, &base, "GET", "/health", None, None, &[]).unwrap()
+    });
+    assert_eq!(health.status, 200, "{}", health.body);
     let retried = deposit(&format!("d{i}"));
     assert_eq!(retried.status, 201, "{}", retried.body);
-    let health = call(&agent, &base, "GET", "/health", None, None, &[]).unwrap();
-    assert_eq!(health.status, 200, "{}", health.body);
     let wallet = call(
         &agent,
         &base,
