@@ -97,6 +97,25 @@ fn a_body_too_large_to_read_is_never_read_as_a_request() {
 }
 
 #[test]
+fn a_client_still_sending_a_refused_body_reads_its_413() {
+    // The server answers 413 before reading a body over the limit and closes the connection.
+    // Closing with unread input would reset it under a client that is still sending (it then
+    // saw "broken pipe", not the answer): the server lingers, dropping what still arrives.
+    let app = TestApp::spawn();
+    let user = app.register(&name("big"));
+    for _ in 0..20 {
+        let r = app.raw(
+            "POST",
+            "/api/wallets/me/deposit",
+            Some(&user.token),
+            Some("x".repeat(200_000)),
+            Some("application/json"),
+        );
+        assert_eq!(r.status, 413);
+    }
+}
+
+#[test]
 fn every_ambiguous_framing_is_refused_and_the_connection_closed() {
     // RFC 9112 section 6.3: where a proxy in front and this server could disagree on where a
     // body ends, the request is refused with 400 `bad_request` and the connection closed.

@@ -124,6 +124,11 @@ impl RefinedTcpStream {
         self.stream.peer_addr()
     }
 
+    /// wallet patch: sends FIN once the last response is out (see `ClientConnection::linger`).
+    pub(crate) fn shutdown_write(&mut self) -> IoResult<()> {
+        self.stream.shutdown(Shutdown::Write)
+    }
+
     /// wallet patch: the read timeout is a property of the socket, shared by its read and
     /// write halves; the connection shortens it while a request head is arriving, so that the
     /// whole head has a deadline and not only each read.

@@ -146,10 +146,11 @@ impl<R: BufRead + Send> BufRead for SequentialReader<R> {
 }
 
 impl<W: Write + Send> SequentialWriterBuilder<W> {
-    /// wallet patch: runs `f` on the shared writer (to set a socket option on it).
-    pub fn with_writer<T>(&self, f: impl FnOnce(&W) -> T) -> T {
-        let guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        f(&guard)
+    /// wallet patch: runs `f` on the shared writer (to set a socket option on it, or to shut
+    /// its socket down).
+    pub fn with_writer<T>(&self, f: impl FnOnce(&mut W) -> T) -> T {
+        let mut guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
     }
 }
 
