@@ -4,6 +4,7 @@
 mod accounts;
 mod binary;
 mod concurrency;
+mod documents;
 mod crash;
 mod edge;
 mod framing;
