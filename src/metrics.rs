@@ -88,6 +88,29 @@ impl Metrics {
         left_for_staff: Option<i64>,
     ) -> String {
         let mut out = String::new();
+        self.render_requests(&mut out);
+        self.render_latency(&mut out);
+        self.render_money(&mut out);
+        for (name, help, v) in self.counters(writer) {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        }
+        if let Some(n) = left_for_staff {
+            let name = "wallet_payouts_outcome_unknown";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Scheduled withdrawals left PROCESSING for staff to resolve: whether they were paid is unknown and their retry window is over.\n# TYPE {name} gauge\n{name} {n}"
+            );
+        }
+        render_storage(&mut out, writer);
+        render_clock(&mut out, clock, stamps_ahead_micros);
+        out
+    }
+
+    /// Requests by route template and status.
+    fn render_requests(&self, out: &mut String) {
         out.push_str(
             "# HELP wallet_http_requests_total HTTP requests by route template and status.\n",
         );
@@ -103,6 +126,10 @@ impl Metrics {
                 "wallet_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
             );
         }
+    }
+
+    /// The latency histogram of each route template.
+    fn render_latency(&self, out: &mut String) {
         out.push_str(
             "# HELP wallet_http_request_duration_seconds Request latency by route template.\n",
         );
@@ -134,6 +161,10 @@ impl Metrics {
                 h.count
             );
         }
+    }
+
+    /// Money moved by entry type.
+    fn render_money(&self, out: &mut String) {
         out.push_str(
             "# HELP wallet_money_moved_minor_total Money moved, in minor units, by entry type.\n",
         );
@@ -146,7 +177,11 @@ impl Metrics {
                 c.get()
             );
         }
-        let counters: [(&str, &str, u64); 15] = [
+    }
+
+    /// Every plain counter: name, help text, value.
+    fn counters(&self, writer: &WriterStats) -> [(&'static str, &'static str, u64); 15] {
+        [
             (
                 "wallet_failed_logins_total",
                 "Logins refused for wrong credentials.",
@@ -218,23 +253,7 @@ impl Metrics {
                 writer.queue_full.load(Ordering::Relaxed),
             ),
             ("wallet_db_busy_total", "Write transactions refused because another process held the database past the busy timeout (503).", writer.busy.load(Ordering::Relaxed)),
-        ];
-        for (name, help, v) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
-        }
-        if let Some(n) = left_for_staff {
-            let name = "wallet_payouts_outcome_unknown";
-            let _ = writeln!(
-                out,
-                "# HELP {name} Scheduled withdrawals left PROCESSING for staff to resolve: whether they were paid is unknown and their retry window is over.\n# TYPE {name} gauge\n{name} {n}"
-            );
-        }
-        render_storage(&mut out, writer);
-        render_clock(&mut out, clock, stamps_ahead_micros);
-        out
+        ]
     }
 }
 

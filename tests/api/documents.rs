@@ -40,7 +40,10 @@ fn openapi_codes() -> BTreeSet<String> {
 #[test]
 fn the_contract_and_the_openapi_document_name_the_same_error_codes() {
     let contract = contract_codes();
-    assert!(contract.len() >= 15, "the contract's error table: {contract:?}");
+    assert!(
+        contract.len() >= 15,
+        "the contract's error table: {contract:?}"
+    );
     let openapi = openapi_codes();
     // Part 2 codes not built yet (such as `wallet_frozen`) may be in the contract only.
     let not_built: BTreeSet<String> = ["wallet_frozen"].iter().map(|s| s.to_string()).collect();
@@ -48,7 +51,10 @@ fn the_contract_and_the_openapi_document_name_the_same_error_codes() {
         .difference(&openapi)
         .filter(|c| !not_built.contains(*c))
         .collect();
-    assert!(missing.is_empty(), "in docs/api.md, not in openapi.json: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "in docs/api.md, not in openapi.json: {missing:?}"
+    );
     let undocumented: Vec<_> = openapi.difference(&contract).collect();
     assert!(
         undocumented.is_empty(),

@@ -4,8 +4,8 @@
 mod accounts;
 mod binary;
 mod concurrency;
-mod documents;
 mod crash;
+mod documents;
 mod edge;
 mod framing;
 mod helpers;
