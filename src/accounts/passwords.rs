@@ -63,10 +63,10 @@ impl PasswordGuard {
         let mut random = [0u8; 16];
         rand::rng().fill_bytes(&mut random);
         let random: String = random.iter().map(|b| format!("{b:02x}")).collect();
-        guard.dummy_hash = guard
-            .run(move |argon| hash_with(argon, &random))
-            .and_then(|r| r)
-            .map_err(|e| format!("argon2: {e:?}"))?;
+        // Hashed here, at the caller's priority: on the hashing threads (the lowest priority)
+        // a busy machine held start-up back for half a minute.
+        guard.dummy_hash =
+            hash_with(&guard.argon, &random).map_err(|e| format!("argon2: {e:?}"))?;
         Ok(guard)
     }
 
