@@ -340,192 +340,6 @@ fn assert_verified(app: &TestApp) {
 // ---- Payout outcomes ----------------------------------------------------------------------
 
 #[test]
-fn payout_that_succeeds_at_once() {
-    // A 200 from the payout service on the first call: SUCCEEDED after 1 attempt, one
-    // WITHDRAWAL entry, balance debited once, one call with the withdrawal id as key.
-    let fake = FakePayout::start(&[], Step::Reply(200));
-    let app = app_with_payout(&fake);
-    let u = funded(&app);
-    let id = schedule_ok(&app, &u, "30.00", "pay-1");
-    let w = wait_final(&app, &u, &id);
-    assert_eq!(
-        (
-            &w["status"],
-            &w["attempts"],
-            &w["error_message"],
-            &w["refund_transaction_id"]
-        ),
-        (&json!("SUCCEEDED"), &json!(1), &Value::Null, &Value::Null),
-        "{w}"
-    );
-    let all = full_entries(&app, &u);
-    assert_eq!(w["transaction_id"], id_of_entry(&all, "WITHDRAWAL"));
-    assert_eq!(
-        entries(&app, &u),
-        vec![
-            e("WITHDRAWAL", "30.00", "70.00", "pay-1"),
-            e("DEPOSIT", "100.00", "100.00", "fund")
-        ]
-    );
-    assert_eq!(app.balance(&u), "70.00");
-    assert_calls(
-        &fake.calls(),
-        1,
-        &id,
-        &payout_body(&id, &u, "30.00", "pay-1"),
-    );
-    assert_verified(&app);
-}
-
-#[test]
-fn payout_500_twice_then_200_succeeds_on_the_third_attempt() {
-    // Two 500s then a 200: retried with backoff, SUCCEEDED with attempts = 3, debited once,
-    // three calls all with the same key and body.
-    let fake = FakePayout::start(&[Step::Reply(500), Step::Reply(500)], Step::Reply(200));
-    let app = app_with_payout(&fake);
-    let u = funded(&app);
-    let id = schedule_ok(&app, &u, "30.00", "pay-2");
-    let w = wait_final(&app, &u, &id);
-    assert_eq!(
-        (&w["status"], &w["attempts"], &w["refund_transaction_id"]),
-        (&json!("SUCCEEDED"), &json!(3), &Value::Null),
-        "{w}"
-    );
-    assert_eq!(
-        entries(&app, &u),
-        vec![
-            e("WITHDRAWAL", "30.00", "70.00", "pay-2"),
-            e("DEPOSIT", "100.00", "100.00", "fund")
-        ]
-    );
-    assert_eq!(app.balance(&u), "70.00");
-    assert_calls(
-        &fake.calls(),
-        3,
-        &id,
-        &payout_body(&id, &u, "30.00", "pay-2"),
-    );
-    assert_verified(&app);
-}
-
-#[test]
-fn payout_400_fails_and_refunds() {
-    // A 400 is final: FAILED after 1 attempt with the service's message, a REFUND entry in the
-    // same amount, the balance restored, refund_transaction_id set, no retry.
-    let fake = FakePayout::start(&[], Step::Reply(400));
-    let app = app_with_payout(&fake);
-    let u = funded(&app);
-    let id = schedule_ok(&app, &u, "30.00", "pay-3");
-    let w = wait_final(&app, &u, &id);
-    assert_eq!(
-        (&w["status"], &w["attempts"], &w["error_message"]),
-        (
-            &json!("FAILED"),
-            &json!(1),
-            &json!(r#"payout refused: HTTP 400: {"error":"account closed"}"#)
-        ),
-        "{w}"
-    );
-    let all = full_entries(&app, &u);
-    assert_eq!(w["transaction_id"], id_of_entry(&all, "WITHDRAWAL"));
-    assert_eq!(w["refund_transaction_id"], id_of_entry(&all, "REFUND"));
-    assert_eq!(
-        entries(&app, &u),
-        vec![
-            e("REFUND", "30.00", "100.00", "pay-3"),
-            e("WITHDRAWAL", "30.00", "70.00", "pay-3"),
-            e("DEPOSIT", "100.00", "100.00", "fund"),
-        ]
-    );
-    assert_eq!(app.balance(&u), "100.00");
-    // Give a wrong retry the time to happen, then check there was none.
-    std::thread::sleep(Duration::from_millis(4 * RETRY_BASE_MS));
-    assert_calls(
-        &fake.calls(),
-        1,
-        &id,
-        &payout_body(&id, &u, "30.00", "pay-3"),
-    );
-    assert_verified(&app);
-}
-
-#[test]
-fn payout_always_500_fails_after_max_attempts_and_refunds() {
-    // 500 on every call: exactly 3 attempts (the maximum), then FAILED with the last error and
-    // a REFUND that restores the balance.
-    let fake = FakePayout::start(&[], Step::Reply(500));
-    let app = app_with_payout(&fake);
-    let u = funded(&app);
-    let id = schedule_ok(&app, &u, "30.00", "pay-4");
-    let w = wait_final(&app, &u, &id);
-    assert_eq!(
-        (&w["status"], &w["attempts"], &w["error_message"]),
-        (
-            &json!("FAILED"),
-            &json!(3),
-            &json!(r#"payout failed after 3 attempts: HTTP 500: {"error":"bank down"}"#)
-        ),
-        "{w}"
-    );
-    let all = full_entries(&app, &u);
-    assert_eq!(w["refund_transaction_id"], id_of_entry(&all, "REFUND"));
-    assert_eq!(
-        entries(&app, &u),
-        vec![
-            e("REFUND", "30.00", "100.00", "pay-4"),
-            e("WITHDRAWAL", "30.00", "70.00", "pay-4"),
-            e("DEPOSIT", "100.00", "100.00", "fund"),
-        ]
-    );
-    assert_eq!(app.balance(&u), "100.00");
-    std::thread::sleep(Duration::from_millis(8 * RETRY_BASE_MS));
-    assert_calls(
-        &fake.calls(),
-        3,
-        &id,
-        &payout_body(&id, &u, "30.00", "pay-4"),
-    );
-    assert_verified(&app);
-}
-
-#[test]
-fn payout_that_hangs_past_the_timeout_is_retried() {
-    // The first call hangs longer than the payout timeout: it counts as a failed attempt and
-    // is retried with the same key; the 200 on the second call makes it SUCCEEDED, debited once.
-    let fake = FakePayout::start(&[Step::Hang(2500, 200)], Step::Reply(200));
-    let app = app_with_payout(&fake);
-    let u = funded(&app);
-    let id = schedule_ok(&app, &u, "30.00", "pay-5");
-    let started = Instant::now();
-    let w = wait_final(&app, &u, &id);
-    assert_eq!(
-        (&w["status"], &w["attempts"], &w["refund_transaction_id"]),
-        (&json!("SUCCEEDED"), &json!(2), &Value::Null),
-        "{w}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_millis(1800),
-        "the worker waited for the hung call instead of timing out: {:?}",
-        started.elapsed()
-    );
-    assert_eq!(
-        entries(&app, &u),
-        vec![
-            e("WITHDRAWAL", "30.00", "70.00", "pay-5"),
-            e("DEPOSIT", "100.00", "100.00", "fund")
-        ]
-    );
-    assert_eq!(app.balance(&u), "70.00");
-    assert_calls(
-        &fake.calls(),
-        2,
-        &id,
-        &payout_body(&id, &u, "30.00", "pay-5"),
-    );
-    assert_verified(&app);
-}
-
-#[test]
 fn balance_short_at_the_scheduled_time_fails_without_an_entry() {
     // When the money is gone by the scheduled time: FAILED with a message stating available and
     // required amounts, no WITHDRAWAL or REFUND entry, no payout call, balance untouched.
@@ -1130,6 +944,21 @@ use Step::{Hang, Reply};
 /// attempt. Anything else, once, makes the outcome unknown for good.
 const SCENARIOS: &[Scenario] = &[
     Scenario {
+        name: "200 at once",
+        payee: Payee::Fake(&[], Reply(200)),
+        expect: Expect::Paid(1),
+    },
+    Scenario {
+        name: "500 twice, then 200 (retried with backoff)",
+        payee: Payee::Fake(&[Reply(500), Reply(500)], Reply(200)),
+        expect: Expect::Paid(3),
+    },
+    Scenario {
+        name: "a call that hangs past the timeout, then 200 (the worker does not wait for it)",
+        payee: Payee::Fake(&[Hang(2500, 200)], Reply(200)),
+        expect: Expect::Paid(2),
+    },
+    Scenario {
         name: "502 every time",
         payee: Payee::Fake(&[], Reply(502)),
         expect: Expect::Unknown,
@@ -1188,9 +1017,9 @@ const SCENARIOS: &[Scenario] = &[
         ),
     },
     Scenario {
-        name: "400",
+        name: "400 (final: the service's message is kept, no retry)",
         payee: Payee::Fake(&[], Reply(400)),
-        expect: Expect::Refunded(1, "payout refused: HTTP 400"),
+        expect: Expect::Refunded(1, r#"payout refused: HTTP 400: {"error":"account closed"}"#),
     },
     Scenario {
         name: "401",
@@ -1218,9 +1047,12 @@ const SCENARIOS: &[Scenario] = &[
         expect: Expect::Refunded(2, "payout refused: HTTP 400"),
     },
     Scenario {
-        name: "500 every time",
+        name: "500 every time (exactly the maximum of attempts, then the last error)",
         payee: Payee::Fake(&[], Reply(500)),
-        expect: Expect::Refunded(3, "payout failed after 3 attempts: HTTP 500"),
+        expect: Expect::Refunded(
+            3,
+            r#"payout failed after 3 attempts: HTTP 500: {"error":"bank down"}"#,
+        ),
     },
     Scenario {
         name: "503 every time",
@@ -1290,8 +1122,12 @@ fn run_scenario(s: &Scenario) {
     let app = app_paying_to(&url);
     let u = funded(&app);
     let id = schedule_ok(&app, &u, "30.00", "row");
+    let started = Instant::now();
     let w = wait_until(&app, &u, &id, settled);
+    let took = started.elapsed();
     let attempts = w["attempts"].as_u64().unwrap() as usize;
+    let all = full_entries(&app, &u);
+    assert_eq!(w["transaction_id"], id_of_entry(&all, "WITHDRAWAL"), "{w}");
     let debited = vec![
         e("WITHDRAWAL", "30.00", "70.00", "row"),
         e("DEPOSIT", "100.00", "100.00", "fund"),
@@ -1302,6 +1138,14 @@ fn run_scenario(s: &Scenario) {
                 (&w["status"], &w["attempts"], &w["refund_transaction_id"]),
                 (&json!("SUCCEEDED"), &json!(n), &Value::Null),
                 "{w}"
+            );
+            if n == 1 {
+                assert_eq!(w["error_message"], Value::Null, "{w}");
+            }
+            // A hung call is given up at the payout timeout, not waited for.
+            assert!(
+                took < Duration::from_millis(1800),
+                "the worker waited {took:?} for a hung call"
             );
             assert_eq!(entries(&app, &u), debited);
             assert_eq!(app.balance(&u), "70.00");
@@ -1314,7 +1158,6 @@ fn run_scenario(s: &Scenario) {
             );
             let error = w["error_message"].as_str().unwrap();
             assert!(error.starts_with(message), "{error}");
-            let all = full_entries(&app, &u);
             assert_eq!(w["refund_transaction_id"], id_of_entry(&all, "REFUND"));
             let mut refunded = vec![e("REFUND", "30.00", "100.00", "row")];
             refunded.extend(debited);
@@ -1338,6 +1181,8 @@ fn run_scenario(s: &Scenario) {
         }
     }
     if let Some(fake) = &fake {
+        // Give a wrong extra call the time to happen, then check there was none.
+        std::thread::sleep(Duration::from_millis(8 * RETRY_BASE_MS));
         let body = payout_body(&id, &u, "30.00", "row");
         assert_calls(&fake.calls(), attempts, &id, &body);
     }
