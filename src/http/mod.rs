@@ -2,6 +2,7 @@
 //! becomes a 500 for that request only), with one log line and the metrics.
 
 pub mod docs;
+mod gate;
 pub mod handlers;
 pub mod request;
 pub mod response;
@@ -10,13 +11,14 @@ pub mod router;
 use std::net::{SocketAddr, TcpListener};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tiny_http::{ConnectionLimits, HeadLimits, Header, Response, Server};
 
 use crate::error::AppError;
 use crate::service::Service;
+use gate::{BodyBudget, Gate};
 use request::Incoming;
 use response::{error_reply, Body, Reply};
 
@@ -31,115 +33,6 @@ pub struct HttpServer {
     pub addr: SocketAddr,
 }
 
-/// Bounds the requests handled at once: `--threads` places for most routes, and a gate of its
-/// own for logins and registrations. Each request runs on the thread that read it from its
-/// connection (a tiny_http patch), so the gates are the bound on concurrent handlers, under
-/// `--connections-max`.
-struct Gate {
-    state: Mutex<GateState>,
-    /// Signalled when the last place is given back, for `drain`.
-    idle: Condvar,
-    max: usize,
-}
-
-#[derive(Default)]
-struct GateState {
-    busy: usize,
-    /// Requests waiting for a place, oldest first. A place given back goes straight to the
-    /// oldest: first come, first served, and one thread woken per place (waking every waiter
-    /// for each place made 256 clients slower than 64).
-    waiting: std::collections::VecDeque<Arc<Waiter>>,
-    /// Whether `drain` is waiting (only then is the last place's return signalled).
-    draining: bool,
-}
-
-struct Waiter {
-    thread: std::thread::Thread,
-    granted: AtomicBool,
-}
-
-impl Gate {
-    fn new(max: usize) -> Gate {
-        Gate {
-            state: Mutex::new(GateState::default()),
-            idle: Condvar::new(),
-            max: max.max(1),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn enter(&self) -> Permit<'_> {
-        let waiter = {
-            let mut state = self.lock();
-            if state.busy < self.max && state.waiting.is_empty() {
-                state.busy += 1;
-                return Permit(self);
-            }
-            let waiter = Arc::new(Waiter {
-                thread: std::thread::current(),
-                granted: AtomicBool::new(false),
-            });
-            state.waiting.push_back(waiter.clone());
-            waiter
-        };
-        // `park` may return spuriously; the place is ours once `granted` is set.
-        while !waiter.granted.load(Ordering::Acquire) {
-            std::thread::park();
-        }
-        Permit(self)
-    }
-
-    /// A place if one is free now.
-    fn try_enter(&self) -> Option<Permit<'_>> {
-        let mut state = self.lock();
-        if state.busy >= self.max || !state.waiting.is_empty() {
-            return None;
-        }
-        state.busy += 1;
-        Some(Permit(self))
-    }
-
-    /// Gives a place back: to the oldest waiter if there is one, else to the pool.
-    fn release(&self) {
-        let mut state = self.lock();
-        match state.waiting.pop_front() {
-            Some(next) => {
-                next.granted.store(true, Ordering::Release);
-                next.thread.unpark();
-            }
-            None => {
-                state.busy -= 1;
-                if state.busy == 0 && state.draining {
-                    self.idle.notify_all();
-                }
-            }
-        }
-    }
-
-    /// Waits until no request is being handled, or `deadline`; says whether none is.
-    fn drain(&self, deadline: Instant) -> bool {
-        let mut state = self.lock();
-        state.draining = true;
-        while state.busy > 0 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            state = self
-                .idle
-                .wait_timeout(state, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        true
-    }
-}
-
-struct Permit<'a>(&'a Gate);
-
 /// Bytes of a request head at most (request line and header fields); a larger one is 431.
 pub const REQUEST_HEAD_BYTES_MAX: usize = 16 * 1024;
 /// Header fields of a request at most; more is 431.
@@ -151,59 +44,6 @@ pub const REQUEST_BODIES_BYTES_MAX: usize = 32 * 1024 * 1024;
 const _: () = assert!(REQUEST_HEADERS_MAX <= tiny_http::HEADERS_MAX_CEILING);
 // The largest body `--request-body-bytes-max` allows must fit in the budget on its own.
 const _: () = assert!(REQUEST_BODIES_BYTES_MAX >= crate::config::REQUEST_BODY_BYTES_MAX_CEILING);
-
-/// Bytes of bodies being read or handled, against `REQUEST_BODIES_BYTES_MAX`.
-struct BodyBudget {
-    reserved_bytes: Mutex<usize>,
-    bytes_max: usize,
-}
-
-/// A reservation in the `BodyBudget`, given back when the request is done.
-struct Reserved<'a>(&'a BodyBudget, usize);
-
-impl Reserved<'_> {
-    /// Reserves `bytes` more for this request; false when the budget has no room for them.
-    fn grow(&mut self, bytes: usize) -> bool {
-        let mut reserved = self
-            .0
-            .reserved_bytes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        match reserved.checked_add(bytes) {
-            Some(after) if after <= self.0.bytes_max => {
-                *reserved = after;
-                self.1 += bytes;
-                true
-            }
-            _ => false,
-        }
-    }
-}
-
-impl BodyBudget {
-    fn new(bytes_max: usize) -> BodyBudget {
-        BodyBudget {
-            reserved_bytes: Mutex::new(0),
-            bytes_max,
-        }
-    }
-
-    /// A reservation of nothing yet, grown as the body arrives (`Reserved::grow`).
-    fn nothing_reserved(&self) -> Reserved<'_> {
-        Reserved(self, 0)
-    }
-}
-
-impl Drop for Reserved<'_> {
-    fn drop(&mut self) {
-        let mut reserved = self
-            .0
-            .reserved_bytes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        *reserved -= self.1;
-    }
-}
 
 /// How long a refused login waits before its 503 goes out. A flood that ignores `Retry-After`
 /// then gets at most 10 refusals per second per connection; without it, 64 flooding clients
@@ -217,12 +57,6 @@ fn hashes_password(url: &str) -> bool {
         router::route(request::path_of(url), false).map(|m| m.template),
         Some("/api/auth/login" | "/api/auth/register")
     )
-}
-
-impl Drop for Permit<'_> {
-    fn drop(&mut self) {
-        self.0.release();
-    }
 }
 
 impl HttpServer {
@@ -458,22 +292,7 @@ fn respond(rq: tiny_http::Request, reply: Reply, request_id: &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::{hashes_password, BodyBudget};
-
-    #[test]
-    fn the_body_budget_bounds_what_is_reserved_at_once() {
-        let budget = BodyBudget::new(100);
-        let mut a = budget.nothing_reserved();
-        let mut b = budget.nothing_reserved();
-        assert!(a.grow(60));
-        assert!(!b.grow(41), "past the budget");
-        assert!(b.grow(40));
-        assert!(!a.grow(1));
-        drop(a);
-        assert!(b.grow(60), "a reservation is given back when dropped");
-        drop(b);
-        assert_eq!(*budget.reserved_bytes.lock().unwrap(), 0);
-    }
+    use super::hashes_password;
 
     #[test]
     fn every_spelling_of_the_login_path_takes_the_login_gate() {
