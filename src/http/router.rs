@@ -2,7 +2,7 @@
 
 use tiny_http::Method;
 
-use super::handlers::{self as h, Params};
+use super::handlers::{accounts, admin, operations, wallet, withdrawals, Params};
 use super::request::Incoming;
 use super::response::Reply;
 use crate::error::AppError;
@@ -24,81 +24,97 @@ pub fn route(path: &str, test_hooks: bool) -> Option<Matched> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let (template, get, post, params): (&'static str, Option<Handler>, Option<Handler>, Vec<&str>) =
         match segments[..] {
-            ["api", "auth", "register"] => ("/api/auth/register", None, Some(h::register), vec![]),
-            ["api", "auth", "login"] => ("/api/auth/login", None, Some(h::login), vec![]),
-            ["api", "auth", "logout"] => ("/api/auth/logout", None, Some(h::logout), vec![]),
-            ["api", "auth", "profile"] => ("/api/auth/profile", Some(h::profile), None, vec![]),
-            ["api", "wallets", "me"] => ("/api/wallets/me", Some(h::wallet), None, vec![]),
-            ["api", "wallets", "me", "deposit"] => {
-                ("/api/wallets/me/deposit", None, Some(h::deposit), vec![])
+            ["api", "auth", "register"] => {
+                ("/api/auth/register", None, Some(accounts::register), vec![])
             }
-            ["api", "wallets", "me", "withdraw"] => {
-                ("/api/wallets/me/withdraw", None, Some(h::withdraw), vec![])
+            ["api", "auth", "login"] => ("/api/auth/login", None, Some(accounts::login), vec![]),
+            ["api", "auth", "logout"] => ("/api/auth/logout", None, Some(accounts::logout), vec![]),
+            ["api", "auth", "profile"] => {
+                ("/api/auth/profile", Some(accounts::profile), None, vec![])
             }
-            ["api", "wallets", "me", "transfer"] => {
-                ("/api/wallets/me/transfer", None, Some(h::transfer), vec![])
-            }
+            ["api", "wallets", "me"] => ("/api/wallets/me", Some(wallet::show), None, vec![]),
+            ["api", "wallets", "me", "deposit"] => (
+                "/api/wallets/me/deposit",
+                None,
+                Some(wallet::deposit),
+                vec![],
+            ),
+            ["api", "wallets", "me", "withdraw"] => (
+                "/api/wallets/me/withdraw",
+                None,
+                Some(wallet::withdraw),
+                vec![],
+            ),
+            ["api", "wallets", "me", "transfer"] => (
+                "/api/wallets/me/transfer",
+                None,
+                Some(wallet::transfer),
+                vec![],
+            ),
             ["api", "wallets", "me", "transactions"] => (
                 "/api/wallets/me/transactions",
-                Some(h::transactions),
+                Some(wallet::transactions),
                 None,
                 vec![],
             ),
-            ["api", "wallets", "me", "balance"] => {
-                ("/api/wallets/me/balance", Some(h::balance), None, vec![])
-            }
+            ["api", "wallets", "me", "balance"] => (
+                "/api/wallets/me/balance",
+                Some(wallet::balance),
+                None,
+                vec![],
+            ),
             ["api", "wallets", "me", "withdrawals"] => (
                 "/api/wallets/me/withdrawals",
-                Some(h::withdrawals),
+                Some(withdrawals::list),
                 None,
                 vec![],
             ),
             ["api", "wallets", "me", "withdrawals", id] => (
                 "/api/wallets/me/withdrawals/{id}",
-                Some(h::withdrawal),
+                Some(withdrawals::show),
                 None,
                 vec![id],
             ),
             ["api", "wallets", "me", "withdrawals", id, "cancel"] => (
                 "/api/wallets/me/withdrawals/{id}/cancel",
                 None,
-                Some(h::cancel_withdrawal),
+                Some(withdrawals::cancel),
                 vec![id],
             ),
-            ["api", "admin", "users"] => ("/api/admin/users", Some(h::admin_users), None, vec![]),
+            ["api", "admin", "users"] => ("/api/admin/users", Some(admin::users), None, vec![]),
             ["api", "admin", "users", id] => {
-                ("/api/admin/users/{id}", Some(h::admin_user), None, vec![id])
+                ("/api/admin/users/{id}", Some(admin::user), None, vec![id])
             }
             ["api", "admin", "users", id, "wallet"] => (
                 "/api/admin/users/{id}/wallet",
-                Some(h::admin_wallet),
+                Some(admin::wallet),
                 None,
                 vec![id],
             ),
             ["api", "admin", "users", id, "transactions"] => (
                 "/api/admin/users/{id}/transactions",
-                Some(h::admin_transactions),
+                Some(admin::transactions),
                 None,
                 vec![id],
             ),
             ["api", "admin", "users", id, "credit"] => (
                 "/api/admin/users/{id}/credit",
                 None,
-                Some(h::admin_credit),
+                Some(admin::credit),
                 vec![id],
             ),
             ["api", "admin", "withdrawals", id, "resolve"] => (
                 "/api/admin/withdrawals/{id}/resolve",
                 None,
-                Some(h::admin_resolve_withdrawal),
+                Some(admin::resolve_withdrawal),
                 vec![id],
             ),
-            ["health"] => ("/health", Some(h::health), None, vec![]),
-            ["metrics"] => ("/metrics", Some(h::metrics), None, vec![]),
-            ["openapi.json"] => ("/openapi.json", Some(h::openapi), None, vec![]),
-            ["docs"] => ("/docs", Some(h::docs), None, vec![]),
+            ["health"] => ("/health", Some(operations::health), None, vec![]),
+            ["metrics"] => ("/metrics", Some(operations::metrics), None, vec![]),
+            ["openapi.json"] => ("/openapi.json", Some(operations::openapi), None, vec![]),
+            ["docs"] => ("/docs", Some(operations::docs), None, vec![]),
             ["__test", "panic"] if test_hooks => {
-                ("/__test/panic", Some(h::test_panic), None, vec![])
+                ("/__test/panic", Some(operations::test_panic), None, vec![])
             }
             _ => return None,
         };
