@@ -16,11 +16,14 @@ use std::time::{Duration, Instant};
 
 use tiny_http::{ConnectionLimits, HeadLimits, Header, Response, Server};
 
+use crate::accounts::AuthUser;
 use crate::error::AppError;
 use crate::service::Service;
 use gate::{BodyBudget, Gate};
+use handlers::Params;
 use request::Incoming;
 use response::{error_reply, Body, Reply};
+use router::{Handler, StaffUser};
 
 pub struct HttpServer {
     server: Option<Server>,
@@ -229,12 +232,13 @@ fn handle(
         (_, Some(e)) => Err(e),
         (None, None) => Err(AppError::NotFound("route")),
         (Some(m), None) => router::handler_for(&m, &incoming.method).and_then(|handler| {
-            catch_unwind(AssertUnwindSafe(|| handler(svc, &incoming, &m.params))).unwrap_or_else(
-                |_| {
-                    svc.metrics.panics.inc();
-                    Err(AppError::Internal("handler panicked".into()))
-                },
-            )
+            catch_unwind(AssertUnwindSafe(|| {
+                call(svc, &incoming, &m.params, handler)
+            }))
+            .unwrap_or_else(|_| {
+                svc.metrics.panics.inc();
+                Err(AppError::Internal("handler panicked".into()))
+            })
         }),
     };
     let reply = result.unwrap_or_else(|e| {
@@ -262,6 +266,26 @@ fn handle(
             incoming.request_id
         ));
     }
+}
+
+/// Runs a route's handler once its caller is who the route allows: the one place a request is
+/// authenticated.
+fn call(
+    svc: &Service,
+    rq: &Incoming,
+    params: &Params,
+    handler: Handler,
+) -> Result<Reply, AppError> {
+    match handler {
+        Handler::Public(run) => run(svc, rq, params),
+        Handler::User(run) => run(svc, rq, params, &caller(svc, rq)?),
+        Handler::Staff(run) => run(svc, rq, params, &StaffUser::check(caller(svc, rq)?)?),
+    }
+}
+
+/// The user whose token the request carries: 401 without a token or with one that is not valid.
+fn caller(svc: &Service, rq: &Incoming) -> Result<AuthUser, AppError> {
+    svc.authenticate(rq.token().ok_or(AppError::Unauthorized)?)
 }
 
 fn respond(rq: tiny_http::Request, reply: Reply, request_id: &str) {

@@ -2,7 +2,8 @@
 
 use serde_json::{json, Value};
 
-use super::{auth, token_json, user_json, validated_but_missing, Params};
+use super::{token_json, user_json, validated_but_missing, Params};
+use crate::accounts::AuthUser;
 use crate::domain::{parse_name, Email, Password, Username};
 use crate::error::AppError;
 use crate::http::request::{Fields, Incoming};
@@ -63,16 +64,19 @@ pub fn login(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppError
     Ok(Reply::json(200, Value::Object(token_json(&user, &token))))
 }
 
-pub fn logout(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppError> {
-    let user = auth(svc, rq)?;
-    svc.logout(&user)?;
+pub fn logout(svc: &Service, _: &Incoming, _: &Params, user: &AuthUser) -> Result<Reply, AppError> {
+    svc.logout(user)?;
     Ok(Reply::json(
         200,
         json!({"detail": "logged out; this token no longer works"}),
     ))
 }
 
-pub fn profile(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppError> {
-    let user = auth(svc, rq)?;
+pub fn profile(
+    svc: &Service,
+    _: &Incoming,
+    _: &Params,
+    user: &AuthUser,
+) -> Result<Reply, AppError> {
     Ok(Reply::json(200, user_json(&svc.user(user.user_id)?)))
 }

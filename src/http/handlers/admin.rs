@@ -4,22 +4,27 @@
 use serde_json::json;
 
 use super::{
-    entry_json, page_params, parse_money_body, path_user_id, staff, user_json,
-    validated_but_missing, wallet_json, withdrawal_json, MoneyRoute, Params,
+    entry_json, page_params, parse_money_body, path_user_id, user_json, validated_but_missing,
+    wallet_json, withdrawal_json, MoneyRoute, Params,
 };
 use crate::domain::{PayoutResolution, StaffReason};
 use crate::error::AppError;
 use crate::http::request::{Fields, Incoming};
 use crate::http::response::Reply;
+use crate::http::router::StaffUser;
 use crate::service::Service;
 
-pub fn users(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppError> {
-    let staff = staff(svc, rq)?;
+pub fn users(
+    svc: &Service,
+    rq: &Incoming,
+    _: &Params,
+    staff: &StaffUser,
+) -> Result<Reply, AppError> {
     let (limit, offset) = page_params(rq)?;
     let search = rq.query("search").filter(|s| !s.is_empty());
     let (count, users) = svc.admin_users(search, limit, offset)?;
     svc.audit_read(
-        &staff,
+        staff,
         "list_users",
         format!("search:{}", search.unwrap_or("")),
     )?;
@@ -29,38 +34,54 @@ pub fn users(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppError
     ))
 }
 
-pub fn user(svc: &Service, rq: &Incoming, params: &Params) -> Result<Reply, AppError> {
-    let staff = staff(svc, rq)?;
+pub fn user(
+    svc: &Service,
+    _: &Incoming,
+    params: &Params,
+    staff: &StaffUser,
+) -> Result<Reply, AppError> {
     let user = svc.user(path_user_id(params)?)?;
-    svc.audit_read(&staff, "read_user", format!("user:{}", user.id))?;
+    svc.audit_read(staff, "read_user", format!("user:{}", user.id))?;
     Ok(Reply::json(200, user_json(&user)))
 }
 
-pub fn wallet(svc: &Service, rq: &Incoming, params: &Params) -> Result<Reply, AppError> {
-    let staff = staff(svc, rq)?;
+pub fn wallet(
+    svc: &Service,
+    _: &Incoming,
+    params: &Params,
+    staff: &StaffUser,
+) -> Result<Reply, AppError> {
     let user_id = path_user_id(params)?;
     let (w, recent) = svc.wallet(user_id)?;
-    svc.audit_read(&staff, "read_wallet", format!("user:{user_id}"))?;
+    svc.audit_read(staff, "read_wallet", format!("user:{user_id}"))?;
     Ok(Reply::json(
         200,
         wallet_json(&w, &recent, &svc.config.currency),
     ))
 }
 
-pub fn transactions(svc: &Service, rq: &Incoming, params: &Params) -> Result<Reply, AppError> {
-    let staff = staff(svc, rq)?;
+pub fn transactions(
+    svc: &Service,
+    rq: &Incoming,
+    params: &Params,
+    staff: &StaffUser,
+) -> Result<Reply, AppError> {
     let user_id = path_user_id(params)?;
     let (w, _) = svc.wallet(user_id)?;
-    svc.audit_read(&staff, "read_transactions", format!("user:{user_id}"))?;
+    svc.audit_read(staff, "read_transactions", format!("user:{user_id}"))?;
     super::wallet::history_reply(svc, rq, w.key)
 }
 
-pub fn credit(svc: &Service, rq: &Incoming, params: &Params) -> Result<Reply, AppError> {
-    let staff = staff(svc, rq)?;
+pub fn credit(
+    svc: &Service,
+    rq: &Incoming,
+    params: &Params,
+    staff: &StaffUser,
+) -> Result<Reply, AppError> {
     let user_id = path_user_id(params)?;
     let body = parse_money_body(rq, MoneyRoute::Deposit, &svc.config.currency)?;
     let m = body.movement;
-    let out = svc.admin_credit(&staff, user_id, m)?;
+    let out = svc.admin_credit(staff, user_id, m)?;
     Ok(Reply::created_or_replayed(
         201,
         out.replayed,
@@ -74,8 +95,8 @@ pub fn resolve_withdrawal(
     svc: &Service,
     rq: &Incoming,
     params: &Params,
+    staff: &StaffUser,
 ) -> Result<Reply, AppError> {
-    let staff = staff(svc, rq)?;
     let body = rq.json()?;
     let mut f = Fields::new(&body);
     let outcome = f.parsed("outcome", PayoutResolution::parse);
@@ -84,6 +105,6 @@ pub fn resolve_withdrawal(
     let (Some(outcome), Some(reason)) = (outcome, reason) else {
         return Err(validated_but_missing());
     };
-    let w = svc.admin_resolve_withdrawal(&staff, &params[0], outcome, reason)?;
+    let w = svc.admin_resolve_withdrawal(staff, &params[0], outcome, reason)?;
     Ok(Reply::json(200, withdrawal_json(&w, &svc.config.currency)))
 }

@@ -12,13 +12,12 @@ pub mod withdrawals;
 use serde_json::{json, Map, Value};
 
 use super::request::Incoming;
-use crate::accounts::{AuthUser, IssuedToken, User};
+use crate::accounts::{IssuedToken, User};
 use crate::domain::{Currency, Timestamp};
 use crate::error::AppError;
 use crate::ledger::queries::{Wallet, PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX};
 use crate::ledger::withdrawals::Withdrawal;
 use crate::ledger::Entry;
-use crate::service::Service;
 
 pub use money_body::{parse_money_body, MoneyBody, MoneyRoute};
 
@@ -89,19 +88,6 @@ fn token_json(user: &User, token: &IssuedToken) -> Map<String, Value> {
 }
 
 // ---- Request helpers ---------------------------------------------------------------------
-
-fn auth(svc: &Service, rq: &Incoming) -> Result<AuthUser, AppError> {
-    svc.authenticate(rq.token().ok_or(AppError::Unauthorized)?)
-}
-
-fn staff(svc: &Service, rq: &Incoming) -> Result<AuthUser, AppError> {
-    let user = auth(svc, rq)?;
-    if user.is_staff {
-        Ok(user)
-    } else {
-        Err(AppError::Forbidden)
-    }
-}
 
 fn page_params(rq: &Incoming) -> Result<(u32, u32), AppError> {
     let mut errors = crate::error::FieldErrors::default();

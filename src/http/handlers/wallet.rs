@@ -4,9 +4,10 @@
 use serde_json::json;
 
 use super::{
-    auth, entry_json, page_params, parse_money_body, query_time, validated_but_missing,
-    wallet_json, withdrawal_json, MoneyRoute, Params,
+    entry_json, page_params, parse_money_body, query_time, validated_but_missing, wallet_json,
+    withdrawal_json, MoneyRoute, Params,
 };
+use crate::accounts::AuthUser;
 use crate::domain::EntryKind;
 use crate::error::AppError;
 use crate::http::request::Incoming;
@@ -15,8 +16,7 @@ use crate::ledger::queries::HistoryQuery;
 use crate::ledger::TransferRequest;
 use crate::service::{Service, WithdrawResult};
 
-pub fn show(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppError> {
-    let user = auth(svc, rq)?;
+pub fn show(svc: &Service, _: &Incoming, _: &Params, user: &AuthUser) -> Result<Reply, AppError> {
     let (w, recent) = svc.wallet(user.user_id)?;
     Ok(Reply::json(
         200,
@@ -24,10 +24,14 @@ pub fn show(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppError>
     ))
 }
 
-pub fn deposit(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppError> {
-    let user = auth(svc, rq)?;
+pub fn deposit(
+    svc: &Service,
+    rq: &Incoming,
+    _: &Params,
+    user: &AuthUser,
+) -> Result<Reply, AppError> {
     let body = parse_money_body(rq, MoneyRoute::Deposit, &svc.config.currency)?;
-    let out = svc.deposit(&user, body.movement)?;
+    let out = svc.deposit(user, body.movement)?;
     Ok(Reply::created_or_replayed(
         201,
         out.replayed,
@@ -35,10 +39,14 @@ pub fn deposit(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppErr
     ))
 }
 
-pub fn withdraw(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppError> {
-    let user = auth(svc, rq)?;
+pub fn withdraw(
+    svc: &Service,
+    rq: &Incoming,
+    _: &Params,
+    user: &AuthUser,
+) -> Result<Reply, AppError> {
     let body = parse_money_body(rq, MoneyRoute::Withdraw, &svc.config.currency)?;
-    let out = svc.withdraw(&user, body.movement, body.scheduled_at)?;
+    let out = svc.withdraw(user, body.movement, body.scheduled_at)?;
     let c = &svc.config.currency;
     Ok(match out.value {
         WithdrawResult::Now(e) => Reply::created_or_replayed(201, out.replayed, entry_json(&e, c)),
@@ -48,11 +56,15 @@ pub fn withdraw(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppEr
     })
 }
 
-pub fn transfer(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppError> {
-    let user = auth(svc, rq)?;
+pub fn transfer(
+    svc: &Service,
+    rq: &Incoming,
+    _: &Params,
+    user: &AuthUser,
+) -> Result<Reply, AppError> {
     let body = parse_money_body(rq, MoneyRoute::Transfer, &svc.config.currency)?;
     let (to, movement) = (body.to.ok_or_else(validated_but_missing)?, body.movement);
-    let out = svc.transfer(&user, TransferRequest { to, movement })?;
+    let out = svc.transfer(user, TransferRequest { to, movement })?;
     let c = &svc.config.currency;
     let body = json!({
         "transfer_out": entry_json(&out.value.transfer_out, c),
@@ -114,13 +126,21 @@ pub(super) fn history_reply(
     ))
 }
 
-pub fn transactions(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppError> {
-    let user = auth(svc, rq)?;
+pub fn transactions(
+    svc: &Service,
+    rq: &Incoming,
+    _: &Params,
+    user: &AuthUser,
+) -> Result<Reply, AppError> {
     history_reply(svc, rq, user.wallet.key)
 }
 
-pub fn balance(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppError> {
-    let user = auth(svc, rq)?;
+pub fn balance(
+    svc: &Service,
+    rq: &Incoming,
+    _: &Params,
+    user: &AuthUser,
+) -> Result<Reply, AppError> {
     let at = rq
         .query("at")
         .map(|s| query_time(s).map_err(|m| AppError::field("at", m)))

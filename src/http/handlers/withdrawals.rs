@@ -2,15 +2,15 @@
 
 use serde_json::json;
 
-use super::{auth, page_params, withdrawal_json, Params};
+use super::{page_params, withdrawal_json, Params};
+use crate::accounts::AuthUser;
 use crate::domain::WithdrawalStatus;
 use crate::error::AppError;
 use crate::http::request::Incoming;
 use crate::http::response::Reply;
 use crate::service::Service;
 
-pub fn list(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppError> {
-    let user = auth(svc, rq)?;
+pub fn list(svc: &Service, rq: &Incoming, _: &Params, user: &AuthUser) -> Result<Reply, AppError> {
     let (limit, offset) = page_params(rq)?;
     let status = rq
         .query("status")
@@ -34,14 +34,22 @@ pub fn list(svc: &Service, rq: &Incoming, _: &Params) -> Result<Reply, AppError>
     ))
 }
 
-pub fn show(svc: &Service, rq: &Incoming, params: &Params) -> Result<Reply, AppError> {
-    let user = auth(svc, rq)?;
+pub fn show(
+    svc: &Service,
+    _: &Incoming,
+    params: &Params,
+    user: &AuthUser,
+) -> Result<Reply, AppError> {
     let w = svc.withdrawal(&user.wallet.id, &params[0])?;
     Ok(Reply::json(200, withdrawal_json(&w, &svc.config.currency)))
 }
 
-pub fn cancel(svc: &Service, rq: &Incoming, params: &Params) -> Result<Reply, AppError> {
-    let user = auth(svc, rq)?;
+pub fn cancel(
+    svc: &Service,
+    _: &Incoming,
+    params: &Params,
+    user: &AuthUser,
+) -> Result<Reply, AppError> {
     let w = svc.cancel_withdrawal(&user.wallet.id, &params[0])?;
     Ok(Reply::json(200, withdrawal_json(&w, &svc.config.currency)))
 }
