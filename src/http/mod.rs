@@ -8,18 +8,19 @@ pub mod request;
 pub mod response;
 pub mod router;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use tiny_http::{ConnectionLimits, HeadLimits, Header, Response, Server};
 
 use crate::accounts::AuthUser;
+use crate::config::ServeArgs;
 use crate::error::AppError;
 use crate::service::Service;
-use gate::{BodyBudget, Gate};
+use gate::{BodyBudget, Gate, Permit};
 use handlers::Params;
 use request::Incoming;
 use response::{error_reply, Body, Reply};
@@ -27,12 +28,7 @@ use router::{Handler, StaffUser};
 
 pub struct HttpServer {
     server: Option<Server>,
-    /// Every request from the moment its head is read until it is answered (bodies are read
-    /// before a request takes a place in `gate`): what a graceful stop waits for.
-    in_flight: Arc<Gate>,
-    gate: Arc<Gate>,
-    password_gate: Arc<Gate>,
-    stopping: Arc<AtomicBool>,
+    intake: Arc<Intake>,
     pub addr: SocketAddr,
 }
 
@@ -70,119 +66,17 @@ impl HttpServer {
         test_hooks: bool,
     ) -> Result<HttpServer, String> {
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let timeout = Some(Duration::from_millis(svc.config.serve.socket_timeout_ms));
-        let serve = &svc.config.serve;
-        let mut unlimited_addresses = vec![
-            std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST),
-            std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
-        ];
-        unlimited_addresses.extend(serve.trusted_proxy.map(|ip| ip.to_canonical()));
-        let limits = ConnectionLimits {
-            read_timeout: timeout,
-            write_timeout: timeout,
-            connections_max: serve.connections_max as usize,
-            connections_per_address_max: serve.connections_per_address_max as usize,
-            unlimited_addresses,
-            head: HeadLimits {
-                bytes_max: REQUEST_HEAD_BYTES_MAX,
-                headers_max: REQUEST_HEADERS_MAX,
-                timeout: Some(Duration::from_millis(serve.request_head_timeout_ms)),
-                read_timeout: timeout,
-            },
-        };
-        let reading = Arc::new(BodyBudget::new(REQUEST_BODIES_BYTES_MAX));
-        let body_bytes_max = usize::try_from(serve.request_body_bytes_max).unwrap_or(usize::MAX);
-        let body_deadline = Duration::from_millis(serve.socket_timeout_ms);
-        let trusted_proxy = serve.trusted_proxy;
-        let gate = Arc::new(Gate::new(threads));
-        // Logins and registrations wait for the hashing threads (up to a second in a login
-        // storm); with their own places they never take those of money movements, which cost
-        // transfers 41% of their rate in a 64-client storm when they shared one gate.
-        let password_gate = Arc::new(Gate::new(
-            crate::accounts::HASH_WAITERS_MAX + svc.config.hash_threads,
-        ));
-        let stopping = Arc::new(AtomicBool::new(false));
-        let in_flight = Arc::new(Gate::new(usize::MAX));
+        let limits = connection_limits(&svc.config.serve);
+        let intake = Arc::new(Intake::new(&svc, threads, test_hooks));
         let handler: tiny_http::InlineHandler = {
-            let (in_flight, gate, password_gate, stopping) = (
-                in_flight.clone(),
-                gate.clone(),
-                password_gate.clone(),
-                stopping.clone(),
-            );
-            // Connection threads outlive `stop` until their clients hang up or time out; a
-            // weak handle lets the service (and its writer) end when the app shuts down.
-            let svc = Arc::downgrade(&svc);
-            Arc::new(move |mut rq| {
-                let shutting_down = |rq: tiny_http::Request| {
-                    let reply = error_reply(&AppError::Unavailable("the server is shutting down"));
-                    respond(rq, reply, "-");
-                };
-                // From here the request is in flight: a graceful stop lets it finish. Entered
-                // before the check, so that a stop either sees it or refuses it.
-                let in_flight = in_flight.enter();
-                if stopping.load(Ordering::SeqCst) {
-                    return shutting_down(rq);
-                }
-                let started = Instant::now();
-                // The body is read before the request takes a place, so that clients dripping
-                // bodies hold only their own connections. The bytes of the bodies being read (and
-                // handled) at once are bounded instead, reserved as they arrive: a client that
-                // declares a large body and sends none of it reserves nothing.
-                let mut incoming = Incoming::from_head(&rq, trusted_proxy);
-                let mut reserved = reading.nothing_reserved();
-                let read_error = incoming
-                    .read_body(&mut rq, body_bytes_max, body_deadline, &mut |bytes| {
-                        reserved.grow(bytes)
-                    })
-                    .err();
-                if read_error.is_some() {
-                    // What is left of the body would be read as the next request.
-                    rq.close_connection();
-                }
-                let place = if hashes_password(rq.url()) {
-                    // A full password gate means the hashing threads are saturated: refuse,
-                    // like the hashing queue does, rather than hold the client in a queue. The
-                    // refusal is held back a little (the thread sleeps, using no CPU), so a
-                    // client that ignores `Retry-After` cannot turn cheap refusals into a flood
-                    // that takes the CPU from money movements.
-                    match password_gate.try_enter() {
-                        Some(permit) => permit,
-                        None => {
-                            std::thread::sleep(Duration::from_millis(REFUSAL_DELAY_MS));
-                            let reply = error_reply(&AppError::Unavailable(
-                                "too many logins at once; try again",
-                            ));
-                            respond(rq, reply, &incoming.request_id);
-                            return;
-                        }
-                    }
-                } else {
-                    gate.enter()
-                };
-                // A stop that began while this request was read or waited its turn waits for it
-                // (it is in flight), up to the grace period.
-                match svc.upgrade() {
-                    Some(svc) => {
-                        let request = Handled {
-                            incoming,
-                            read_error,
-                            started,
-                        };
-                        handle(&svc, rq, request, (place, reserved, in_flight), test_hooks)
-                    }
-                    None => shutting_down(rq),
-                }
-            })
+            let intake = intake.clone();
+            Arc::new(move |rq| intake.take(rq))
         };
         let server = Server::from_listener_with_handler(listener, limits, handler)
             .map_err(|e| format!("cannot serve on {addr}: {e}"))?;
         Ok(HttpServer {
             server: Some(server),
-            in_flight,
-            gate,
-            password_gate,
-            stopping,
+            intake,
             addr,
         })
     }
@@ -190,16 +84,155 @@ impl HttpServer {
     /// Stops accepting connections, answers new requests 503, and waits up to `grace` for the
     /// requests being handled to finish.
     pub fn stop(mut self, grace: Duration) {
-        self.stopping.store(true, Ordering::SeqCst);
+        let intake = &self.intake;
+        intake.stopping.store(true, Ordering::SeqCst);
         drop(self.server.take());
         let deadline = Instant::now() + grace;
-        if !(self.in_flight.drain(deadline)
-            && self.gate.drain(deadline)
-            && self.password_gate.drain(deadline))
+        if !(intake.in_flight.drain(deadline)
+            && intake.gate.drain(deadline)
+            && intake.password_gate.drain(deadline))
         {
             crate::log::error("http: requests still running after the shutdown grace period");
         }
     }
+}
+
+/// What the server asks of connections: timeouts, how many at once (loopback and the trusted
+/// proxy unlimited per address), and the bounds of a request head.
+fn connection_limits(serve: &ServeArgs) -> ConnectionLimits {
+    let timeout = Some(Duration::from_millis(serve.socket_timeout_ms));
+    let mut unlimited_addresses = vec![
+        IpAddr::from(std::net::Ipv4Addr::LOCALHOST),
+        IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+    ];
+    unlimited_addresses.extend(serve.trusted_proxy.map(|ip| ip.to_canonical()));
+    ConnectionLimits {
+        read_timeout: timeout,
+        write_timeout: timeout,
+        connections_max: serve.connections_max as usize,
+        connections_per_address_max: serve.connections_per_address_max as usize,
+        unlimited_addresses,
+        head: HeadLimits {
+            bytes_max: REQUEST_HEAD_BYTES_MAX,
+            headers_max: REQUEST_HEADERS_MAX,
+            timeout: Some(Duration::from_millis(serve.request_head_timeout_ms)),
+            read_timeout: timeout,
+        },
+    }
+}
+
+/// What the connection threads share to take requests in: the gates, the body budget and the
+/// body limits.
+struct Intake {
+    /// Connection threads outlive `stop` until their clients hang up or time out; a weak
+    /// handle lets the service (and its writer) end when the app shuts down.
+    svc: Weak<Service>,
+    /// Every request from the moment its head is read until it is answered (bodies are read
+    /// before a request takes a place in `gate`): what a graceful stop waits for.
+    in_flight: Gate,
+    gate: Gate,
+    /// Logins and registrations wait for the hashing threads (up to a second in a login
+    /// storm); with their own places they never take those of money movements, which cost
+    /// transfers 41% of their rate in a 64-client storm when they shared one gate.
+    password_gate: Gate,
+    stopping: AtomicBool,
+    reading: BodyBudget,
+    body_bytes_max: usize,
+    body_deadline: Duration,
+    trusted_proxy: Option<IpAddr>,
+    test_hooks: bool,
+}
+
+impl Intake {
+    fn new(svc: &Arc<Service>, threads: usize, test_hooks: bool) -> Intake {
+        let serve = &svc.config.serve;
+        Intake {
+            svc: Arc::downgrade(svc),
+            in_flight: Gate::new(usize::MAX),
+            gate: Gate::new(threads),
+            password_gate: Gate::new(crate::accounts::HASH_WAITERS_MAX + svc.config.hash_threads),
+            stopping: AtomicBool::new(false),
+            reading: BodyBudget::new(REQUEST_BODIES_BYTES_MAX),
+            body_bytes_max: usize::try_from(serve.request_body_bytes_max).unwrap_or(usize::MAX),
+            body_deadline: Duration::from_millis(serve.socket_timeout_ms),
+            trusted_proxy: serve.trusted_proxy,
+            test_hooks,
+        }
+    }
+
+    /// Takes a request in on its connection's thread: reads its body, waits for its place,
+    /// and handles it.
+    fn take(&self, mut rq: tiny_http::Request) {
+        // From here the request is in flight: a graceful stop lets it finish. Entered before
+        // the check, so that a stop either sees it or refuses it.
+        let in_flight = self.in_flight.enter();
+        if self.stopping.load(Ordering::SeqCst) {
+            return shutting_down(rq);
+        }
+        let started = Instant::now();
+        // The body is read before the request takes a place, so that clients dripping bodies
+        // hold only their own connections. The bytes of the bodies being read (and handled)
+        // at once are bounded instead, reserved as they arrive: a client that declares a
+        // large body and sends none of it reserves nothing.
+        let mut incoming = Incoming::from_head(&rq, self.trusted_proxy);
+        let mut reserved = self.reading.nothing_reserved();
+        let read_error = incoming
+            .read_body(
+                &mut rq,
+                self.body_bytes_max,
+                self.body_deadline,
+                &mut |bytes| reserved.grow(bytes),
+            )
+            .err();
+        if read_error.is_some() {
+            // What is left of the body would be read as the next request.
+            rq.close_connection();
+        }
+        let Some(place) = self.place_for(rq.url()) else {
+            return refuse_login(rq, &incoming.request_id);
+        };
+        // A stop that began while this request was read or waited its turn waits for it (it
+        // is in flight), up to the grace period.
+        match self.svc.upgrade() {
+            Some(svc) => {
+                let request = Handled {
+                    incoming,
+                    read_error,
+                    started,
+                };
+                let held = (place, reserved, in_flight);
+                handle(&svc, rq, request, held, self.test_hooks)
+            }
+            None => shutting_down(rq),
+        }
+    }
+
+    /// A place to handle a request in: in the password gate for logins and registrations,
+    /// none if it is full; else in the main gate, waiting for one.
+    fn place_for(&self, url: &str) -> Option<Permit<'_>> {
+        if hashes_password(url) {
+            // A full password gate means the hashing threads are saturated: refuse, like the
+            // hashing queue does, rather than hold the client in a queue.
+            self.password_gate.try_enter()
+        } else {
+            Some(self.gate.enter())
+        }
+    }
+}
+
+/// The answer to a request that arrives while the server stops.
+fn shutting_down(rq: tiny_http::Request) {
+    let reply = error_reply(&AppError::Unavailable("the server is shutting down"));
+    respond(rq, reply, "-");
+}
+
+/// The answer to a login or registration that found the password gate full. It is held back
+/// a little (the thread sleeps, using no CPU), so a client that ignores `Retry-After` cannot
+/// turn cheap refusals into a flood that takes the CPU from money movements.
+fn refuse_login(rq: tiny_http::Request, request_id: &str) {
+    std::thread::sleep(Duration::from_millis(REFUSAL_DELAY_MS));
+    let reply = error_reply(&AppError::Unavailable("too many logins at once; try again"));
+    respond(rq, reply, request_id);
 }
 
 /// A request read from its connection, to be handled.
@@ -231,27 +264,9 @@ fn handle(
     let result = match (matched, read_error) {
         (_, Some(e)) => Err(e),
         (None, None) => Err(AppError::NotFound("route")),
-        (Some(m), None) => router::handler_for(&m, &incoming.method).and_then(|handler| {
-            catch_unwind(AssertUnwindSafe(|| {
-                call(svc, &incoming, &m.params, handler)
-            }))
-            .unwrap_or_else(|_| {
-                svc.metrics.panics.inc();
-                Err(AppError::Internal("handler panicked".into()))
-            })
-        }),
+        (Some(m), None) => run(svc, &incoming, &m),
     };
-    let reply = result.unwrap_or_else(|e| {
-        match &e {
-            AppError::Internal(cause) => crate::log::error(&format!(
-                "request {} {} {template}: {cause}",
-                incoming.request_id, incoming.method
-            )),
-            AppError::Unavailable(_) | AppError::Storage(_) => svc.metrics.unavailable.inc(),
-            _ => {}
-        }
-        error_reply(&e)
-    });
+    let reply = result.unwrap_or_else(|e| error_answer(svc, &incoming, template, &e));
     let status = reply.status;
     incoming.body = Vec::new();
     drop(held);
@@ -266,6 +281,30 @@ fn handle(
             incoming.request_id
         ));
     }
+}
+
+/// Runs the route's handler for the request's method (405 if it has none); a panic in it is
+/// a 500 for this request only.
+fn run(svc: &Service, rq: &Incoming, m: &router::Matched) -> Result<Reply, AppError> {
+    let handler = router::handler_for(m, &rq.method)?;
+    catch_unwind(AssertUnwindSafe(|| call(svc, rq, &m.params, handler))).unwrap_or_else(|_| {
+        svc.metrics.panics.inc();
+        Err(AppError::Internal("handler panicked".into()))
+    })
+}
+
+/// The reply to an error, once its cause is logged (an internal error) or counted (a refusal
+/// for want of capacity or storage).
+fn error_answer(svc: &Service, rq: &Incoming, template: &str, e: &AppError) -> Reply {
+    match e {
+        AppError::Internal(cause) => crate::log::error(&format!(
+            "request {} {} {template}: {cause}",
+            rq.request_id, rq.method
+        )),
+        AppError::Unavailable(_) | AppError::Storage(_) => svc.metrics.unavailable.inc(),
+        _ => {}
+    }
+    error_reply(e)
 }
 
 /// Runs a route's handler once its caller is who the route allows: the one place a request is
