@@ -10,6 +10,7 @@ mod edge;
 mod framing;
 mod helpers;
 mod hostile;
+mod layering;
 mod migration;
 mod operations;
 mod properties;
