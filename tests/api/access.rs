@@ -64,3 +64,43 @@ fn every_route_refuses_callers_it_does_not_allow() {
         }
     }
 }
+
+/// Proves that the OpenAPI document and the router agree: the document describes every route
+/// but the test hook, with exactly the methods the router takes (HEAD aside), and marks
+/// exactly the router's public routes as needing no token (`security: []`).
+#[test]
+fn the_openapi_document_describes_each_route_with_its_access() {
+    let doc: serde_json::Value =
+        serde_json::from_str(wallet::http::docs::OPENAPI_JSON).expect("openapi.json is JSON");
+    let default_needs_token = doc["security"].as_array().is_some_and(|s| !s.is_empty());
+    let paths = doc["paths"].as_object().expect("paths");
+    let routes = routes(false);
+    assert_eq!(paths.len(), routes.len(), "one path per route");
+    for route in &routes {
+        let ops = paths
+            .get(route.template)
+            .unwrap_or_else(|| panic!("{} is not in openapi.json", route.template));
+        let documented: Vec<String> = ops
+            .as_object()
+            .expect("operations")
+            .keys()
+            .map(|m| m.to_uppercase())
+            .collect();
+        let routed: Vec<String> = route
+            .methods
+            .iter()
+            .filter(|(m, _)| *m != "HEAD")
+            .map(|(m, _)| m.to_string())
+            .collect();
+        assert_eq!(documented, routed, "{}", route.template);
+        for &(method, access) in route.methods.iter().filter(|(m, _)| *m != "HEAD") {
+            let op = &ops[method.to_lowercase()];
+            let needs_token = match op.get("security") {
+                Some(s) => s.as_array().is_some_and(|s| !s.is_empty()),
+                None => default_needs_token,
+            };
+            let what = format!("{method} {}", route.template);
+            assert_eq!(needs_token, access != Access::Public, "{what}");
+        }
+    }
+}
