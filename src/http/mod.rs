@@ -2,143 +2,35 @@
 //! becomes a 500 for that request only), with one log line and the metrics.
 
 pub mod docs;
+mod gate;
 pub mod handlers;
 pub mod request;
 pub mod response;
 pub mod router;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use tiny_http::{ConnectionLimits, HeadLimits, Header, Response, Server};
 
+use crate::accounts::AuthUser;
+use crate::config::ServeArgs;
 use crate::error::AppError;
 use crate::service::Service;
+use gate::{BodyBudget, Gate, Permit};
+use handlers::Params;
 use request::Incoming;
 use response::{error_reply, Body, Reply};
+use router::{Handler, StaffUser};
 
 pub struct HttpServer {
     server: Option<Server>,
-    /// Every request from the moment its head is read until it is answered (bodies are read
-    /// before a request takes a place in `gate`): what a graceful stop waits for.
-    in_flight: Arc<Gate>,
-    gate: Arc<Gate>,
-    password_gate: Arc<Gate>,
-    stopping: Arc<AtomicBool>,
+    intake: Arc<Intake>,
     pub addr: SocketAddr,
 }
-
-/// Bounds the requests handled at once: `--threads` places for most routes, and a gate of its
-/// own for logins and registrations. Each request runs on the thread that read it from its
-/// connection (a tiny_http patch), so the gates are the bound on concurrent handlers, under
-/// `--connections-max`.
-struct Gate {
-    state: Mutex<GateState>,
-    /// Signalled when the last place is given back, for `drain`.
-    idle: Condvar,
-    max: usize,
-}
-
-#[derive(Default)]
-struct GateState {
-    busy: usize,
-    /// Requests waiting for a place, oldest first. A place given back goes straight to the
-    /// oldest: first come, first served, and one thread woken per place (waking every waiter
-    /// for each place made 256 clients slower than 64).
-    waiting: std::collections::VecDeque<Arc<Waiter>>,
-    /// Whether `drain` is waiting (only then is the last place's return signalled).
-    draining: bool,
-}
-
-struct Waiter {
-    thread: std::thread::Thread,
-    granted: AtomicBool,
-}
-
-impl Gate {
-    fn new(max: usize) -> Gate {
-        Gate {
-            state: Mutex::new(GateState::default()),
-            idle: Condvar::new(),
-            max: max.max(1),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn enter(&self) -> Permit<'_> {
-        let waiter = {
-            let mut state = self.lock();
-            if state.busy < self.max && state.waiting.is_empty() {
-                state.busy += 1;
-                return Permit(self);
-            }
-            let waiter = Arc::new(Waiter {
-                thread: std::thread::current(),
-                granted: AtomicBool::new(false),
-            });
-            state.waiting.push_back(waiter.clone());
-            waiter
-        };
-        // `park` may return spuriously; the place is ours once `granted` is set.
-        while !waiter.granted.load(Ordering::Acquire) {
-            std::thread::park();
-        }
-        Permit(self)
-    }
-
-    /// A place if one is free now.
-    fn try_enter(&self) -> Option<Permit<'_>> {
-        let mut state = self.lock();
-        if state.busy >= self.max || !state.waiting.is_empty() {
-            return None;
-        }
-        state.busy += 1;
-        Some(Permit(self))
-    }
-
-    /// Gives a place back: to the oldest waiter if there is one, else to the pool.
-    fn release(&self) {
-        let mut state = self.lock();
-        match state.waiting.pop_front() {
-            Some(next) => {
-                next.granted.store(true, Ordering::Release);
-                next.thread.unpark();
-            }
-            None => {
-                state.busy -= 1;
-                if state.busy == 0 && state.draining {
-                    self.idle.notify_all();
-                }
-            }
-        }
-    }
-
-    /// Waits until no request is being handled, or `deadline`; says whether none is.
-    fn drain(&self, deadline: Instant) -> bool {
-        let mut state = self.lock();
-        state.draining = true;
-        while state.busy > 0 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            state = self
-                .idle
-                .wait_timeout(state, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        true
-    }
-}
-
-struct Permit<'a>(&'a Gate);
 
 /// Bytes of a request head at most (request line and header fields); a larger one is 431.
 pub const REQUEST_HEAD_BYTES_MAX: usize = 16 * 1024;
@@ -151,59 +43,6 @@ pub const REQUEST_BODIES_BYTES_MAX: usize = 32 * 1024 * 1024;
 const _: () = assert!(REQUEST_HEADERS_MAX <= tiny_http::HEADERS_MAX_CEILING);
 // The largest body `--request-body-bytes-max` allows must fit in the budget on its own.
 const _: () = assert!(REQUEST_BODIES_BYTES_MAX >= crate::config::REQUEST_BODY_BYTES_MAX_CEILING);
-
-/// Bytes of bodies being read or handled, against `REQUEST_BODIES_BYTES_MAX`.
-struct BodyBudget {
-    reserved_bytes: Mutex<usize>,
-    bytes_max: usize,
-}
-
-/// A reservation in the `BodyBudget`, given back when the request is done.
-struct Reserved<'a>(&'a BodyBudget, usize);
-
-impl Reserved<'_> {
-    /// Reserves `bytes` more for this request; false when the budget has no room for them.
-    fn grow(&mut self, bytes: usize) -> bool {
-        let mut reserved = self
-            .0
-            .reserved_bytes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        match reserved.checked_add(bytes) {
-            Some(after) if after <= self.0.bytes_max => {
-                *reserved = after;
-                self.1 += bytes;
-                true
-            }
-            _ => false,
-        }
-    }
-}
-
-impl BodyBudget {
-    fn new(bytes_max: usize) -> BodyBudget {
-        BodyBudget {
-            reserved_bytes: Mutex::new(0),
-            bytes_max,
-        }
-    }
-
-    /// A reservation of nothing yet, grown as the body arrives (`Reserved::grow`).
-    fn nothing_reserved(&self) -> Reserved<'_> {
-        Reserved(self, 0)
-    }
-}
-
-impl Drop for Reserved<'_> {
-    fn drop(&mut self) {
-        let mut reserved = self
-            .0
-            .reserved_bytes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        *reserved -= self.1;
-    }
-}
 
 /// How long a refused login waits before its 503 goes out. A flood that ignores `Retry-After`
 /// then gets at most 10 refusals per second per connection; without it, 64 flooding clients
@@ -219,12 +58,6 @@ fn hashes_password(url: &str) -> bool {
     )
 }
 
-impl Drop for Permit<'_> {
-    fn drop(&mut self) {
-        self.0.release();
-    }
-}
-
 impl HttpServer {
     pub fn start(
         svc: Arc<Service>,
@@ -233,119 +66,17 @@ impl HttpServer {
         test_hooks: bool,
     ) -> Result<HttpServer, String> {
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let timeout = Some(Duration::from_millis(svc.config.serve.socket_timeout_ms));
-        let serve = &svc.config.serve;
-        let mut unlimited_addresses = vec![
-            std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST),
-            std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
-        ];
-        unlimited_addresses.extend(serve.trusted_proxy.map(|ip| ip.to_canonical()));
-        let limits = ConnectionLimits {
-            read_timeout: timeout,
-            write_timeout: timeout,
-            connections_max: serve.connections_max as usize,
-            connections_per_address_max: serve.connections_per_address_max as usize,
-            unlimited_addresses,
-            head: HeadLimits {
-                bytes_max: REQUEST_HEAD_BYTES_MAX,
-                headers_max: REQUEST_HEADERS_MAX,
-                timeout: Some(Duration::from_millis(serve.request_head_timeout_ms)),
-                read_timeout: timeout,
-            },
-        };
-        let reading = Arc::new(BodyBudget::new(REQUEST_BODIES_BYTES_MAX));
-        let body_bytes_max = usize::try_from(serve.request_body_bytes_max).unwrap_or(usize::MAX);
-        let body_deadline = Duration::from_millis(serve.socket_timeout_ms);
-        let trusted_proxy = serve.trusted_proxy;
-        let gate = Arc::new(Gate::new(threads));
-        // Logins and registrations wait for the hashing threads (up to a second in a login
-        // storm); with their own places they never take those of money movements, which cost
-        // transfers 41% of their rate in a 64-client storm when they shared one gate.
-        let password_gate = Arc::new(Gate::new(
-            crate::accounts::HASH_WAITERS_MAX + svc.config.hash_threads,
-        ));
-        let stopping = Arc::new(AtomicBool::new(false));
-        let in_flight = Arc::new(Gate::new(usize::MAX));
+        let limits = connection_limits(&svc.config.serve);
+        let intake = Arc::new(Intake::new(&svc, threads, test_hooks));
         let handler: tiny_http::InlineHandler = {
-            let (in_flight, gate, password_gate, stopping) = (
-                in_flight.clone(),
-                gate.clone(),
-                password_gate.clone(),
-                stopping.clone(),
-            );
-            // Connection threads outlive `stop` until their clients hang up or time out; a
-            // weak handle lets the service (and its writer) end when the app shuts down.
-            let svc = Arc::downgrade(&svc);
-            Arc::new(move |mut rq| {
-                let shutting_down = |rq: tiny_http::Request| {
-                    let reply = error_reply(&AppError::Unavailable("the server is shutting down"));
-                    respond(rq, reply, "-");
-                };
-                // From here the request is in flight: a graceful stop lets it finish. Entered
-                // before the check, so that a stop either sees it or refuses it.
-                let in_flight = in_flight.enter();
-                if stopping.load(Ordering::SeqCst) {
-                    return shutting_down(rq);
-                }
-                let started = Instant::now();
-                // The body is read before the request takes a place, so that clients dripping
-                // bodies hold only their own connections. The bytes of the bodies being read (and
-                // handled) at once are bounded instead, reserved as they arrive: a client that
-                // declares a large body and sends none of it reserves nothing.
-                let mut incoming = Incoming::from_head(&rq, trusted_proxy);
-                let mut reserved = reading.nothing_reserved();
-                let read_error = incoming
-                    .read_body(&mut rq, body_bytes_max, body_deadline, &mut |bytes| {
-                        reserved.grow(bytes)
-                    })
-                    .err();
-                if read_error.is_some() {
-                    // What is left of the body would be read as the next request.
-                    rq.close_connection();
-                }
-                let place = if hashes_password(rq.url()) {
-                    // A full password gate means the hashing threads are saturated: refuse,
-                    // like the hashing queue does, rather than hold the client in a queue. The
-                    // refusal is held back a little (the thread sleeps, using no CPU), so a
-                    // client that ignores `Retry-After` cannot turn cheap refusals into a flood
-                    // that takes the CPU from money movements.
-                    match password_gate.try_enter() {
-                        Some(permit) => permit,
-                        None => {
-                            std::thread::sleep(Duration::from_millis(REFUSAL_DELAY_MS));
-                            let reply = error_reply(&AppError::Unavailable(
-                                "too many logins at once; try again",
-                            ));
-                            respond(rq, reply, &incoming.request_id);
-                            return;
-                        }
-                    }
-                } else {
-                    gate.enter()
-                };
-                // A stop that began while this request was read or waited its turn waits for it
-                // (it is in flight), up to the grace period.
-                match svc.upgrade() {
-                    Some(svc) => {
-                        let request = Handled {
-                            incoming,
-                            read_error,
-                            started,
-                        };
-                        handle(&svc, rq, request, (place, reserved, in_flight), test_hooks)
-                    }
-                    None => shutting_down(rq),
-                }
-            })
+            let intake = intake.clone();
+            Arc::new(move |rq| intake.take(rq))
         };
         let server = Server::from_listener_with_handler(listener, limits, handler)
             .map_err(|e| format!("cannot serve on {addr}: {e}"))?;
         Ok(HttpServer {
             server: Some(server),
-            in_flight,
-            gate,
-            password_gate,
-            stopping,
+            intake,
             addr,
         })
     }
@@ -353,16 +84,155 @@ impl HttpServer {
     /// Stops accepting connections, answers new requests 503, and waits up to `grace` for the
     /// requests being handled to finish.
     pub fn stop(mut self, grace: Duration) {
-        self.stopping.store(true, Ordering::SeqCst);
+        let intake = &self.intake;
+        intake.stopping.store(true, Ordering::SeqCst);
         drop(self.server.take());
         let deadline = Instant::now() + grace;
-        if !(self.in_flight.drain(deadline)
-            && self.gate.drain(deadline)
-            && self.password_gate.drain(deadline))
+        if !(intake.in_flight.drain(deadline)
+            && intake.gate.drain(deadline)
+            && intake.password_gate.drain(deadline))
         {
             crate::log::error("http: requests still running after the shutdown grace period");
         }
     }
+}
+
+/// What the server asks of connections: timeouts, how many at once (loopback and the trusted
+/// proxy unlimited per address), and the bounds of a request head.
+fn connection_limits(serve: &ServeArgs) -> ConnectionLimits {
+    let timeout = Some(Duration::from_millis(serve.socket_timeout_ms));
+    let mut unlimited_addresses = vec![
+        IpAddr::from(std::net::Ipv4Addr::LOCALHOST),
+        IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+    ];
+    unlimited_addresses.extend(serve.trusted_proxy.map(|ip| ip.to_canonical()));
+    ConnectionLimits {
+        read_timeout: timeout,
+        write_timeout: timeout,
+        connections_max: serve.connections_max as usize,
+        connections_per_address_max: serve.connections_per_address_max as usize,
+        unlimited_addresses,
+        head: HeadLimits {
+            bytes_max: REQUEST_HEAD_BYTES_MAX,
+            headers_max: REQUEST_HEADERS_MAX,
+            timeout: Some(Duration::from_millis(serve.request_head_timeout_ms)),
+            read_timeout: timeout,
+        },
+    }
+}
+
+/// What the connection threads share to take requests in: the gates, the body budget and the
+/// body limits.
+struct Intake {
+    /// Connection threads outlive `stop` until their clients hang up or time out; a weak
+    /// handle lets the service (and its writer) end when the app shuts down.
+    svc: Weak<Service>,
+    /// Every request from the moment its head is read until it is answered (bodies are read
+    /// before a request takes a place in `gate`): what a graceful stop waits for.
+    in_flight: Gate,
+    gate: Gate,
+    /// Logins and registrations wait for the hashing threads (up to a second in a login
+    /// storm); with their own places they never take those of money movements, which cost
+    /// transfers 41% of their rate in a 64-client storm when they shared one gate.
+    password_gate: Gate,
+    stopping: AtomicBool,
+    reading: BodyBudget,
+    body_bytes_max: usize,
+    body_deadline: Duration,
+    trusted_proxy: Option<IpAddr>,
+    test_hooks: bool,
+}
+
+impl Intake {
+    fn new(svc: &Arc<Service>, threads: usize, test_hooks: bool) -> Intake {
+        let serve = &svc.config.serve;
+        Intake {
+            svc: Arc::downgrade(svc),
+            in_flight: Gate::new(usize::MAX),
+            gate: Gate::new(threads),
+            password_gate: Gate::new(crate::accounts::HASH_WAITERS_MAX + svc.config.hash_threads),
+            stopping: AtomicBool::new(false),
+            reading: BodyBudget::new(REQUEST_BODIES_BYTES_MAX),
+            body_bytes_max: usize::try_from(serve.request_body_bytes_max).unwrap_or(usize::MAX),
+            body_deadline: Duration::from_millis(serve.socket_timeout_ms),
+            trusted_proxy: serve.trusted_proxy,
+            test_hooks,
+        }
+    }
+
+    /// Takes a request in on its connection's thread: reads its body, waits for its place,
+    /// and handles it.
+    fn take(&self, mut rq: tiny_http::Request) {
+        // From here the request is in flight: a graceful stop lets it finish. Entered before
+        // the check, so that a stop either sees it or refuses it.
+        let in_flight = self.in_flight.enter();
+        if self.stopping.load(Ordering::SeqCst) {
+            return shutting_down(rq);
+        }
+        let started = Instant::now();
+        // The body is read before the request takes a place, so that clients dripping bodies
+        // hold only their own connections. The bytes of the bodies being read (and handled)
+        // at once are bounded instead, reserved as they arrive: a client that declares a
+        // large body and sends none of it reserves nothing.
+        let mut incoming = Incoming::from_head(&rq, self.trusted_proxy);
+        let mut reserved = self.reading.nothing_reserved();
+        let read_error = incoming
+            .read_body(
+                &mut rq,
+                self.body_bytes_max,
+                self.body_deadline,
+                &mut |bytes| reserved.grow(bytes),
+            )
+            .err();
+        if read_error.is_some() {
+            // What is left of the body would be read as the next request.
+            rq.close_connection();
+        }
+        let Some(place) = self.place_for(rq.url()) else {
+            return refuse_login(rq, &incoming.request_id);
+        };
+        // A stop that began while this request was read or waited its turn waits for it (it
+        // is in flight), up to the grace period.
+        match self.svc.upgrade() {
+            Some(svc) => {
+                let request = Handled {
+                    incoming,
+                    read_error,
+                    started,
+                };
+                let held = (place, reserved, in_flight);
+                handle(&svc, rq, request, held, self.test_hooks)
+            }
+            None => shutting_down(rq),
+        }
+    }
+
+    /// A place to handle a request in: in the password gate for logins and registrations,
+    /// none if it is full; else in the main gate, waiting for one.
+    fn place_for(&self, url: &str) -> Option<Permit<'_>> {
+        if hashes_password(url) {
+            // A full password gate means the hashing threads are saturated: refuse, like the
+            // hashing queue does, rather than hold the client in a queue.
+            self.password_gate.try_enter()
+        } else {
+            Some(self.gate.enter())
+        }
+    }
+}
+
+/// The answer to a request that arrives while the server stops.
+fn shutting_down(rq: tiny_http::Request) {
+    let reply = error_reply(&AppError::Unavailable("the server is shutting down"));
+    respond(rq, reply, "-");
+}
+
+/// The answer to a login or registration that found the password gate full. It is held back
+/// a little (the thread sleeps, using no CPU), so a client that ignores `Retry-After` cannot
+/// turn cheap refusals into a flood that takes the CPU from money movements.
+fn refuse_login(rq: tiny_http::Request, request_id: &str) {
+    std::thread::sleep(Duration::from_millis(REFUSAL_DELAY_MS));
+    let reply = error_reply(&AppError::Unavailable("too many logins at once; try again"));
+    respond(rq, reply, request_id);
 }
 
 /// A request read from its connection, to be handled.
@@ -394,26 +264,9 @@ fn handle(
     let result = match (matched, read_error) {
         (_, Some(e)) => Err(e),
         (None, None) => Err(AppError::NotFound("route")),
-        (Some(m), None) => router::handler_for(&m, &incoming.method).and_then(|handler| {
-            catch_unwind(AssertUnwindSafe(|| handler(svc, &incoming, &m.params))).unwrap_or_else(
-                |_| {
-                    svc.metrics.panics.inc();
-                    Err(AppError::Internal("handler panicked".into()))
-                },
-            )
-        }),
+        (Some(m), None) => run(svc, &incoming, &m),
     };
-    let reply = result.unwrap_or_else(|e| {
-        match &e {
-            AppError::Internal(cause) => crate::log::error(&format!(
-                "request {} {} {template}: {cause}",
-                incoming.request_id, incoming.method
-            )),
-            AppError::Unavailable(_) | AppError::Storage(_) => svc.metrics.unavailable.inc(),
-            _ => {}
-        }
-        error_reply(&e)
-    });
+    let reply = result.unwrap_or_else(|e| error_answer(svc, &incoming, template, &e));
     let status = reply.status;
     incoming.body = Vec::new();
     drop(held);
@@ -428,6 +281,50 @@ fn handle(
             incoming.request_id
         ));
     }
+}
+
+/// Runs the route's handler for the request's method (405 if it has none); a panic in it is
+/// a 500 for this request only.
+fn run(svc: &Service, rq: &Incoming, m: &router::Matched) -> Result<Reply, AppError> {
+    let handler = router::handler_for(m, &rq.method)?;
+    catch_unwind(AssertUnwindSafe(|| call(svc, rq, &m.params, handler))).unwrap_or_else(|_| {
+        svc.metrics.panics.inc();
+        Err(AppError::Internal("handler panicked".into()))
+    })
+}
+
+/// The reply to an error, once its cause is logged (an internal error) or counted (a refusal
+/// for want of capacity or storage).
+fn error_answer(svc: &Service, rq: &Incoming, template: &str, e: &AppError) -> Reply {
+    match e {
+        AppError::Internal(cause) => crate::log::error(&format!(
+            "request {} {} {template}: {cause}",
+            rq.request_id, rq.method
+        )),
+        AppError::Unavailable(_) | AppError::Storage(_) => svc.metrics.unavailable.inc(),
+        _ => {}
+    }
+    error_reply(e)
+}
+
+/// Runs a route's handler once its caller is who the route allows: the one place a request is
+/// authenticated.
+fn call(
+    svc: &Service,
+    rq: &Incoming,
+    params: &Params,
+    handler: Handler,
+) -> Result<Reply, AppError> {
+    match handler {
+        Handler::Public(run) => run(svc, rq, params),
+        Handler::User(run) => run(svc, rq, params, &caller(svc, rq)?),
+        Handler::Staff(run) => run(svc, rq, params, &StaffUser::check(caller(svc, rq)?)?),
+    }
+}
+
+/// The user whose token the request carries: 401 without a token or with one that is not valid.
+fn caller(svc: &Service, rq: &Incoming) -> Result<AuthUser, AppError> {
+    svc.authenticate(rq.token().ok_or(AppError::Unauthorized)?)
 }
 
 fn respond(rq: tiny_http::Request, reply: Reply, request_id: &str) {
@@ -458,22 +355,7 @@ fn respond(rq: tiny_http::Request, reply: Reply, request_id: &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::{hashes_password, BodyBudget};
-
-    #[test]
-    fn the_body_budget_bounds_what_is_reserved_at_once() {
-        let budget = BodyBudget::new(100);
-        let mut a = budget.nothing_reserved();
-        let mut b = budget.nothing_reserved();
-        assert!(a.grow(60));
-        assert!(!b.grow(41), "past the budget");
-        assert!(b.grow(40));
-        assert!(!a.grow(1));
-        drop(a);
-        assert!(b.grow(60), "a reservation is given back when dropped");
-        drop(b);
-        assert_eq!(*budget.reserved_bytes.lock().unwrap(), 0);
-    }
+    use super::hashes_password;
 
     #[test]
     fn every_spelling_of_the_login_path_takes_the_login_gate() {

@@ -34,25 +34,12 @@ impl Incoming {
                 .map(|h| h.value.as_str().to_string())
         };
         let request_id = header("X-Request-Id")
-            .filter(|id| {
-                !id.is_empty()
-                    && id.len() <= REQUEST_ID_CHARS_MAX
-                    && id
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-            })
+            .filter(|id| is_request_id(id))
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         let url = rq.url().to_string();
         let raw_query = url.split_once('?').map_or("", |(_, q)| q);
         let path = path_of(&url).to_string();
-        let query = raw_query
-            .split('&')
-            .filter(|kv| !kv.is_empty())
-            .map(|kv| {
-                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                (percent_decode(k), percent_decode(v))
-            })
-            .collect();
+        let query = parse_query(raw_query);
         // A proxy that appends a line of its own (HAProxy's `option forwardfor`) leaves the
         // client's lines before it: the last line is the one the proxy wrote.
         let forwarded_for = rq
@@ -201,6 +188,28 @@ impl Incoming {
         let known = scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer");
         (known && !token.is_empty() && token.len() <= TOKEN_CHARS_MAX).then_some(token)
     }
+}
+
+/// Whether a client's `X-Request-Id` may be echoed back: short, and of characters that are
+/// safe in a header and a log line.
+fn is_request_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= REQUEST_ID_CHARS_MAX
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
+
+/// The `name=value` pairs of a query string, decoded, in order.
+fn parse_query(raw_query: &str) -> Vec<(String, String)> {
+    raw_query
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
 }
 
 /// Reads any JSON value and fails on an object that repeats a key, at any depth.

@@ -1,6 +1,7 @@
 //! Integration tests: one binary, so the crate compiles once. Each test starts the real server
 //! on 127.0.0.1:0 with its own temporary database and talks HTTP to it.
 
+mod access;
 mod accounts;
 mod binary;
 mod concurrency;
@@ -10,6 +11,7 @@ mod edge;
 mod framing;
 mod helpers;
 mod hostile;
+mod layering;
 mod migration;
 mod operations;
 mod properties;

@@ -1,0 +1,153 @@
+//! The caller's own wallet: its summary, deposits, withdrawals, transfers, history and
+//! balance.
+
+use serde_json::json;
+
+use super::{
+    entry_json, page_params, parse_money_body, query_time, validated_but_missing, wallet_json,
+    withdrawal_json, MoneyRoute, Params,
+};
+use crate::accounts::AuthUser;
+use crate::domain::EntryKind;
+use crate::error::AppError;
+use crate::http::request::Incoming;
+use crate::http::response::Reply;
+use crate::ledger::queries::HistoryQuery;
+use crate::ledger::TransferRequest;
+use crate::service::{Service, WithdrawResult};
+
+pub fn show(svc: &Service, _: &Incoming, _: &Params, user: &AuthUser) -> Result<Reply, AppError> {
+    let (w, recent) = svc.wallet(user.user_id)?;
+    Ok(Reply::json(
+        200,
+        wallet_json(&w, &recent, &svc.config.currency),
+    ))
+}
+
+pub fn deposit(
+    svc: &Service,
+    rq: &Incoming,
+    _: &Params,
+    user: &AuthUser,
+) -> Result<Reply, AppError> {
+    let body = parse_money_body(rq, MoneyRoute::Deposit, &svc.config.currency)?;
+    let out = svc.deposit(user, body.movement)?;
+    Ok(Reply::created_or_replayed(
+        201,
+        out.replayed,
+        entry_json(&out.value, &svc.config.currency),
+    ))
+}
+
+pub fn withdraw(
+    svc: &Service,
+    rq: &Incoming,
+    _: &Params,
+    user: &AuthUser,
+) -> Result<Reply, AppError> {
+    let body = parse_money_body(rq, MoneyRoute::Withdraw, &svc.config.currency)?;
+    let out = svc.withdraw(user, body.movement, body.scheduled_at)?;
+    let c = &svc.config.currency;
+    Ok(match out.value {
+        WithdrawResult::Now(e) => Reply::created_or_replayed(201, out.replayed, entry_json(&e, c)),
+        WithdrawResult::Scheduled(w) => {
+            Reply::created_or_replayed(202, out.replayed, withdrawal_json(&w, c))
+        }
+    })
+}
+
+pub fn transfer(
+    svc: &Service,
+    rq: &Incoming,
+    _: &Params,
+    user: &AuthUser,
+) -> Result<Reply, AppError> {
+    let body = parse_money_body(rq, MoneyRoute::Transfer, &svc.config.currency)?;
+    let (to, movement) = (body.to.ok_or_else(validated_but_missing)?, body.movement);
+    let out = svc.transfer(user, TransferRequest { to, movement })?;
+    let c = &svc.config.currency;
+    let body = json!({
+        "transfer_out": entry_json(&out.value.transfer_out, c),
+        "transfer_in": entry_json(&out.value.transfer_in, c),
+    });
+    Ok(Reply::created_or_replayed(201, out.replayed, body))
+}
+
+pub(super) fn history_reply(
+    svc: &Service,
+    rq: &Incoming,
+    wallet_key: i64,
+) -> Result<Reply, AppError> {
+    let (limit, offset) = page_params(rq)?;
+    let mut errors = crate::error::FieldErrors::default();
+    let before_seq = rq.query("cursor").and_then(|s| {
+        errors.check(
+            "cursor",
+            s.parse::<i64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| "is not a cursor from next_cursor".to_string()),
+        )
+    });
+    let kind = rq.query("type").and_then(|s| {
+        errors.check(
+            "type",
+            EntryKind::parse(s).ok_or_else(|| {
+                "must be one of DEPOSIT, WITHDRAWAL, TRANSFER_IN, TRANSFER_OUT, REFUND".to_string()
+            }),
+        )
+    });
+    let from = rq
+        .query("from")
+        .and_then(|s| errors.check("from", query_time(s)));
+    let to = rq
+        .query("to")
+        .and_then(|s| errors.check("to", query_time(s)));
+    errors.into_result()?;
+    let q = HistoryQuery {
+        limit,
+        offset,
+        before_seq,
+        kind,
+        from,
+        to,
+    };
+    let page = svc.history(wallet_key, &q)?;
+    let c = &svc.config.currency;
+    Ok(Reply::json(
+        200,
+        json!({
+            "count": page.count,
+            "limit": limit,
+            "offset": offset,
+            "results": page.results.iter().map(|e| entry_json(e, c)).collect::<Vec<_>>(),
+            "next_cursor": page.next_before_seq.map(|s| s.to_string()),
+        }),
+    ))
+}
+
+pub fn transactions(
+    svc: &Service,
+    rq: &Incoming,
+    _: &Params,
+    user: &AuthUser,
+) -> Result<Reply, AppError> {
+    history_reply(svc, rq, user.wallet.key)
+}
+
+pub fn balance(
+    svc: &Service,
+    rq: &Incoming,
+    _: &Params,
+    user: &AuthUser,
+) -> Result<Reply, AppError> {
+    let at = rq
+        .query("at")
+        .map(|s| query_time(s).map_err(|m| AppError::field("at", m)))
+        .transpose()?;
+    let (balance, at) = svc.balance_at(&user.wallet, at)?;
+    Ok(Reply::json(
+        200,
+        json!({"balance": svc.config.currency.format(balance), "at": at.to_text()}),
+    ))
+}
