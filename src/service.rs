@@ -219,7 +219,7 @@ impl Service {
     fn count_money<T: Clone>(&self, out: &Outcome<T>, entries: impl Fn(T) -> Vec<Entry>) {
         if !out.replayed {
             for e in entries(out.value.clone()) {
-                self.metrics.money_moved(e.kind, e.amount);
+                self.metrics.money_moved(e.kind, e.amount.get());
             }
         }
     }
@@ -301,7 +301,7 @@ impl Service {
             let out = ledger::deposit(conn, now, &currency, &wallet, &m)?;
             if !out.replayed {
                 let detail =
-                    serde_json::json!({"entry_id": out.value.id, "amount": out.value.amount})
+                    serde_json::json!({"entry_id": out.value.id, "amount": out.value.amount.get()})
                         .to_string();
                 audit(
                     conn,
