@@ -12,7 +12,8 @@ use crate::clock::{ClockReport, GuardedClock, Wakeup, WALL_LEAP_MS_MAX};
 use crate::config::Config;
 use crate::db::{Pool, Writer};
 use crate::domain::{
-    Email, Password, PayoutResolution, StaffReason, Timestamp, Username, WithdrawalStatus,
+    Email, MinorUnits, Password, PayoutResolution, StaffReason, Timestamp, Username,
+    WithdrawalStatus,
 };
 use crate::error::{AppError, StorageFault};
 use crate::jobs::payout::InFlight;
@@ -232,7 +233,7 @@ impl Service {
         &self,
         wallet: &WalletRef,
         at: Option<Timestamp>,
-    ) -> Result<(i64, Timestamp), AppError> {
+    ) -> Result<(MinorUnits, Timestamp), AppError> {
         let now = self.now();
         let conn = self.read()?;
         match at {

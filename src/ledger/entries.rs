@@ -8,6 +8,20 @@ use super::kinds;
 use crate::domain::{EntryKind, Metadata, MinorUnits, Money, Timestamp};
 use crate::error::AppError;
 
+// Money is stored as INTEGER minor units. The impls live here, not in `domain`, which knows
+// nothing of SQL.
+impl rusqlite::ToSql for MinorUnits {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.get().into())
+    }
+}
+
+impl rusqlite::types::FromSql for MinorUnits {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        i64::column_result(v).map(MinorUnits::new)
+    }
+}
+
 /// One ledger entry ("transaction" in the API).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -55,8 +69,8 @@ pub fn entry_from_row(r: &Row<'_>) -> rusqlite::Result<Entry> {
             "kind".into(),
             rusqlite::types::Type::Text,
         ))?,
-        amount: MinorUnits::new(r.get(4)?),
-        balance_after: MinorUnits::new(r.get(5)?),
+        amount: r.get(4)?,
+        balance_after: r.get(5)?,
         reference: r.get(6)?,
         counterparty_user_id: r.get(7)?,
         transfer_id: r.get(8)?,
@@ -186,22 +200,19 @@ fn move_balance(
     delta: MinorUnits,
 ) -> Result<Option<MinorUnits>, AppError> {
     let balance_ceiling = i64::MAX - delta.get().max(0);
-    let moved: Option<i64> = conn
+    Ok(conn
         .prepare_cached(
             "UPDATE wallets SET balance = balance + ?2
              WHERE key = ?1 AND balance + ?2 >= 0 AND balance <= ?3
              RETURNING balance",
         )?
-        .query_row(params![wallet_key, delta.get(), balance_ceiling], |r| {
-            r.get(0)
-        })
-        .optional()?;
-    Ok(moved.map(MinorUnits::new))
+        .query_row(params![wallet_key, delta, balance_ceiling], |r| r.get(0))
+        .optional()?)
 }
 
 /// Why `move_balance` refused: a credit past the ceiling, or a debit larger than the balance.
 fn refusal(conn: &Connection, new: &NewEntry<'_>, delta: MinorUnits) -> Result<AppError, AppError> {
-    let balance: i64 = conn
+    let balance: MinorUnits = conn
         .prepare_cached("SELECT balance FROM wallets WHERE key = ?1")?
         .query_row([new.wallet.key], |r| r.get(0))?;
     if delta > MinorUnits::ZERO {
@@ -211,7 +222,7 @@ fn refusal(conn: &Connection, new: &NewEntry<'_>, delta: MinorUnits) -> Result<A
         ));
     }
     Ok(AppError::InsufficientFunds {
-        available: MinorUnits::new(balance).at_scale(new.amount.scale),
+        available: balance.at_scale(new.amount.scale),
         required: new.amount,
     })
 }
@@ -241,8 +252,8 @@ fn insert(
         entry.id,
         wallet_key,
         entry.kind.as_str(),
-        entry.amount.get(),
-        entry.balance_after.get(),
+        entry.amount,
+        entry.balance_after,
         entry.reference,
         entry.counterparty_user_id,
         entry.transfer_id,
@@ -298,7 +309,7 @@ pub fn net_between(
     wallet_key: i64,
     after: &str,
     upto: &str,
-) -> Result<i64, AppError> {
+) -> Result<MinorUnits, AppError> {
     Ok(conn
         .prepare_cached(&kinds::NET_BETWEEN_SQL)?
         .query_row(params![wallet_key, after, upto], |r| r.get(0))?)

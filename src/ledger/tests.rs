@@ -49,7 +49,7 @@ fn movement(amount: &str, reference: &str) -> Movement {
 }
 
 fn balance(conn: &Connection, w: &WalletRef) -> i64 {
-    queries::balance_now(conn, w.key).unwrap()
+    queries::balance_now(conn, w.key).unwrap().get()
 }
 
 fn entries_count(conn: &Connection) -> i64 {
@@ -203,4 +203,55 @@ fn entries_chain_their_hashes() {
         assert_eq!(entries::entry_hash(&prev, &e)[..], stored[..], "seq {seq}");
         prev.copy_from_slice(&stored);
     }
+}
+
+#[test]
+fn a_scheduled_withdrawal_moves_only_along_its_state_machine() {
+    // Cancelled while pending; taken, then failed by staff with its refund; failed at its time
+    // when the balance is short. Each final status refuses a further change.
+    use crate::domain::{PayoutResolution, WithdrawalStatus as S};
+    let (conn, alice, _) = ledger();
+    deposit(&conn, now(), &usd(), &alice, &movement("5.00", "d")).unwrap();
+    let (at, latest, later) = (
+        now().plus_millis(3_600_000),
+        now().plus_millis(86_400_000),
+        now().plus_millis(3_600_001),
+    );
+    let schedule = |reference: &str, amount: &str| {
+        let m = movement(amount, reference);
+        withdrawals::schedule(&conn, now(), &alice, &m, at, latest)
+            .unwrap()
+            .value
+    };
+    let w1 = schedule("w1", "3.00");
+    assert_eq!(w1.status, S::Pending);
+    let cancelled = withdrawals::cancel(&conn, now(), &alice.id, &w1.id).unwrap();
+    assert_eq!(cancelled.status, S::Cancelled);
+    assert!(matches!(
+        withdrawals::cancel(&conn, now(), &alice.id, &w1.id),
+        Err(AppError::Conflict(_))
+    ));
+
+    let w2 = schedule("w2", "3.00");
+    let taken = withdrawals::begin(&conn, later, &usd(), &w2.id, false).unwrap();
+    assert_eq!(taken.status, S::Processing);
+    assert_eq!(balance(&conn, &alice), 200);
+    let failed =
+        withdrawals::resolve(&conn, later, &usd(), &taken, PayoutResolution::Failed).unwrap();
+    assert_eq!(failed.status, S::Failed);
+    assert!(failed.refund_transaction_id.is_some());
+    assert_eq!(balance(&conn, &alice), 500);
+    assert!(matches!(
+        withdrawals::resolve(&conn, later, &usd(), &failed, PayoutResolution::Succeeded),
+        Err(AppError::Conflict(_))
+    ));
+
+    let w3 = schedule("w3", "6.00");
+    let short = withdrawals::begin(&conn, later, &usd(), &w3.id, false).unwrap();
+    assert_eq!(short.status, S::Failed);
+    assert_eq!(
+        short.error_message.as_deref(),
+        Some("insufficient funds at the scheduled time: available 5.00, required 6.00")
+    );
+    assert_eq!(balance(&conn, &alice), 500);
 }

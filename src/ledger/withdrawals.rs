@@ -24,7 +24,7 @@ use crate::error::AppError;
 pub struct Withdrawal {
     pub id: String,
     pub wallet_id: String,
-    pub amount: i64,
+    pub amount: MinorUnits,
     pub reference: String,
     pub metadata: Metadata,
     pub status: WithdrawalStatus,
@@ -159,7 +159,7 @@ pub fn schedule(
 ) -> Result<Outcome<Withdrawal>, AppError> {
     let wallet_id = wallet.id.as_str();
     if let Some(w) = find_by_reference(conn, wallet_id, m.reference.as_str())? {
-        let same = w.amount == m.amount.minor()
+        let same = w.amount == m.amount.units()
             && w.metadata == m.metadata
             && w.scheduled_at == scheduled_at;
         return if same {
@@ -284,7 +284,7 @@ pub fn begin(
         NewEntry {
             wallet: &wallet,
             kind: EntryKind::Withdrawal,
-            amount: currency.money(MinorUnits::new(w.amount)),
+            amount: currency.money(w.amount),
             reference: &w.reference,
             counterparty_user_id: None,
             transfer_id: None,
@@ -595,7 +595,7 @@ fn fail_and_refund(
         NewEntry {
             wallet: &wallet,
             kind: EntryKind::Refund,
-            amount: currency.money(MinorUnits::new(w.amount)),
+            amount: currency.money(w.amount),
             reference: &w.reference,
             counterparty_user_id: None,
             transfer_id: None,
