@@ -27,9 +27,11 @@ pub enum AppError {
     UnsupportedMediaType,
     /// Field name → messages.
     Validation(BTreeMap<String, Vec<String>>),
+    /// A debit larger than the balance. The numbers, not their text: `http::response` shows
+    /// them as the API shows money.
     InsufficientFunds {
-        available: String,
-        required: String,
+        available: crate::domain::Money,
+        required: crate::domain::Money,
     },
     RateLimited {
         retry_after_s: u64,

@@ -12,7 +12,8 @@ use crate::clock::{ClockReport, GuardedClock, Wakeup, WALL_LEAP_MS_MAX};
 use crate::config::Config;
 use crate::db::{Pool, Writer};
 use crate::domain::{
-    Email, Password, PayoutResolution, StaffReason, Timestamp, Username, WithdrawalStatus,
+    Email, MinorUnits, Password, PayoutResolution, StaffReason, Timestamp, Username,
+    WithdrawalStatus,
 };
 use crate::error::{AppError, StorageFault};
 use crate::jobs::payout::InFlight;
@@ -219,7 +220,7 @@ impl Service {
     fn count_money<T: Clone>(&self, out: &Outcome<T>, entries: impl Fn(T) -> Vec<Entry>) {
         if !out.replayed {
             for e in entries(out.value.clone()) {
-                self.metrics.money_moved(e.kind, e.amount);
+                self.metrics.money_moved(e.kind, e.amount.get());
             }
         }
     }
@@ -232,7 +233,7 @@ impl Service {
         &self,
         wallet: &WalletRef,
         at: Option<Timestamp>,
-    ) -> Result<(i64, Timestamp), AppError> {
+    ) -> Result<(MinorUnits, Timestamp), AppError> {
         let now = self.now();
         let conn = self.read()?;
         match at {
@@ -301,7 +302,7 @@ impl Service {
             let out = ledger::deposit(conn, now, &currency, &wallet, &m)?;
             if !out.replayed {
                 let detail =
-                    serde_json::json!({"entry_id": out.value.id, "amount": out.value.amount})
+                    serde_json::json!({"entry_id": out.value.id, "amount": out.value.amount.get()})
                         .to_string();
                 audit(
                     conn,

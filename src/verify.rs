@@ -94,18 +94,18 @@ pub fn verify(conn: &mut Connection) -> Result<VerifyReport, rusqlite::Error> {
             prev_hash = stored;
             let bal = running.entry(e.wallet_id.clone()).or_insert(0);
             *bal += if e.kind.is_credit() {
-                e.amount
+                e.amount.get()
             } else {
-                -e.amount
+                -e.amount.get()
             };
-            if *bal != e.balance_after {
+            if *bal != e.balance_after.get() {
                 report.find(format!(
                     "entry seq {} (id {}): balance_after {} but the entries before it sum to {}",
                     e.seq, e.id, e.balance_after, *bal
                 ));
-                *bal = e.balance_after;
+                *bal = e.balance_after.get();
             }
-            let a = i128::from(e.amount);
+            let a = i128::from(e.amount.get());
             use crate::domain::EntryKind::*;
             match e.kind {
                 Deposit => deposits += a,

@@ -8,9 +8,18 @@ use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use serde_json::Value;
 
+use super::money::{MinorUnits, Money};
+
 /// Longest amount text accepted before any parsing: far above any real amount, and it keeps
 /// a hostile million-digit number from reaching the decimal parser.
 pub const AMOUNT_TEXT_CHARS_MAX: usize = 40;
+// Every amount that fits i64 in minor units is short enough to be read: 19 digits and a point.
+const _: () = assert!(AMOUNT_TEXT_CHARS_MAX >= 20);
+// One unit at the largest scale fits i64 (`Currency::new` then checks the configured maximum
+// times 10^scale), and it matches schema.sql's `CHECK (scale BETWEEN 0 AND 8)` (tested in
+// `ledger::invariants`).
+const _: () = assert!(10i64.checked_pow(Currency::SCALE_MAX).is_some());
+const _: () = assert!(Currency::SCALE_MAX == 8);
 
 /// The deployment's currency: its code and how many fractional digits it has.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,10 +62,13 @@ impl Currency {
     }
 
     /// Formats minor units as the API shows money: exactly `scale` fractional digits.
-    pub fn format(&self, minor: i64) -> String {
-        let mut d = Decimal::new(minor, self.scale);
-        d.rescale(self.scale);
-        d.to_string()
+    pub fn format(&self, minor: impl Into<MinorUnits>) -> String {
+        self.money(minor.into()).to_string()
+    }
+
+    /// Minor units of this currency, with the scale that shows them.
+    pub fn money(&self, minor: MinorUnits) -> Money {
+        minor.at_scale(self.scale)
     }
 }
 
@@ -145,6 +157,10 @@ impl Amount {
 
     pub fn minor(self) -> i64 {
         self.0
+    }
+
+    pub fn units(self) -> MinorUnits {
+        MinorUnits::new(self.0)
     }
 }
 

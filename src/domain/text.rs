@@ -13,6 +13,13 @@ pub const PASSWORD_BYTES_MAX: usize = 1024;
 pub const NAME_CHARS_MAX: usize = 150;
 pub const REFERENCE_CHARS_MAX: usize = 255;
 pub const METADATA_BYTES_MAX: usize = 4096;
+// `entries.reference` and `withdrawals.reference` say `CHECK (length(reference) BETWEEN 1 AND
+// 255)` (tested in `ledger::invariants`), and an operator's reference is its prefix plus a
+// client's: the prefix must leave room for one.
+const _: () = assert!(REFERENCE_CHARS_MAX == 255);
+const _: () = assert!(OPERATOR_REFERENCE_PREFIX.len() < REFERENCE_CHARS_MAX);
+// Metadata is stored once per entry and hashed on every append: a few KiB at most.
+const _: () = assert!(METADATA_BYTES_MAX <= 64 * 1024);
 
 /// 3–150 letters, digits and `@.+-_`, held in Unicode NFKC form; compared by `username_key`.
 ///

@@ -70,6 +70,7 @@ pub fn error_reply(e: &AppError) -> Reply {
         AppError::PayloadTooLarge { limit_bytes } => (413, "payload_too_large", format!("request body is larger than {limit_bytes} bytes")),
         AppError::UnsupportedMediaType => (415, "unsupported_media_type", "request body must be application/json".into()),
         AppError::Validation(_) => (422, "validation_error", "some fields are missing or invalid".into()),
+        // The ledger gives numbers; they are shown here, as the API shows money.
         AppError::InsufficientFunds { available, required } => {
             (422, "insufficient_funds", format!("insufficient funds: available {available}, required {required}"))
         }
@@ -94,5 +95,29 @@ pub fn error_reply(e: &AppError) -> Reply {
         AppError::Unavailable(_) => reply.header("Retry-After", "1"),
         AppError::Storage(_) => reply.header("Retry-After", STORAGE_RETRY_AFTER_S.to_string()),
         _ => reply,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::MinorUnits;
+
+    #[test]
+    fn insufficient_funds_shows_money_as_the_api_does() {
+        // The ledger's numbers become the body clients have always read, scale digits and all.
+        let e = AppError::InsufficientFunds {
+            available: MinorUnits::new(1_050).at_scale(2),
+            required: MinorUnits::new(20_000).at_scale(2),
+        };
+        let reply = error_reply(&e);
+        assert_eq!(reply.status, 422);
+        let Body::Json(body) = reply.body else {
+            panic!("not JSON")
+        };
+        assert_eq!(
+            body.to_string(),
+            r#"{"error":{"code":"insufficient_funds","message":"insufficient funds: available 10.50, required 200.00"}}"#
+        );
     }
 }

@@ -4,8 +4,23 @@
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use sha2::{Digest, Sha256};
 
-use crate::domain::{EntryKind, Metadata, Timestamp};
+use super::kinds;
+use crate::domain::{EntryKind, Metadata, MinorUnits, Money, Timestamp};
 use crate::error::AppError;
+
+// Money is stored as INTEGER minor units. The impls live here, not in `domain`, which knows
+// nothing of SQL.
+impl rusqlite::ToSql for MinorUnits {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.get().into())
+    }
+}
+
+impl rusqlite::types::FromSql for MinorUnits {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        i64::column_result(v).map(MinorUnits::new)
+    }
+}
 
 /// One ledger entry ("transaction" in the API).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,8 +29,8 @@ pub struct Entry {
     pub id: String,
     pub wallet_id: String,
     pub kind: EntryKind,
-    pub amount: i64,
-    pub balance_after: i64,
+    pub amount: MinorUnits,
+    pub balance_after: MinorUnits,
     pub reference: String,
     pub counterparty_user_id: Option<i64>,
     pub transfer_id: Option<String>,
@@ -40,7 +55,7 @@ macro_rules! entry_from {
         "entries e JOIN wallets w ON w.key = e.wallet_key"
     };
 }
-use {entry_columns, entry_from};
+pub(crate) use {entry_columns, entry_from};
 
 pub fn entry_from_row(r: &Row<'_>) -> rusqlite::Result<Entry> {
     let kind: String = r.get(3)?;
@@ -76,7 +91,8 @@ pub struct WalletRef {
 pub struct NewEntry<'a> {
     pub wallet: &'a WalletRef,
     pub kind: EntryKind,
-    pub amount: i64,
+    /// Positive (an `Amount`), with the currency's scale for an `InsufficientFunds` error.
+    pub amount: Money,
     pub reference: &'a str,
     pub counterparty_user_id: Option<i64>,
     pub transfer_id: Option<&'a str>,
@@ -119,75 +135,36 @@ pub fn entry_hash(prev: &[u8], e: &Entry) -> [u8; 32] {
 /// Appends one entry and moves the wallet's balance to match, inside the caller's transaction.
 /// This is the only place a balance changes. A debit that would go below zero is
 /// `InsufficientFunds` and writes nothing.
-pub fn append(
-    conn: &Connection,
-    now: Timestamp,
-    new: NewEntry<'_>,
-    format: impl Fn(i64) -> String,
-) -> Result<Entry, AppError> {
-    Ok(append_after(conn, now, new, format, None)?.0)
+pub fn append(conn: &Connection, now: Timestamp, new: NewEntry<'_>) -> Result<Entry, AppError> {
+    Ok(append_after(conn, now, new, None)?.0)
 }
 
 /// `append`, given the chain head (position and hash) when the caller has just appended it
 /// itself, as a transfer does between its two halves: that saves looking it up. Returns the
 /// entry and its hash.
+///
+/// Two statements in the usual case (three without `head`): move the balance, insert the
+/// entry. A refusal costs one more read, to say what the balance was.
 pub fn append_after(
     conn: &Connection,
     now: Timestamp,
     new: NewEntry<'_>,
-    format: impl Fn(i64) -> String,
     head: Option<(i64, [u8; 32])>,
 ) -> Result<(Entry, [u8; 32]), AppError> {
-    let delta = if new.kind.is_credit() {
-        Some(new.amount)
-    } else {
-        new.amount.checked_neg()
-    }
-    .ok_or_else(|| AppError::internal("append", "amount out of range"))?;
-    // The balance moves first, in one statement that refuses to go below zero or past the
-    // largest i64; the entry that follows must then carry the new balance (the trigger
-    // `entries_balance_follows`). The ceiling is checked in the statement itself (a sum beyond
-    // i64 would otherwise become a REAL that the STRICT table refuses: a 500).
-    let balance_ceiling = i64::MAX - delta.max(0);
-    let moved: Option<i64> = conn
-        .prepare_cached(
-            "UPDATE wallets SET balance = balance + ?2
-             WHERE key = ?1 AND balance + ?2 >= 0 AND balance <= ?3
-             RETURNING balance",
-        )?
-        .query_row(params![new.wallet.key, delta, balance_ceiling], |r| {
-            r.get(0)
-        })
-        .optional()?;
-    let Some(balance_after) = moved else {
-        let balance: i64 = conn
-            .prepare_cached("SELECT balance FROM wallets WHERE key = ?1")?
-            .query_row([new.wallet.key], |r| r.get(0))?;
-        if delta > 0 {
-            return Err(AppError::field(
-                "amount",
-                "the balance would exceed the largest amount this ledger can hold",
-            ));
-        }
-        return Err(AppError::InsufficientFunds {
-            available: format(balance),
-            required: format(new.amount),
-        });
+    let delta = signed_delta(new.kind, new.amount.minor)?;
+    let Some(balance_after) = move_balance(conn, new.wallet.key, delta)? else {
+        return Err(refusal(conn, &new, delta)?);
     };
-    let (prev_seq, prev_hash): (i64, [u8; 32]) = match head {
+    let (prev_seq, prev_hash) = match head {
         Some(head) => head,
-        None => conn
-            .prepare_cached("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1")?
-            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?
-            .unwrap_or((0, GENESIS_HASH)),
+        None => chain_head(conn)?,
     };
     let entry = Entry {
         seq: prev_seq + 1,
         id: uuid::Uuid::now_v7().to_string(),
         wallet_id: new.wallet.id.clone(),
         kind: new.kind,
-        amount: new.amount,
+        amount: new.amount.minor,
         balance_after,
         reference: new.reference.to_string(),
         counterparty_user_id: new.counterparty_user_id,
@@ -196,6 +173,75 @@ pub fn append_after(
         created_at: now,
     };
     let hash = entry_hash(&prev_hash, &entry);
+    insert(conn, new.wallet.key, &entry, &hash)?;
+    assert!(balance_after >= MinorUnits::ZERO);
+    Ok((entry, hash))
+}
+
+/// How an entry moves its wallet's balance: up by a credit, down by a debit.
+fn signed_delta(kind: EntryKind, amount: MinorUnits) -> Result<MinorUnits, AppError> {
+    if kind.is_credit() {
+        Some(amount)
+    } else {
+        amount.checked_neg()
+    }
+    .ok_or_else(|| AppError::internal("append", "amount out of range"))
+}
+
+/// Moves the balance by `delta` and returns the new balance, or `None` (and changes nothing)
+/// when it would go below zero or past the largest i64.
+///
+/// The balance moves first, in one statement; the entry that follows must then carry the new
+/// balance (the trigger `entries_balance_follows`). The ceiling is checked in the statement
+/// itself (a sum beyond i64 would otherwise become a REAL that the STRICT table refuses: a 500).
+fn move_balance(
+    conn: &Connection,
+    wallet_key: i64,
+    delta: MinorUnits,
+) -> Result<Option<MinorUnits>, AppError> {
+    let balance_ceiling = i64::MAX - delta.get().max(0);
+    Ok(conn
+        .prepare_cached(
+            "UPDATE wallets SET balance = balance + ?2
+             WHERE key = ?1 AND balance + ?2 >= 0 AND balance <= ?3
+             RETURNING balance",
+        )?
+        .query_row(params![wallet_key, delta, balance_ceiling], |r| r.get(0))
+        .optional()?)
+}
+
+/// Why `move_balance` refused: a credit past the ceiling, or a debit larger than the balance.
+fn refusal(conn: &Connection, new: &NewEntry<'_>, delta: MinorUnits) -> Result<AppError, AppError> {
+    let balance: MinorUnits = conn
+        .prepare_cached("SELECT balance FROM wallets WHERE key = ?1")?
+        .query_row([new.wallet.key], |r| r.get(0))?;
+    if delta > MinorUnits::ZERO {
+        return Ok(AppError::field(
+            "amount",
+            "the balance would exceed the largest amount this ledger can hold",
+        ));
+    }
+    Ok(AppError::InsufficientFunds {
+        available: balance.at_scale(new.amount.scale),
+        required: new.amount,
+    })
+}
+
+/// The newest entry's position and hash, or the genesis of an empty ledger.
+fn chain_head(conn: &Connection) -> Result<(i64, [u8; 32]), AppError> {
+    Ok(conn
+        .prepare_cached("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .unwrap_or((0, GENESIS_HASH)))
+}
+
+fn insert(
+    conn: &Connection,
+    wallet_key: i64,
+    entry: &Entry,
+    hash: &[u8; 32],
+) -> Result<(), AppError> {
     conn.prepare_cached(
         "INSERT INTO entries (seq, id, wallet_key, kind, amount, balance_after, reference,
              counterparty_user_id, transfer_id, metadata, created_at, hash)
@@ -204,7 +250,7 @@ pub fn append_after(
     .execute(params![
         entry.seq,
         entry.id,
-        new.wallet.key,
+        wallet_key,
         entry.kind.as_str(),
         entry.amount,
         entry.balance_after,
@@ -215,8 +261,7 @@ pub fn append_after(
         entry.created_at.to_text(),
         &hash[..],
     ])?;
-    assert!(balance_after >= 0);
-    Ok((entry, hash))
+    Ok(())
 }
 
 /// The entry a client's reference already names, for idempotent replays. Only the kinds a
@@ -227,31 +272,9 @@ pub fn find_by_reference(
     kind: EntryKind,
     reference: &str,
 ) -> Result<Option<Entry>, AppError> {
-    // The kind is written into the SQL (one cached statement per kind), and the last term
-    // repeats the partial index's WHERE clause word for word. SQLite uses a partial index only
-    // when the query visibly implies its condition (without it, this lookup scanned the
-    // wallet's whole history), and when it must look at a bound parameter's value to decide,
-    // it re-prepares the statement on every execution (21% of the writer's time in a profile).
-    macro_rules! by_reference {
-        ($kind:literal) => {
-            concat!(
-                "SELECT ",
-                entry_columns!(),
-                " FROM ",
-                entry_from!(),
-                " WHERE e.wallet_key = ?1 AND e.kind = '",
-                $kind,
-                "' AND e.reference = ?2
-                     AND (e.kind = 'DEPOSIT' OR e.kind = 'WITHDRAWAL' OR e.kind = 'TRANSFER_OUT')"
-            )
-        };
-    }
-    let sql = match kind {
-        EntryKind::Deposit => by_reference!("DEPOSIT"),
-        EntryKind::Withdrawal => by_reference!("WITHDRAWAL"),
-        EntryKind::TransferOut => by_reference!("TRANSFER_OUT"),
-        // Incoming transfers and refunds carry someone else's reference: never unique.
-        EntryKind::TransferIn | EntryKind::Refund => return Ok(None),
+    // Incoming transfers and refunds carry someone else's reference: never unique.
+    let Some(sql) = kinds::by_reference_sql(kind) else {
+        return Ok(None);
     };
     Ok(conn
         .prepare_cached(sql)?
@@ -286,12 +309,8 @@ pub fn net_between(
     wallet_key: i64,
     after: &str,
     upto: &str,
-) -> Result<i64, AppError> {
+) -> Result<MinorUnits, AppError> {
     Ok(conn
-        .prepare_cached(
-            "SELECT COALESCE(SUM(CASE WHEN kind = 'DEPOSIT' OR kind = 'TRANSFER_IN' OR kind = 'REFUND'
-                                      THEN amount ELSE -amount END), 0)
-             FROM entries WHERE wallet_key = ?1 AND created_at > ?2 AND created_at <= ?3",
-        )?
+        .prepare_cached(&kinds::NET_BETWEEN_SQL)?
         .query_row(params![wallet_key, after, upto], |r| r.get(0))?)
 }

@@ -6,6 +6,9 @@
 //! is `ReferenceConflict`. A failed request rolls back its savepoint, so it consumes nothing.
 
 pub mod entries;
+#[cfg(test)]
+mod invariants;
+pub mod kinds;
 pub mod queries;
 pub mod snapshot;
 pub mod withdrawals;
@@ -83,7 +86,7 @@ fn replay_of(
     match entries::find_by_reference(conn, wallet.key, kind, m.reference.as_str())? {
         None => Ok(None),
         Some(e)
-            if e.amount == m.amount.minor()
+            if e.amount == m.amount.units()
                 && e.metadata == m.metadata
                 && e.counterparty_user_id == counterparty =>
         {
@@ -109,13 +112,12 @@ pub fn deposit(
         NewEntry {
             wallet,
             kind: EntryKind::Deposit,
-            amount: m.amount.minor(),
+            amount: currency.money(m.amount.units()),
             reference: m.reference.as_str(),
             counterparty_user_id: None,
             transfer_id: None,
             metadata: &m.metadata,
         },
-        |v| currency.format(v),
     )?;
     Ok(Outcome::new(entry))
 }
@@ -140,13 +142,12 @@ pub fn withdraw_now(
         NewEntry {
             wallet,
             kind: EntryKind::Withdrawal,
-            amount: m.amount.minor(),
+            amount: currency.money(m.amount.units()),
             reference: m.reference.as_str(),
             counterparty_user_id: None,
             transfer_id: None,
             metadata: &m.metadata,
         },
-        |v| currency.format(v),
     )?;
     Ok(Outcome::new(entry))
 }
@@ -223,13 +224,12 @@ pub fn transfer(
         NewEntry {
             wallet: sender_wallet,
             kind: EntryKind::TransferOut,
-            amount: m.amount.minor(),
+            amount: currency.money(m.amount.units()),
             reference: m.reference.as_str(),
             counterparty_user_id: Some(to_user_id),
             transfer_id: Some(&transfer_id),
             metadata: &m.metadata,
         },
-        |v| currency.format(v),
         None,
     )?;
     // The chain head is the outgoing half, just appended.
@@ -239,13 +239,12 @@ pub fn transfer(
         NewEntry {
             wallet: &to_wallet,
             kind: EntryKind::TransferIn,
-            amount: m.amount.minor(),
+            amount: currency.money(m.amount.units()),
             reference: m.reference.as_str(),
             counterparty_user_id: Some(sender_user_id),
             transfer_id: Some(&transfer_id),
             metadata: &m.metadata,
         },
-        |v| currency.format(v),
         Some((transfer_out.seq, out_hash)),
     )?;
     // A transfer's two entries sum to zero, and sit next to each other in the ledger (replays
@@ -257,3 +256,6 @@ pub fn transfer(
         transfer_in,
     }))
 }
+
+#[cfg(test)]
+mod tests;

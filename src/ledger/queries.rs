@@ -4,7 +4,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::entries::{self, entry_from_row, Entry, WalletRef, ENTRY_COLUMNS, ENTRY_FROM};
-use crate::domain::{EntryKind, Timestamp};
+use crate::domain::{EntryKind, MinorUnits, Timestamp};
 use crate::error::AppError;
 
 pub const RECENT_TRANSACTIONS: u32 = 10;
@@ -16,8 +16,8 @@ pub struct Wallet {
     pub key: i64,
     pub id: String,
     pub user_id: i64,
-    pub balance: i64,
-    pub last_balance: i64,
+    pub balance: MinorUnits,
+    pub last_balance: MinorUnits,
     pub last_balance_update: Timestamp,
     pub created_at: Timestamp,
 }
@@ -145,7 +145,7 @@ pub fn history(
 }
 
 /// The running balance, read from the wallet row.
-pub fn balance_now(conn: &Connection, wallet_key: i64) -> Result<i64, AppError> {
+pub fn balance_now(conn: &Connection, wallet_key: i64) -> Result<MinorUnits, AppError> {
     conn.prepare_cached("SELECT balance FROM wallets WHERE key = ?1")?
         .query_row([wallet_key], |r| r.get(0))
         .optional()?
@@ -153,15 +153,19 @@ pub fn balance_now(conn: &Connection, wallet_key: i64) -> Result<i64, AppError> 
 }
 
 /// The exact balance at `at`: the newest snapshot at or before it, plus the entries between.
-pub fn balance_at(conn: &Connection, wallet: &WalletRef, at: Timestamp) -> Result<i64, AppError> {
-    let (base, since): (i64, String) = conn
+pub fn balance_at(
+    conn: &Connection,
+    wallet: &WalletRef,
+    at: Timestamp,
+) -> Result<MinorUnits, AppError> {
+    let (base, since): (MinorUnits, String) = conn
         .prepare_cached(
             "SELECT balance, taken_at FROM balance_snapshots WHERE wallet_id = ?1 AND taken_at <= ?2
              ORDER BY taken_at DESC LIMIT 1",
         )?
         .query_row(params![wallet.id, at.to_text()], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?
-        .unwrap_or((0, String::new()));
+        .unwrap_or((MinorUnits::ZERO, String::new()));
     let net = entries::net_between(conn, wallet.key, &since, &at.to_text())?;
     base.checked_add(net)
         .ok_or_else(|| AppError::internal("balance_at", "overflow"))

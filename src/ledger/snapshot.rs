@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::entries::net_between;
 use crate::db::Exec;
-use crate::domain::Timestamp;
+use crate::domain::{MinorUnits, Timestamp};
 use crate::error::AppError;
 
 /// Wallets per write job: small enough that a transfer queued behind a chunk waits only a few
@@ -103,7 +103,7 @@ fn snapshot_chunk(
     after: i64,
 ) -> Result<Chunk, AppError> {
     let cut = cutoff.to_text();
-    let wallets: Vec<(i64, String, i64, i64, String)> = conn
+    let wallets: Vec<(i64, String, MinorUnits, MinorUnits, String)> = conn
         .prepare_cached(
             "SELECT key, id, balance, last_balance, last_balance_update FROM wallets WHERE key > ?1 ORDER BY key LIMIT ?2",
         )?
@@ -132,11 +132,11 @@ fn snapshot_chunk(
         if computed != running {
             chunk.mismatches.push(Mismatch {
                 wallet_id: id.clone(),
-                computed,
-                running,
+                computed: computed.get(),
+                running: running.get(),
             });
         }
-        if computed < 0 {
+        if computed < MinorUnits::ZERO {
             // Entries that sum below zero: recorded as a mismatch above, nothing stored.
             continue;
         }

@@ -15,14 +15,16 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::entries::{self, NewEntry, WalletRef};
 use super::{conflict, Movement, Outcome};
-use crate::domain::{Currency, EntryKind, Metadata, PayoutResolution, Timestamp, WithdrawalStatus};
+use crate::domain::{
+    Currency, EntryKind, Metadata, MinorUnits, PayoutResolution, Timestamp, WithdrawalStatus,
+};
 use crate::error::AppError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Withdrawal {
     pub id: String,
     pub wallet_id: String,
-    pub amount: i64,
+    pub amount: MinorUnits,
     pub reference: String,
     pub metadata: Metadata,
     pub status: WithdrawalStatus,
@@ -157,7 +159,7 @@ pub fn schedule(
 ) -> Result<Outcome<Withdrawal>, AppError> {
     let wallet_id = wallet.id.as_str();
     if let Some(w) = find_by_reference(conn, wallet_id, m.reference.as_str())? {
-        let same = w.amount == m.amount.minor()
+        let same = w.amount == m.amount.units()
             && w.metadata == m.metadata
             && w.scheduled_at == scheduled_at;
         return if same {
@@ -219,17 +221,20 @@ pub fn cancel(
             w.status.as_str()
         )));
     }
-    set_status(conn, now, id, WithdrawalStatus::Cancelled, None)?;
+    set_status(conn, now, &w, WithdrawalStatus::Cancelled, None)?;
     find(conn, wallet_id, id)
 }
 
+/// Moves `w` to `status`, which its state machine must allow (asserted).
 fn set_status(
     conn: &Connection,
     now: Timestamp,
-    id: &str,
+    w: &Withdrawal,
     status: WithdrawalStatus,
     error_message: Option<&str>,
 ) -> Result<(), AppError> {
+    w.status.assert_may_become(status);
+    let id = &w.id;
     conn.prepare_cached(
         "UPDATE withdrawals SET status = ?2, error_message = COALESCE(?3, error_message), updated_at = ?4 WHERE id = ?1",
     )?
@@ -279,13 +284,12 @@ pub fn begin(
         NewEntry {
             wallet: &wallet,
             kind: EntryKind::Withdrawal,
-            amount: w.amount,
+            amount: currency.money(w.amount),
             reference: &w.reference,
             counterparty_user_id: None,
             transfer_id: None,
             metadata: &w.metadata,
         },
-        |v| currency.format(v),
     );
     match appended {
         Err(AppError::InsufficientFunds {
@@ -293,7 +297,7 @@ pub fn begin(
             required,
         }) => {
             let message = format!("insufficient funds at the scheduled time: available {available}, required {required}");
-            set_status(conn, now, id, WithdrawalStatus::Failed, Some(&message))?;
+            set_status(conn, now, &w, WithdrawalStatus::Failed, Some(&message))?;
         }
         Err(e) => return Err(e),
         Ok(entry) => {
@@ -302,6 +306,7 @@ pub fn begin(
             } else {
                 WithdrawalStatus::Processing
             };
+            w.status.assert_may_become(status);
             // The payout call follows at once: from here until its outcome is recorded, a
             // call may be under way.
             let call_started_at = (!complete).then(|| now.to_text());
@@ -384,6 +389,7 @@ pub fn record_attempt(
     let attempts = w.attempts + 1;
     match decide(attempt, attempts, w.outcome_unknown_since, now, plan) {
         Decision::Succeed => {
+            w.status.assert_may_become(WithdrawalStatus::Succeeded);
             conn.prepare_cached(
                 "UPDATE withdrawals SET attempts = ?2, status = 'SUCCEEDED', updated_at = ?3 WHERE id = ?1",
             )?
@@ -581,6 +587,7 @@ fn fail_and_refund(
     attempts: u32,
     message: &str,
 ) -> Result<Withdrawal, AppError> {
+    w.status.assert_may_become(WithdrawalStatus::Failed);
     let wallet = wallet_ref(conn, &w.wallet_id)?;
     let refund = entries::append(
         conn,
@@ -588,13 +595,12 @@ fn fail_and_refund(
         NewEntry {
             wallet: &wallet,
             kind: EntryKind::Refund,
-            amount: w.amount,
+            amount: currency.money(w.amount),
             reference: &w.reference,
             counterparty_user_id: None,
             transfer_id: None,
             metadata: &w.metadata,
         },
-        |v| currency.format(v),
     )?;
     conn.prepare_cached(
         "UPDATE withdrawals SET attempts = ?2, status = 'FAILED', error_message = ?3,
@@ -629,6 +635,7 @@ pub fn resolve(
     }
     match resolution {
         PayoutResolution::Succeeded => {
+            w.status.assert_may_become(WithdrawalStatus::Succeeded);
             conn.prepare_cached(
                 "UPDATE withdrawals SET status = 'SUCCEEDED', error_message = NULL, updated_at = ?2
                  WHERE id = ?1 AND status = 'PROCESSING'",
