@@ -4,62 +4,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser};
 
+use crate::db::Synchronous;
 use crate::domain::Currency;
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "wallet",
-    version,
-    about = "A self-hosted wallet ledger: REST API over an embedded SQLite file.\n\nWith no subcommand, serves the API."
-)]
-pub struct Cli {
-    /// The SQLite database file; created on first start.
-    #[arg(long, env = "WALLET_DB", default_value = "./wallet.db", global = true)]
-    pub db: PathBuf,
-
-    #[command(flatten)]
-    pub serve: ServeArgs,
-
-    #[command(subcommand)]
-    pub command: Option<Command>,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum Command {
-    /// Create a staff user. The password is read from a prompt, or from standard input when
-    /// that is not a terminal (never from a flag: it would show in `ps`).
-    Createsuperuser {
-        #[arg(long)]
-        username: String,
-        #[arg(long)]
-        email: String,
-    },
-    /// Take one balance snapshot now. Safe while the server runs. Exits 1 on a mismatch.
-    Snapshot,
-    /// Check the hash chain, every balance against its entries, conservation of money and
-    /// SQLite's integrity. Safe while the server runs. Exits 1 on any finding.
-    Verify,
-    /// Copy the database consistently (SQLite's online backup API) while the server runs.
-    Backup {
-        /// Where to write the copy; must not exist yet.
-        file: PathBuf,
-    },
-    /// Load-test a server: see README "Performance".
-    Bench(crate::bench::BenchArgs),
-    /// Measure a snapshot of a large ledger and its cost to concurrent transfers, and the
-    /// time of `verify` on it: see README "Performance".
-    BenchSnapshot(crate::bench::SnapshotBenchArgs),
-}
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Synchronous {
-    /// An acknowledged write survives power loss (fsync on every commit).
-    Full,
-    /// Survives a crash of the process, not of the machine.
-    Normal,
-}
 
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -69,7 +17,8 @@ pub struct ServeArgs {
 
     /// Requests handled at once (each holds its place while its write is committed, so more
     /// than cores); more wait their turn in arrival order. Logins have their own places.
-    #[arg(long, env = "WALLET_THREADS", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    /// Formerly `--threads`/`WALLET_THREADS`, which are still accepted.
+    #[arg(long = "requests-max", alias = "threads", value_name = "N", env = ENV_REQUESTS_MAX, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=REQUESTS_MAX_CEILING as i64))]
     pub threads: u16,
 
     /// How long a login token lasts: seconds, or a number with s, m, h or d.
@@ -203,6 +152,22 @@ pub struct ServeArgs {
     pub accept_future_stamps: bool,
 }
 
+/// `ServeArgs` parsed alone, for defaults and tests; the binary's command line flattens them.
+#[derive(Parser, Debug)]
+#[command(name = "wallet")]
+struct ServeOnly {
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+impl ServeArgs {
+    /// Every setting at its default (environment variables apply, as on the command line),
+    /// listening on a free port of 127.0.0.1.
+    pub fn defaults() -> ServeArgs {
+        ServeOnly::parse_from(["wallet", "--listen", "127.0.0.1:0"]).serve
+    }
+}
+
 /// Parses `90`, `90s`, `15m`, `24h` or `7d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -271,7 +236,7 @@ impl Config {
 
     /// Settings for tests and tools: everything default, cheap password hashing.
     pub fn for_tests(db: PathBuf) -> Config {
-        let mut serve = Cli::parse_from(["wallet", "--listen", "127.0.0.1:0"]).serve;
+        let mut serve = ServeArgs::defaults();
         serve.argon2_memory_kib = 64;
         serve.argon2_iterations = 1;
         serve.threads = 32;
@@ -281,6 +246,12 @@ impl Config {
         Config::from_args(db, serve).expect("test defaults are valid")
     }
 }
+
+/// The largest `--requests-max` accepted.
+pub const REQUESTS_MAX_CEILING: u16 = 1024;
+/// The environment variable of `--requests-max`, and its older name, read when it is unset.
+pub const ENV_REQUESTS_MAX: &str = "WALLET_REQUESTS_MAX";
+pub const ENV_REQUESTS_MAX_OLD: &str = "WALLET_THREADS";
 
 /// The largest `--request-body-bytes-max` accepted.
 pub const REQUEST_BODY_BYTES_MAX_CEILING: usize = 16 * 1024 * 1024;
@@ -316,11 +287,11 @@ mod tests {
 
     #[test]
     fn the_payout_retry_window_defaults_to_a_day() {
-        let serve = Cli::parse_from(["wallet"]).serve;
+        let serve = ServeOnly::parse_from(["wallet"]).serve;
         assert_eq!(serve.payout_retry_window, Duration::from_secs(86_400));
-        let serve = Cli::parse_from(["wallet", "--payout-retry-window", "90m"]).serve;
+        let serve = ServeOnly::parse_from(["wallet", "--payout-retry-window", "90m"]).serve;
         assert_eq!(serve.payout_retry_window, Duration::from_secs(5_400));
-        assert!(Cli::try_parse_from(["wallet", "--payout-retry-window", "0"]).is_err());
+        assert!(ServeOnly::try_parse_from(["wallet", "--payout-retry-window", "0"]).is_err());
     }
 
     #[test]
@@ -333,17 +304,17 @@ mod tests {
 
     #[test]
     fn bad_settings_name_the_setting() {
-        let serve = Cli::parse_from(["wallet", "--snapshot-cron", "nope"]).serve;
+        let serve = ServeOnly::parse_from(["wallet", "--snapshot-cron", "nope"]).serve;
         let err = Config::from_args("x.db".into(), serve).unwrap_err();
         assert!(err.starts_with("--snapshot-cron"), "{err}");
         let serve =
-            Cli::parse_from(["wallet", "--payout-url", "https://bank.example/payouts"]).serve;
+            ServeOnly::parse_from(["wallet", "--payout-url", "https://bank.example/payouts"]).serve;
         let err = Config::from_args("x.db".into(), serve).unwrap_err();
         assert!(
             err.starts_with("--payout-url") && err.contains("TLS"),
             "{err}"
         );
-        let serve = Cli::parse_from(["wallet", "--currency", "dollars"]).serve;
+        let serve = ServeOnly::parse_from(["wallet", "--currency", "dollars"]).serve;
         let err = Config::from_args("x.db".into(), serve).unwrap_err();
         assert!(err.starts_with("--currency"), "{err}");
     }

@@ -2,21 +2,20 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use wallet::config::{Cli, Command, Config};
+use wallet::config::Config;
+
+use cli::{Cli, Command};
+
+mod bench;
+mod cli;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_args(args.clone()) {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
             // One line naming the setting, and exit code 2.
-            let first = e
-                .to_string()
-                .lines()
-                .next()
-                .unwrap_or("invalid arguments")
-                .to_string();
-            eprintln!("{first}");
+            eprintln!("{}", cli::first_line_of(&e, &args));
             return ExitCode::from(2);
         }
         Err(e) => {
@@ -43,8 +42,8 @@ fn main() -> ExitCode {
             println!("{m}");
             true
         }),
-        Some(Command::Bench(args)) => wallet::bench::run(args),
-        Some(Command::BenchSnapshot(args)) => wallet::bench::run_snapshot_bench(args),
+        Some(Command::Bench(args)) => bench::run(args),
+        Some(Command::BenchSnapshot(args)) => bench::run_snapshot_bench(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

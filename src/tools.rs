@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use crate::accounts::{self, NewUser, PasswordGuard};
 use crate::clock::{Clock, SystemClock};
-use crate::config::Synchronous;
-use crate::db::{self, DirectWriter, Exec};
+use crate::db::{self, DirectWriter, Exec, Synchronous};
 use crate::domain::{Email, Password, Username};
 use crate::ledger::snapshot;
 

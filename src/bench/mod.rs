@@ -17,11 +17,10 @@ use clap::Args;
 use rand::Rng;
 use serde_json::{json, Value};
 
-use crate::clock::SystemClock;
-use crate::config::Synchronous;
-use crate::db::{self, Writer};
-use crate::domain::{Amount, Currency, Metadata, Reference};
-use crate::ledger::{self, Movement, Recipient, TransferRequest, WalletRef};
+use wallet::clock::SystemClock;
+use wallet::db::{self, Synchronous, Writer};
+use wallet::domain::{Amount, Currency, Metadata, Reference};
+use wallet::ledger::{self, Movement, Recipient, TransferRequest, WalletRef};
 
 mod evented;
 
@@ -438,22 +437,22 @@ fn run_mix(base: &str, users: &Arc<Vec<BenchUser>>, args: &BenchArgs) -> Result<
 /// Returns the user id and wallet id.
 fn funded_user(
     conn: &rusqlite::Connection,
-    now: crate::domain::Timestamp,
+    now: wallet::domain::Timestamp,
     c: &Currency,
     name: &str,
     amount: &str,
-) -> Result<(i64, WalletRef), crate::error::AppError> {
-    use crate::error::AppError;
-    let u = crate::accounts::NewUser {
-        username: crate::domain::Username::parse(name).map_err(AppError::Internal)?,
-        email: crate::domain::Email::parse(&format!("{name}@bench.invalid"))
+) -> Result<(i64, WalletRef), wallet::error::AppError> {
+    use wallet::error::AppError;
+    let u = wallet::accounts::NewUser {
+        username: wallet::domain::Username::parse(name).map_err(AppError::Internal)?,
+        email: wallet::domain::Email::parse(&format!("{name}@bench.invalid"))
             .map_err(AppError::Internal)?,
         password_hash: "not a login".into(),
         first_name: String::new(),
         last_name: String::new(),
         is_staff: false,
     };
-    let user = crate::accounts::create_user(conn, now, &u, None)?;
+    let user = wallet::accounts::create_user(conn, now, &u, None)?;
     let w = conn.query_row(
         "SELECT key, id FROM wallets WHERE user_id = ?1",
         [user.id],
@@ -498,7 +497,7 @@ fn raw_in(
     let currency = Currency::new("USD", 2, 1_000_000_000)?;
     db::check_currency(&conn, &currency)?;
     let (writer, handle) = Writer::start(conn, Arc::new(SystemClock), 256, 4096);
-    let checkpoint_wakeup = Arc::new(crate::clock::Wakeup::default());
+    let checkpoint_wakeup = Arc::new(wallet::clock::Wakeup::default());
     let checkpointer = db::start_checkpointer(path, sync, checkpoint_wakeup.clone())?;
     let users = users.max(2);
     let wallets: Vec<(i64, WalletRef)> = {
@@ -628,7 +627,7 @@ pub fn run(args: &BenchArgs) -> Result<bool, String> {
     let mut verify_ok = Value::Null;
     if let Some(child) = &child {
         let mut conn = rusqlite::Connection::open(child.db()).map_err(|e| e.to_string())?;
-        let report = crate::verify::verify(&mut conn).map_err(|e| e.to_string())?;
+        let report = wallet::verify::verify(&mut conn).map_err(|e| e.to_string())?;
         invariant_held &= report.ok();
         verify_ok = json!(report.ok());
     }
@@ -808,9 +807,9 @@ fn seed(
                         to: Recipient::UserId(b.0),
                         movement: Movement {
                             amount: Amount::parse_text("0.01", &c)
-                                .map_err(|e| crate::error::AppError::Internal(e.0))?,
+                                .map_err(|e| wallet::error::AppError::Internal(e.0))?,
                             reference: Reference::parse(&format!("seed-{i}"))
-                                .map_err(crate::error::AppError::Internal)?,
+                                .map_err(wallet::error::AppError::Internal)?,
                             metadata: Metadata::empty(),
                         },
                     };
@@ -844,9 +843,9 @@ fn seed_deep_wallet(writer: &Writer, currency: &Currency, entries: u32) -> Resul
                 for i in from..to {
                     let m = Movement {
                         amount: Amount::parse_text("0.01", &c)
-                            .map_err(|e| crate::error::AppError::Internal(e.0))?,
+                            .map_err(|e| wallet::error::AppError::Internal(e.0))?,
                         reference: Reference::parse(&format!("deep-{i}"))
-                            .map_err(crate::error::AppError::Internal)?,
+                            .map_err(wallet::error::AppError::Internal)?,
                         metadata: Metadata::empty(),
                     };
                     ledger::deposit(conn, now, &c, &wallet, &m)?;
@@ -927,7 +926,7 @@ fn snapshot_bench_in(dir: &Path, args: &SnapshotBenchArgs) -> Result<bool, Strin
     let seed_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let report =
-        crate::verify::verify(&mut rusqlite::Connection::open(&path).map_err(|e| e.to_string())?)
+        wallet::verify::verify(&mut rusqlite::Connection::open(&path).map_err(|e| e.to_string())?)
             .map_err(|e| e.to_string())?;
     let verify_s = t1.elapsed().as_secs_f64();
     // One wallet with a long history, seeded after `verify` so that figure stays comparable.
@@ -943,12 +942,12 @@ fn snapshot_bench_in(dir: &Path, args: &SnapshotBenchArgs) -> Result<bool, Strin
         None
     };
 
-    let mut config = crate::config::Config::for_tests(path.clone());
+    let mut config = wallet::config::Config::for_tests(path.clone());
     config.serve.argon2_memory_kib = 19_456;
     config.serve.argon2_iterations = 2;
     config.serve.threads = 64;
-    crate::log::errors_only();
-    let app = crate::App::start(config)?;
+    wallet::log::errors_only();
+    let app = wallet::App::start(config)?;
     let base = format!("http://{}", app.addr);
     // Tokens for the first 200 seeded users, issued directly.
     let users: Vec<BenchUser> = {
@@ -964,11 +963,11 @@ fn snapshot_bench_in(dir: &Path, args: &SnapshotBenchArgs) -> Result<bool, Strin
         rows.into_iter()
             .map(|(id, username)| {
                 let token =
-                    crate::accounts::new_token(app.service().now(), Duration::from_secs(3600));
+                    wallet::accounts::new_token(app.service().now(), Duration::from_secs(3600));
                 let secret = token.secret.clone();
                 app.service()
                     .writer
-                    .execute(move |conn, now| crate::accounts::store_token(conn, now, id, &token))
+                    .execute(move |conn, now| wallet::accounts::store_token(conn, now, id, &token))
                     .map(|()| BenchUser {
                         id,
                         username,
@@ -981,11 +980,11 @@ fn snapshot_bench_in(dir: &Path, args: &SnapshotBenchArgs) -> Result<bool, Strin
     let users = Arc::new(users);
     let reads = match (deep_id, users.first()) {
         (Some(deep_id), Some(shallow)) => {
-            let token = crate::accounts::new_token(app.service().now(), Duration::from_secs(3600));
+            let token = wallet::accounts::new_token(app.service().now(), Duration::from_secs(3600));
             let deep_token = token.secret.clone();
             app.service()
                 .writer
-                .execute(move |conn, now| crate::accounts::store_token(conn, now, deep_id, &token))
+                .execute(move |conn, now| wallet::accounts::store_token(conn, now, deep_id, &token))
                 .map_err(|e| format!("{e:?}"))?;
             let mut c = Client::new(&base);
             let mut time_reads = |token: &str| {
@@ -1023,7 +1022,7 @@ fn snapshot_bench_in(dir: &Path, args: &SnapshotBenchArgs) -> Result<bool, Strin
         );
         std::thread::spawn(move || {
             let t = Instant::now();
-            let r = crate::ledger::snapshot::run(&writer, now);
+            let r = wallet::ledger::snapshot::run(&writer, now);
             stop.store(true, Ordering::Relaxed);
             (t.elapsed().as_secs_f64(), r)
         })

@@ -9,7 +9,6 @@ use std::time::Duration;
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, OptionalExtension};
 
-use crate::config::Synchronous;
 use crate::domain::{Currency, Timestamp};
 
 pub use writer::{Writer, WriterStats};
@@ -44,6 +43,15 @@ const _: () = assert!(MIGRATIONS.len() as i32 == SCHEMA_VERSION - 1);
 pub const BUSY_TIMEOUT_MS: u64 = 5_000;
 
 pub type Pool = r2d2::Pool<SqliteConnectionManager>;
+
+/// SQLite's durability setting (`PRAGMA synchronous`), chosen by `--synchronous`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Synchronous {
+    /// An acknowledged write survives power loss (fsync on every commit).
+    Full,
+    /// Survives a crash of the process, not of the machine.
+    Normal,
+}
 
 fn sync_pragma(sync: Synchronous) -> &'static str {
     match sync {
