@@ -8,6 +8,7 @@ use clap::{Args, Parser};
 
 use crate::db::Synchronous;
 use crate::domain::Currency;
+use crate::error::StartupError;
 
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -204,24 +205,32 @@ pub struct Config {
 
 impl Config {
     /// Checks what clap cannot. The error names the setting, for a one-line message.
-    pub fn from_args(db: PathBuf, serve: ServeArgs) -> Result<Config, String> {
+    pub fn from_args(db: PathBuf, serve: ServeArgs) -> Result<Config, StartupError> {
         let currency = Currency::new(&serve.currency, serve.currency_scale, serve.amount_max)
-            .map_err(|e| format!("--currency/WALLET_CURRENCY: {e}"))?;
+            .map_err(|e| StartupError::setting("--currency/WALLET_CURRENCY", e))?;
         let snapshot_schedule = parse_cron(&serve.snapshot_cron)
-            .map_err(|e| format!("--snapshot-cron/WALLET_SNAPSHOT_CRON: {e}"))?;
+            .map_err(|e| StartupError::setting("--snapshot-cron/WALLET_SNAPSHOT_CRON", e))?;
         if let Some(url) = &serve.payout_url {
             // The payout client is built without TLS (no TLS library in the binary): an https
             // URL would fail every attempt and refund every withdrawal, so refuse it here.
             if !url.starts_with("http://") {
-                return Err(format!(
-                    "--payout-url/WALLET_PAYOUT_URL: {url:?} must be an http:// URL (TLS is not built in; \
-                     for an https service, point this at a local TLS-terminating relay)"
+                return Err(StartupError::setting(
+                    "--payout-url/WALLET_PAYOUT_URL",
+                    format!(
+                        "{url:?} must be an http:// URL (TLS is not built in; \
+                         for an https service, point this at a local TLS-terminating relay)"
+                    ),
                 ));
             }
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let hash_threads = match serve.hash_threads {
-            Some(0) => return Err("--hash-threads/WALLET_HASH_THREADS: must be at least 1".into()),
+            Some(0) => {
+                return Err(StartupError::setting(
+                    "--hash-threads/WALLET_HASH_THREADS",
+                    "must be at least 1",
+                ))
+            }
             Some(n) => usize::from(n),
             None => cores.saturating_sub(1).max(1),
         };
@@ -305,17 +314,23 @@ mod tests {
     #[test]
     fn bad_settings_name_the_setting() {
         let serve = ServeOnly::parse_from(["wallet", "--snapshot-cron", "nope"]).serve;
-        let err = Config::from_args("x.db".into(), serve).unwrap_err();
+        let err = Config::from_args("x.db".into(), serve)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("--snapshot-cron"), "{err}");
         let serve =
             ServeOnly::parse_from(["wallet", "--payout-url", "https://bank.example/payouts"]).serve;
-        let err = Config::from_args("x.db".into(), serve).unwrap_err();
+        let err = Config::from_args("x.db".into(), serve)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with("--payout-url") && err.contains("TLS"),
             "{err}"
         );
         let serve = ServeOnly::parse_from(["wallet", "--currency", "dollars"]).serve;
-        let err = Config::from_args("x.db".into(), serve).unwrap_err();
+        let err = Config::from_args("x.db".into(), serve)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("--currency"), "{err}");
     }
 }

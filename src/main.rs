@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use wallet::config::Config;
+use wallet::error::StartupError;
 
 use cli::{Cli, Command};
 
@@ -50,12 +51,12 @@ fn main() -> ExitCode {
         Ok(false) => ExitCode::from(1),
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(if e.starts_with("--") { 2 } else { 1 })
+            ExitCode::from(e.exit_code())
         }
     }
 }
 
-fn serve(db: std::path::PathBuf, args: wallet::config::ServeArgs) -> Result<bool, String> {
+fn serve(db: std::path::PathBuf, args: wallet::config::ServeArgs) -> Result<bool, StartupError> {
     let config = Config::from_args(db, args)?;
     // Block SIGINT and SIGTERM before any thread starts, so every thread inherits the mask
     // and the main thread alone receives them through sigwait.

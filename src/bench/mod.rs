@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 use wallet::clock::SystemClock;
 use wallet::db::{self, Synchronous, Writer};
 use wallet::domain::{Amount, Currency, Metadata, Reference};
+use wallet::error::StartupError;
 use wallet::ledger::{self, Movement, Recipient, TransferRequest, WalletRef};
 
 mod evented;
@@ -444,9 +445,10 @@ fn funded_user(
 ) -> Result<(i64, WalletRef), wallet::error::AppError> {
     use wallet::error::AppError;
     let u = wallet::accounts::NewUser {
-        username: wallet::domain::Username::parse(name).map_err(AppError::Internal)?,
+        username: wallet::domain::Username::parse(name)
+            .map_err(|e| AppError::Internal(e.into()))?,
         email: wallet::domain::Email::parse(&format!("{name}@bench.invalid"))
-            .map_err(AppError::Internal)?,
+            .map_err(|e| AppError::Internal(e.into()))?,
         password_hash: "not a login".into(),
         first_name: String::new(),
         last_name: String::new(),
@@ -464,8 +466,8 @@ fn funded_user(
         },
     )?;
     let m = Movement {
-        amount: Amount::parse_text(amount, c).map_err(|e| AppError::Internal(e.0))?,
-        reference: Reference::parse("fund").map_err(AppError::Internal)?,
+        amount: Amount::parse_text(amount, c).map_err(|e| AppError::Internal(e.0.into()))?,
+        reference: Reference::parse("fund").map_err(|e| AppError::Internal(e.into()))?,
         metadata: Metadata::empty(),
     };
     ledger::deposit(conn, now, c, &w, &m)?;
@@ -493,12 +495,13 @@ fn raw_in(
     sync: Synchronous,
 ) -> Result<f64, String> {
     let mut conn = db::open(path, sync).map_err(|e| e.to_string())?;
-    db::migrate(&mut conn)?;
+    db::migrate(&mut conn).map_err(|e| e.to_string())?;
     let currency = Currency::new("USD", 2, 1_000_000_000)?;
-    db::check_currency(&conn, &currency)?;
+    db::check_currency(&conn, &currency).map_err(|e| e.to_string())?;
     let (writer, handle) = Writer::start(conn, Arc::new(SystemClock), 256, 4096);
     let checkpoint_wakeup = Arc::new(wallet::clock::Wakeup::default());
-    let checkpointer = db::start_checkpointer(path, sync, checkpoint_wakeup.clone())?;
+    let checkpointer =
+        db::start_checkpointer(path, sync, checkpoint_wakeup.clone()).map_err(|e| e.to_string())?;
     let users = users.max(2);
     let wallets: Vec<(i64, WalletRef)> = {
         let c = currency.clone();
@@ -582,10 +585,16 @@ fn raw_in(
 }
 
 /// Runs the benchmark. `Ok(false)` when the money invariant did not hold.
-pub fn run(args: &BenchArgs) -> Result<bool, String> {
+pub fn run(args: &BenchArgs) -> Result<bool, StartupError> {
     if args.clients == 0 || args.users < 2 || args.duration == 0 {
-        return Err("--clients and --duration must be at least 1, --users at least 2".into());
+        return Err(StartupError::Setting(
+            "--clients and --duration must be at least 1, --users at least 2".into(),
+        ));
     }
+    run_checked(args).map_err(StartupError::failed)
+}
+
+fn run_checked(args: &BenchArgs) -> Result<bool, String> {
     if args.raw_only {
         let rate = raw_transfers(args.clients, args.users, args.duration, args.synchronous)?;
         println!(
@@ -807,9 +816,9 @@ fn seed(
                         to: Recipient::UserId(b.0),
                         movement: Movement {
                             amount: Amount::parse_text("0.01", &c)
-                                .map_err(|e| wallet::error::AppError::Internal(e.0))?,
+                                .map_err(|e| wallet::error::AppError::Internal(e.0.into()))?,
                             reference: Reference::parse(&format!("seed-{i}"))
-                                .map_err(wallet::error::AppError::Internal)?,
+                                .map_err(|e| wallet::error::AppError::Internal(e.into()))?,
                             metadata: Metadata::empty(),
                         },
                     };
@@ -843,9 +852,9 @@ fn seed_deep_wallet(writer: &Writer, currency: &Currency, entries: u32) -> Resul
                 for i in from..to {
                     let m = Movement {
                         amount: Amount::parse_text("0.01", &c)
-                            .map_err(|e| wallet::error::AppError::Internal(e.0))?,
+                            .map_err(|e| wallet::error::AppError::Internal(e.0.into()))?,
                         reference: Reference::parse(&format!("deep-{i}"))
-                            .map_err(wallet::error::AppError::Internal)?,
+                            .map_err(|e| wallet::error::AppError::Internal(e.into()))?,
                         metadata: Metadata::empty(),
                     };
                     ledger::deposit(conn, now, &c, &wallet, &m)?;
@@ -899,7 +908,11 @@ fn timed_transfers(
 
 /// `wallet bench-snapshot`: how long a snapshot of a large ledger takes, and what it costs
 /// transfers running at the same time. Also times `wallet verify` on the same ledger.
-pub fn run_snapshot_bench(args: &SnapshotBenchArgs) -> Result<bool, String> {
+pub fn run_snapshot_bench(args: &SnapshotBenchArgs) -> Result<bool, StartupError> {
+    run_snapshot_bench_checked(args).map_err(StartupError::failed)
+}
+
+fn run_snapshot_bench_checked(args: &SnapshotBenchArgs) -> Result<bool, String> {
     let dir = std::env::temp_dir().join(format!(
         "wallet-bench-snap-{}",
         uuid::Uuid::new_v4().simple()
@@ -916,8 +929,8 @@ fn snapshot_bench_in(dir: &Path, args: &SnapshotBenchArgs) -> Result<bool, Strin
     let t0 = Instant::now();
     {
         let mut conn = db::open(&path, Synchronous::Normal).map_err(|e| e.to_string())?;
-        db::migrate(&mut conn)?;
-        db::check_currency(&conn, &currency)?;
+        db::migrate(&mut conn).map_err(|e| e.to_string())?;
+        db::check_currency(&conn, &currency).map_err(|e| e.to_string())?;
         let (writer, handle) = Writer::start(conn, Arc::new(SystemClock), 256, 4096);
         seed(&writer, &currency, args.wallets, args.entries)?;
         drop(writer);
@@ -932,7 +945,7 @@ fn snapshot_bench_in(dir: &Path, args: &SnapshotBenchArgs) -> Result<bool, Strin
     // One wallet with a long history, seeded after `verify` so that figure stays comparable.
     let deep_id = if args.deep_entries > 0 {
         let mut conn = db::open(&path, Synchronous::Normal).map_err(|e| e.to_string())?;
-        db::migrate(&mut conn)?;
+        db::migrate(&mut conn).map_err(|e| e.to_string())?;
         let (writer, handle) = Writer::start(conn, Arc::new(SystemClock), 256, 4096);
         let id = seed_deep_wallet(&writer, &currency, args.deep_entries)?;
         drop(writer);
@@ -947,7 +960,7 @@ fn snapshot_bench_in(dir: &Path, args: &SnapshotBenchArgs) -> Result<bool, Strin
     config.serve.argon2_iterations = 2;
     config.serve.threads = 64;
     wallet::log::errors_only();
-    let app = wallet::App::start(config)?;
+    let app = wallet::App::start(config).map_err(|e| e.to_string())?;
     let base = format!("http://{}", app.addr);
     // Tokens for the first 200 seeded users, issued directly.
     let users: Vec<BenchUser> = {
@@ -1032,7 +1045,7 @@ fn snapshot_bench_in(dir: &Path, args: &SnapshotBenchArgs) -> Result<bool, Strin
         .join()
         .map_err(|_| "snapshot thread panicked".to_string())?;
     let snap = snap.map_err(|e| format!("snapshot failed: {e:?}"))?;
-    app.shutdown()?;
+    app.shutdown().map_err(|e| e.to_string())?;
 
     let base_s = baseline.summary(args.baseline as f64);
     let during_s = during.summary(snapshot_s);
