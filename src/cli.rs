@@ -98,6 +98,68 @@ pub fn first_line_of(error: &clap::Error, args: &[OsString]) -> String {
 mod tests {
     use super::*;
 
+    /// Every `.rs` file under `dir`, with its path relative to `src/`.
+    fn sources(dir: &std::path::Path, found: &mut Vec<(String, String)>) {
+        for entry in std::fs::read_dir(dir).expect("read src/") {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                sources(&path, found);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let src = concat!(env!("CARGO_MANIFEST_DIR"), "/src/");
+                let name = path.to_string_lossy().trim_start_matches(src).to_string();
+                found.push((name, std::fs::read_to_string(&path).expect("read a source")));
+            }
+        }
+    }
+
+    /// The lines of `text` that mention `needle` in code (comments left out).
+    fn code_mentions(text: &str, needle: &str) -> Vec<String> {
+        text.lines()
+            .map(|l| l.split("//").next().unwrap_or(""))
+            .filter(|code| code.contains(needle))
+            .map(|code| code.trim().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn the_service_never_imports_the_load_generator_and_storage_never_imports_config() {
+        // The load generator and the command line belong to the binary: no module of the
+        // service (everything but main.rs, cli.rs and bench/) names `bench`, so the server
+        // can't come to depend on it. Storage sits below the settings: nothing in db/ names
+        // `config` (config imports db's `Synchronous`, never the reverse).
+        let mut found = Vec::new();
+        sources(
+            std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src")),
+            &mut found,
+        );
+        assert!(
+            found.iter().any(|(name, _)| name == "service.rs"),
+            "{found:?}"
+        );
+        let mut offending = Vec::new();
+        for (name, text) in &found {
+            let binary_only =
+                name == "main.rs" || name.starts_with("cli") || name.starts_with("bench/");
+            if !binary_only {
+                for needle in ["bench::", "mod bench"] {
+                    offending.extend(
+                        code_mentions(text, needle)
+                            .into_iter()
+                            .map(|l| format!("{name}: {l}")),
+                    );
+                }
+            }
+            if name.starts_with("db/") {
+                offending.extend(
+                    code_mentions(text, "config::")
+                        .into_iter()
+                        .map(|l| format!("{name}: {l}")),
+                );
+            }
+        }
+        assert!(offending.is_empty(), "{offending:#?}");
+    }
+
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_args(args.iter().map(OsString::from).collect())
     }

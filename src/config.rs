@@ -19,7 +19,7 @@ pub struct ServeArgs {
     /// Requests handled at once (each holds its place while its write is committed, so more
     /// than cores); more wait their turn in arrival order. Logins have their own places.
     /// Formerly `--threads`/`WALLET_THREADS`, which are still accepted.
-    #[arg(long = "requests-max", alias = "threads", value_name = "N", env = ENV_REQUESTS_MAX, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=REQUESTS_MAX_CEILING as i64))]
+    #[arg(long = "requests-max", alias = "threads", value_name = "N", env = ENV_REQUESTS_MAX, default_value_t = REQUESTS_MAX_DEFAULT, value_parser = clap::value_parser!(u16).range(1..=REQUESTS_MAX_CEILING as i64))]
     pub threads: u16,
 
     /// How long a login token lasts: seconds, or a number with s, m, h or d.
@@ -39,7 +39,7 @@ pub struct ServeArgs {
     pub amount_max: i64,
 
     /// Largest request body accepted, in bytes (413 above it).
-    #[arg(long, env = "WALLET_REQUEST_BODY_BYTES_MAX", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1024..=REQUEST_BODY_BYTES_MAX_CEILING as u64))]
+    #[arg(long, env = "WALLET_REQUEST_BODY_BYTES_MAX", default_value_t = REQUEST_BODY_BYTES_MAX_DEFAULT, value_parser = clap::value_parser!(u64).range(REQUEST_BODY_BYTES_MAX_FLOOR..=REQUEST_BODY_BYTES_MAX_CEILING as u64))]
     pub request_body_bytes_max: u64,
 
     /// SQLite durability: `full` survives power loss; `normal` only a process crash.
@@ -47,11 +47,11 @@ pub struct ServeArgs {
     pub synchronous: Synchronous,
 
     /// Most requests committed together in one SQLite transaction (group commit).
-    #[arg(long, env = "WALLET_WRITE_BATCH_MAX", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    #[arg(long, env = "WALLET_WRITE_BATCH_MAX", default_value_t = WRITE_BATCH_MAX_DEFAULT, value_parser = clap::value_parser!(u16).range(1..=WRITE_BATCH_MAX_CEILING as i64))]
     pub write_batch_max: u16,
 
     /// Most writes waiting for the writer; beyond it requests get 503 instead of queueing forever.
-    #[arg(long, env = "WALLET_WRITE_QUEUE_MAX", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, env = "WALLET_WRITE_QUEUE_MAX", default_value_t = WRITE_QUEUE_MAX_DEFAULT, value_parser = clap::value_parser!(u32).range(1..=WRITE_QUEUE_MAX_CEILING as i64))]
     pub write_queue_max: u32,
 
     /// Password hashes computed at once (argon2 is deliberately slow; this keeps a login storm
@@ -256,8 +256,29 @@ impl Config {
     }
 }
 
-/// The largest `--requests-max` accepted.
+/// The default and the largest `--requests-max`.
+pub const REQUESTS_MAX_DEFAULT: u16 = 64;
 pub const REQUESTS_MAX_CEILING: u16 = 1024;
+const _: () = assert!(REQUESTS_MAX_DEFAULT >= 1 && REQUESTS_MAX_DEFAULT <= REQUESTS_MAX_CEILING);
+/// The default and the largest `--write-batch-max` and `--write-queue-max`. A batch takes
+/// jobs from the queue, so by default the queue holds several batches' worth: a burst waits
+/// for the next commit instead of being refused with 503.
+pub const WRITE_BATCH_MAX_DEFAULT: u16 = 256;
+pub const WRITE_BATCH_MAX_CEILING: u16 = 4096;
+pub const WRITE_QUEUE_MAX_DEFAULT: u32 = 4096;
+pub const WRITE_QUEUE_MAX_CEILING: u32 = 1_000_000;
+const _: () = assert!(WRITE_BATCH_MAX_DEFAULT <= WRITE_BATCH_MAX_CEILING);
+const _: () = assert!(WRITE_QUEUE_MAX_DEFAULT <= WRITE_QUEUE_MAX_CEILING);
+const _: () = assert!(WRITE_BATCH_MAX_DEFAULT as u32 * 2 <= WRITE_QUEUE_MAX_DEFAULT);
+const _: () = assert!(WRITE_BATCH_MAX_CEILING as u32 <= WRITE_QUEUE_MAX_CEILING);
+
+/// The default and the smallest `--request-body-bytes-max`.
+pub const REQUEST_BODY_BYTES_MAX_DEFAULT: u64 = 65_536;
+pub const REQUEST_BODY_BYTES_MAX_FLOOR: u64 = 1024;
+const _: () = assert!(
+    REQUEST_BODY_BYTES_MAX_FLOOR <= REQUEST_BODY_BYTES_MAX_DEFAULT
+        && REQUEST_BODY_BYTES_MAX_DEFAULT <= REQUEST_BODY_BYTES_MAX_CEILING as u64
+);
 /// The environment variable of `--requests-max`, and its older name, read when it is unset.
 pub const ENV_REQUESTS_MAX: &str = "WALLET_REQUESTS_MAX";
 pub const ENV_REQUESTS_MAX_OLD: &str = "WALLET_THREADS";

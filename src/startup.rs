@@ -20,6 +20,9 @@ use crate::service::Service;
 
 /// Reader connections: readers are quick, and workers waiting on the writer hold none.
 pub const READER_CONNECTIONS_MAX: u32 = 16;
+// The pool's size is `--requests-max` clamped to 2..=READER_CONNECTIONS_MAX (`clamp` panics on
+// an empty range).
+const _: () = assert!(READER_CONNECTIONS_MAX >= 2);
 
 pub struct App {
     pub addr: SocketAddr,

@@ -91,6 +91,9 @@ pub const PAGE_SIZE_BYTES: u32 = 2048;
 /// `WRITER_AUTOCHECKPOINT_BYTES` allows, so a restarted WAL overwrites blocks it already has
 /// (a commit that grows the file also has to sync its size).
 pub const WAL_SIZE_LIMIT_BYTES: u64 = 256 * 1024 * 1024;
+const _: () = assert!(WAL_SIZE_LIMIT_BYTES > WRITER_AUTOCHECKPOINT_BYTES);
+// The checkpointer copies the WAL several times within the time a connection waits for a lock.
+const _: () = assert!(CHECKPOINT_INTERVAL_MS * 4 <= BUSY_TIMEOUT_MS);
 
 /// Process-wide SQLite settings, applied once before the first connection: memory statistics
 /// off. They take a global mutex on every allocation, which measured ~10% of the writer's time.
