@@ -1,4 +1,6 @@
-//! Command-line flags with environment fallbacks. `wallet --help` shows them all.
+//! The server's settings: flags with environment fallbacks (`ServeArgs`, which the binary's
+//! command line in `cli.rs` flattens; `wallet --help` shows them all), and `Config`, the
+//! checked and derived settings the service runs with.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

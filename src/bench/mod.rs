@@ -923,75 +923,92 @@ fn run_snapshot_bench_checked(args: &SnapshotBenchArgs) -> Result<bool, String> 
     result
 }
 
-fn snapshot_bench_in(dir: &Path, args: &SnapshotBenchArgs) -> Result<bool, String> {
-    let path = dir.join("snap.db");
-    let currency = Currency::new("USD", 2, 1_000_000_000)?;
+/// The seeded ledger of `bench-snapshot`, and how long seeding and `verify` took.
+struct Seeded {
+    seed_s: f64,
+    report: wallet::verify::VerifyReport,
+    verify_s: f64,
+    /// The wallet with a long history (`--deep-entries`), if any.
+    deep_id: Option<i64>,
+}
+
+fn seed_ledger(
+    path: &Path,
+    args: &SnapshotBenchArgs,
+    currency: &Currency,
+) -> Result<Seeded, String> {
     let t0 = Instant::now();
     {
-        let mut conn = db::open(&path, Synchronous::Normal).map_err(|e| e.to_string())?;
+        let mut conn = db::open(path, Synchronous::Normal).map_err(|e| e.to_string())?;
         db::migrate(&mut conn).map_err(|e| e.to_string())?;
-        db::check_currency(&conn, &currency).map_err(|e| e.to_string())?;
+        db::check_currency(&conn, currency).map_err(|e| e.to_string())?;
         let (writer, handle) = Writer::start(conn, Arc::new(SystemClock), 256, 4096);
-        seed(&writer, &currency, args.wallets, args.entries)?;
+        seed(&writer, currency, args.wallets, args.entries)?;
         drop(writer);
         let _ = handle.join();
     }
     let seed_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let report =
-        wallet::verify::verify(&mut rusqlite::Connection::open(&path).map_err(|e| e.to_string())?)
+        wallet::verify::verify(&mut rusqlite::Connection::open(path).map_err(|e| e.to_string())?)
             .map_err(|e| e.to_string())?;
     let verify_s = t1.elapsed().as_secs_f64();
     // One wallet with a long history, seeded after `verify` so that figure stays comparable.
     let deep_id = if args.deep_entries > 0 {
-        let mut conn = db::open(&path, Synchronous::Normal).map_err(|e| e.to_string())?;
+        let mut conn = db::open(path, Synchronous::Normal).map_err(|e| e.to_string())?;
         db::migrate(&mut conn).map_err(|e| e.to_string())?;
         let (writer, handle) = Writer::start(conn, Arc::new(SystemClock), 256, 4096);
-        let id = seed_deep_wallet(&writer, &currency, args.deep_entries)?;
+        let id = seed_deep_wallet(&writer, currency, args.deep_entries)?;
         drop(writer);
         let _ = handle.join();
         Some(id)
     } else {
         None
     };
+    Ok(Seeded {
+        seed_s,
+        report,
+        verify_s,
+        deep_id,
+    })
+}
 
-    let mut config = wallet::config::Config::for_tests(path.clone());
-    config.serve.argon2_memory_kib = 19_456;
-    config.serve.argon2_iterations = 2;
-    config.serve.threads = 64;
-    wallet::log::errors_only();
-    let app = wallet::App::start(config).map_err(|e| e.to_string())?;
-    let base = format!("http://{}", app.addr);
-    // Tokens for the first 200 seeded users, issued directly.
-    let users: Vec<BenchUser> = {
-        let conn = rusqlite::Connection::open(&path).map_err(|e| e.to_string())?;
-        let mut stmt = conn
-            .prepare("SELECT id, username FROM users ORDER BY id LIMIT 200")
-            .map_err(|e| e.to_string())?;
-        let rows: Vec<(i64, String)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(|e| e.to_string())?
-            .collect::<Result<_, _>>()
-            .map_err(|e| e.to_string())?;
-        rows.into_iter()
-            .map(|(id, username)| {
-                let token =
-                    wallet::accounts::new_token(app.service().now(), Duration::from_secs(3600));
-                let secret = token.secret.clone();
-                app.service()
-                    .writer
-                    .execute(move |conn, now| wallet::accounts::store_token(conn, now, id, &token))
-                    .map(|()| BenchUser {
-                        id,
-                        username,
-                        token: secret,
-                    })
-                    .map_err(|e| format!("{e:?}"))
-            })
-            .collect::<Result<_, _>>()?
-    };
-    let users = Arc::new(users);
-    let reads = match (deep_id, users.first()) {
+/// Tokens for the first 200 seeded users, issued directly.
+fn issue_tokens(app: &wallet::App, path: &Path) -> Result<Vec<BenchUser>, String> {
+    let conn = rusqlite::Connection::open(path).map_err(|e| e.to_string())?;
+    let mut stmt = conn
+        .prepare("SELECT id, username FROM users ORDER BY id LIMIT 200")
+        .map_err(|e| e.to_string())?;
+    let rows: Vec<(i64, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(|e| e.to_string())?
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    rows.into_iter()
+        .map(|(id, username)| {
+            let token = wallet::accounts::new_token(app.service().now(), Duration::from_secs(3600));
+            let secret = token.secret.clone();
+            app.service()
+                .writer
+                .execute(move |conn, now| wallet::accounts::store_token(conn, now, id, &token))
+                .map(|()| BenchUser {
+                    id,
+                    username,
+                    token: secret,
+                })
+                .map_err(|e| format!("{e:?}"))
+        })
+        .collect()
+}
+
+/// `GET /api/wallets/me` for a wallet of a few entries and for the deep one: (shallow, deep).
+fn time_wallet_reads(
+    app: &wallet::App,
+    base: &str,
+    deep_id: Option<i64>,
+    users: &[BenchUser],
+) -> Result<Option<(Value, Value)>, String> {
+    Ok(match (deep_id, users.first()) {
         (Some(deep_id), Some(shallow)) => {
             let token = wallet::accounts::new_token(app.service().now(), Duration::from_secs(3600));
             let deep_token = token.secret.clone();
@@ -999,7 +1016,7 @@ fn snapshot_bench_in(dir: &Path, args: &SnapshotBenchArgs) -> Result<bool, Strin
                 .writer
                 .execute(move |conn, now| wallet::accounts::store_token(conn, now, deep_id, &token))
                 .map_err(|e| format!("{e:?}"))?;
-            let mut c = Client::new(&base);
+            let mut c = Client::new(base);
             let mut time_reads = |token: &str| {
                 let mut stats = OpStats::default();
                 for _ in 0..WALLET_READS {
@@ -1012,20 +1029,32 @@ fn snapshot_bench_in(dir: &Path, args: &SnapshotBenchArgs) -> Result<bool, Strin
             Some((time_reads(&shallow.token), time_reads(&deep_token)))
         }
         _ => None,
-    };
+    })
+}
 
+/// Transfers by `clients` clients for `secs` seconds.
+fn transfers_for(base: &str, users: &Arc<Vec<BenchUser>>, clients: u32, secs: u64) -> OpStats {
     let stop = Arc::new(AtomicBool::new(false));
     let stopper = {
         let stop = stop.clone();
-        let secs = args.baseline;
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_secs(secs));
             stop.store(true, Ordering::Relaxed);
         })
     };
-    let mut baseline = timed_transfers(&base, &users, args.clients, &stop);
+    let stats = timed_transfers(base, users, clients, &stop);
     let _ = stopper.join();
+    stats
+}
 
+/// Transfers by `clients` clients while one snapshot runs: their figures, the snapshot's
+/// seconds and its report.
+fn transfers_during_snapshot(
+    app: &wallet::App,
+    base: &str,
+    users: &Arc<Vec<BenchUser>>,
+    clients: u32,
+) -> Result<(OpStats, f64, wallet::ledger::snapshot::RunReport), String> {
     let stop = Arc::new(AtomicBool::new(false));
     let snapshot_thread = {
         let (writer, stop, now) = (
@@ -1040,11 +1069,36 @@ fn snapshot_bench_in(dir: &Path, args: &SnapshotBenchArgs) -> Result<bool, Strin
             (t.elapsed().as_secs_f64(), r)
         })
     };
-    let mut during = timed_transfers(&base, &users, args.clients, &stop);
+    let during = timed_transfers(base, users, clients, &stop);
     let (snapshot_s, snap) = snapshot_thread
         .join()
         .map_err(|_| "snapshot thread panicked".to_string())?;
     let snap = snap.map_err(|e| format!("snapshot failed: {e:?}"))?;
+    Ok((during, snapshot_s, snap))
+}
+
+fn snapshot_bench_in(dir: &Path, args: &SnapshotBenchArgs) -> Result<bool, String> {
+    let path = dir.join("snap.db");
+    let currency = Currency::new("USD", 2, 1_000_000_000)?;
+    let Seeded {
+        seed_s,
+        report,
+        verify_s,
+        deep_id,
+    } = seed_ledger(&path, args, &currency)?;
+
+    let mut config = wallet::config::Config::for_tests(path.clone());
+    config.serve.argon2_memory_kib = 19_456;
+    config.serve.argon2_iterations = 2;
+    config.serve.threads = 64;
+    wallet::log::errors_only();
+    let app = wallet::App::start(config).map_err(|e| e.to_string())?;
+    let base = format!("http://{}", app.addr);
+    let users = Arc::new(issue_tokens(&app, &path)?);
+    let reads = time_wallet_reads(&app, &base, deep_id, &users)?;
+    let mut baseline = transfers_for(&base, &users, args.clients, args.baseline);
+    let (mut during, snapshot_s, snap) =
+        transfers_during_snapshot(&app, &base, &users, args.clients)?;
     app.shutdown().map_err(|e| e.to_string())?;
 
     let base_s = baseline.summary(args.baseline as f64);
@@ -1061,47 +1115,74 @@ fn snapshot_bench_in(dir: &Path, args: &SnapshotBenchArgs) -> Result<bool, Strin
     if args.json {
         println!("{out}");
     } else {
-        println!(
-            "seeded {} wallets and {} entries in {seed_s:.1} s",
-            args.wallets, report.entries
-        );
-        println!(
-            "wallet verify: {:.2} s, {}",
-            verify_s,
-            if report.ok() { "OK" } else { "FINDINGS" }
-        );
-        println!(
-            "snapshot of {} wallets: {snapshot_s:.2} s, {} mismatches",
-            snap.wallets,
-            snap.mismatches.len()
-        );
-        if let Some((shallow, deep)) = &reads {
-            for (label, r) in [
-                ("a wallet of ~10 entries".to_string(), shallow),
-                (format!("a wallet of {} entries", args.deep_entries), deep),
-            ] {
-                println!(
-                    "GET /api/wallets/me, {label}: p50 {:.3} ms, p99 {:.3} ms over {WALLET_READS} reads, statuses {}",
-                    r["p50_ms"].as_f64().unwrap_or(0.0),
-                    r["p99_ms"].as_f64().unwrap_or(0.0),
-                    r["statuses"]
-                );
-            }
+        print_snapshot_bench(&out);
+    }
+    Ok(report.ok() && snap.mismatches.is_empty())
+}
+
+/// `bench-snapshot`'s figures as a table, from its JSON.
+fn print_snapshot_bench(out: &Value) {
+    let f = |key: &str| out[key].as_f64().unwrap_or(0.0);
+    println!(
+        "seeded {} wallets and {} entries in {:.1} s",
+        out["wallets"],
+        out["entries"],
+        f("seed_s")
+    );
+    println!(
+        "wallet verify: {:.2} s, {}",
+        f("verify_s"),
+        if out["verify_ok"] == true {
+            "OK"
+        } else {
+            "FINDINGS"
         }
-        for (label, s) in [
-            ("transfers without a snapshot", &base_s),
-            ("transfers during the snapshot", &during_s),
+    );
+    println!(
+        "snapshot of {} wallets: {:.2} s, {} mismatches",
+        out["snapshot_wallets"],
+        f("snapshot_s"),
+        out["snapshot_mismatches"]
+    );
+    if let (Value::Object(_), Value::Object(_)) =
+        (&out["wallet_read_shallow"], &out["wallet_read_deep"])
+    {
+        for (label, r) in [
+            (
+                "a wallet of ~10 entries".to_string(),
+                &out["wallet_read_shallow"],
+            ),
+            (
+                format!("a wallet of {} entries", out["deep_entries"]),
+                &out["wallet_read_deep"],
+            ),
         ] {
             println!(
-                "{label}: {} at {}/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, statuses {}",
-                s["count"],
-                s["per_s"],
-                s["p50_ms"].as_f64().unwrap_or(0.0),
-                s["p99_ms"].as_f64().unwrap_or(0.0),
-                s["max_ms"].as_f64().unwrap_or(0.0),
-                s["statuses"]
+                "GET /api/wallets/me, {label}: p50 {:.3} ms, p99 {:.3} ms over {WALLET_READS} reads, statuses {}",
+                r["p50_ms"].as_f64().unwrap_or(0.0),
+                r["p99_ms"].as_f64().unwrap_or(0.0),
+                r["statuses"]
             );
         }
     }
-    Ok(report.ok() && snap.mismatches.is_empty())
+    for (label, s) in [
+        (
+            "transfers without a snapshot",
+            &out["transfers_without_snapshot"],
+        ),
+        (
+            "transfers during the snapshot",
+            &out["transfers_during_snapshot"],
+        ),
+    ] {
+        println!(
+            "{label}: {} at {}/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, statuses {}",
+            s["count"],
+            s["per_s"],
+            s["p50_ms"].as_f64().unwrap_or(0.0),
+            s["p99_ms"].as_f64().unwrap_or(0.0),
+            s["max_ms"].as_f64().unwrap_or(0.0),
+            s["statuses"]
+        );
+    }
 }
