@@ -1,65 +1,16 @@
-//! Command-line flags with environment fallbacks. `wallet --help` shows them all.
+//! The server's settings: flags with environment fallbacks (`ServeArgs`, which the binary's
+//! command line in `cli.rs` flattens; `wallet --help` shows them all), and `Config`, the
+//! checked and derived settings the service runs with.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser};
 
+use crate::db::Synchronous;
 use crate::domain::Currency;
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "wallet",
-    version,
-    about = "A self-hosted wallet ledger: REST API over an embedded SQLite file.\n\nWith no subcommand, serves the API."
-)]
-pub struct Cli {
-    /// The SQLite database file; created on first start.
-    #[arg(long, env = "WALLET_DB", default_value = "./wallet.db", global = true)]
-    pub db: PathBuf,
-
-    #[command(flatten)]
-    pub serve: ServeArgs,
-
-    #[command(subcommand)]
-    pub command: Option<Command>,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum Command {
-    /// Create a staff user. The password is read from a prompt, or from standard input when
-    /// that is not a terminal (never from a flag: it would show in `ps`).
-    Createsuperuser {
-        #[arg(long)]
-        username: String,
-        #[arg(long)]
-        email: String,
-    },
-    /// Take one balance snapshot now. Safe while the server runs. Exits 1 on a mismatch.
-    Snapshot,
-    /// Check the hash chain, every balance against its entries, conservation of money and
-    /// SQLite's integrity. Safe while the server runs. Exits 1 on any finding.
-    Verify,
-    /// Copy the database consistently (SQLite's online backup API) while the server runs.
-    Backup {
-        /// Where to write the copy; must not exist yet.
-        file: PathBuf,
-    },
-    /// Load-test a server: see README "Performance".
-    Bench(crate::bench::BenchArgs),
-    /// Measure a snapshot of a large ledger and its cost to concurrent transfers, and the
-    /// time of `verify` on it: see README "Performance".
-    BenchSnapshot(crate::bench::SnapshotBenchArgs),
-}
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Synchronous {
-    /// An acknowledged write survives power loss (fsync on every commit).
-    Full,
-    /// Survives a crash of the process, not of the machine.
-    Normal,
-}
+use crate::error::StartupError;
 
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -69,7 +20,8 @@ pub struct ServeArgs {
 
     /// Requests handled at once (each holds its place while its write is committed, so more
     /// than cores); more wait their turn in arrival order. Logins have their own places.
-    #[arg(long, env = "WALLET_THREADS", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    /// Formerly `--threads`/`WALLET_THREADS`, which are still accepted.
+    #[arg(long = "requests-max", alias = "threads", value_name = "N", env = ENV_REQUESTS_MAX, default_value_t = REQUESTS_MAX_DEFAULT, value_parser = clap::value_parser!(u16).range(1..=REQUESTS_MAX_CEILING as i64))]
     pub threads: u16,
 
     /// How long a login token lasts: seconds, or a number with s, m, h or d.
@@ -89,7 +41,7 @@ pub struct ServeArgs {
     pub amount_max: i64,
 
     /// Largest request body accepted, in bytes (413 above it).
-    #[arg(long, env = "WALLET_REQUEST_BODY_BYTES_MAX", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1024..=REQUEST_BODY_BYTES_MAX_CEILING as u64))]
+    #[arg(long, env = "WALLET_REQUEST_BODY_BYTES_MAX", default_value_t = REQUEST_BODY_BYTES_MAX_DEFAULT, value_parser = clap::value_parser!(u64).range(REQUEST_BODY_BYTES_MAX_FLOOR..=REQUEST_BODY_BYTES_MAX_CEILING as u64))]
     pub request_body_bytes_max: u64,
 
     /// SQLite durability: `full` survives power loss; `normal` only a process crash.
@@ -97,11 +49,11 @@ pub struct ServeArgs {
     pub synchronous: Synchronous,
 
     /// Most requests committed together in one SQLite transaction (group commit).
-    #[arg(long, env = "WALLET_WRITE_BATCH_MAX", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    #[arg(long, env = "WALLET_WRITE_BATCH_MAX", default_value_t = WRITE_BATCH_MAX_DEFAULT, value_parser = clap::value_parser!(u16).range(1..=WRITE_BATCH_MAX_CEILING as i64))]
     pub write_batch_max: u16,
 
     /// Most writes waiting for the writer; beyond it requests get 503 instead of queueing forever.
-    #[arg(long, env = "WALLET_WRITE_QUEUE_MAX", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, env = "WALLET_WRITE_QUEUE_MAX", default_value_t = WRITE_QUEUE_MAX_DEFAULT, value_parser = clap::value_parser!(u32).range(1..=WRITE_QUEUE_MAX_CEILING as i64))]
     pub write_queue_max: u32,
 
     /// Password hashes computed at once (argon2 is deliberately slow; this keeps a login storm
@@ -203,6 +155,22 @@ pub struct ServeArgs {
     pub accept_future_stamps: bool,
 }
 
+/// `ServeArgs` parsed alone, for defaults and tests; the binary's command line flattens them.
+#[derive(Parser, Debug)]
+#[command(name = "wallet")]
+struct ServeOnly {
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+impl ServeArgs {
+    /// Every setting at its default (environment variables apply, as on the command line),
+    /// listening on a free port of 127.0.0.1.
+    pub fn defaults() -> ServeArgs {
+        ServeOnly::parse_from(["wallet", "--listen", "127.0.0.1:0"]).serve
+    }
+}
+
 /// Parses `90`, `90s`, `15m`, `24h` or `7d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -239,24 +207,32 @@ pub struct Config {
 
 impl Config {
     /// Checks what clap cannot. The error names the setting, for a one-line message.
-    pub fn from_args(db: PathBuf, serve: ServeArgs) -> Result<Config, String> {
+    pub fn from_args(db: PathBuf, serve: ServeArgs) -> Result<Config, StartupError> {
         let currency = Currency::new(&serve.currency, serve.currency_scale, serve.amount_max)
-            .map_err(|e| format!("--currency/WALLET_CURRENCY: {e}"))?;
+            .map_err(|e| StartupError::setting("--currency/WALLET_CURRENCY", e))?;
         let snapshot_schedule = parse_cron(&serve.snapshot_cron)
-            .map_err(|e| format!("--snapshot-cron/WALLET_SNAPSHOT_CRON: {e}"))?;
+            .map_err(|e| StartupError::setting("--snapshot-cron/WALLET_SNAPSHOT_CRON", e))?;
         if let Some(url) = &serve.payout_url {
             // The payout client is built without TLS (no TLS library in the binary): an https
             // URL would fail every attempt and refund every withdrawal, so refuse it here.
             if !url.starts_with("http://") {
-                return Err(format!(
-                    "--payout-url/WALLET_PAYOUT_URL: {url:?} must be an http:// URL (TLS is not built in; \
-                     for an https service, point this at a local TLS-terminating relay)"
+                return Err(StartupError::setting(
+                    "--payout-url/WALLET_PAYOUT_URL",
+                    format!(
+                        "{url:?} must be an http:// URL (TLS is not built in; \
+                         for an https service, point this at a local TLS-terminating relay)"
+                    ),
                 ));
             }
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let hash_threads = match serve.hash_threads {
-            Some(0) => return Err("--hash-threads/WALLET_HASH_THREADS: must be at least 1".into()),
+            Some(0) => {
+                return Err(StartupError::setting(
+                    "--hash-threads/WALLET_HASH_THREADS",
+                    "must be at least 1",
+                ))
+            }
             Some(n) => usize::from(n),
             None => cores.saturating_sub(1).max(1),
         };
@@ -271,7 +247,7 @@ impl Config {
 
     /// Settings for tests and tools: everything default, cheap password hashing.
     pub fn for_tests(db: PathBuf) -> Config {
-        let mut serve = Cli::parse_from(["wallet", "--listen", "127.0.0.1:0"]).serve;
+        let mut serve = ServeArgs::defaults();
         serve.argon2_memory_kib = 64;
         serve.argon2_iterations = 1;
         serve.threads = 32;
@@ -281,6 +257,33 @@ impl Config {
         Config::from_args(db, serve).expect("test defaults are valid")
     }
 }
+
+/// The default and the largest `--requests-max`.
+pub const REQUESTS_MAX_DEFAULT: u16 = 64;
+pub const REQUESTS_MAX_CEILING: u16 = 1024;
+const _: () = assert!(REQUESTS_MAX_DEFAULT >= 1 && REQUESTS_MAX_DEFAULT <= REQUESTS_MAX_CEILING);
+/// The default and the largest `--write-batch-max` and `--write-queue-max`. A batch takes
+/// jobs from the queue, so by default the queue holds several batches' worth: a burst waits
+/// for the next commit instead of being refused with 503.
+pub const WRITE_BATCH_MAX_DEFAULT: u16 = 256;
+pub const WRITE_BATCH_MAX_CEILING: u16 = 4096;
+pub const WRITE_QUEUE_MAX_DEFAULT: u32 = 4096;
+pub const WRITE_QUEUE_MAX_CEILING: u32 = 1_000_000;
+const _: () = assert!(WRITE_BATCH_MAX_DEFAULT <= WRITE_BATCH_MAX_CEILING);
+const _: () = assert!(WRITE_QUEUE_MAX_DEFAULT <= WRITE_QUEUE_MAX_CEILING);
+const _: () = assert!(WRITE_BATCH_MAX_DEFAULT as u32 * 2 <= WRITE_QUEUE_MAX_DEFAULT);
+const _: () = assert!(WRITE_BATCH_MAX_CEILING as u32 <= WRITE_QUEUE_MAX_CEILING);
+
+/// The default and the smallest `--request-body-bytes-max`.
+pub const REQUEST_BODY_BYTES_MAX_DEFAULT: u64 = 65_536;
+pub const REQUEST_BODY_BYTES_MAX_FLOOR: u64 = 1024;
+const _: () = assert!(
+    REQUEST_BODY_BYTES_MAX_FLOOR <= REQUEST_BODY_BYTES_MAX_DEFAULT
+        && REQUEST_BODY_BYTES_MAX_DEFAULT <= REQUEST_BODY_BYTES_MAX_CEILING as u64
+);
+/// The environment variable of `--requests-max`, and its older name, read when it is unset.
+pub const ENV_REQUESTS_MAX: &str = "WALLET_REQUESTS_MAX";
+pub const ENV_REQUESTS_MAX_OLD: &str = "WALLET_THREADS";
 
 /// The largest `--request-body-bytes-max` accepted.
 pub const REQUEST_BODY_BYTES_MAX_CEILING: usize = 16 * 1024 * 1024;
@@ -316,11 +319,11 @@ mod tests {
 
     #[test]
     fn the_payout_retry_window_defaults_to_a_day() {
-        let serve = Cli::parse_from(["wallet"]).serve;
+        let serve = ServeOnly::parse_from(["wallet"]).serve;
         assert_eq!(serve.payout_retry_window, Duration::from_secs(86_400));
-        let serve = Cli::parse_from(["wallet", "--payout-retry-window", "90m"]).serve;
+        let serve = ServeOnly::parse_from(["wallet", "--payout-retry-window", "90m"]).serve;
         assert_eq!(serve.payout_retry_window, Duration::from_secs(5_400));
-        assert!(Cli::try_parse_from(["wallet", "--payout-retry-window", "0"]).is_err());
+        assert!(ServeOnly::try_parse_from(["wallet", "--payout-retry-window", "0"]).is_err());
     }
 
     #[test]
@@ -333,18 +336,24 @@ mod tests {
 
     #[test]
     fn bad_settings_name_the_setting() {
-        let serve = Cli::parse_from(["wallet", "--snapshot-cron", "nope"]).serve;
-        let err = Config::from_args("x.db".into(), serve).unwrap_err();
+        let serve = ServeOnly::parse_from(["wallet", "--snapshot-cron", "nope"]).serve;
+        let err = Config::from_args("x.db".into(), serve)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("--snapshot-cron"), "{err}");
         let serve =
-            Cli::parse_from(["wallet", "--payout-url", "https://bank.example/payouts"]).serve;
-        let err = Config::from_args("x.db".into(), serve).unwrap_err();
+            ServeOnly::parse_from(["wallet", "--payout-url", "https://bank.example/payouts"]).serve;
+        let err = Config::from_args("x.db".into(), serve)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with("--payout-url") && err.contains("TLS"),
             "{err}"
         );
-        let serve = Cli::parse_from(["wallet", "--currency", "dollars"]).serve;
-        let err = Config::from_args("x.db".into(), serve).unwrap_err();
+        let serve = ServeOnly::parse_from(["wallet", "--currency", "dollars"]).serve;
+        let err = Config::from_args("x.db".into(), serve)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("--currency"), "{err}");
     }
 }

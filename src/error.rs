@@ -1,7 +1,12 @@
 //! The one error type of the service. Use cases return it; `http::response` maps it to a
 //! status and body in one place. `Internal` keeps its cause for the log, never for the client.
+//! Storage errors become `AppError`s in `db::error`. `StartupError` is why the server or a
+//! command-line tool could not run, and chooses the binary's exit code.
 
 use std::collections::BTreeMap;
+use std::error::Error;
+use std::fmt;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AppError {
@@ -40,8 +45,9 @@ pub enum AppError {
     /// The database cannot take writes: the disk is full or the file became read-only. An
     /// operator's problem, not a bug: 503, and `/health` says which.
     Storage(StorageFault),
-    /// A bug or an environment failure. The string goes to the log only.
-    Internal(String),
+    /// A bug or an environment failure. What was being done and its cause chain go to the
+    /// log only.
+    Internal(InternalError),
 }
 
 /// Why the database refuses writes while reads go on.
@@ -71,8 +77,14 @@ impl AppError {
         AppError::Validation(fields)
     }
 
-    pub fn internal(context: &str, cause: impl std::fmt::Display) -> AppError {
-        AppError::Internal(format!("{context}: {cause}"))
+    /// An internal error whose cause is only text.
+    pub fn internal(context: &str, cause: impl fmt::Display) -> AppError {
+        AppError::Internal(InternalError::new(format!("{context}: {cause}")))
+    }
+
+    /// An internal error that keeps its cause, so the log shows the whole chain.
+    pub fn caused_by(context: &str, source: impl Error + Send + Sync + 'static) -> AppError {
+        AppError::Internal(InternalError::caused_by(context, source))
     }
 }
 
@@ -102,20 +114,167 @@ impl FieldErrors {
     }
 }
 
-impl From<rusqlite::Error> for AppError {
-    fn from(e: rusqlite::Error) -> AppError {
-        match e.sqlite_error_code() {
-            Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked) => {
-                AppError::Unavailable("the database is busy; try again")
-            }
-            Some(rusqlite::ErrorCode::DiskFull) => AppError::Storage(StorageFault::Full),
-            _ => AppError::internal("sqlite", e),
+/// What was being done when a bug or an environment failure struck, and the error that
+/// struck, if there was one. Its text is the context followed by every cause in the chain
+/// (`sqlite: disk I/O error: ...`). Two are equal when their texts are.
+#[derive(Clone)]
+pub struct InternalError {
+    context: String,
+    source: Option<Arc<dyn Error + Send + Sync>>,
+}
+
+impl InternalError {
+    pub fn new(context: impl Into<String>) -> InternalError {
+        InternalError {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    pub fn caused_by(
+        context: impl Into<String>,
+        source: impl Error + Send + Sync + 'static,
+    ) -> InternalError {
+        InternalError {
+            context: context.into(),
+            source: Some(Arc::new(source)),
         }
     }
 }
 
-impl From<r2d2::Error> for AppError {
-    fn from(_: r2d2::Error) -> AppError {
-        AppError::Unavailable("no database connection was free in time; try again")
+impl fmt::Display for InternalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut text = self.context.clone();
+        let mut cause = self.source();
+        while let Some(e) = cause {
+            let said = e.to_string();
+            // Some errors repeat their source's text in their own: it is said once.
+            if !text.contains(&said) {
+                text.push_str(": ");
+                text.push_str(&said);
+            }
+            cause = e.source();
+        }
+        f.write_str(&text)
+    }
+}
+
+impl fmt::Debug for InternalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.to_string(), f)
+    }
+}
+
+impl Error for InternalError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn Error + 'static))
+    }
+}
+
+impl PartialEq for InternalError {
+    fn eq(&self, other: &InternalError) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for InternalError {}
+
+impl From<&str> for InternalError {
+    fn from(context: &str) -> InternalError {
+        InternalError::new(context)
+    }
+}
+
+impl From<String> for InternalError {
+    fn from(context: String) -> InternalError {
+        InternalError::new(context)
+    }
+}
+
+/// Why the server or a command-line tool could not run (or stop cleanly). The binary prints it
+/// on one line after `error: ` and exits with `exit_code`.
+#[derive(Debug)]
+pub enum StartupError {
+    /// A setting (a flag or its environment variable) can't be used as given. The message
+    /// starts with the setting's name (`--db/WALLET_DB: ...`). Exit code 2, as for a flag the
+    /// parser refuses.
+    Setting(String),
+    /// Anything else: the database's content, another server holding it, the system. Exit
+    /// code 1.
+    Failed(InternalError),
+}
+
+impl StartupError {
+    /// A setting that can't be used: `name` as `--db/WALLET_DB`, then why.
+    pub fn setting(name: &str, why: impl fmt::Display) -> StartupError {
+        StartupError::Setting(format!("{name}: {why}"))
+    }
+
+    pub fn failed(message: impl Into<String>) -> StartupError {
+        StartupError::Failed(InternalError::new(message))
+    }
+
+    /// `context`, then `source` and its causes.
+    pub fn caused_by(
+        context: impl Into<String>,
+        source: impl Error + Send + Sync + 'static,
+    ) -> StartupError {
+        StartupError::Failed(InternalError::caused_by(context, source))
+    }
+
+    /// The binary's exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartupError::Setting(_) => 2,
+            StartupError::Failed(_) => 1,
+        }
+    }
+}
+
+impl fmt::Display for StartupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartupError::Setting(message) => f.write_str(message),
+            StartupError::Failed(e) => fmt::Display::fmt(e, f),
+        }
+    }
+}
+
+impl Error for StartupError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match self {
+            StartupError::Setting(_) => None,
+            StartupError::Failed(e) => e.source(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_internal_error_keeps_its_cause_chain_for_the_log() {
+        // SQLite's error stays the source of the internal error (not only its text), and the
+        // text names what was being done followed by every cause, each said once.
+        let sqlite = rusqlite::Connection::open_in_memory()
+            .unwrap()
+            .execute_batch("SELECT * FROM no_such_table")
+            .unwrap_err();
+        let AppError::Internal(e) = AppError::from(sqlite) else {
+            panic!("a missing table is a bug, not a client's error");
+        };
+        assert!(e.source().is_some());
+        let text = e.to_string();
+        assert!(
+            text.starts_with("sqlite: no such table: no_such_table"),
+            "{text}"
+        );
+        let inner = InternalError::caused_by("outer", e.clone());
+        assert_eq!(inner.to_string(), format!("outer: {text}"));
+        assert_eq!(
+            AppError::internal("ctx", "cause"),
+            AppError::Internal("ctx: cause".into())
+        );
     }
 }

@@ -4,7 +4,6 @@
 //! background work in `jobs` and value types in `domain`.
 
 pub mod accounts;
-pub mod bench;
 pub mod clock;
 pub mod config;
 pub mod db;

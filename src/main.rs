@@ -2,21 +2,21 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use wallet::config::{Cli, Command, Config};
+use wallet::config::Config;
+use wallet::error::StartupError;
+
+use cli::{Cli, Command};
+
+mod bench;
+mod cli;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_args(args.clone()) {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
             // One line naming the setting, and exit code 2.
-            let first = e
-                .to_string()
-                .lines()
-                .next()
-                .unwrap_or("invalid arguments")
-                .to_string();
-            eprintln!("{first}");
+            eprintln!("{}", cli::first_line_of(&e, &args));
             return ExitCode::from(2);
         }
         Err(e) => {
@@ -43,20 +43,20 @@ fn main() -> ExitCode {
             println!("{m}");
             true
         }),
-        Some(Command::Bench(args)) => wallet::bench::run(args),
-        Some(Command::BenchSnapshot(args)) => wallet::bench::run_snapshot_bench(args),
+        Some(Command::Bench(args)) => bench::run(args),
+        Some(Command::BenchSnapshot(args)) => bench::run_snapshot_bench(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(if e.starts_with("--") { 2 } else { 1 })
+            ExitCode::from(e.exit_code())
         }
     }
 }
 
-fn serve(db: std::path::PathBuf, args: wallet::config::ServeArgs) -> Result<bool, String> {
+fn serve(db: std::path::PathBuf, args: wallet::config::ServeArgs) -> Result<bool, StartupError> {
     let config = Config::from_args(db, args)?;
     // Block SIGINT and SIGTERM before any thread starts, so every thread inherits the mask
     // and the main thread alone receives them through sigwait.

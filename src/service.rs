@@ -3,14 +3,12 @@
 
 use std::sync::Arc;
 
-use rusqlite::params;
-
 use crate::accounts::{
     self, AuthUser, IssuedToken, LoginThrottle, NewUser, PasswordGuard, TokenCache, User,
 };
 use crate::clock::{ClockReport, GuardedClock, Wakeup, WALL_LEAP_MS_MAX};
 use crate::config::Config;
-use crate::db::{Pool, Writer};
+use crate::db::{self, Pool, Writer};
 use crate::domain::{
     Email, MinorUnits, Password, PayoutResolution, StaffReason, Timestamp, Username,
     WithdrawalStatus,
@@ -304,7 +302,7 @@ impl Service {
                 let detail =
                     serde_json::json!({"entry_id": out.value.id, "amount": out.value.amount.get()})
                         .to_string();
-                audit(
+                db::audit::record(
                     conn,
                     now,
                     staff_id,
@@ -351,7 +349,7 @@ impl Service {
                 "refund_transaction_id": w.refund_transaction_id,
             })
             .to_string();
-            audit(
+            db::audit::record(
                 conn,
                 now,
                 staff_id,
@@ -379,7 +377,7 @@ impl Service {
     ) -> Result<(), AppError> {
         let staff_id = staff.user_id;
         self.writer
-            .execute(move |conn, now| audit(conn, now, staff_id, action, &target, "{}"))
+            .execute(move |conn, now| db::audit::record(conn, now, staff_id, action, &target, "{}"))
     }
 
     /// `/health`: whether the database answers a query, takes writes, and the wall clock is
@@ -389,7 +387,7 @@ impl Service {
             .pool
             .get()
             .map_err(AppError::from)
-            .and_then(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?));
+            .and_then(|c| db::health::answers(&c));
         if let Err(e) = &database {
             crate::log::error(&format!("health: database check failed: {e:?}"));
         }
@@ -416,19 +414,4 @@ impl Service {
             0
         }
     }
-}
-
-fn audit(
-    conn: &rusqlite::Connection,
-    now: Timestamp,
-    staff: i64,
-    action: &str,
-    target: &str,
-    detail: &str,
-) -> Result<(), AppError> {
-    conn.prepare_cached(
-        "INSERT INTO audit_log (staff_user_id, action, target, detail, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![staff, action, target, detail, now.to_text()])?;
-    Ok(())
 }

@@ -11,6 +11,7 @@ use crate::clock::{GuardedClock, SharedClock, SystemClock, Wakeup, WALL_LEAP_MS_
 use crate::config::Config;
 use crate::db::{self, Writer};
 use crate::domain::Timestamp;
+use crate::error::StartupError;
 use crate::http::HttpServer;
 use crate::jobs::payout::{InFlight, PayoutSettings, PayoutWorker};
 use crate::jobs::snapshot::SnapshotJob;
@@ -19,6 +20,9 @@ use crate::service::Service;
 
 /// Reader connections: readers are quick, and workers waiting on the writer hold none.
 pub const READER_CONNECTIONS_MAX: u32 = 16;
+// The pool's size is `--requests-max` clamped to 2..=READER_CONNECTIONS_MAX (`clamp` panics on
+// an empty range).
+const _: () = assert!(READER_CONNECTIONS_MAX >= 2);
 
 pub struct App {
     pub addr: SocketAddr,
@@ -39,123 +43,54 @@ pub struct TestHooks {
 }
 
 impl App {
-    pub fn start(config: Config) -> Result<App, String> {
+    pub fn start(config: Config) -> Result<App, StartupError> {
         App::start_with(config, Arc::new(SystemClock), TestHooks::default())
     }
 
     /// Starts the service on `wall`, the wall clock (a `ManualClock` in tests), which it reads
     /// only through a `GuardedClock`.
-    pub fn start_with(config: Config, wall: SharedClock, hooks: TestHooks) -> Result<App, String> {
+    pub fn start_with(
+        config: Config,
+        wall: SharedClock,
+        hooks: TestHooks,
+    ) -> Result<App, StartupError> {
         // First of all: a second server must not even migrate the file under the first one.
         let serve_lock = db::lock_for_serving(&config.db)?;
         raise_descriptor_limit();
         tune_malloc();
         let clock = Arc::new(GuardedClock::new(wall));
-        db::check_writable_path(&config.db)?;
-        let mut conn = db::open(&config.db, config.serve.synchronous)
-            .map_err(|e| format!("--db/WALLET_DB: cannot open {}: {e}", config.db.display()))?;
-        db::check_writable(&config.db, &conn)?;
-        db::migrate(&mut conn)?;
-        db::check_currency(&conn, &config.currency)?;
-        check_newest_stamp(&conn, clock.now(), config.serve.accept_future_stamps)?;
-        conn.execute_batch(&format!("PRAGMA cache_size = -{}", db::WRITER_CACHE_KIB))
-            .map_err(|e| format!("cannot size the writer's cache: {e}"))?;
-        // Before any other thread starts: they all inherit the CPUs this thread keeps.
-        let writer_cpu = if config.serve.pin_writer {
-            crate::sys::reserve_cpu_for_writer()
-        } else {
-            None
-        };
-        let (writer, writer_thread) = Writer::start_on(
-            conn,
-            clock.clone() as SharedClock,
-            usize::from(config.serve.write_batch_max),
-            config.serve.write_queue_max as usize,
-            writer_cpu,
-        );
+        let conn = open_database(&config, clock.now())?;
+        let (writer, writer_thread) = start_writer(&config, conn, &clock);
         let threads = usize::from(config.serve.threads);
         let pool = db::reader_pool(
             &config.db,
             (threads as u32).clamp(2, READER_CONNECTIONS_MAX) + 2,
         )?;
-        let passwords = PasswordGuard::new(
-            config.serve.argon2_memory_kib,
-            config.serve.argon2_iterations,
-            config.hash_threads,
-        )?;
-        let metrics = Arc::new(Metrics::default());
-        let payout_wakeup = Arc::new(Wakeup::default());
-        let payouts_in_flight = Arc::new(InFlight::default());
-        let snapshot_wakeup = Arc::new(Wakeup::default());
+        let service = new_service(&config, pool, writer, clock)?;
         let listener = TcpListener::bind(config.serve.listen).map_err(|e| {
-            format!(
-                "--listen/WALLET_LISTEN: cannot listen on {}: {e}",
-                config.serve.listen
+            StartupError::setting(
+                "--listen/WALLET_LISTEN",
+                format!("cannot listen on {}: {e}", config.serve.listen),
             )
         })?;
-        let service = Arc::new(Service {
-            throttle: LoginThrottle::new(
-                config.serve.login_failures_max,
-                config.serve.login_window,
-                crate::accounts::THROTTLE_KEYS_MAX,
-            ),
-            tokens: TokenCache::default(),
-            config: config.clone(),
-            pool: pool.clone(),
-            writer: writer.clone(),
-            clock: clock.clone(),
-            passwords,
-            metrics: metrics.clone(),
-            payout_wakeup: payout_wakeup.clone(),
-            payouts_in_flight: payouts_in_flight.clone(),
-        });
         let checkpoint_wakeup = Arc::new(Wakeup::default());
         let checkpointer = db::start_checkpointer(
             &config.db,
             config.serve.synchronous,
             checkpoint_wakeup.clone(),
         )?;
-        let http = HttpServer::start(service.clone(), listener, threads, hooks.panic_route)?;
-        let mut jobs = vec![
-            checkpointer,
-            PayoutWorker {
-                settings: PayoutSettings {
-                    url: config.serve.payout_url.clone(),
-                    attempts_max: config.serve.payout_attempts_max,
-                    retry_base_ms: config.serve.payout_retry_base_ms,
-                    timeout_ms: config.serve.payout_timeout_ms,
-                    retry_window: config.serve.payout_retry_window,
-                },
-                currency: config.currency.clone(),
-                writer: writer.clone(),
-                pool: pool.clone(),
-                clock: clock.clone() as SharedClock,
-                wakeup: payout_wakeup.clone(),
-                metrics: metrics.clone(),
-                in_flight: payouts_in_flight,
-            }
-            .spawn(),
-        ];
-        if let Some(schedule) = config.snapshot_schedule.clone() {
-            jobs.push(
-                SnapshotJob {
-                    schedule,
-                    writer,
-                    pool,
-                    clock: clock as SharedClock,
-                    wakeup: snapshot_wakeup.clone(),
-                    metrics,
-                }
-                .spawn(),
-            );
-        }
+        let http = HttpServer::start(service.clone(), listener, threads, hooks.panic_route)
+            .map_err(StartupError::failed)?;
+        let (mut jobs, mut wakeups) = spawn_jobs(&config, &service);
+        jobs.insert(0, checkpointer);
+        wakeups.push(checkpoint_wakeup);
         Ok(App {
             addr: http.addr,
             http,
             service,
             writer_thread,
             jobs,
-            wakeups: vec![payout_wakeup, snapshot_wakeup, checkpoint_wakeup],
+            wakeups,
             serve_lock,
         })
     }
@@ -166,7 +101,7 @@ impl App {
 
     /// Stops accepting, lets in-flight requests finish within the grace period, stops the
     /// background threads, lets the writer drain, and checkpoints the WAL.
-    pub fn shutdown(self) -> Result<(), String> {
+    pub fn shutdown(self) -> Result<(), StartupError> {
         let grace = Duration::from_millis(self.service.config.serve.shutdown_grace_ms);
         let db_path = self.service.config.db.clone();
         let sync = self.service.config.serve.synchronous;
@@ -180,15 +115,122 @@ impl App {
         // The writer thread ends once the last `Writer` handle (inside the service) is gone.
         drop(self.service);
         let _ = self.writer_thread.join();
-        let conn = db::open(&db_path, sync).map_err(|e| e.to_string())?;
+        let conn = db::open(&db_path, sync).map_err(|e| StartupError::failed(e.to_string()))?;
         let checkpointed = conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-            .map_err(|e| format!("checkpoint: {e}"));
+            .map_err(|e| StartupError::caused_by("checkpoint", e));
         drop(conn);
         // Only now may another server start on the file.
         drop(self.serve_lock);
         checkpointed
     }
+}
+
+/// Opens the database for the writer, refusing one this process can't write, then migrates
+/// it and checks it may be served with these settings and this clock.
+fn open_database(config: &Config, now: Timestamp) -> Result<rusqlite::Connection, StartupError> {
+    db::check_writable_path(&config.db)?;
+    let mut conn = db::open(&config.db, config.serve.synchronous).map_err(|e| {
+        StartupError::setting(
+            "--db/WALLET_DB",
+            format!("cannot open {}: {e}", config.db.display()),
+        )
+    })?;
+    db::check_writable(&config.db, &conn)?;
+    db::migrate(&mut conn)?;
+    db::check_currency(&conn, &config.currency)?;
+    check_newest_stamp(&conn, now, config.serve.accept_future_stamps)?;
+    conn.execute_batch(&format!("PRAGMA cache_size = -{}", db::WRITER_CACHE_KIB))
+        .map_err(|e| StartupError::caused_by("cannot size the writer's cache", e))?;
+    Ok(conn)
+}
+
+/// Starts the writer on `conn`, on a CPU of its own when `--pin-writer` asks for one. Called
+/// before any other thread starts: they all inherit the CPUs this thread keeps.
+fn start_writer(
+    config: &Config,
+    conn: rusqlite::Connection,
+    clock: &Arc<GuardedClock>,
+) -> (Writer, JoinHandle<()>) {
+    let writer_cpu = if config.serve.pin_writer {
+        crate::sys::reserve_cpu_for_writer()
+    } else {
+        None
+    };
+    Writer::start_on(
+        conn,
+        clock.clone() as SharedClock,
+        usize::from(config.serve.write_batch_max),
+        config.serve.write_queue_max as usize,
+        writer_cpu,
+    )
+}
+
+/// What every request shares; starts the password hashing threads.
+fn new_service(
+    config: &Config,
+    pool: db::Pool,
+    writer: Writer,
+    clock: Arc<GuardedClock>,
+) -> Result<Arc<Service>, StartupError> {
+    let passwords = PasswordGuard::new(
+        config.serve.argon2_memory_kib,
+        config.serve.argon2_iterations,
+        config.hash_threads,
+    )
+    .map_err(StartupError::failed)?;
+    Ok(Arc::new(Service {
+        throttle: LoginThrottle::new(
+            config.serve.login_failures_max,
+            config.serve.login_window,
+            crate::accounts::THROTTLE_KEYS_MAX,
+        ),
+        tokens: TokenCache::default(),
+        config: config.clone(),
+        pool,
+        writer,
+        clock,
+        passwords,
+        metrics: Arc::new(Metrics::default()),
+        payout_wakeup: Arc::new(Wakeup::default()),
+        payouts_in_flight: Arc::new(InFlight::default()),
+    }))
+}
+
+/// Starts the payout worker and, when scheduled, the snapshot job, on the service's writer,
+/// pool, clock and metrics. Returns their threads and what wakes or stops them.
+fn spawn_jobs(config: &Config, service: &Service) -> (Vec<JoinHandle<()>>, Vec<Arc<Wakeup>>) {
+    let clock = service.clock.clone() as SharedClock;
+    let payouts = PayoutWorker {
+        settings: PayoutSettings {
+            url: config.serve.payout_url.clone(),
+            attempts_max: config.serve.payout_attempts_max,
+            retry_base_ms: config.serve.payout_retry_base_ms,
+            timeout_ms: config.serve.payout_timeout_ms,
+            retry_window: config.serve.payout_retry_window,
+        },
+        currency: config.currency.clone(),
+        writer: service.writer.clone(),
+        pool: service.pool.clone(),
+        clock: clock.clone(),
+        wakeup: service.payout_wakeup.clone(),
+        metrics: service.metrics.clone(),
+        in_flight: service.payouts_in_flight.clone(),
+    };
+    let mut jobs = vec![payouts.spawn()];
+    let snapshot_wakeup = Arc::new(Wakeup::default());
+    if let Some(schedule) = config.snapshot_schedule.clone() {
+        let snapshots = SnapshotJob {
+            schedule,
+            writer: service.writer.clone(),
+            pool: service.pool.clone(),
+            clock,
+            wakeup: snapshot_wakeup.clone(),
+            metrics: service.metrics.clone(),
+        };
+        jobs.push(snapshots.spawn());
+    }
+    (jobs, vec![service.payout_wakeup.clone(), snapshot_wakeup])
 }
 
 /// Refuses to start on a ledger whose newest entry is stamped more than `WALL_LEAP_MS_MAX` ahead
@@ -198,7 +240,7 @@ fn check_newest_stamp(
     conn: &rusqlite::Connection,
     now: Timestamp,
     accept: bool,
-) -> Result<(), String> {
+) -> Result<(), StartupError> {
     let Some(newest) = db::newest_entry_stamp(conn)? else {
         return Ok(());
     };
@@ -218,13 +260,13 @@ fn check_newest_stamp(
         ));
         return Ok(());
     }
-    Err(format!(
+    Err(StartupError::failed(format!(
         "{what}. Time stamps never go back, so every new entry, token expiry and schedule check would follow that \
          time. If this clock is wrong, correct it and start again. If the entry was stamped by a clock that was \
          ahead, either wait until {} or start with --accept-future-stamps (WALLET_ACCEPT_FUTURE_STAMPS=true) to \
          stamp new entries after it until then",
         newest.to_text()
-    ))
+    )))
 }
 
 fn human_ms(ms: i64) -> String {

@@ -6,17 +6,18 @@ use std::sync::Arc;
 
 use crate::accounts::{self, NewUser, PasswordGuard};
 use crate::clock::{Clock, SystemClock};
-use crate::config::Synchronous;
-use crate::db::{self, DirectWriter, Exec};
+use crate::db::{self, DirectWriter, Exec, Synchronous};
 use crate::domain::{Email, Password, Username};
+use crate::error::{AppError, StartupError};
 use crate::ledger::snapshot;
 
 /// Opens the database for a tool, migrating it first if its schema is older than this
 /// binary's. Only the migration takes the serve lock: a tool never changes the schema under a
 /// running server, but one that needs no migration runs beside it.
-fn open_migrated(path: &Path) -> Result<rusqlite::Connection, String> {
-    let mut conn = db::open(path, Synchronous::Full)
-        .map_err(|e| format!("--db: cannot open {}: {e}", path.display()))?;
+fn open_migrated(path: &Path) -> Result<rusqlite::Connection, StartupError> {
+    let mut conn = db::open(path, Synchronous::Full).map_err(|e| {
+        StartupError::setting("--db", format!("cannot open {}: {e}", path.display()))
+    })?;
     let version = db::schema_version(&conn)?;
     let _lock = if version < db::SCHEMA_VERSION {
         Some(db::lock_for_migration(path, version)?)
@@ -29,14 +30,14 @@ fn open_migrated(path: &Path) -> Result<rusqlite::Connection, String> {
 }
 
 /// Reads a line with the terminal's echo off.
-fn prompt_hidden(prompt: &str) -> Result<String, String> {
+fn prompt_hidden(prompt: &str) -> Result<String, StartupError> {
     eprint!("{prompt}");
     let _ = std::io::stderr().flush();
     // SAFETY: termios calls on standard input, with a struct they fill in.
     let saved = unsafe {
         let mut t: libc::termios = std::mem::zeroed();
         if libc::tcgetattr(0, &mut t) != 0 {
-            return Err("cannot read the terminal's settings".into());
+            return Err(StartupError::failed("cannot read the terminal's settings"));
         }
         let saved = t;
         t.c_lflag &= !libc::ECHO;
@@ -48,24 +49,23 @@ fn prompt_hidden(prompt: &str) -> Result<String, String> {
     // SAFETY: restores the settings read above.
     unsafe { libc::tcsetattr(0, libc::TCSANOW, &saved) };
     eprintln!();
-    read.map_err(|e| e.to_string())?;
+    read.map_err(|e| StartupError::failed(e.to_string()))?;
     Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }
 
-fn read_password() -> Result<String, String> {
+fn read_password() -> Result<String, StartupError> {
     if std::io::stdin().is_terminal() {
         let first = prompt_hidden("Password: ")?;
         let again = prompt_hidden("Password (again): ")?;
         if first != again {
-            return Err("the passwords do not match".into());
+            return Err(StartupError::failed("the passwords do not match"));
         }
         Ok(first)
     } else {
         let mut line = String::new();
-        std::io::stdin()
-            .lock()
-            .read_line(&mut line)
-            .map_err(|e| format!("cannot read the password from standard input: {e}"))?;
+        std::io::stdin().lock().read_line(&mut line).map_err(|e| {
+            StartupError::caused_by("cannot read the password from standard input", e)
+        })?;
         Ok(line.trim_end_matches(['\r', '\n']).to_string())
     }
 }
@@ -77,16 +77,21 @@ pub fn createsuperuser(
     username: &str,
     email: &str,
     argon2: (u32, u32),
-) -> Result<String, String> {
-    let username = Username::parse(username).map_err(|e| format!("--username: {e}"))?;
-    let email = Email::parse(email).map_err(|e| format!("--email: {e}"))?;
-    let password = Password::parse(&read_password()?).map_err(|e| format!("password: {e}"))?;
+) -> Result<String, StartupError> {
+    let username = Username::parse(username).map_err(|e| StartupError::setting("--username", e))?;
+    let email = Email::parse(email).map_err(|e| StartupError::setting("--email", e))?;
+    let password = Password::parse(&read_password()?)
+        .map_err(|e| StartupError::failed(format!("password: {e}")))?;
     if crate::domain::username_key(password.expose()) == username.key() {
-        return Err("password: must not be the same as the username".into());
+        return Err(StartupError::failed(
+            "password: must not be the same as the username",
+        ));
     }
     let conn = open_migrated(db_path)?;
-    let guard = PasswordGuard::new(argon2.0, argon2.1, 1)?;
-    let password_hash = guard.hash(&password).map_err(|e| format!("{e:?}"))?;
+    let guard = PasswordGuard::new(argon2.0, argon2.1, 1).map_err(StartupError::failed)?;
+    let password_hash = guard
+        .hash(&password)
+        .map_err(|e| StartupError::failed(format!("{e:?}")))?;
     let writer = DirectWriter::new(conn, Arc::new(SystemClock));
     let new_user = NewUser {
         username,
@@ -99,13 +104,13 @@ pub fn createsuperuser(
     let user = writer
         .exec(move |conn, now| accounts::create_user(conn, now, &new_user, None))
         .map_err(|e| match e {
-            crate::error::AppError::UsernameTaken => {
-                "--username: a user with this username already exists".to_string()
+            AppError::UsernameTaken => {
+                StartupError::setting("--username", "a user with this username already exists")
             }
-            crate::error::AppError::EmailTaken => {
-                "--email: a user with this email already exists".to_string()
+            AppError::EmailTaken => {
+                StartupError::setting("--email", "a user with this email already exists")
             }
-            other => format!("cannot create the user: {other:?}"),
+            other => StartupError::failed(format!("cannot create the user: {other:?}")),
         })?;
     Ok(format!(
         "created staff user {} (id {})",
@@ -114,13 +119,14 @@ pub fn createsuperuser(
 }
 
 /// Runs one snapshot. `Ok(false)` when a mismatch was found.
-pub fn snapshot_now(db_path: &Path) -> Result<bool, String> {
+pub fn snapshot_now(db_path: &Path) -> Result<bool, StartupError> {
     let conn = open_migrated(db_path)?;
     let clock = Arc::new(SystemClock);
     let cutoff = clock.now();
     let writer = DirectWriter::new(conn, clock);
     let started = std::time::Instant::now();
-    let report = snapshot::run(&writer, cutoff).map_err(|e| format!("snapshot failed: {e:?}"))?;
+    let report = snapshot::run(&writer, cutoff)
+        .map_err(|e| StartupError::failed(format!("snapshot failed: {e:?}")))?;
     println!(
         "snapshot run {}: cut-off {}, {} wallets, {} mismatches, {:.3}s",
         report.run_id,
@@ -138,13 +144,16 @@ pub fn snapshot_now(db_path: &Path) -> Result<bool, String> {
     Ok(report.mismatches.is_empty())
 }
 
-pub fn verify(db_path: &Path) -> Result<bool, String> {
+pub fn verify(db_path: &Path) -> Result<bool, StartupError> {
     if !db_path.exists() {
-        return Err(format!("--db: {} does not exist", db_path.display()));
+        return Err(StartupError::setting(
+            "--db",
+            format!("{} does not exist", db_path.display()),
+        ));
     }
     let mut conn = open_migrated(db_path)?;
     let report = crate::verify::verify(&mut conn)
-        .map_err(|e| format!("verify failed to read the database: {e}"))?;
+        .map_err(|e| StartupError::caused_by("verify failed to read the database", e))?;
     println!(
         "verified {} entries in {} wallets in {:.3}s: {}",
         report.entries,
@@ -165,28 +174,35 @@ pub fn verify(db_path: &Path) -> Result<bool, String> {
 /// Attempts at a backup step that finds the database locked, 50 ms apart.
 pub const BACKUP_BUSY_RETRIES_MAX: u32 = 200;
 
-pub fn backup(db_path: &Path, target: &Path) -> Result<String, String> {
+pub fn backup(db_path: &Path, target: &Path) -> Result<String, StartupError> {
     if target.exists() {
-        return Err(format!(
+        return Err(StartupError::failed(format!(
             "{} exists already; choose a new file",
             target.display()
-        ));
+        )));
     }
     if !db_path.exists() {
-        return Err(format!("--db: {} does not exist", db_path.display()));
+        return Err(StartupError::setting(
+            "--db",
+            format!("{} does not exist", db_path.display()),
+        ));
     }
-    let conn = db::open(db_path, Synchronous::Full).map_err(|e| e.to_string())?;
+    let conn =
+        db::open(db_path, Synchronous::Full).map_err(|e| StartupError::failed(e.to_string()))?;
     // One step copies every page: stepping in small pieces restarts whenever the server
     // writes in between, and under steady writes might never finish. In WAL mode a single
     // step reads one consistent snapshot without blocking the server's writer.
     let mut dst = rusqlite::Connection::open(target)
-        .map_err(|e| format!("cannot create {}: {e}", target.display()))?;
+        .map_err(|e| StartupError::caused_by(format!("cannot create {}", target.display()), e))?;
     let backup = rusqlite::backup::Backup::new(&conn, &mut dst)
-        .map_err(|e| format!("backup failed: {e}"))?;
+        .map_err(|e| StartupError::caused_by("backup failed", e))?;
     let mut tries_left = BACKUP_BUSY_RETRIES_MAX;
     loop {
         use rusqlite::backup::StepResult;
-        match backup.step(-1).map_err(|e| format!("backup failed: {e}"))? {
+        match backup
+            .step(-1)
+            .map_err(|e| StartupError::caused_by("backup failed", e))?
+        {
             StepResult::Done => break,
             StepResult::More => {}
             // Busy or locked (by a writer in another process): wait a little and try again.
@@ -194,7 +210,11 @@ pub fn backup(db_path: &Path, target: &Path) -> Result<String, String> {
                 tries_left -= 1;
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
-            _ => return Err("backup failed: the database stayed locked".into()),
+            _ => {
+                return Err(StartupError::failed(
+                    "backup failed: the database stayed locked",
+                ))
+            }
         }
     }
     Ok(format!(

@@ -17,11 +17,11 @@ use clap::Args;
 use rand::Rng;
 use serde_json::{json, Value};
 
-use crate::clock::SystemClock;
-use crate::config::Synchronous;
-use crate::db::{self, Writer};
-use crate::domain::{Amount, Currency, Metadata, Reference};
-use crate::ledger::{self, Movement, Recipient, TransferRequest, WalletRef};
+use wallet::clock::SystemClock;
+use wallet::db::{self, Synchronous, Writer};
+use wallet::domain::{Amount, Currency, Metadata, Reference};
+use wallet::error::StartupError;
+use wallet::ledger::{self, Movement, Recipient, TransferRequest, WalletRef};
 
 mod evented;
 
@@ -438,22 +438,23 @@ fn run_mix(base: &str, users: &Arc<Vec<BenchUser>>, args: &BenchArgs) -> Result<
 /// Returns the user id and wallet id.
 fn funded_user(
     conn: &rusqlite::Connection,
-    now: crate::domain::Timestamp,
+    now: wallet::domain::Timestamp,
     c: &Currency,
     name: &str,
     amount: &str,
-) -> Result<(i64, WalletRef), crate::error::AppError> {
-    use crate::error::AppError;
-    let u = crate::accounts::NewUser {
-        username: crate::domain::Username::parse(name).map_err(AppError::Internal)?,
-        email: crate::domain::Email::parse(&format!("{name}@bench.invalid"))
-            .map_err(AppError::Internal)?,
+) -> Result<(i64, WalletRef), wallet::error::AppError> {
+    use wallet::error::AppError;
+    let u = wallet::accounts::NewUser {
+        username: wallet::domain::Username::parse(name)
+            .map_err(|e| AppError::Internal(e.into()))?,
+        email: wallet::domain::Email::parse(&format!("{name}@bench.invalid"))
+            .map_err(|e| AppError::Internal(e.into()))?,
         password_hash: "not a login".into(),
         first_name: String::new(),
         last_name: String::new(),
         is_staff: false,
     };
-    let user = crate::accounts::create_user(conn, now, &u, None)?;
+    let user = wallet::accounts::create_user(conn, now, &u, None)?;
     let w = conn.query_row(
         "SELECT key, id FROM wallets WHERE user_id = ?1",
         [user.id],
@@ -465,8 +466,8 @@ fn funded_user(
         },
     )?;
     let m = Movement {
-        amount: Amount::parse_text(amount, c).map_err(|e| AppError::Internal(e.0))?,
-        reference: Reference::parse("fund").map_err(AppError::Internal)?,
+        amount: Amount::parse_text(amount, c).map_err(|e| AppError::Internal(e.0.into()))?,
+        reference: Reference::parse("fund").map_err(|e| AppError::Internal(e.into()))?,
         metadata: Metadata::empty(),
     };
     ledger::deposit(conn, now, c, &w, &m)?;
@@ -494,12 +495,13 @@ fn raw_in(
     sync: Synchronous,
 ) -> Result<f64, String> {
     let mut conn = db::open(path, sync).map_err(|e| e.to_string())?;
-    db::migrate(&mut conn)?;
+    db::migrate(&mut conn).map_err(|e| e.to_string())?;
     let currency = Currency::new("USD", 2, 1_000_000_000)?;
-    db::check_currency(&conn, &currency)?;
+    db::check_currency(&conn, &currency).map_err(|e| e.to_string())?;
     let (writer, handle) = Writer::start(conn, Arc::new(SystemClock), 256, 4096);
-    let checkpoint_wakeup = Arc::new(crate::clock::Wakeup::default());
-    let checkpointer = db::start_checkpointer(path, sync, checkpoint_wakeup.clone())?;
+    let checkpoint_wakeup = Arc::new(wallet::clock::Wakeup::default());
+    let checkpointer =
+        db::start_checkpointer(path, sync, checkpoint_wakeup.clone()).map_err(|e| e.to_string())?;
     let users = users.max(2);
     let wallets: Vec<(i64, WalletRef)> = {
         let c = currency.clone();
@@ -583,10 +585,16 @@ fn raw_in(
 }
 
 /// Runs the benchmark. `Ok(false)` when the money invariant did not hold.
-pub fn run(args: &BenchArgs) -> Result<bool, String> {
+pub fn run(args: &BenchArgs) -> Result<bool, StartupError> {
     if args.clients == 0 || args.users < 2 || args.duration == 0 {
-        return Err("--clients and --duration must be at least 1, --users at least 2".into());
+        return Err(StartupError::Setting(
+            "--clients and --duration must be at least 1, --users at least 2".into(),
+        ));
     }
+    run_checked(args).map_err(StartupError::failed)
+}
+
+fn run_checked(args: &BenchArgs) -> Result<bool, String> {
     if args.raw_only {
         let rate = raw_transfers(args.clients, args.users, args.duration, args.synchronous)?;
         println!(
@@ -628,7 +636,7 @@ pub fn run(args: &BenchArgs) -> Result<bool, String> {
     let mut verify_ok = Value::Null;
     if let Some(child) = &child {
         let mut conn = rusqlite::Connection::open(child.db()).map_err(|e| e.to_string())?;
-        let report = crate::verify::verify(&mut conn).map_err(|e| e.to_string())?;
+        let report = wallet::verify::verify(&mut conn).map_err(|e| e.to_string())?;
         invariant_held &= report.ok();
         verify_ok = json!(report.ok());
     }
@@ -808,9 +816,9 @@ fn seed(
                         to: Recipient::UserId(b.0),
                         movement: Movement {
                             amount: Amount::parse_text("0.01", &c)
-                                .map_err(|e| crate::error::AppError::Internal(e.0))?,
+                                .map_err(|e| wallet::error::AppError::Internal(e.0.into()))?,
                             reference: Reference::parse(&format!("seed-{i}"))
-                                .map_err(crate::error::AppError::Internal)?,
+                                .map_err(|e| wallet::error::AppError::Internal(e.into()))?,
                             metadata: Metadata::empty(),
                         },
                     };
@@ -844,9 +852,9 @@ fn seed_deep_wallet(writer: &Writer, currency: &Currency, entries: u32) -> Resul
                 for i in from..to {
                     let m = Movement {
                         amount: Amount::parse_text("0.01", &c)
-                            .map_err(|e| crate::error::AppError::Internal(e.0))?,
+                            .map_err(|e| wallet::error::AppError::Internal(e.0.into()))?,
                         reference: Reference::parse(&format!("deep-{i}"))
-                            .map_err(crate::error::AppError::Internal)?,
+                            .map_err(|e| wallet::error::AppError::Internal(e.into()))?,
                         metadata: Metadata::empty(),
                     };
                     ledger::deposit(conn, now, &c, &wallet, &m)?;
@@ -900,7 +908,11 @@ fn timed_transfers(
 
 /// `wallet bench-snapshot`: how long a snapshot of a large ledger takes, and what it costs
 /// transfers running at the same time. Also times `wallet verify` on the same ledger.
-pub fn run_snapshot_bench(args: &SnapshotBenchArgs) -> Result<bool, String> {
+pub fn run_snapshot_bench(args: &SnapshotBenchArgs) -> Result<bool, StartupError> {
+    run_snapshot_bench_checked(args).map_err(StartupError::failed)
+}
+
+fn run_snapshot_bench_checked(args: &SnapshotBenchArgs) -> Result<bool, String> {
     let dir = std::env::temp_dir().join(format!(
         "wallet-bench-snap-{}",
         uuid::Uuid::new_v4().simple()
@@ -911,83 +923,100 @@ pub fn run_snapshot_bench(args: &SnapshotBenchArgs) -> Result<bool, String> {
     result
 }
 
-fn snapshot_bench_in(dir: &Path, args: &SnapshotBenchArgs) -> Result<bool, String> {
-    let path = dir.join("snap.db");
-    let currency = Currency::new("USD", 2, 1_000_000_000)?;
+/// The seeded ledger of `bench-snapshot`, and how long seeding and `verify` took.
+struct Seeded {
+    seed_s: f64,
+    report: wallet::verify::VerifyReport,
+    verify_s: f64,
+    /// The wallet with a long history (`--deep-entries`), if any.
+    deep_id: Option<i64>,
+}
+
+fn seed_ledger(
+    path: &Path,
+    args: &SnapshotBenchArgs,
+    currency: &Currency,
+) -> Result<Seeded, String> {
     let t0 = Instant::now();
     {
-        let mut conn = db::open(&path, Synchronous::Normal).map_err(|e| e.to_string())?;
-        db::migrate(&mut conn)?;
-        db::check_currency(&conn, &currency)?;
+        let mut conn = db::open(path, Synchronous::Normal).map_err(|e| e.to_string())?;
+        db::migrate(&mut conn).map_err(|e| e.to_string())?;
+        db::check_currency(&conn, currency).map_err(|e| e.to_string())?;
         let (writer, handle) = Writer::start(conn, Arc::new(SystemClock), 256, 4096);
-        seed(&writer, &currency, args.wallets, args.entries)?;
+        seed(&writer, currency, args.wallets, args.entries)?;
         drop(writer);
         let _ = handle.join();
     }
     let seed_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let report =
-        crate::verify::verify(&mut rusqlite::Connection::open(&path).map_err(|e| e.to_string())?)
+        wallet::verify::verify(&mut rusqlite::Connection::open(path).map_err(|e| e.to_string())?)
             .map_err(|e| e.to_string())?;
     let verify_s = t1.elapsed().as_secs_f64();
     // One wallet with a long history, seeded after `verify` so that figure stays comparable.
     let deep_id = if args.deep_entries > 0 {
-        let mut conn = db::open(&path, Synchronous::Normal).map_err(|e| e.to_string())?;
-        db::migrate(&mut conn)?;
+        let mut conn = db::open(path, Synchronous::Normal).map_err(|e| e.to_string())?;
+        db::migrate(&mut conn).map_err(|e| e.to_string())?;
         let (writer, handle) = Writer::start(conn, Arc::new(SystemClock), 256, 4096);
-        let id = seed_deep_wallet(&writer, &currency, args.deep_entries)?;
+        let id = seed_deep_wallet(&writer, currency, args.deep_entries)?;
         drop(writer);
         let _ = handle.join();
         Some(id)
     } else {
         None
     };
+    Ok(Seeded {
+        seed_s,
+        report,
+        verify_s,
+        deep_id,
+    })
+}
 
-    let mut config = crate::config::Config::for_tests(path.clone());
-    config.serve.argon2_memory_kib = 19_456;
-    config.serve.argon2_iterations = 2;
-    config.serve.threads = 64;
-    crate::log::errors_only();
-    let app = crate::App::start(config)?;
-    let base = format!("http://{}", app.addr);
-    // Tokens for the first 200 seeded users, issued directly.
-    let users: Vec<BenchUser> = {
-        let conn = rusqlite::Connection::open(&path).map_err(|e| e.to_string())?;
-        let mut stmt = conn
-            .prepare("SELECT id, username FROM users ORDER BY id LIMIT 200")
-            .map_err(|e| e.to_string())?;
-        let rows: Vec<(i64, String)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(|e| e.to_string())?
-            .collect::<Result<_, _>>()
-            .map_err(|e| e.to_string())?;
-        rows.into_iter()
-            .map(|(id, username)| {
-                let token =
-                    crate::accounts::new_token(app.service().now(), Duration::from_secs(3600));
-                let secret = token.secret.clone();
-                app.service()
-                    .writer
-                    .execute(move |conn, now| crate::accounts::store_token(conn, now, id, &token))
-                    .map(|()| BenchUser {
-                        id,
-                        username,
-                        token: secret,
-                    })
-                    .map_err(|e| format!("{e:?}"))
-            })
-            .collect::<Result<_, _>>()?
-    };
-    let users = Arc::new(users);
-    let reads = match (deep_id, users.first()) {
+/// Tokens for the first 200 seeded users, issued directly.
+fn issue_tokens(app: &wallet::App, path: &Path) -> Result<Vec<BenchUser>, String> {
+    let conn = rusqlite::Connection::open(path).map_err(|e| e.to_string())?;
+    let mut stmt = conn
+        .prepare("SELECT id, username FROM users ORDER BY id LIMIT 200")
+        .map_err(|e| e.to_string())?;
+    let rows: Vec<(i64, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(|e| e.to_string())?
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    rows.into_iter()
+        .map(|(id, username)| {
+            let token = wallet::accounts::new_token(app.service().now(), Duration::from_secs(3600));
+            let secret = token.secret.clone();
+            app.service()
+                .writer
+                .execute(move |conn, now| wallet::accounts::store_token(conn, now, id, &token))
+                .map(|()| BenchUser {
+                    id,
+                    username,
+                    token: secret,
+                })
+                .map_err(|e| format!("{e:?}"))
+        })
+        .collect()
+}
+
+/// `GET /api/wallets/me` for a wallet of a few entries and for the deep one: (shallow, deep).
+fn time_wallet_reads(
+    app: &wallet::App,
+    base: &str,
+    deep_id: Option<i64>,
+    users: &[BenchUser],
+) -> Result<Option<(Value, Value)>, String> {
+    Ok(match (deep_id, users.first()) {
         (Some(deep_id), Some(shallow)) => {
-            let token = crate::accounts::new_token(app.service().now(), Duration::from_secs(3600));
+            let token = wallet::accounts::new_token(app.service().now(), Duration::from_secs(3600));
             let deep_token = token.secret.clone();
             app.service()
                 .writer
-                .execute(move |conn, now| crate::accounts::store_token(conn, now, deep_id, &token))
+                .execute(move |conn, now| wallet::accounts::store_token(conn, now, deep_id, &token))
                 .map_err(|e| format!("{e:?}"))?;
-            let mut c = Client::new(&base);
+            let mut c = Client::new(base);
             let mut time_reads = |token: &str| {
                 let mut stats = OpStats::default();
                 for _ in 0..WALLET_READS {
@@ -1000,20 +1029,32 @@ fn snapshot_bench_in(dir: &Path, args: &SnapshotBenchArgs) -> Result<bool, Strin
             Some((time_reads(&shallow.token), time_reads(&deep_token)))
         }
         _ => None,
-    };
+    })
+}
 
+/// Transfers by `clients` clients for `secs` seconds.
+fn transfers_for(base: &str, users: &Arc<Vec<BenchUser>>, clients: u32, secs: u64) -> OpStats {
     let stop = Arc::new(AtomicBool::new(false));
     let stopper = {
         let stop = stop.clone();
-        let secs = args.baseline;
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_secs(secs));
             stop.store(true, Ordering::Relaxed);
         })
     };
-    let mut baseline = timed_transfers(&base, &users, args.clients, &stop);
+    let stats = timed_transfers(base, users, clients, &stop);
     let _ = stopper.join();
+    stats
+}
 
+/// Transfers by `clients` clients while one snapshot runs: their figures, the snapshot's
+/// seconds and its report.
+fn transfers_during_snapshot(
+    app: &wallet::App,
+    base: &str,
+    users: &Arc<Vec<BenchUser>>,
+    clients: u32,
+) -> Result<(OpStats, f64, wallet::ledger::snapshot::RunReport), String> {
     let stop = Arc::new(AtomicBool::new(false));
     let snapshot_thread = {
         let (writer, stop, now) = (
@@ -1023,17 +1064,42 @@ fn snapshot_bench_in(dir: &Path, args: &SnapshotBenchArgs) -> Result<bool, Strin
         );
         std::thread::spawn(move || {
             let t = Instant::now();
-            let r = crate::ledger::snapshot::run(&writer, now);
+            let r = wallet::ledger::snapshot::run(&writer, now);
             stop.store(true, Ordering::Relaxed);
             (t.elapsed().as_secs_f64(), r)
         })
     };
-    let mut during = timed_transfers(&base, &users, args.clients, &stop);
+    let during = timed_transfers(base, users, clients, &stop);
     let (snapshot_s, snap) = snapshot_thread
         .join()
         .map_err(|_| "snapshot thread panicked".to_string())?;
     let snap = snap.map_err(|e| format!("snapshot failed: {e:?}"))?;
-    app.shutdown()?;
+    Ok((during, snapshot_s, snap))
+}
+
+fn snapshot_bench_in(dir: &Path, args: &SnapshotBenchArgs) -> Result<bool, String> {
+    let path = dir.join("snap.db");
+    let currency = Currency::new("USD", 2, 1_000_000_000)?;
+    let Seeded {
+        seed_s,
+        report,
+        verify_s,
+        deep_id,
+    } = seed_ledger(&path, args, &currency)?;
+
+    let mut config = wallet::config::Config::for_tests(path.clone());
+    config.serve.argon2_memory_kib = 19_456;
+    config.serve.argon2_iterations = 2;
+    config.serve.threads = 64;
+    wallet::log::errors_only();
+    let app = wallet::App::start(config).map_err(|e| e.to_string())?;
+    let base = format!("http://{}", app.addr);
+    let users = Arc::new(issue_tokens(&app, &path)?);
+    let reads = time_wallet_reads(&app, &base, deep_id, &users)?;
+    let mut baseline = transfers_for(&base, &users, args.clients, args.baseline);
+    let (mut during, snapshot_s, snap) =
+        transfers_during_snapshot(&app, &base, &users, args.clients)?;
+    app.shutdown().map_err(|e| e.to_string())?;
 
     let base_s = baseline.summary(args.baseline as f64);
     let during_s = during.summary(snapshot_s);
@@ -1049,47 +1115,74 @@ fn snapshot_bench_in(dir: &Path, args: &SnapshotBenchArgs) -> Result<bool, Strin
     if args.json {
         println!("{out}");
     } else {
-        println!(
-            "seeded {} wallets and {} entries in {seed_s:.1} s",
-            args.wallets, report.entries
-        );
-        println!(
-            "wallet verify: {:.2} s, {}",
-            verify_s,
-            if report.ok() { "OK" } else { "FINDINGS" }
-        );
-        println!(
-            "snapshot of {} wallets: {snapshot_s:.2} s, {} mismatches",
-            snap.wallets,
-            snap.mismatches.len()
-        );
-        if let Some((shallow, deep)) = &reads {
-            for (label, r) in [
-                ("a wallet of ~10 entries".to_string(), shallow),
-                (format!("a wallet of {} entries", args.deep_entries), deep),
-            ] {
-                println!(
-                    "GET /api/wallets/me, {label}: p50 {:.3} ms, p99 {:.3} ms over {WALLET_READS} reads, statuses {}",
-                    r["p50_ms"].as_f64().unwrap_or(0.0),
-                    r["p99_ms"].as_f64().unwrap_or(0.0),
-                    r["statuses"]
-                );
-            }
+        print_snapshot_bench(&out);
+    }
+    Ok(report.ok() && snap.mismatches.is_empty())
+}
+
+/// `bench-snapshot`'s figures as a table, from its JSON.
+fn print_snapshot_bench(out: &Value) {
+    let f = |key: &str| out[key].as_f64().unwrap_or(0.0);
+    println!(
+        "seeded {} wallets and {} entries in {:.1} s",
+        out["wallets"],
+        out["entries"],
+        f("seed_s")
+    );
+    println!(
+        "wallet verify: {:.2} s, {}",
+        f("verify_s"),
+        if out["verify_ok"] == true {
+            "OK"
+        } else {
+            "FINDINGS"
         }
-        for (label, s) in [
-            ("transfers without a snapshot", &base_s),
-            ("transfers during the snapshot", &during_s),
+    );
+    println!(
+        "snapshot of {} wallets: {:.2} s, {} mismatches",
+        out["snapshot_wallets"],
+        f("snapshot_s"),
+        out["snapshot_mismatches"]
+    );
+    if let (Value::Object(_), Value::Object(_)) =
+        (&out["wallet_read_shallow"], &out["wallet_read_deep"])
+    {
+        for (label, r) in [
+            (
+                "a wallet of ~10 entries".to_string(),
+                &out["wallet_read_shallow"],
+            ),
+            (
+                format!("a wallet of {} entries", out["deep_entries"]),
+                &out["wallet_read_deep"],
+            ),
         ] {
             println!(
-                "{label}: {} at {}/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, statuses {}",
-                s["count"],
-                s["per_s"],
-                s["p50_ms"].as_f64().unwrap_or(0.0),
-                s["p99_ms"].as_f64().unwrap_or(0.0),
-                s["max_ms"].as_f64().unwrap_or(0.0),
-                s["statuses"]
+                "GET /api/wallets/me, {label}: p50 {:.3} ms, p99 {:.3} ms over {WALLET_READS} reads, statuses {}",
+                r["p50_ms"].as_f64().unwrap_or(0.0),
+                r["p99_ms"].as_f64().unwrap_or(0.0),
+                r["statuses"]
             );
         }
     }
-    Ok(report.ok() && snap.mismatches.is_empty())
+    for (label, s) in [
+        (
+            "transfers without a snapshot",
+            &out["transfers_without_snapshot"],
+        ),
+        (
+            "transfers during the snapshot",
+            &out["transfers_during_snapshot"],
+        ),
+    ] {
+        println!(
+            "{label}: {} at {}/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, statuses {}",
+            s["count"],
+            s["per_s"],
+            s["p50_ms"].as_f64().unwrap_or(0.0),
+            s["p99_ms"].as_f64().unwrap_or(0.0),
+            s["max_ms"].as_f64().unwrap_or(0.0),
+            s["statuses"]
+        );
+    }
 }

@@ -1,6 +1,10 @@
 //! Storage: opening SQLite, applying `schema.sql`, the reader pool and the single writer.
 
+pub mod audit;
+mod error;
+pub mod health;
 mod migrations;
+pub mod payouts;
 pub mod writer;
 
 use std::path::Path;
@@ -9,8 +13,8 @@ use std::time::Duration;
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, OptionalExtension};
 
-use crate::config::Synchronous;
 use crate::domain::{Currency, Timestamp};
+use crate::error::StartupError;
 
 pub use writer::{Writer, WriterStats};
 
@@ -45,6 +49,15 @@ pub const BUSY_TIMEOUT_MS: u64 = 5_000;
 
 pub type Pool = r2d2::Pool<SqliteConnectionManager>;
 
+/// SQLite's durability setting (`PRAGMA synchronous`), chosen by `--synchronous`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Synchronous {
+    /// An acknowledged write survives power loss (fsync on every commit).
+    Full,
+    /// Survives a crash of the process, not of the machine.
+    Normal,
+}
+
 fn sync_pragma(sync: Synchronous) -> &'static str {
     match sync {
         Synchronous::Full => "FULL",
@@ -78,6 +91,9 @@ pub const PAGE_SIZE_BYTES: u32 = 2048;
 /// `WRITER_AUTOCHECKPOINT_BYTES` allows, so a restarted WAL overwrites blocks it already has
 /// (a commit that grows the file also has to sync its size).
 pub const WAL_SIZE_LIMIT_BYTES: u64 = 256 * 1024 * 1024;
+const _: () = assert!(WAL_SIZE_LIMIT_BYTES > WRITER_AUTOCHECKPOINT_BYTES);
+// The checkpointer copies the WAL several times within the time a connection waits for a lock.
+const _: () = assert!(CHECKPOINT_INTERVAL_MS * 4 <= BUSY_TIMEOUT_MS);
 
 /// Process-wide SQLite settings, applied once before the first connection: memory statistics
 /// off. They take a global mutex on every allocation, which measured ~10% of the writer's time.
@@ -147,34 +163,34 @@ pub fn serve_lock_path(db: &Path) -> std::path::PathBuf {
 }
 
 /// Takes the serve lock on `db`, or says which process holds it.
-pub fn lock_for_serving(db: &Path) -> Result<ServeLock, String> {
+pub fn lock_for_serving(db: &Path) -> Result<ServeLock, StartupError> {
     try_lock(db)?.map_err(|holder| {
-        format!(
+        StartupError::failed(format!(
             "cannot serve {}: another wallet server{holder} is already serving it (it holds \
              the lock on {}); stop that one first, or serve another --db. `wallet verify`, \
              `backup` and `snapshot` run beside a server",
             db.display(),
             serve_lock_path(db).display()
-        )
+        ))
     })
 }
 
 /// Takes the serve lock for a command-line tool that must migrate the schema (`from` is the
 /// database's version), so that no tool changes the schema under a running server, which
 /// would go on with the tables it knew. Refused, saying why, while a server holds it.
-pub fn lock_for_migration(db: &Path, from: i32) -> Result<ServeLock, String> {
+pub fn lock_for_migration(db: &Path, from: i32) -> Result<ServeLock, StartupError> {
     try_lock(db)?.map_err(|holder| {
-        format!(
+        StartupError::failed(format!(
             "cannot migrate {} from schema version {from} to {SCHEMA_VERSION}: a wallet server{holder} \
              is serving it, and a tool never changes the schema under a running server; stop \
              the server and run this again, or upgrade the server first (it migrates at start-up)",
             db.display()
-        )
+        ))
     })
 }
 
 /// The lock, or, when another process holds it, a note naming that process for a message.
-fn try_lock(db: &Path) -> Result<Result<ServeLock, String>, String> {
+fn try_lock(db: &Path) -> Result<Result<ServeLock, String>, StartupError> {
     use std::io::{Read, Seek, Write};
     use std::os::fd::AsRawFd;
     let path = serve_lock_path(db);
@@ -191,15 +207,20 @@ fn try_lock(db: &Path) -> Result<Result<ServeLock, String>, String> {
             std::io::ErrorKind::PermissionDenied => std::fs::File::open(&path).map_err(|_| e),
             _ => Err(e),
         })
-        .map_err(|e| format!("--db/WALLET_DB: cannot open {}: {e}", path.display()))?;
+        .map_err(|e| {
+            StartupError::setting(
+                "--db/WALLET_DB",
+                format!("cannot open {}: {e}", path.display()),
+            )
+        })?;
     // SAFETY: flock on a descriptor this function owns; it only changes the lock's state.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
         let err = std::io::Error::last_os_error();
         if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(format!(
-                "--db/WALLET_DB: cannot lock {}: {err}",
-                path.display()
+            return Err(StartupError::setting(
+                "--db/WALLET_DB",
+                format!("cannot lock {}: {err}", path.display()),
             ));
         }
         let mut holder = String::new();
@@ -218,9 +239,9 @@ fn try_lock(db: &Path) -> Result<Result<ServeLock, String>, String> {
 }
 
 /// The database's schema version (`PRAGMA user_version`; 0 for a new file).
-pub fn schema_version(conn: &Connection) -> Result<i32, String> {
+pub fn schema_version(conn: &Connection) -> Result<i32, StartupError> {
     conn.query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(|e| format!("cannot read the database: {e}"))
+        .map_err(|e| StartupError::caused_by("cannot read the database", e))
 }
 
 /// Opens a read-write connection with the service's pragmas.
@@ -258,16 +279,19 @@ fn configure(conn: &Connection, sync: Synchronous) -> rusqlite::Result<()> {
 /// SQLite creates the `-wal` and `-shm` files beside it). Checked before opening, because
 /// SQLite quietly opens a file it cannot write read-only, and the server would then answer
 /// every write with an error instead of refusing to start.
-pub fn check_writable_path(path: &Path) -> Result<(), String> {
+pub fn check_writable_path(path: &Path) -> Result<(), StartupError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
     if let Err(e) = writable(dir) {
-        return Err(format!(
-            "--db/WALLET_DB: cannot write in the directory {} ({e}); SQLite keeps its -wal and -shm files next to \
+        return Err(StartupError::setting(
+            "--db/WALLET_DB",
+            format!(
+            "cannot write in the directory {} ({e}); SQLite keeps its -wal and -shm files next to \
              the database, so the directory must be writable by the user the server runs as",
             dir.display()
+        ),
         ));
     }
     match writable(path) {
@@ -281,7 +305,7 @@ pub fn check_writable_path(path: &Path) -> Result<(), String> {
 /// Refuses a connection SQLite opened read-only, or one on which a write cannot begin: the
 /// checks of `check_writable_path` answer for permissions, not for every way a file can be
 /// read-only (a read-only mount, an immutable file), and `root` passes them regardless.
-pub fn check_writable(path: &Path, conn: &Connection) -> Result<(), String> {
+pub fn check_writable(path: &Path, conn: &Connection) -> Result<(), StartupError> {
     if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
         return Err(read_only_db(path, "SQLite could open it for reading only"));
     }
@@ -291,20 +315,23 @@ pub fn check_writable(path: &Path, conn: &Connection) -> Result<(), String> {
             let _ = conn.execute_batch("ROLLBACK");
             match e.sqlite_error_code() {
                 Some(rusqlite::ErrorCode::ReadOnly) => read_only_db(path, &e.to_string()),
-                _ => format!(
-                    "--db/WALLET_DB: cannot begin a write on {}: {e} (is another program holding it?)",
-                    path.display()
+                _ => StartupError::setting(
+                    "--db/WALLET_DB",
+                    format!(
+                        "cannot begin a write on {}: {e} (is another program holding it?)",
+                        path.display()
+                    ),
                 ),
             }
         })
 }
 
-fn read_only_db(path: &Path, why: &str) -> String {
-    format!(
-        "--db/WALLET_DB: {} is read-only for this process ({why}); the server needs to write it: \
+fn read_only_db(path: &Path, why: &str) -> StartupError {
+    StartupError::setting("--db/WALLET_DB", format!(
+        "{} is read-only for this process ({why}); the server needs to write it: \
          make it (and its -wal and -shm files) writable by the user the server runs as, or mount its file system read-write",
         path.display()
-    )
+    ))
 }
 
 /// Whether this process may write `path`, by `access(2)`: the kernel's own answer, including a
@@ -322,7 +349,7 @@ fn writable(path: &Path) -> std::io::Result<()> {
 }
 
 /// The time stamp of the newest ledger entry, if there is one.
-pub fn newest_entry_stamp(conn: &Connection) -> Result<Option<Timestamp>, String> {
+pub fn newest_entry_stamp(conn: &Connection) -> Result<Option<Timestamp>, StartupError> {
     conn.query_row(
         "SELECT created_at FROM entries ORDER BY seq DESC LIMIT 1",
         [],
@@ -330,11 +357,11 @@ pub fn newest_entry_stamp(conn: &Connection) -> Result<Option<Timestamp>, String
     )
     .optional()
     .map(|t| t.map(|t| Timestamp::from_stored(&t)))
-    .map_err(|e| format!("cannot read the newest ledger entry: {e}"))
+    .map_err(|e| StartupError::caused_by("cannot read the newest ledger entry", e))
 }
 
 /// A pool of read-only connections for queries; writes go through the `Writer`.
-pub fn reader_pool(path: &Path, size: u32) -> Result<Pool, String> {
+pub fn reader_pool(path: &Path, size: u32) -> Result<Pool, StartupError> {
     tune_sqlite_once();
     let manager = SqliteConnectionManager::file(path).with_init(|c| {
         c.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
@@ -351,22 +378,22 @@ pub fn reader_pool(path: &Path, size: u32) -> Result<Pool, String> {
         .min_idle(Some(size.min(4)))
         .connection_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))
         .build(manager)
-        .map_err(|e| format!("cannot open database pool: {e}"))
+        .map_err(|e| StartupError::caused_by("cannot open database pool", e))
 }
 
 /// Applies the schema to a new database, or migrates an older one to the current version in
 /// one transaction (all of it or none of it), or checks an existing one is ours and current.
-pub fn migrate(conn: &mut Connection) -> Result<(), String> {
+pub fn migrate(conn: &mut Connection) -> Result<(), StartupError> {
     let version = schema_version(conn)?;
     if version < 0 {
-        return Err(format!(
+        return Err(StartupError::failed(format!(
             "the database has schema version {version}, which no wallet ever wrote; is it another program's?"
-        ));
+        )));
     }
     if version > SCHEMA_VERSION {
-        return Err(format!(
+        return Err(StartupError::failed(format!(
             "the database has schema version {version}, newer than this binary's {SCHEMA_VERSION}; use a newer wallet"
-        ));
+        )));
     }
     if version == SCHEMA_VERSION {
         return Ok(());
@@ -375,11 +402,11 @@ pub fn migrate(conn: &mut Connection) -> Result<(), String> {
     // keys off; `foreign_key_check` below proves nothing was left dangling. The pragma is a
     // no-op inside a transaction, so it is set before the transaction starts.
     conn.execute_batch("PRAGMA foreign_keys = OFF")
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| StartupError::failed(e.to_string()))?;
     let result = migrate_in_transaction(conn, version);
     conn.execute_batch("PRAGMA foreign_keys = ON")
-        .map_err(|e| e.to_string())?;
-    result
+        .map_err(|e| StartupError::failed(e.to_string()))?;
+    result.map_err(StartupError::failed)
 }
 
 fn migrate_in_transaction(conn: &mut Connection, version: i32) -> Result<(), String> {
@@ -432,7 +459,8 @@ fn migrate_in_transaction(conn: &mut Connection, version: i32) -> Result<(), Str
 
 /// Records the currency on first start; afterwards the configured one must match while the
 /// database holds any money, because stored minor units mean nothing at another scale.
-pub fn check_currency(conn: &Connection, currency: &Currency) -> Result<(), String> {
+pub fn check_currency(conn: &Connection, currency: &Currency) -> Result<(), StartupError> {
+    let failed = |e: rusqlite::Error| StartupError::failed(e.to_string());
     let stored: Option<(String, u32)> = conn
         .query_row(
             "SELECT currency, scale FROM settings WHERE id = 1",
@@ -440,16 +468,19 @@ pub fn check_currency(conn: &Connection, currency: &Currency) -> Result<(), Stri
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()
-        .map_err(|e| e.to_string())?;
+        .map_err(failed)?;
     let has_money: bool = conn
         .query_row("SELECT EXISTS (SELECT 1 FROM entries)", [], |r| r.get(0))
-        .map_err(|e| e.to_string())?;
+        .map_err(failed)?;
     match stored {
         Some((code, scale)) if code == currency.code && scale == currency.scale => Ok(()),
-        Some((code, scale)) if has_money => Err(format!(
-            "--currency/--currency-scale: the database holds money in {code} with {scale} fractional digits; \
-             it cannot be served as {} with {}",
-            currency.code, currency.scale
+        Some((code, scale)) if has_money => Err(StartupError::setting(
+            "--currency/--currency-scale",
+            format!(
+                "the database holds money in {code} with {scale} fractional digits; \
+                 it cannot be served as {} with {}",
+                currency.code, currency.scale
+            ),
         )),
         _ => conn
             .execute(
@@ -458,7 +489,7 @@ pub fn check_currency(conn: &Connection, currency: &Currency) -> Result<(), Stri
                 rusqlite::params![currency.code, currency.scale],
             )
             .map(drop)
-            .map_err(|e| e.to_string()),
+            .map_err(failed),
     }
 }
 
@@ -537,9 +568,9 @@ pub fn start_checkpointer(
     path: &Path,
     sync: Synchronous,
     wakeup: std::sync::Arc<crate::clock::Wakeup>,
-) -> Result<std::thread::JoinHandle<()>, String> {
-    let conn =
-        open(path, sync).map_err(|e| format!("cannot open the checkpointer's connection: {e}"))?;
+) -> Result<std::thread::JoinHandle<()>, StartupError> {
+    let conn = open(path, sync)
+        .map_err(|e| StartupError::caused_by("cannot open the checkpointer's connection", e))?;
     std::thread::Builder::new()
         .name("checkpointer".into())
         .spawn(move || {
@@ -561,5 +592,5 @@ pub fn start_checkpointer(
                 }
             }
         })
-        .map_err(|e| format!("cannot start the checkpointer: {e}"))
+        .map_err(|e| StartupError::caused_by("cannot start the checkpointer", e))
 }

@@ -230,6 +230,9 @@ impl Writer {
     }
 }
 
+/// Answers to deliver, and the fate of the batch they belong to.
+type Replies = (Vec<Answer>, Result<(), AppError>);
+
 fn run(
     conn: Connection,
     rx: Receiver<Job>,
@@ -239,27 +242,9 @@ fn run(
     stats: &WriterStats,
     in_flight: &AtomicI64,
 ) {
-    // Start after the newest entry already stored, in case the clock stepped back across a
-    // restart (start-up refuses one far in the future unless told to accept it).
-    let newest = super::newest_entry_stamp(&conn).ok().flatten();
-    let mut last_now = newest.map_or(clock.now(), |t| clock.now().max(t));
-    stats
-        .last_stamp_micros
-        .store(last_now.micros(), Ordering::Relaxed);
+    let mut last_now = first_stamp(&conn, &*clock, stats);
     let mut batch: Vec<Job> = Vec::with_capacity(batch_max);
-    // Waking each caller is a system call per job (8% of the writer's time in a profile), so a
-    // second thread delivers the answers while the writer starts on the next batch.
-    let (replies, to_answer) = std::sync::mpsc::channel::<(Vec<Answer>, Result<(), AppError>)>();
-    let replier = std::thread::Builder::new()
-        .name("writer-replies".into())
-        .spawn(move || {
-            for (answers, outcome) in to_answer {
-                for answer in answers {
-                    answer(outcome.clone());
-                }
-            }
-        })
-        .expect("spawn the writer's reply thread");
+    let (replies, replier) = start_replier();
     // Pinned only now, so that the reply thread (started above) stays on the other CPUs.
     if let Some(cpu) = cpu {
         if !crate::sys::pin_current_thread(&[cpu]) {
@@ -271,36 +256,13 @@ fn run(
     // Blocks for the first job, then takes whatever else is already waiting: under light load
     // a job is committed at once, under heavy load many share one commit.
     loop {
-        let first = if stats.storage_fault.load(Ordering::Relaxed) == NO_FAULT {
-            next_probe = None;
-            match rx.recv() {
-                Ok(job) => job,
-                Err(_) => break,
-            }
-        } else {
-            // No client write may come (a load balancer stops sending to a node whose /health
-            // is 503), so the writer finds out by itself when the storage takes writes again.
-            let due = *next_probe.get_or_insert_with(|| Instant::now() + STORAGE_PROBE_INTERVAL);
-            if Instant::now() >= due {
-                next_probe = Some(Instant::now() + STORAGE_PROBE_INTERVAL);
-                if probe(&conn).is_ok() {
-                    stats.wrote();
-                }
-                continue;
-            }
-            match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
-                Ok(job) => job,
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
+        let first = match next_job(&conn, &rx, stats, &mut next_probe) {
+            Next::Job(job) => job,
+            Next::Again => continue,
+            Next::Closed => break,
         };
         batch.push(first);
-        while batch.len() < batch_max {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+        take_waiting(&rx, &mut batch, batch_max);
         let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
         // Only while writes are being refused: whether this batch wrote anything.
         let faulted = stats.storage_fault.load(Ordering::Relaxed) != NO_FAULT;
@@ -317,37 +279,129 @@ fn run(
         );
         in_flight.store(IDLE, Ordering::SeqCst);
         stats.batches.fetch_add(1, Ordering::Relaxed);
-        match &outcome {
-            Ok(()) => {
-                if let Some(fault) = refused.fault {
-                    stats.refused(fault, refused.jobs);
-                } else if faulted && conn.total_changes() > changes_before {
-                    stats.wrote();
-                }
-            }
-            Err(AppError::Storage(fault)) => {
-                // Logged once when it starts (`refused`), not once per batch.
-                stats.commit_failures.fetch_add(1, Ordering::Relaxed);
-                stats.refused(*fault, answers.len() as u64);
-            }
-            Err(e) => {
-                stats.commit_failures.fetch_add(1, Ordering::Relaxed);
-                crate::log::error(&format!(
-                    "writer: batch of {} not committed: {e:?}",
-                    answers.len()
-                ));
-            }
-        }
+        let wrote = || faulted && conn.total_changes() > changes_before;
+        record_outcome(stats, &outcome, &refused, answers.len(), wrote);
         if let Err(unsent) = replies.send((answers, outcome)) {
             // The reply thread is gone only if an answer panicked; answer here instead.
-            let (answers, outcome) = unsent.0;
-            for answer in answers {
-                answer(outcome.clone());
-            }
+            answer_all(unsent.0);
         }
     }
     drop(replies);
     let _ = replier.join();
+}
+
+/// Waking each caller is a system call per job (8% of the writer's time in a profile), so a
+/// second thread delivers the answers while the writer starts on the next batch.
+fn start_replier() -> (std::sync::mpsc::Sender<Replies>, JoinHandle<()>) {
+    let (replies, to_answer) = std::sync::mpsc::channel::<Replies>();
+    let replier = std::thread::Builder::new()
+        .name("writer-replies".into())
+        .spawn(move || to_answer.into_iter().for_each(answer_all))
+        .expect("spawn the writer's reply thread");
+    (replies, replier)
+}
+
+fn answer_all((answers, outcome): Replies) {
+    for answer in answers {
+        answer(outcome.clone());
+    }
+}
+
+/// The time stamp the writer starts after: the clock's, or the newest entry already stored
+/// if that is later, in case the clock stepped back across a restart (start-up refuses one
+/// far in the future unless told to accept it).
+fn first_stamp(
+    conn: &Connection,
+    clock: &dyn crate::clock::Clock,
+    stats: &WriterStats,
+) -> Timestamp {
+    let newest = super::newest_entry_stamp(conn).ok().flatten();
+    let now = newest.map_or(clock.now(), |t| clock.now().max(t));
+    stats
+        .last_stamp_micros
+        .store(now.micros(), Ordering::Relaxed);
+    now
+}
+
+/// Adds the jobs already waiting to `batch`, up to `batch_max`, without waiting for more.
+fn take_waiting(rx: &Receiver<Job>, batch: &mut Vec<Job>, batch_max: usize) {
+    while batch.len() < batch_max {
+        match rx.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+}
+
+/// What the writer does next.
+enum Next {
+    /// Start a batch with this job.
+    Job(Job),
+    /// Nothing came (or the storage was probed): look again.
+    Again,
+    /// Every `Writer` is gone: stop.
+    Closed,
+}
+
+/// Waits for the first job of the next batch. While a storage fault stands, no client write
+/// may come (a load balancer stops sending to a node whose /health is 503), so the wait ends
+/// once a second for the writer to probe the storage and find out by itself when it takes
+/// writes again.
+fn next_job(
+    conn: &Connection,
+    rx: &Receiver<Job>,
+    stats: &WriterStats,
+    next_probe: &mut Option<Instant>,
+) -> Next {
+    if stats.storage_fault.load(Ordering::Relaxed) == NO_FAULT {
+        *next_probe = None;
+        return match rx.recv() {
+            Ok(job) => Next::Job(job),
+            Err(_) => Next::Closed,
+        };
+    }
+    let due = *next_probe.get_or_insert_with(|| Instant::now() + STORAGE_PROBE_INTERVAL);
+    if Instant::now() >= due {
+        *next_probe = Some(Instant::now() + STORAGE_PROBE_INTERVAL);
+        if probe(conn).is_ok() {
+            stats.wrote();
+        }
+        return Next::Again;
+    }
+    match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
+        Ok(job) => Next::Job(job),
+        Err(RecvTimeoutError::Timeout) => Next::Again,
+        Err(RecvTimeoutError::Disconnected) => Next::Closed,
+    }
+}
+
+/// Counts a batch's fate and keeps the standing storage fault up to date: set when a write is
+/// refused for it, cleared when a batch wrote while it stood (`wrote`, asked only then).
+fn record_outcome(
+    stats: &WriterStats,
+    outcome: &Result<(), AppError>,
+    refused: &Refused,
+    jobs: usize,
+    wrote: impl FnOnce() -> bool,
+) {
+    match outcome {
+        Ok(()) => {
+            if let Some(fault) = refused.fault {
+                stats.refused(fault, refused.jobs);
+            } else if wrote() {
+                stats.wrote();
+            }
+        }
+        Err(AppError::Storage(fault)) => {
+            // Logged once when it starts (`refused`), not once per batch.
+            stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+            stats.refused(*fault, jobs as u64);
+        }
+        Err(e) => {
+            stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+            crate::log::error(&format!("writer: batch of {jobs} not committed: {e:?}"));
+        }
+    }
 }
 
 /// How often the writer probes the storage while a fault stands.

@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::clock::{SharedClock, Wakeup};
-use crate::db::{Pool, Writer};
+use crate::db::{self, Pool, Writer};
 use crate::domain::{Currency, Timestamp, WithdrawalStatus};
 use crate::error::AppError;
 use crate::ledger::withdrawals::{self, Attempt, RetryPlan, Withdrawal};
@@ -233,11 +233,7 @@ impl PayoutWorker {
 
     /// Step 2 and 3: one call to the payout service, and its outcome recorded.
     fn pay(&self, agent: &ureq::Agent, url: &str, w: &Withdrawal) -> Result<(), AppError> {
-        let user_id: i64 = self.pool.get()?.query_row(
-            "SELECT user_id FROM wallets WHERE id = ?1",
-            [&w.wallet_id],
-            |r| r.get(0),
-        )?;
+        let user_id = db::payouts::wallet_owner(&*self.pool.get()?, &w.wallet_id)?;
         let body = json!({
             "withdrawal_id": w.id,
             "user_id": user_id,

@@ -404,7 +404,8 @@ fn a_second_server_by_another_path_to_the_same_file_is_refused() {
         );
         let err = second
             .err()
-            .unwrap_or_else(|| panic!("a second server on {}", path.display()));
+            .unwrap_or_else(|| panic!("a second server on {}", path.display()))
+            .to_string();
         assert!(err.contains("already serving"), "{}: {err}", path.display());
     }
 }
@@ -467,7 +468,10 @@ fn a_second_server_in_the_same_process_is_refused_too() {
         std::sync::Arc::new(wallet::clock::SystemClock),
         wallet::startup::TestHooks::default(),
     );
-    let err = second.err().expect("a second server on the same file");
+    let err = second
+        .err()
+        .expect("a second server on the same file")
+        .to_string();
     assert!(err.contains("already serving"), "{err}");
     app.stop();
     let third = wallet::startup::App::start_with(

@@ -132,7 +132,7 @@ fn an_upgrade_that_would_lose_an_entry_stops_and_changes_nothing() {
         Arc::new(SystemClock),
         wallet::startup::TestHooks::default(),
     );
-    let err = started.err().expect("the upgrade must fail");
+    let err = started.err().expect("the upgrade must fail").to_string();
     assert!(err.contains("schema version 1"), "{err}");
     let db = rusqlite::Connection::open(&path).unwrap();
     let version: i64 = db
@@ -205,7 +205,7 @@ fn an_upgrade_that_would_merge_users_stops_and_names_them() {
         Arc::new(SystemClock),
         wallet::startup::TestHooks::default(),
     );
-    let err = started.err().expect("the upgrade must refuse");
+    let err = started.err().expect("the upgrade must refuse").to_string();
     assert!(err.contains("schema version 2"), "{err}");
     for named in [
         r#"user 1 ("alice")"#,
