@@ -223,8 +223,8 @@ impl Service {
         }
     }
 
-    pub fn history(&self, wallet_key: i64, q: &HistoryQuery) -> Result<HistoryPage, AppError> {
-        queries::history(&*self.read()?, wallet_key, q)
+    pub fn history(&self, wallet: &WalletRef, q: &HistoryQuery) -> Result<HistoryPage, AppError> {
+        queries::history(&*self.read()?, wallet.key, q)
     }
 
     pub fn balance_at(
@@ -253,20 +253,20 @@ impl Service {
 
     pub fn withdrawals(
         &self,
-        wallet_id: &str,
+        wallet: &WalletRef,
         status: Option<WithdrawalStatus>,
         limit: u32,
         offset: u32,
     ) -> Result<(i64, Vec<Withdrawal>), AppError> {
-        withdrawals::list(&*self.read()?, wallet_id, status, limit, offset)
+        withdrawals::list(&*self.read()?, &wallet.id, status, limit, offset)
     }
 
-    pub fn withdrawal(&self, wallet_id: &str, id: &str) -> Result<Withdrawal, AppError> {
-        withdrawals::find(&*self.read()?, wallet_id, id)
+    pub fn withdrawal(&self, wallet: &WalletRef, id: &str) -> Result<Withdrawal, AppError> {
+        withdrawals::find(&*self.read()?, &wallet.id, id)
     }
 
-    pub fn cancel_withdrawal(&self, wallet_id: &str, id: &str) -> Result<Withdrawal, AppError> {
-        let (wallet, id) = (wallet_id.to_string(), id.to_string());
+    pub fn cancel_withdrawal(&self, wallet: &WalletRef, id: &str) -> Result<Withdrawal, AppError> {
+        let (wallet, id) = (wallet.id.clone(), id.to_string());
         self.writer
             .execute(move |conn, now| withdrawals::cancel(conn, now, &wallet, &id))
     }

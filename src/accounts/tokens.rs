@@ -243,7 +243,7 @@ mod tests {
             user_id: 1,
             is_staff: false,
             wallet: crate::ledger::WalletRef {
-                key: 1,
+                key: crate::ledger::WalletKey::from_storage(1),
                 id: "w".into(),
             },
             token_hash: token.hash,
@@ -291,7 +291,7 @@ mod tests {
             user_id: 1,
             is_staff: false,
             wallet: crate::ledger::WalletRef {
-                key: 1,
+                key: crate::ledger::WalletKey::from_storage(1),
                 id: "w".into(),
             },
             token_hash: token.hash,

@@ -22,6 +22,40 @@ impl rusqlite::types::FromSql for MinorUnits {
     }
 }
 
+/// A wallet's integer key: how entries and queries name a wallet in storage. Only storage
+/// makes one (from a row), so a user id or a count can't be passed where a wallet is meant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WalletKey(i64);
+
+impl WalletKey {
+    /// A key read from storage by hand (outside `FromSql`).
+    pub(crate) fn from_storage(key: i64) -> WalletKey {
+        WalletKey(key)
+    }
+
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for WalletKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl rusqlite::ToSql for WalletKey {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.0.into())
+    }
+}
+
+impl rusqlite::types::FromSql for WalletKey {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        i64::column_result(v).map(WalletKey)
+    }
+}
+
 /// One ledger entry ("transaction" in the API).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -83,7 +117,7 @@ pub fn entry_from_row(r: &Row<'_>) -> rusqlite::Result<Entry> {
 /// and in the hash chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalletRef {
-    pub key: i64,
+    pub key: WalletKey,
     pub id: String,
 }
 
@@ -196,7 +230,7 @@ fn signed_delta(kind: EntryKind, amount: MinorUnits) -> Result<MinorUnits, AppEr
 /// itself (a sum beyond i64 would otherwise become a REAL that the STRICT table refuses: a 500).
 fn move_balance(
     conn: &Connection,
-    wallet_key: i64,
+    wallet_key: WalletKey,
     delta: MinorUnits,
 ) -> Result<Option<MinorUnits>, AppError> {
     let balance_ceiling = i64::MAX - delta.get().max(0);
@@ -238,7 +272,7 @@ fn chain_head(conn: &Connection) -> Result<(i64, [u8; 32]), AppError> {
 
 fn insert(
     conn: &Connection,
-    wallet_key: i64,
+    wallet_key: WalletKey,
     entry: &Entry,
     hash: &[u8; 32],
 ) -> Result<(), AppError> {
@@ -268,7 +302,7 @@ fn insert(
 /// client names (deposit, withdrawal, transfer out) have unique references.
 pub fn find_by_reference(
     conn: &Connection,
-    wallet_key: i64,
+    wallet_key: WalletKey,
     kind: EntryKind,
     reference: &str,
 ) -> Result<Option<Entry>, AppError> {
@@ -306,7 +340,7 @@ pub fn find_transfer_in(conn: &Connection, out: &Entry) -> Result<Option<Entry>,
 /// Signed sum of a wallet's entries in `(after, upto]`, by creation time.
 pub fn net_between(
     conn: &Connection,
-    wallet_key: i64,
+    wallet_key: WalletKey,
     after: &str,
     upto: &str,
 ) -> Result<MinorUnits, AppError> {

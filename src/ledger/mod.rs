@@ -18,7 +18,7 @@ use rusqlite::{Connection, OptionalExtension};
 use crate::domain::{Amount, Currency, EntryKind, Metadata, Reference, Timestamp};
 use crate::error::AppError;
 use entries::NewEntry;
-pub use entries::{Entry, WalletRef};
+pub use entries::{Entry, WalletKey, WalletRef};
 
 /// A result, and whether it is the replay of an earlier identical request.
 #[derive(Debug)]

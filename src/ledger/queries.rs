@@ -3,7 +3,9 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::entries::{self, entry_from_row, Entry, WalletRef, ENTRY_COLUMNS, ENTRY_FROM};
+use super::entries::{
+    self, entry_from_row, Entry, WalletKey, WalletRef, ENTRY_COLUMNS, ENTRY_FROM,
+};
 use crate::domain::{EntryKind, MinorUnits, Timestamp};
 use crate::error::AppError;
 
@@ -13,7 +15,7 @@ pub const PAGE_LIMIT_DEFAULT: u32 = 20;
 
 #[derive(Debug, Clone)]
 pub struct Wallet {
-    pub key: i64,
+    pub key: WalletKey,
     pub id: String,
     pub user_id: i64,
     pub balance: MinorUnits,
@@ -84,7 +86,7 @@ pub struct HistoryPage {
 /// Newest first. `count` is the number of entries matching the filters (all pages).
 pub fn history(
     conn: &Connection,
-    wallet_key: i64,
+    wallet_key: WalletKey,
     q: &HistoryQuery,
 ) -> Result<HistoryPage, AppError> {
     let kind = q.kind.map(EntryKind::as_str);
@@ -145,7 +147,7 @@ pub fn history(
 }
 
 /// The running balance, read from the wallet row.
-pub fn balance_now(conn: &Connection, wallet_key: i64) -> Result<MinorUnits, AppError> {
+pub fn balance_now(conn: &Connection, wallet_key: WalletKey) -> Result<MinorUnits, AppError> {
     conn.prepare_cached("SELECT balance FROM wallets WHERE key = ?1")?
         .query_row([wallet_key], |r| r.get(0))
         .optional()?

@@ -8,7 +8,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::entries::net_between;
+use super::entries::{net_between, WalletKey};
 use crate::db::Exec;
 use crate::domain::{MinorUnits, Timestamp};
 use crate::error::AppError;
@@ -37,7 +37,7 @@ pub struct RunReport {
 }
 
 struct Chunk {
-    last_wallet_key: Option<i64>,
+    last_wallet_key: Option<WalletKey>,
     wallets: u64,
     mismatches: Vec<Mismatch>,
 }
@@ -64,7 +64,8 @@ pub fn run(exec: &impl Exec, cutoff: Timestamp) -> Result<RunReport, AppError> {
         wallets: 0,
         mismatches: Vec::new(),
     };
-    let mut after = 0;
+    // Keys start at 1: the first chunk takes the wallets after key 0.
+    let mut after = WalletKey::from_storage(0);
     loop {
         let from = after;
         let started = std::time::Instant::now();
@@ -100,10 +101,10 @@ fn snapshot_chunk(
     conn: &Connection,
     run_id: i64,
     cutoff: Timestamp,
-    after: i64,
+    after: WalletKey,
 ) -> Result<Chunk, AppError> {
     let cut = cutoff.to_text();
-    let wallets: Vec<(i64, String, MinorUnits, MinorUnits, String)> = conn
+    let wallets: Vec<(WalletKey, String, MinorUnits, MinorUnits, String)> = conn
         .prepare_cached(
             "SELECT key, id, balance, last_balance, last_balance_update FROM wallets WHERE key > ?1 ORDER BY key LIMIT ?2",
         )?

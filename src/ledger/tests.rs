@@ -34,7 +34,7 @@ fn ledger() -> (Connection, WalletRef, WalletRef) {
         .unwrap();
     }
     let wallet = |key: i64, id: &str| WalletRef {
-        key,
+        key: super::WalletKey::from_storage(key),
         id: id.to_string(),
     };
     (conn, wallet(1, "wallet-alice"), wallet(2, "wallet-bob"))

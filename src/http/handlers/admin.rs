@@ -69,7 +69,7 @@ pub fn transactions(
     let user_id = path_user_id(params)?;
     let (w, _) = svc.wallet(user_id)?;
     svc.audit_read(staff, "read_transactions", format!("user:{user_id}"))?;
-    super::wallet::history_reply(svc, rq, w.key)
+    super::wallet::history_reply(svc, rq, &w.wallet_ref())
 }
 
 pub fn credit(

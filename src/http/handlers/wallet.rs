@@ -13,7 +13,7 @@ use crate::error::AppError;
 use crate::http::request::Incoming;
 use crate::http::response::Reply;
 use crate::ledger::queries::HistoryQuery;
-use crate::ledger::TransferRequest;
+use crate::ledger::{TransferRequest, WalletRef};
 use crate::service::{Service, WithdrawResult};
 
 pub fn show(svc: &Service, _: &Incoming, _: &Params, user: &AuthUser) -> Result<Reply, AppError> {
@@ -76,7 +76,7 @@ pub fn transfer(
 pub(super) fn history_reply(
     svc: &Service,
     rq: &Incoming,
-    wallet_key: i64,
+    wallet: &WalletRef,
 ) -> Result<Reply, AppError> {
     let (limit, offset) = page_params(rq)?;
     let mut errors = crate::error::FieldErrors::default();
@@ -112,7 +112,7 @@ pub(super) fn history_reply(
         from,
         to,
     };
-    let page = svc.history(wallet_key, &q)?;
+    let page = svc.history(wallet, &q)?;
     let c = &svc.config.currency;
     Ok(Reply::json(
         200,
@@ -132,7 +132,7 @@ pub fn transactions(
     _: &Params,
     user: &AuthUser,
 ) -> Result<Reply, AppError> {
-    history_reply(svc, rq, user.wallet.key)
+    history_reply(svc, rq, &user.wallet)
 }
 
 pub fn balance(

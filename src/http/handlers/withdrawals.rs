@@ -23,7 +23,7 @@ pub fn list(svc: &Service, rq: &Incoming, _: &Params, user: &AuthUser) -> Result
             })
         })
         .transpose()?;
-    let (count, rows) = svc.withdrawals(&user.wallet.id, status, limit, offset)?;
+    let (count, rows) = svc.withdrawals(&user.wallet, status, limit, offset)?;
     let c = &svc.config.currency;
     Ok(Reply::json(
         200,
@@ -40,7 +40,7 @@ pub fn show(
     params: &Params,
     user: &AuthUser,
 ) -> Result<Reply, AppError> {
-    let w = svc.withdrawal(&user.wallet.id, &params[0])?;
+    let w = svc.withdrawal(&user.wallet, &params[0])?;
     Ok(Reply::json(200, withdrawal_json(&w, &svc.config.currency)))
 }
 
@@ -50,6 +50,6 @@ pub fn cancel(
     params: &Params,
     user: &AuthUser,
 ) -> Result<Reply, AppError> {
-    let w = svc.cancel_withdrawal(&user.wallet.id, &params[0])?;
+    let w = svc.cancel_withdrawal(&user.wallet, &params[0])?;
     Ok(Reply::json(200, withdrawal_json(&w, &svc.config.currency)))
 }
