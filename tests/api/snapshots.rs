@@ -409,14 +409,26 @@ fn every_second_cron_snapshots_while_transfers_keep_succeeding() {
         })
         .sum();
     assert_eq!(total, 100_000, "money conserved");
-    let (runs, mismatches): (i64, i64) = app
-        .sql()
-        .query_row(
-            "SELECT count(*), COALESCE(SUM(mismatches), 0) FROM snapshot_runs WHERE finished_at IS NOT NULL",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
+    // A run updates the wallets in one transaction and records that it finished in a later
+    // one, so the run that caught up may not say so yet: wait for it (the cron fires every
+    // second).
+    let finished_runs = || -> (i64, i64) {
+        app.sql()
+            .query_row(
+                "SELECT count(*), COALESCE(SUM(mismatches), 0) FROM snapshot_runs WHERE finished_at IS NOT NULL",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let (runs, mismatches) = loop {
+        let (runs, mismatches) = finished_runs();
+        if runs >= 3 || Instant::now() > deadline {
+            break (runs, mismatches);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(runs >= 3, "{runs} runs");
     assert_eq!(mismatches, 0);
     let report = app.verify();
