@@ -231,6 +231,19 @@ mod tests {
         );
     }
 
+    /// A user authenticated by `token`.
+    fn user_with(token: &IssuedToken) -> AuthUser {
+        AuthUser {
+            user_id: 1,
+            is_staff: false,
+            wallet: crate::ledger::WalletRef {
+                key: crate::ledger::WalletKey::from_storage(1),
+                id: "w".into(),
+            },
+            token_hash: token.hash,
+        }
+    }
+
     #[test]
     fn a_logout_during_a_cache_fill_is_not_undone() {
         // A lookup reads the token as valid, a logout commits meanwhile; the valid answer must
@@ -239,15 +252,7 @@ mod tests {
         let now = Timestamp::parse("2026-01-01T00:00:00Z").unwrap();
         let t0 = Instant::now();
         let token = new_token(now, Duration::from_secs(3600));
-        let user = AuthUser {
-            user_id: 1,
-            is_staff: false,
-            wallet: crate::ledger::WalletRef {
-                key: crate::ledger::WalletKey::from_storage(1),
-                id: "w".into(),
-            },
-            token_hash: token.hash,
-        };
+        let user = user_with(&token);
         let first = cache.authenticate(now, t0, &token.secret, |_| {
             // The logout lands while the database read is in flight.
             cache.forget(&token.hash);
@@ -287,15 +292,7 @@ mod tests {
         let now = Timestamp::parse("2026-01-01T00:00:00Z").unwrap();
         let t0 = Instant::now();
         let token = new_token(now, Duration::from_secs(3600));
-        let user = AuthUser {
-            user_id: 1,
-            is_staff: false,
-            wallet: crate::ledger::WalletRef {
-                key: crate::ledger::WalletKey::from_storage(1),
-                id: "w".into(),
-            },
-            token_hash: token.hash,
-        };
+        let user = user_with(&token);
         let valid = |_: &[u8; 32]| Ok((user.clone(), token.expires_at));
         cache.authenticate(now, t0, &token.secret, valid).unwrap();
         let fresh = t0 + Duration::from_millis(TOKEN_REVALIDATE_MS - 1);
