@@ -162,21 +162,7 @@ pub fn run(
     duration: Duration,
 ) -> Result<Mix, String> {
     let epoll = Epoll::new()?;
-    let mut conns = Vec::with_capacity(clients as usize);
-    for slot in 0..clients as usize {
-        let stream = connect(addr).map_err(|e| format!("connect to {addr}: {e}"))?;
-        epoll.watch(libc::EPOLL_CTL_ADD, stream.as_raw_fd(), slot, false)?;
-        conns.push(Conn {
-            stream,
-            request: Vec::with_capacity(512),
-            written: 0,
-            response: Vec::with_capacity(READ_CHUNK_BYTES),
-            op: Op::Read,
-            started: Instant::now(),
-            in_flight: false,
-            watching_out: false,
-        });
-    }
+    let mut conns = open_connections(&epoll, addr, clients)?;
     let mut mix = Mix {
         seconds: 0.0,
         transfers: OpStats::default(),
@@ -215,20 +201,7 @@ pub fn run(
             let Some((status, close)) = finished else {
                 continue;
             };
-            let c = &mut conns[slot];
-            if c.in_flight {
-                c.in_flight = false;
-                let took = c.started.elapsed();
-                let stats = match c.op {
-                    Op::Transfer => &mut mix.transfers,
-                    Op::Deposit => &mut mix.deposits,
-                    Op::Read => &mut mix.reads,
-                };
-                stats.record(took, status);
-                if matches!(c.op, Op::Deposit) && status == Some(201) {
-                    mix.deposited_minor += 100;
-                }
-            }
+            record(&mut mix, &mut conns[slot], status);
             if close {
                 reconnect(&epoll, &mut conns[slot], slot, addr)?;
             }
@@ -241,6 +214,44 @@ pub fn run(
     }
     mix.seconds = started.elapsed().as_secs_f64();
     Ok(mix)
+}
+
+/// `clients` connections to `addr`, each watched by `epoll` under its slot number.
+fn open_connections(epoll: &Epoll, addr: &str, clients: u32) -> Result<Vec<Conn>, String> {
+    let mut conns = Vec::with_capacity(clients as usize);
+    for slot in 0..clients as usize {
+        let stream = connect(addr).map_err(|e| format!("connect to {addr}: {e}"))?;
+        epoll.watch(libc::EPOLL_CTL_ADD, stream.as_raw_fd(), slot, false)?;
+        conns.push(Conn {
+            stream,
+            request: Vec::with_capacity(512),
+            written: 0,
+            response: Vec::with_capacity(READ_CHUNK_BYTES),
+            op: Op::Read,
+            started: Instant::now(),
+            in_flight: false,
+            watching_out: false,
+        });
+    }
+    Ok(conns)
+}
+
+/// Counts a finished request of `c` in its operation's figures.
+fn record(mix: &mut Mix, c: &mut Conn, status: Option<u16>) {
+    if !c.in_flight {
+        return;
+    }
+    c.in_flight = false;
+    let took = c.started.elapsed();
+    let stats = match c.op {
+        Op::Transfer => &mut mix.transfers,
+        Op::Deposit => &mut mix.deposits,
+        Op::Read => &mut mix.reads,
+    };
+    stats.record(took, status);
+    if matches!(c.op, Op::Deposit) && status == Some(201) {
+        mix.deposited_minor += 100;
+    }
 }
 
 /// Reads what has arrived. `Ok(Some((status, close)))` when a whole response is in;

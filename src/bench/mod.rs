@@ -526,43 +526,7 @@ fn raw_in(
                 stop.clone(),
                 currency.clone(),
             );
-            std::thread::spawn(move || {
-                let mut rng = rand::rng();
-                let mut done = 0u64;
-                let mut seq = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    seq += 1;
-                    let from = wallets[rng.random_range(0..wallets.len())].clone();
-                    let mut to = wallets[rng.random_range(0..wallets.len())].0;
-                    while to == from.0 {
-                        to = wallets[rng.random_range(0..wallets.len())].0;
-                    }
-                    let (Ok(amount), Ok(reference)) = (
-                        Amount::parse_text("0.50", &currency),
-                        Reference::parse(&format!("r{k}-{seq}")),
-                    ) else {
-                        return done;
-                    };
-                    let req = TransferRequest {
-                        to: Recipient::UserId(to),
-                        movement: Movement {
-                            amount,
-                            reference,
-                            metadata: Metadata::empty(),
-                        },
-                    };
-                    let c = currency.clone();
-                    if writer
-                        .execute(move |conn, now| {
-                            ledger::transfer(conn, now, &c, (from.0, &from.1), &req)
-                        })
-                        .is_ok()
-                    {
-                        done += 1;
-                    }
-                }
-                done
-            })
+            std::thread::spawn(move || raw_client(k, &writer, &wallets, &stop, &currency))
         })
         .collect();
     std::thread::sleep(Duration::from_secs(seconds));
@@ -582,6 +546,50 @@ fn raw_in(
     checkpoint_wakeup.stop();
     let _ = checkpointer.join();
     Ok(rate)
+}
+
+/// One raw client: random transfers of 0.50 between the wallets until `stop`; returns how
+/// many the writer committed.
+fn raw_client(
+    k: u32,
+    writer: &Writer,
+    wallets: &[(i64, WalletRef)],
+    stop: &AtomicBool,
+    currency: &Currency,
+) -> u64 {
+    let mut rng = rand::rng();
+    let mut done = 0u64;
+    let mut seq = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        seq += 1;
+        let from = wallets[rng.random_range(0..wallets.len())].clone();
+        let mut to = wallets[rng.random_range(0..wallets.len())].0;
+        while to == from.0 {
+            to = wallets[rng.random_range(0..wallets.len())].0;
+        }
+        let (Ok(amount), Ok(reference)) = (
+            Amount::parse_text("0.50", currency),
+            Reference::parse(&format!("r{k}-{seq}")),
+        ) else {
+            return done;
+        };
+        let req = TransferRequest {
+            to: Recipient::UserId(to),
+            movement: Movement {
+                amount,
+                reference,
+                metadata: Metadata::empty(),
+            },
+        };
+        let c = currency.clone();
+        if writer
+            .execute(move |conn, now| ledger::transfer(conn, now, &c, (from.0, &from.1), &req))
+            .is_ok()
+        {
+            done += 1;
+        }
+    }
+    done
 }
 
 /// Runs the benchmark. `Ok(false)` when the money invariant did not hold.
@@ -620,17 +628,7 @@ fn run_checked(args: &BenchArgs) -> Result<bool, String> {
 
     // The money invariant: the bench's users only trade among themselves, so their balances
     // must sum to what was deposited into them.
-    let mut c = Client::new(&base);
-    let mut total = 0i64;
-    for u in users.iter() {
-        let (_, v) = c
-            .call("GET", "/api/wallets/me", Some(&u.token), None)
-            .ok_or("cannot read a balance")?;
-        let text = v["balance"].as_str().unwrap_or("0");
-        total += Amount::parse_text(text, &Currency::new("USD", 2, i64::MAX / 1000)?)
-            .map(Amount::minor)
-            .unwrap_or(0);
-    }
+    let total = balances_sum(&base, &users)?;
     let expected = i64::from(args.users) * 100_000_000 + mix.deposited_minor;
     let mut invariant_held = total == expected;
     let mut verify_ok = Value::Null;
@@ -655,21 +653,11 @@ fn run_checked(args: &BenchArgs) -> Result<bool, String> {
     };
     let seconds = mix.seconds;
     let transfers = mix.transfers.summary(seconds);
-    let errors: u64 = [
+    let errors = errors_in(&[
         &transfers,
         &mix.deposits.summary(seconds),
         &mix.reads.summary(seconds),
-    ]
-    .iter()
-    .flat_map(|s| {
-        s["errors"]
-            .as_object()
-            .cloned()
-            .unwrap_or_default()
-            .into_values()
-    })
-    .filter_map(|v| v.as_u64())
-    .sum();
+    ]);
     let report = json!({
         "clients": args.clients, "users": args.users, "duration_s": seconds, "setup_s": setup_s,
         "synchronous": format!("{:?}", args.synchronous).to_lowercase(), "write_batch_max": args.write_batch_max,
@@ -691,6 +679,38 @@ fn run_checked(args: &BenchArgs) -> Result<bool, String> {
         print_table(&report);
     }
     Ok(invariant_held)
+}
+
+/// The sum of the users' balances, in minor units, as the API reports them.
+fn balances_sum(base: &str, users: &[BenchUser]) -> Result<i64, String> {
+    let mut c = Client::new(base);
+    let usd = Currency::new("USD", 2, i64::MAX / 1000)?;
+    let mut total = 0i64;
+    for u in users {
+        let (_, v) = c
+            .call("GET", "/api/wallets/me", Some(&u.token), None)
+            .ok_or("cannot read a balance")?;
+        let text = v["balance"].as_str().unwrap_or("0");
+        total += Amount::parse_text(text, &usd)
+            .map(Amount::minor)
+            .unwrap_or(0);
+    }
+    Ok(total)
+}
+
+/// Errors of every kind in the given summaries.
+fn errors_in(summaries: &[&Value]) -> u64 {
+    summaries
+        .iter()
+        .flat_map(|s| {
+            s["errors"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default()
+                .into_values()
+        })
+        .filter_map(|v| v.as_u64())
+        .sum()
 }
 
 fn print_table(r: &Value) {
