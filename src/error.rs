@@ -142,6 +142,18 @@ impl InternalError {
     }
 }
 
+impl InternalError {
+    /// The context and the error that struck, without the deeper causes: the one line an
+    /// operator reads (`cannot read the database: file is not a database`), as it was before
+    /// errors kept their chain. The log gets the whole chain (`Display`).
+    pub fn summary(&self) -> String {
+        match &self.source {
+            Some(e) => format!("{}: {e}", self.context),
+            None => self.context.clone(),
+        }
+    }
+}
+
 impl fmt::Display for InternalError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut text = self.context.clone();
@@ -235,7 +247,7 @@ impl fmt::Display for StartupError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StartupError::Setting(message) => f.write_str(message),
-            StartupError::Failed(e) => fmt::Display::fmt(e, f),
+            StartupError::Failed(e) => f.write_str(&e.summary()),
         }
     }
 }
@@ -276,5 +288,27 @@ mod tests {
             AppError::internal("ctx", "cause"),
             AppError::Internal("ctx: cause".into())
         );
+    }
+
+    #[test]
+    fn an_operator_reads_the_context_and_the_error_on_one_line() {
+        // What the binary prints for a start-up failure stays as it was before errors kept
+        // their chain: the context and SQLite's message, not its error code's description too.
+        let dir = std::env::temp_dir().join(format!("wallet-notadb-{}", std::process::id()));
+        std::fs::write(&dir, b"not a database, just text of some length to read").unwrap();
+        let e = rusqlite::Connection::open(&dir)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+            .unwrap_err();
+        let _ = std::fs::remove_file(&dir);
+        let startup = StartupError::caused_by("cannot read the database", e);
+        assert_eq!(
+            startup.to_string(),
+            "cannot read the database: file is not a database"
+        );
+        let StartupError::Failed(internal) = &startup else {
+            panic!("not a setting")
+        };
+        assert!(internal.to_string().contains("Error code 26"), "{internal}");
     }
 }

@@ -61,3 +61,45 @@ fn the_contract_and_the_openapi_document_name_the_same_error_codes() {
         "in openapi.json, not in docs/api.md: {undocumented:?}"
     );
 }
+
+#[test]
+fn the_docs_page_loads_nothing_from_elsewhere_and_its_policy_admits_only_itself() {
+    // `/docs` works on a host with no internet: no URL in the page points off this server,
+    // and its Content-Security-Policy admits exactly its own inline script and style (by
+    // their SHA-256) and fetches from this server. A changed script without a new hash would
+    // be blocked by the browser; the headless-Chromium check in CI renders the page for real.
+    use base64::Engine as _;
+    use sha2::{Digest, Sha256};
+    let app = crate::helpers::TestApp::spawn();
+    let r = app.request("GET", "/docs", None, None);
+    assert_eq!(r.status, 200);
+    let page = r.body.as_str().expect("an HTML page").to_string();
+    assert!(
+        !page.contains("http://") && !page.contains("https://") && !page.contains("//unpkg"),
+        "the page refers to another host"
+    );
+    assert!(page.contains("fetch(\"/openapi.json\")"));
+    let csp = r
+        .header("Content-Security-Policy")
+        .expect("a CSP")
+        .to_string();
+    assert!(csp.starts_with("default-src 'none';"), "{csp}");
+    let inline = |open: &str, close: &str| {
+        let start = page.find(open).expect(open) + open.len();
+        let end = start + page[start..].find(close).expect(close);
+        page[start..end].to_string()
+    };
+    for (text, directive) in [
+        (inline("<script>", "</script>"), "script-src"),
+        (inline("<style>", "</style>"), "style-src"),
+    ] {
+        let hash =
+            base64::engine::general_purpose::STANDARD.encode(Sha256::digest(text.as_bytes()));
+        assert!(
+            csp.contains(&format!("{directive} 'sha256-{hash}'")),
+            "{directive} does not admit the page's own: {csp}"
+        );
+    }
+    assert!(csp.contains("connect-src 'self'"), "{csp}");
+    assert_eq!(r.header("X-Content-Type-Options"), Some("nosniff"));
+}

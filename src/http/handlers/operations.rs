@@ -91,11 +91,15 @@ pub fn openapi(_: &Service, _: &Incoming, _: &Params) -> Result<Reply, AppError>
     ))
 }
 
+/// The docs page, served with a policy that lets it load nothing but itself and the document.
 pub fn docs(_: &Service, _: &Incoming, _: &Params) -> Result<Reply, AppError> {
-    Ok(Reply::text(
-        "text/html; charset=utf-8",
-        crate::http::docs::DOCS_HTML.to_string(),
-    ))
+    use crate::http::docs::{docs_csp, docs_html};
+    Ok(
+        Reply::text("text/html; charset=utf-8", docs_html().to_string())
+            .header("Content-Security-Policy", docs_csp())
+            .header("X-Content-Type-Options", "nosniff")
+            .header("Referrer-Policy", "no-referrer"),
+    )
 }
 
 /// Only routed when the server was started with test hooks: proves a panic stays one 500.
