@@ -103,3 +103,35 @@ fn the_docs_page_loads_nothing_from_elsewhere_and_its_policy_admits_only_itself(
     assert!(csp.contains("connect-src 'self'"), "{csp}");
     assert_eq!(r.header("X-Content-Type-Options"), Some("nosniff"));
 }
+
+#[test]
+fn the_readme_documents_every_flag_of_the_server_and_no_other() {
+    // The configuration table in the README and `wallet --help` list the same flags, so a
+    // flag can't be added, renamed or dropped without its documentation following.
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_wallet"))
+        .arg("--help")
+        .output()
+        .expect("run wallet --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    let flag = |text: &str| -> Option<String> {
+        let rest = text.trim_start().strip_prefix("--")?;
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')
+            .collect();
+        (!name.is_empty()).then(|| format!("--{name}"))
+    };
+    let from_help: BTreeSet<String> = help
+        .lines()
+        .filter(|l| l.trim_start().starts_with("--"))
+        .filter_map(flag)
+        .filter(|f| f != "--help" && f != "--version")
+        .collect();
+    let from_readme: BTreeSet<String> = read("README.md")
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| flag(l.split('`').next()?))
+        .collect();
+    assert!(from_help.len() >= 30, "{from_help:?}");
+    assert_eq!(from_help, from_readme);
+}
