@@ -135,3 +135,57 @@ fn the_readme_documents_every_flag_of_the_server_and_no_other() {
     assert!(from_help.len() >= 30, "{from_help:?}");
     assert_eq!(from_help, from_readme);
 }
+
+#[test]
+fn the_postman_collection_calls_every_route_of_the_router() {
+    // Every method of every route the router knows (but the test hook) is exercised by at
+    // least one request of the Postman collection that CI runs with newman.
+    let collection: serde_json::Value =
+        serde_json::from_str(&read("wallet.postman_collection.json")).unwrap();
+    fn requests(items: &serde_json::Value, out: &mut Vec<(String, Vec<String>)>) {
+        for item in items.as_array().into_iter().flatten() {
+            if item.get("item").is_some() {
+                requests(&item["item"], out);
+            } else if let Some(rq) = item.get("request") {
+                let method = rq["method"].as_str().unwrap_or("").to_string();
+                let path = rq["url"]["path"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| p.as_str())
+                    .filter(|p| !p.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                out.push((method, path));
+            }
+        }
+    }
+    let mut calls = Vec::new();
+    requests(&collection["item"], &mut calls);
+    let matches = |template: &str, path: &[String]| {
+        let parts: Vec<&str> = template.trim_start_matches('/').split('/').collect();
+        parts.len() == path.len()
+            && parts
+                .iter()
+                .zip(path)
+                .all(|(t, p)| t.starts_with('{') || t == p)
+    };
+    let mut missing = Vec::new();
+    for route in wallet::http::router::routes(false) {
+        for &(method, _) in &route.methods {
+            if method == "HEAD" {
+                continue;
+            }
+            let called = calls
+                .iter()
+                .any(|(m, path)| m == method && matches(route.template, path));
+            if !called {
+                missing.push(format!("{method} {}", route.template));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "not in the Postman collection: {missing:?}"
+    );
+}
