@@ -897,6 +897,23 @@ fn health_within(
     }
 }
 
+/// Deposits 1.00 with references d0, d1, … until one is answered 503, and returns how many
+/// were acknowledged (201) before it (so the refused one is `d{that number}`) and its reply;
+/// None if 20,000 all went through. Any other status fails the test.
+fn deposit_until_refused(
+    deposit: impl Fn(&str) -> crate::helpers::Resp,
+) -> Option<(i64, crate::helpers::Resp)> {
+    for i in 0..20_000 {
+        let r = deposit(&format!("d{i}"));
+        match r.status {
+            201 => {}
+            503 => return Some((i, r)),
+            s => panic!("deposit {i}: {s} {}", r.body),
+        }
+    }
+    None
+}
+
 #[test]
 fn a_full_disk_refuses_writes_with_503_and_they_resume_once_space_is_freed() {
     // The database can't grow (held at its size by max_page_count, as by a full disk). Writes
@@ -907,20 +924,8 @@ fn a_full_disk_refuses_writes_with_503_and_they_resume_once_space_is_freed() {
     let app = TestApp::spawn();
     let u = app.register(&name("full"));
     hold_database_at(&app, 1);
-    let mut acknowledged = 0;
-    let mut refused = None;
-    for i in 0..20_000 {
-        let r = app.deposit(&u, "1.00", &format!("d{i}"));
-        match r.status {
-            201 => acknowledged += 1,
-            503 => {
-                refused = Some((i, r));
-                break;
-            }
-            s => panic!("deposit {i}: {s} {}", r.body),
-        }
-    }
-    let (i, r) = refused.expect("a database that cannot grow refused a write");
+    let (acknowledged, r) = deposit_until_refused(|reference| app.deposit(&u, "1.00", reference))
+        .expect("a database that cannot grow refused a write");
     assert_eq!(r.code(), "unavailable", "{}", r.body);
     assert!(r.header("Retry-After").is_some(), "{:?}", r.headers);
     let text = r.body.to_string().to_lowercase();
@@ -945,7 +950,7 @@ fn a_full_disk_refuses_writes_with_503_and_they_resume_once_space_is_freed() {
     std::thread::sleep(Duration::from_millis(2_500));
     let health = app.request("GET", "/health", None, None);
     assert_eq!(health.status, 503, "still full: {}", health.body);
-    let again = app.deposit(&u, "1.00", &format!("d{i}"));
+    let again = app.deposit(&u, "1.00", &format!("d{acknowledged}"));
     assert_eq!(again.status, 503, "still full: {}", again.body);
     let metrics = app.request("GET", "/metrics", None, None);
     let metrics = metrics.body.as_str().unwrap_or_default().to_string();
@@ -980,7 +985,7 @@ fn a_full_disk_refuses_writes_with_503_and_they_resume_once_space_is_freed() {
         .unwrap();
     assert_eq!((entries, probes), (acknowledged, 0));
     // The same request goes through, with nothing else to do.
-    let retried = app.deposit(&u, "1.00", &format!("d{i}"));
+    let retried = app.deposit(&u, "1.00", &format!("d{acknowledged}"));
     assert_eq!(retried.status, 201, "{}", retried.body);
     let metrics = app.request("GET", "/metrics", None, None);
     let metrics = metrics.body.as_str().unwrap_or_default().to_string();
@@ -1129,20 +1134,8 @@ fn a_really_full_file_system_refuses_writes_with_503_and_they_resume_once_space_
             assert!(written <= 4 << 20, "the tmpfs holds more than its size");
         }
     }
-    let mut acknowledged = 0;
-    let mut refused = None;
-    for i in 0..20_000 {
-        let r = deposit(&format!("d{i}"));
-        match r.status {
-            201 => acknowledged += 1,
-            503 => {
-                refused = Some((i, r));
-                break;
-            }
-            s => panic!("deposit {i}: {s} {}", r.body),
-        }
-    }
-    let (i, r) = refused.expect("a full file system refused a write");
+    let (acknowledged, r) =
+        deposit_until_refused(deposit).expect("a full file system refused a write");
     assert_eq!(r.code(), "unavailable", "{}", r.body);
     assert!(r.header("Retry-After").is_some(), "{:?}", r.headers);
     let health = call(&agent, &base, "GET", "/health", None, None, &[]).unwrap();
@@ -1156,7 +1149,7 @@ fn a_really_full_file_system_refuses_writes_with_503_and_they_resume_once_space_
         call(&agent, &base, "GET", "/health", None, None, &[]).unwrap()
     });
     assert_eq!(health.status, 200, "{}", health.body);
-    let retried = deposit(&format!("d{i}"));
+    let retried = deposit(&format!("d{acknowledged}"));
     assert_eq!(retried.status, 201, "{}", retried.body);
     let wallet = call(
         &agent,
