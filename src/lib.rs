@@ -16,6 +16,7 @@ pub mod log;
 pub mod metrics;
 pub mod service;
 pub mod startup;
+pub mod store;
 pub mod sys;
 pub mod tools;
 pub mod verify;

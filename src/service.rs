@@ -236,7 +236,7 @@ impl Service {
         let conn = self.read()?;
         match at {
             // The current balance is the running balance: O(1), whatever the history length.
-            None => Ok((queries::balance_now(&conn, wallet.key)?, now)),
+            None => Ok((queries::balance_now(&*conn, wallet.key)?, now)),
             Some(at) if at > now => Err(AppError::field("at", "must not be in the future")),
             Some(at) => {
                 // Answer only for a settled moment, so the same question always gets the same
@@ -246,7 +246,7 @@ impl Service {
                     Some(settled) => at.min(settled),
                     None => at,
                 };
-                Ok((queries::balance_at(&conn, wallet, at)?, at))
+                Ok((queries::balance_at(&*conn, wallet, at)?, at))
             }
         }
     }
@@ -387,7 +387,7 @@ impl Service {
             .pool
             .get()
             .map_err(AppError::from)
-            .and_then(|c| db::health::answers(&c));
+            .and_then(|c| db::health::answers(&*c));
         if let Err(e) = &database {
             crate::log::error(&format!("health: database check failed: {e:?}"));
         }

@@ -152,8 +152,12 @@ pub fn verify(db_path: &Path) -> Result<bool, StartupError> {
         ));
     }
     let mut conn = open_migrated(db_path)?;
-    let report = crate::verify::verify(&mut conn)
-        .map_err(|e| StartupError::caused_by("verify failed to read the database", e))?;
+    let report = crate::verify::verify(&mut conn).map_err(|e| match e {
+        AppError::Internal(cause) => {
+            StartupError::caused_by("verify failed to read the database", cause)
+        }
+        other => StartupError::failed(format!("verify failed to read the database: {other:?}")),
+    })?;
     println!(
         "verified {} entries in {} wallets in {:.3}s: {}",
         report.entries,

@@ -1,16 +1,25 @@
 //! `wallet verify`: recomputes the hash chain, every balance from its entries, conservation of
 //! money, and SQLite's own integrity check, in one read transaction (a consistent view, safe
 //! while the server runs).
+//!
+//! The ledger's checks (`check_ledger`) read through `Sql`, so they run on either engine; only
+//! the transaction and `integrity_check` around them are SQLite's.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use crate::ledger::entries::{entry_from_row, entry_hash, ENTRY_COLUMNS, ENTRY_FROM, GENESIS_HASH};
+use crate::error::AppError;
+use crate::ledger::entries::{entry_columns, entry_from, entry_from_row, entry_hash, GENESIS_HASH};
+use crate::store::{Row, Sql};
 
 /// Findings listed in full; past this only the count grows.
 pub const FINDINGS_SHOWN_MAX: usize = 20;
+
+/// Entries (and wallets) read per statement: the chain is walked a page at a time, so the
+/// memory `verify` holds does not grow with the ledger.
+pub const VERIFY_PAGE_ROWS: u32 = 4_096;
 
 #[derive(Debug, Default)]
 pub struct VerifyReport {
@@ -34,19 +43,26 @@ impl VerifyReport {
     }
 }
 
-pub fn verify(conn: &mut Connection) -> Result<VerifyReport, rusqlite::Error> {
+pub fn verify(conn: &mut Connection) -> Result<VerifyReport, AppError> {
     let started = Instant::now();
     let mut report = VerifyReport::default();
     let tx = conn.transaction()?;
     check_integrity(&tx, &mut report)?;
-    find_entries_without_wallet(&tx, &mut report)?;
-    let sums = check_chain(&tx, &mut report)?;
-    let total_balance = check_wallets(&tx, &sums.running, &mut report)?;
-    check_conservation(&sums, total_balance, &mut report);
-    check_refunds(&tx, &mut report)?;
+    check_ledger(&*tx, &mut report)?;
     tx.commit()?;
     report.took = started.elapsed();
     Ok(report)
+}
+
+/// Every check of the ledger itself, in the caller's read transaction: entries without a
+/// wallet, the hash chain and positions, each balance against its entries, conservation of
+/// money, and refunds.
+pub fn check_ledger(conn: &dyn Sql, report: &mut VerifyReport) -> Result<(), AppError> {
+    find_entries_without_wallet(conn, report)?;
+    let sums = check_chain(conn, report)?;
+    let total_balance = check_wallets(conn, &sums.running, report)?;
+    check_conservation(&sums, total_balance, report);
+    check_refunds(conn, report)
 }
 
 /// SQLite's own `integrity_check`.
@@ -63,13 +79,13 @@ fn check_integrity(tx: &Connection, report: &mut VerifyReport) -> rusqlite::Resu
 
 /// The chain pass joins each entry to its wallet; an entry whose wallet is gone would drop out
 /// of it unseen, so such entries are named first.
-fn find_entries_without_wallet(tx: &Connection, report: &mut VerifyReport) -> rusqlite::Result<()> {
-    let mut stmt = tx.prepare(
+fn find_entries_without_wallet(conn: &dyn Sql, report: &mut VerifyReport) -> Result<(), AppError> {
+    let rows = conn.query(
         "SELECT e.seq, e.wallet_key FROM entries e LEFT JOIN wallets w ON w.key = e.wallet_key
          WHERE w.key IS NULL ORDER BY e.seq",
+        &[],
     )?;
-    let mut rows = stmt.query([])?;
-    while let Some(row) = rows.next()? {
+    for row in rows {
         let (seq, key): (i64, i64) = (row.get(0)?, row.get(1)?);
         report.find(format!(
             "entry seq {seq}: its wallet (key {key}) does not exist"
@@ -89,33 +105,65 @@ struct Sums {
     ins: i128,
 }
 
-/// One pass in chain order: hashes, positions, and each wallet's running balance.
-fn check_chain(tx: &Connection, report: &mut VerifyReport) -> rusqlite::Result<Sums> {
-    let mut sums = Sums::default();
-    let mut prev_hash = GENESIS_HASH.to_vec();
-    let mut expected_seq = 1;
-    let mut stmt = tx.prepare(&format!(
-        "SELECT {ENTRY_COLUMNS}, e.hash FROM {ENTRY_FROM} ORDER BY e.seq"
-    ))?;
-    let mut rows = stmt.query([])?;
-    while let Some(row) = rows.next()? {
+/// Where the chain pass stands between two entries.
+struct Chain {
+    prev_hash: Vec<u8>,
+    expected_seq: i64,
+    sums: Sums,
+}
+
+/// One pass in chain order: hashes, positions, and each wallet's running balance. The entries
+/// are read a page at a time, each page after the last one's position.
+fn check_chain(conn: &dyn Sql, report: &mut VerifyReport) -> Result<Sums, AppError> {
+    let mut chain = Chain {
+        prev_hash: GENESIS_HASH.to_vec(),
+        expected_seq: 1,
+        sums: Sums::default(),
+    };
+    let mut after_seq = 0i64;
+    loop {
+        let page = conn.query(
+            concat!(
+                "SELECT ",
+                entry_columns!(),
+                ", e.hash FROM ",
+                entry_from!(),
+                " WHERE e.seq > ?1 ORDER BY e.seq LIMIT ?2"
+            ),
+            &[&after_seq, &VERIFY_PAGE_ROWS],
+        )?;
+        let Some(last) = page.last() else {
+            break;
+        };
+        after_seq = last.get(0)?;
+        for row in &page {
+            chain.check(row, report)?;
+        }
+    }
+    Ok(chain.sums)
+}
+
+impl Chain {
+    /// The next entry of the chain: its position, its hash, and its balance.
+    fn check(&mut self, row: &Row, report: &mut VerifyReport) -> Result<(), AppError> {
         let e = entry_from_row(row)?;
         let stored: Vec<u8> = row.get(11)?;
         report.entries += 1;
-        if e.seq != expected_seq {
+        if e.seq != self.expected_seq {
             report.find(format!(
-                "entry seq {}: expected seq {expected_seq} (a row is missing)",
-                e.seq
+                "entry seq {}: expected seq {} (a row is missing)",
+                e.seq, self.expected_seq
             ));
         }
-        expected_seq = e.seq + 1;
-        if entry_hash(&prev_hash, &e)[..] != stored[..] {
+        self.expected_seq = e.seq + 1;
+        if entry_hash(&self.prev_hash, &e)[..] != stored[..] {
             report.find(format!(
                 "entry seq {} (id {}): hash does not match its content and predecessor",
                 e.seq, e.id
             ));
         }
-        prev_hash = stored;
+        self.prev_hash = stored;
+        let sums = &mut self.sums;
         let bal = sums.running.entry(e.wallet_id.clone()).or_insert(0);
         *bal += if e.kind.is_credit() {
             e.amount.get()
@@ -138,31 +186,41 @@ fn check_chain(tx: &Connection, report: &mut VerifyReport) -> rusqlite::Result<S
             TransferOut => sums.outs += a,
             TransferIn => sums.ins += a,
         }
+        Ok(())
     }
-    Ok(sums)
 }
 
-/// Each wallet's balance against its entries' sum; returns the sum of every balance.
+/// Each wallet's balance against its entries' sum; returns the sum of every balance. Wallets
+/// are read a page at a time, by public id.
 fn check_wallets(
-    tx: &Connection,
+    conn: &dyn Sql,
     running: &HashMap<String, i64>,
     report: &mut VerifyReport,
-) -> rusqlite::Result<i128> {
+) -> Result<i128, AppError> {
     let mut total_balance = 0i128;
-    let mut stmt = tx.prepare("SELECT id, balance FROM wallets ORDER BY id")?;
-    let mut rows = stmt.query([])?;
-    while let Some(row) = rows.next()? {
-        let (id, balance): (String, i64) = (row.get(0)?, row.get(1)?);
-        report.wallets += 1;
-        total_balance += i128::from(balance);
-        if balance < 0 {
-            report.find(format!("wallet {id}: negative balance {balance}"));
-        }
-        let from_entries = running.get(&id).copied().unwrap_or(0);
-        if balance != from_entries {
-            report.find(format!(
-                "wallet {id}: balance {balance} but its entries sum to {from_entries}"
-            ));
+    let mut after_id = String::new();
+    loop {
+        let page = conn.query(
+            "SELECT id, balance FROM wallets WHERE id > ?1 ORDER BY id LIMIT ?2",
+            &[&after_id, &VERIFY_PAGE_ROWS],
+        )?;
+        let Some(last) = page.last() else {
+            break;
+        };
+        after_id = last.get(0)?;
+        for row in &page {
+            let (id, balance): (String, i64) = (row.get(0)?, row.get(1)?);
+            report.wallets += 1;
+            total_balance += i128::from(balance);
+            if balance < 0 {
+                report.find(format!("wallet {id}: negative balance {balance}"));
+            }
+            let from_entries = running.get(&id).copied().unwrap_or(0);
+            if balance != from_entries {
+                report.find(format!(
+                    "wallet {id}: balance {balance} but its entries sum to {from_entries}"
+                ));
+            }
         }
     }
     Ok(total_balance)
@@ -185,16 +243,80 @@ fn check_conservation(sums: &Sums, total_balance: i128, report: &mut VerifyRepor
 }
 
 /// A failed withdrawal that took money has its refund.
-fn check_refunds(tx: &Connection, report: &mut VerifyReport) -> rusqlite::Result<()> {
-    let unrefunded: i64 = tx.query_row(
-        "SELECT count(*) FROM withdrawals WHERE status = 'FAILED' AND transaction_id IS NOT NULL AND refund_transaction_id IS NULL",
-        [],
-        |r| r.get(0),
-    )?;
+fn check_refunds(conn: &dyn Sql, report: &mut VerifyReport) -> Result<(), AppError> {
+    let unrefunded: i64 = conn
+        .query_one(
+            "SELECT count(*) FROM withdrawals WHERE status = 'FAILED' AND transaction_id IS NOT NULL AND refund_transaction_id IS NULL",
+            &[],
+        )?
+        .get(0)?;
     if unrefunded > 0 {
         report.find(format!(
             "{unrefunded} failed withdrawals took money without a refund"
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accounts::{create_user, NewUser};
+    use crate::domain::{Amount, Currency, Email, Metadata, Reference, Timestamp, Username};
+    use crate::ledger::{deposit, queries, Movement};
+
+    /// A ledger of `wallets` users, each with one deposit: as many entries as wallets.
+    fn ledger(wallets: u32) -> Connection {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(crate::db::SCHEMA_SQL).unwrap();
+        let usd = Currency::new("USD", 2, 1_000_000_000).unwrap();
+        let now = Timestamp::parse("2026-03-02T09:00:00Z").unwrap();
+        let tx = conn.transaction().unwrap();
+        for i in 0..wallets {
+            let name = format!("user{i}");
+            let u = NewUser {
+                username: Username::parse(&name).unwrap(),
+                email: Email::parse(&format!("{name}@example.com")).unwrap(),
+                password_hash: "x".into(),
+                first_name: String::new(),
+                last_name: String::new(),
+                is_staff: false,
+            };
+            let user = create_user(&*tx, now, &u, None).unwrap();
+            let wallet = queries::wallet_of_user(&*tx, user.id).unwrap().wallet_ref();
+            let m = Movement {
+                amount: Amount::parse_text("1.00", &usd).unwrap(),
+                reference: Reference::parse("d").unwrap(),
+                metadata: Metadata::empty(),
+            };
+            deposit(&*tx, now, &usd, &wallet, &m).unwrap();
+        }
+        tx.commit().unwrap();
+        conn
+    }
+
+    #[test]
+    fn a_ledger_longer_than_a_page_is_verified_whole() {
+        // The chain and the wallets are read a page at a time: every row of every page is
+        // counted once, and a row missing at a page's edge is still found.
+        let rows = VERIFY_PAGE_ROWS + 3;
+        let mut conn = ledger(rows);
+        let report = verify(&mut conn).unwrap();
+        assert!(report.ok(), "{:?}", report.findings);
+        assert_eq!(report.entries, u64::from(rows));
+        assert_eq!(report.wallets, u64::from(rows));
+        conn.execute_batch(&format!(
+            "DROP TRIGGER entries_no_delete; DELETE FROM entries WHERE seq = {};",
+            VERIFY_PAGE_ROWS + 1
+        ))
+        .unwrap();
+        let report = verify(&mut conn).unwrap();
+        assert_eq!(report.entries, u64::from(rows - 1));
+        let missing = format!(
+            "entry seq {}: expected seq {} (a row is missing)",
+            VERIFY_PAGE_ROWS + 2,
+            VERIFY_PAGE_ROWS + 1
+        );
+        assert!(report.findings.contains(&missing), "{:?}", report.findings);
+    }
 }

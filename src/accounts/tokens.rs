@@ -7,11 +7,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
-use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 
 use crate::domain::Timestamp;
 use crate::error::AppError;
+use crate::store::Sql;
 
 /// Random bytes in a token: 256 bits.
 pub const TOKEN_BYTES: usize = 32;
@@ -49,52 +49,49 @@ pub fn new_token(now: Timestamp, ttl: Duration) -> IssuedToken {
 }
 
 pub fn store_token(
-    conn: &Connection,
+    conn: &dyn Sql,
     now: Timestamp,
     user_id: i64,
     t: &IssuedToken,
 ) -> Result<(), AppError> {
-    conn.prepare_cached(
+    conn.execute(
         "INSERT INTO tokens (user_id, token_hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![
-        user_id,
-        &t.hash[..],
-        now.to_text(),
-        t.expires_at.to_text()
-    ])?;
+        &[&user_id, &t.hash, &now, &t.expires_at],
+    )?;
     Ok(())
 }
 
-pub fn revoke_token(conn: &Connection, now: Timestamp, hash: &[u8; 32]) -> Result<(), AppError> {
-    conn.prepare_cached(
+pub fn revoke_token(conn: &dyn Sql, now: Timestamp, hash: &[u8; 32]) -> Result<(), AppError> {
+    conn.execute(
         "UPDATE tokens SET revoked_at = ?2 WHERE token_hash = ?1 AND revoked_at IS NULL",
-    )?
-    .execute(params![&hash[..], now.to_text()])?;
+        &[hash, &now],
+    )?;
     Ok(())
 }
 
 /// The user behind a token that is known, unrevoked and unexpired, and when it expires. The
 /// lookup is by the token's SHA-256, so no secret is ever compared byte by byte.
 pub fn authenticate(
-    conn: &Connection,
+    conn: &dyn Sql,
     now: Timestamp,
     hash: &[u8; 32],
 ) -> Result<(AuthUser, Timestamp), AppError> {
-    let found: Option<(i64, bool, crate::ledger::WalletRef, String, Option<String>)> = conn
-        .prepare_cached(
+    type Found = (i64, bool, crate::ledger::WalletRef, String, Option<String>);
+    let found: Option<Found> = conn
+        .query_opt(
             "SELECT t.user_id, u.is_staff, w.key, w.id, t.expires_at, t.revoked_at
              FROM tokens t JOIN users u ON u.id = t.user_id JOIN wallets w ON w.user_id = t.user_id
              WHERE t.token_hash = ?1",
+            &[hash],
         )?
-        .query_row([&hash[..]], |r| {
+        .map(|r| -> Result<Found, AppError> {
             let wallet = crate::ledger::WalletRef {
                 key: r.get(2)?,
                 id: r.get(3)?,
             };
             Ok((r.get(0)?, r.get(1)?, wallet, r.get(4)?, r.get(5)?))
         })
-        .optional()?;
+        .transpose()?;
     match found {
         Some((user_id, is_staff, wallet, expires_at, None)) if expires_at > now.to_text() => Ok((
             AuthUser {

@@ -455,16 +455,7 @@ fn funded_user(
         is_staff: false,
     };
     let user = wallet::accounts::create_user(conn, now, &u, None)?;
-    let w = conn.query_row(
-        "SELECT key, id FROM wallets WHERE user_id = ?1",
-        [user.id],
-        |r| {
-            Ok(WalletRef {
-                key: r.get(0)?,
-                id: r.get(1)?,
-            })
-        },
-    )?;
+    let w = ledger::queries::wallet_of_user(conn, user.id)?.wallet_ref();
     let m = Movement {
         amount: Amount::parse_text(amount, c).map_err(|e| AppError::Internal(e.0.into()))?,
         reference: Reference::parse("fund").map_err(|e| AppError::Internal(e.into()))?,
@@ -634,7 +625,7 @@ fn run_checked(args: &BenchArgs) -> Result<bool, String> {
     let mut verify_ok = Value::Null;
     if let Some(child) = &child {
         let mut conn = rusqlite::Connection::open(child.db()).map_err(|e| e.to_string())?;
-        let report = wallet::verify::verify(&mut conn).map_err(|e| e.to_string())?;
+        let report = wallet::verify::verify(&mut conn).map_err(|e| format!("{e:?}"))?;
         invariant_held &= report.ok();
         verify_ok = json!(report.ok());
     }
@@ -971,7 +962,7 @@ fn seed_ledger(
     let t1 = Instant::now();
     let report =
         wallet::verify::verify(&mut rusqlite::Connection::open(path).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("{e:?}"))?;
     let verify_s = t1.elapsed().as_secs_f64();
     // One wallet with a long history, seeded after `verify` so that figure stays comparable.
     let deep_id = if args.deep_entries > 0 {

@@ -1,11 +1,10 @@
 //! The database's part of `/health`.
 
-use rusqlite::Connection;
-
 use crate::error::AppError;
+use crate::store::Sql;
 
 /// Whether the database answers a query.
-pub fn answers(conn: &Connection) -> Result<(), AppError> {
-    conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?;
+pub fn answers(conn: &dyn Sql) -> Result<(), AppError> {
+    let _: i64 = conn.query_one("SELECT 1", &[])?.get(0)?;
     Ok(())
 }

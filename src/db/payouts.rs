@@ -1,14 +1,10 @@
 //! What the payout worker reads besides the withdrawals themselves.
 
-use rusqlite::Connection;
-
 use crate::error::AppError;
+use crate::store::Sql;
 
 /// The user who owns the wallet `wallet_id` (its public id), named in the payout call.
-pub fn wallet_owner(conn: &Connection, wallet_id: &str) -> Result<i64, AppError> {
-    Ok(conn.query_row(
-        "SELECT user_id FROM wallets WHERE id = ?1",
-        [wallet_id],
-        |r| r.get(0),
-    )?)
+pub fn wallet_owner(conn: &dyn Sql, wallet_id: &str) -> Result<i64, AppError> {
+    conn.query_one("SELECT user_id FROM wallets WHERE id = ?1", &[&wallet_id])?
+        .get(0)
 }

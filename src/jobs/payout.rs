@@ -136,7 +136,7 @@ impl PayoutWorker {
                 .pool
                 .get()
                 .map_err(AppError::from)
-                .and_then(|c| withdrawals::due(&c, self.clock.now(), DUE_BATCH_MAX));
+                .and_then(|c| withdrawals::due(&*c, self.clock.now(), DUE_BATCH_MAX));
             match due {
                 Ok(due) if !due.is_empty() => {
                     for w in due {
@@ -157,7 +157,7 @@ impl PayoutWorker {
                         .pool
                         .get()
                         .map_err(AppError::from)
-                        .and_then(|c| withdrawals::next_due_at(&c));
+                        .and_then(|c| withdrawals::next_due_at(&*c));
                     let until = match next {
                         Ok(Some(t)) => t,
                         _ => self.clock.now().plus_millis(60_000),

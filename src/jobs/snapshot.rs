@@ -61,9 +61,9 @@ impl SnapshotJob {
     /// True when a fire time passed since the last run (or since the first wallet existed).
     fn missed_run(&self) -> Result<bool, AppError> {
         let conn = self.pool.get()?;
-        let since = match snapshot::last_cutoff(&conn)? {
+        let since = match snapshot::last_cutoff(&*conn)? {
             Some(t) => Some(t),
-            None => snapshot::first_wallet_at(&conn)?,
+            None => snapshot::first_wallet_at(&*conn)?,
         };
         Ok(since
             .and_then(|t| self.next_after(t))

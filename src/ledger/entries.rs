@@ -1,26 +1,12 @@
 //! Ledger rows: appending an entry (the only way a balance changes), reading entries back,
 //! and the hash chain that makes rewriting history detectable.
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
 use sha2::{Digest, Sha256};
 
 use super::kinds;
 use crate::domain::{EntryKind, Metadata, MinorUnits, Money, Timestamp};
 use crate::error::AppError;
-
-// Money is stored as INTEGER minor units. The impls live here, not in `domain`, which knows
-// nothing of SQL.
-impl rusqlite::ToSql for MinorUnits {
-    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        Ok(self.get().into())
-    }
-}
-
-impl rusqlite::types::FromSql for MinorUnits {
-    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
-        i64::column_result(v).map(MinorUnits::new)
-    }
-}
+use crate::store::{FromValue, Param, Row, Sql, ToParam, Value};
 
 /// A wallet's integer key: how entries and queries name a wallet in storage. Only storage
 /// makes one (from a row), so a user id or a count can't be passed where a wallet is meant.
@@ -28,7 +14,7 @@ impl rusqlite::types::FromSql for MinorUnits {
 pub struct WalletKey(i64);
 
 impl WalletKey {
-    /// A key read from storage by hand (outside `FromSql`).
+    /// A key read from storage by hand (outside `FromValue`).
     pub(crate) fn from_storage(key: i64) -> WalletKey {
         WalletKey(key)
     }
@@ -44,15 +30,17 @@ impl std::fmt::Display for WalletKey {
     }
 }
 
-impl rusqlite::ToSql for WalletKey {
-    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-        Ok(self.0.into())
+// A wallet key is stored as an INTEGER. The impls live here, beside the type; money's
+// (`MinorUnits`) live in `store`, since `domain` knows nothing of SQL.
+impl ToParam for WalletKey {
+    fn to_param(&self) -> Param<'_> {
+        Param::Int(self.0)
     }
 }
 
-impl rusqlite::types::FromSql for WalletKey {
-    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
-        i64::column_result(v).map(WalletKey)
+impl FromValue for WalletKey {
+    fn from_value(v: &Value) -> Option<WalletKey> {
+        i64::from_value(v).map(WalletKey)
     }
 }
 
@@ -91,18 +79,15 @@ macro_rules! entry_from {
 }
 pub(crate) use {entry_columns, entry_from};
 
-pub fn entry_from_row(r: &Row<'_>) -> rusqlite::Result<Entry> {
+pub fn entry_from_row(r: &Row) -> Result<Entry, AppError> {
     let kind: String = r.get(3)?;
     let created_at: String = r.get(10)?;
     Ok(Entry {
         seq: r.get(0)?,
         id: r.get(1)?,
         wallet_id: r.get(2)?,
-        kind: EntryKind::parse(&kind).ok_or(rusqlite::Error::InvalidColumnType(
-            3,
-            "kind".into(),
-            rusqlite::types::Type::Text,
-        ))?,
+        kind: EntryKind::parse(&kind)
+            .ok_or_else(|| AppError::internal("reading an entry", format!("kind {kind}")))?,
         amount: r.get(4)?,
         balance_after: r.get(5)?,
         reference: r.get(6)?,
@@ -169,7 +154,7 @@ pub fn entry_hash(prev: &[u8], e: &Entry) -> [u8; 32] {
 /// Appends one entry and moves the wallet's balance to match, inside the caller's transaction.
 /// This is the only place a balance changes. A debit that would go below zero is
 /// `InsufficientFunds` and writes nothing.
-pub fn append(conn: &Connection, now: Timestamp, new: NewEntry<'_>) -> Result<Entry, AppError> {
+pub fn append(conn: &dyn Sql, now: Timestamp, new: NewEntry<'_>) -> Result<Entry, AppError> {
     Ok(append_after(conn, now, new, None)?.0)
 }
 
@@ -180,7 +165,7 @@ pub fn append(conn: &Connection, now: Timestamp, new: NewEntry<'_>) -> Result<En
 /// Two statements in the usual case (three without `head`): move the balance, insert the
 /// entry. A refusal costs one more read, to say what the balance was.
 pub fn append_after(
-    conn: &Connection,
+    conn: &dyn Sql,
     now: Timestamp,
     new: NewEntry<'_>,
     head: Option<(i64, [u8; 32])>,
@@ -229,26 +214,29 @@ fn signed_delta(kind: EntryKind, amount: MinorUnits) -> Result<MinorUnits, AppEr
 /// balance (the trigger `entries_balance_follows`). The ceiling is checked in the statement
 /// itself (a sum beyond i64 would otherwise become a REAL that the STRICT table refuses: a 500).
 fn move_balance(
-    conn: &Connection,
+    conn: &dyn Sql,
     wallet_key: WalletKey,
     delta: MinorUnits,
 ) -> Result<Option<MinorUnits>, AppError> {
     let balance_ceiling = i64::MAX - delta.get().max(0);
-    Ok(conn
-        .prepare_cached(
-            "UPDATE wallets SET balance = balance + ?2
-             WHERE key = ?1 AND balance + ?2 >= 0 AND balance <= ?3
-             RETURNING balance",
-        )?
-        .query_row(params![wallet_key, delta, balance_ceiling], |r| r.get(0))
-        .optional()?)
+    conn.query_opt(
+        "UPDATE wallets SET balance = balance + ?2
+         WHERE key = ?1 AND balance + ?2 >= 0 AND balance <= ?3
+         RETURNING balance",
+        &[&wallet_key, &delta, &balance_ceiling],
+    )?
+    .map(|r| r.get(0))
+    .transpose()
 }
 
 /// Why `move_balance` refused: a credit past the ceiling, or a debit larger than the balance.
-fn refusal(conn: &Connection, new: &NewEntry<'_>, delta: MinorUnits) -> Result<AppError, AppError> {
+fn refusal(conn: &dyn Sql, new: &NewEntry<'_>, delta: MinorUnits) -> Result<AppError, AppError> {
     let balance: MinorUnits = conn
-        .prepare_cached("SELECT balance FROM wallets WHERE key = ?1")?
-        .query_row([new.wallet.key], |r| r.get(0))?;
+        .query_one(
+            "SELECT balance FROM wallets WHERE key = ?1",
+            &[&new.wallet.key],
+        )?
+        .get(0)?;
     if delta > MinorUnits::ZERO {
         return Ok(AppError::field(
             "amount",
@@ -262,46 +250,48 @@ fn refusal(conn: &Connection, new: &NewEntry<'_>, delta: MinorUnits) -> Result<A
 }
 
 /// The newest entry's position and hash, or the genesis of an empty ledger.
-fn chain_head(conn: &Connection) -> Result<(i64, [u8; 32]), AppError> {
-    Ok(conn
-        .prepare_cached("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1")?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?
-        .unwrap_or((0, GENESIS_HASH)))
+fn chain_head(conn: &dyn Sql) -> Result<(i64, [u8; 32]), AppError> {
+    match conn.query_opt(
+        "SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1",
+        &[],
+    )? {
+        Some(r) => Ok((r.get(0)?, r.get(1)?)),
+        None => Ok((0, GENESIS_HASH)),
+    }
 }
 
 fn insert(
-    conn: &Connection,
+    conn: &dyn Sql,
     wallet_key: WalletKey,
     entry: &Entry,
     hash: &[u8; 32],
 ) -> Result<(), AppError> {
-    conn.prepare_cached(
+    conn.execute(
         "INSERT INTO entries (seq, id, wallet_key, kind, amount, balance_after, reference,
              counterparty_user_id, transfer_id, metadata, created_at, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-    )?
-    .execute(params![
-        entry.seq,
-        entry.id,
-        wallet_key,
-        entry.kind.as_str(),
-        entry.amount,
-        entry.balance_after,
-        entry.reference,
-        entry.counterparty_user_id,
-        entry.transfer_id,
-        entry.metadata.as_str(),
-        entry.created_at.to_text(),
-        &hash[..],
-    ])?;
+        &[
+            &entry.seq,
+            &entry.id,
+            &wallet_key,
+            &entry.kind.as_str(),
+            &entry.amount,
+            &entry.balance_after,
+            &entry.reference,
+            &entry.counterparty_user_id,
+            &entry.transfer_id,
+            &entry.metadata.as_str(),
+            &entry.created_at,
+            &&hash[..],
+        ],
+    )?;
     Ok(())
 }
 
 /// The entry a client's reference already names, for idempotent replays. Only the kinds a
 /// client names (deposit, withdrawal, transfer out) have unique references.
 pub fn find_by_reference(
-    conn: &Connection,
+    conn: &dyn Sql,
     wallet_key: WalletKey,
     kind: EntryKind,
     reference: &str,
@@ -310,41 +300,52 @@ pub fn find_by_reference(
     let Some(sql) = kinds::by_reference_sql(kind) else {
         return Ok(None);
     };
-    Ok(conn
-        .prepare_cached(sql)?
-        .query_row(params![wallet_key, reference], entry_from_row)
-        .optional()?)
+    conn.query_opt(sql, &[&wallet_key, &reference])?
+        .map(|r| entry_from_row(&r))
+        .transpose()
 }
 
-pub fn find_by_id(conn: &Connection, id: &str) -> Result<Option<Entry>, AppError> {
-    Ok(conn
-        .prepare_cached(&format!(
-            "SELECT {ENTRY_COLUMNS} FROM {ENTRY_FROM} WHERE e.id = ?1"
-        ))?
-        .query_row([id], entry_from_row)
-        .optional()?)
+pub fn find_by_id(conn: &dyn Sql, id: &str) -> Result<Option<Entry>, AppError> {
+    conn.query_opt(
+        concat!(
+            "SELECT ",
+            entry_columns!(),
+            " FROM ",
+            entry_from!(),
+            " WHERE e.id = ?1"
+        ),
+        &[&id],
+    )?
+    .map(|r| entry_from_row(&r))
+    .transpose()
 }
 
 /// The incoming half of a transfer: always appended right after its outgoing half, so it is
 /// found by position (no index needed) and checked by transfer id.
-pub fn find_transfer_in(conn: &Connection, out: &Entry) -> Result<Option<Entry>, AppError> {
+pub fn find_transfer_in(conn: &dyn Sql, out: &Entry) -> Result<Option<Entry>, AppError> {
     let found = conn
-        .prepare_cached(&format!(
-            "SELECT {ENTRY_COLUMNS} FROM {ENTRY_FROM} WHERE e.seq = ?1"
-        ))?
-        .query_row([out.seq + 1], entry_from_row)
-        .optional()?;
+        .query_opt(
+            concat!(
+                "SELECT ",
+                entry_columns!(),
+                " FROM ",
+                entry_from!(),
+                " WHERE e.seq = ?1"
+            ),
+            &[&(out.seq + 1)],
+        )?
+        .map(|r| entry_from_row(&r))
+        .transpose()?;
     Ok(found.filter(|e| e.kind == EntryKind::TransferIn && e.transfer_id == out.transfer_id))
 }
 
 /// Signed sum of a wallet's entries in `(after, upto]`, by creation time.
 pub fn net_between(
-    conn: &Connection,
+    conn: &dyn Sql,
     wallet_key: WalletKey,
     after: &str,
     upto: &str,
 ) -> Result<MinorUnits, AppError> {
-    Ok(conn
-        .prepare_cached(&kinds::NET_BETWEEN_SQL)?
-        .query_row(params![wallet_key, after, upto], |r| r.get(0))?)
+    conn.query_one(&kinds::NET_BETWEEN_SQL, &[&wallet_key, &after, &upto])?
+        .get(0)
 }

@@ -1,6 +1,7 @@
 //! Tests that what is spelled in several places agrees with its one source in the code:
 //! entry kinds (`EntryKind`) in schema.sql, the ledger's SQL, the OpenAPI document and the
-//! HTTP edge's message; limits in the schema's `CHECK`s; and which crates `domain/` may name.
+//! HTTP edge's message; limits in the schema's `CHECK`s; and which crates `domain/`, `ledger/`
+//! and `accounts/` may name.
 
 use std::path::{Path, PathBuf};
 
@@ -167,6 +168,52 @@ fn domain_never_names_storage_or_http_crates() {
             assert!(!text.contains(name), "{} names {name}", file.display());
         }
     }
+}
+
+/// Whether `file` is a test-only module: its parent declares it `#[cfg(test)] mod name;`.
+fn is_test_module(file: &Path) -> bool {
+    let Some(stem) = file.file_stem().and_then(|s| s.to_str()) else {
+        return false;
+    };
+    let parent = std::fs::read_to_string(file.with_file_name("mod.rs")).unwrap_or_default();
+    parent.contains(&format!("#[cfg(test)]\nmod {stem};"))
+}
+
+/// A file's text up to its inline test module (`#[cfg(test)] mod tests { … }`, which by custom
+/// comes last): the code that runs in the service.
+fn without_inline_tests(text: &str) -> &str {
+    text.split("#[cfg(test)]\nmod tests {")
+        .next()
+        .unwrap_or(text)
+}
+
+#[test]
+fn the_money_rules_never_name_a_storage_engine() {
+    // The ledger and accounts read and write through `store::Sql` only, so the same rules run
+    // on either engine (ARCHITECTURE.md). Their tests may open an in-memory SQLite database:
+    // test-only modules and inline test modules are left out.
+    let mut checked = Vec::new();
+    for dir in ["src/ledger", "src/accounts"] {
+        for file in rust_files(&manifest_dir().join(dir)) {
+            if is_test_module(&file) {
+                continue;
+            }
+            let text = std::fs::read_to_string(&file).unwrap();
+            let code = without_inline_tests(&text);
+            for name in ["rusqlite", "r2d2"] {
+                assert!(!code.contains(name), "{} names {name}", file.display());
+            }
+            checked.push(file);
+        }
+    }
+    // Every file of both folders but `tests.rs` and `invariants.rs` (which name rusqlite).
+    let names = |n: &str| checked.iter().any(|f| f.ends_with(n));
+    assert!(
+        names("ledger/entries.rs") && names("accounts/users.rs"),
+        "{checked:?}"
+    );
+    assert!(!names("ledger/tests.rs") && !names("ledger/invariants.rs"));
+    assert!(checked.len() >= 11, "{checked:?}");
 }
 
 #[test]

@@ -31,10 +31,12 @@ pub fn unique_reference_condition(column: &str) -> String {
     any_of(column, EntryKind::has_unique_reference)
 }
 
-/// A wallet's net movement over `(?2, ?3]`: credits add, debits subtract.
+/// A wallet's net movement over `(?2, ?3]`: credits add, debits subtract. The sum is cast
+/// back to an integer because PostgreSQL's `SUM` of a `BIGINT` is a `NUMERIC` (SQLite's
+/// already is one, and the cast changes nothing there).
 pub static NET_BETWEEN_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT COALESCE(SUM(CASE WHEN {} THEN amount ELSE -amount END), 0)
+        "SELECT COALESCE(CAST(SUM(CASE WHEN {} THEN amount ELSE -amount END) AS BIGINT), 0)
          FROM entries WHERE wallet_key = ?1 AND created_at > ?2 AND created_at <= ?3",
         any_of("kind", EntryKind::is_credit)
     )
@@ -75,15 +77,16 @@ mod tests {
 
     #[test]
     fn generated_sql_is_the_or_chain_it_replaced() {
-        // The statements are the same text as the literals they replaced, so the query plans
+        // The statements are the same text as the literals they replaced (the sum since cast
+        // to BIGINT for PostgreSQL, which touches only the result), so the query plans
         // (partial index, no temporary b-tree) are the same.
         assert_eq!(
             NET_BETWEEN_SQL
                 .split_whitespace()
                 .collect::<Vec<_>>()
                 .join(" "),
-            "SELECT COALESCE(SUM(CASE WHEN kind = 'DEPOSIT' OR kind = 'TRANSFER_IN' OR \
-             kind = 'REFUND' THEN amount ELSE -amount END), 0) FROM entries WHERE \
+            "SELECT COALESCE(CAST(SUM(CASE WHEN kind = 'DEPOSIT' OR kind = 'TRANSFER_IN' OR \
+             kind = 'REFUND' THEN amount ELSE -amount END) AS BIGINT), 0) FROM entries WHERE \
              wallet_key = ?1 AND created_at > ?2 AND created_at <= ?3"
         );
         let sql = by_reference_sql(EntryKind::TransferOut).unwrap();

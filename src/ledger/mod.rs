@@ -13,10 +13,9 @@ pub mod queries;
 pub mod snapshot;
 pub mod withdrawals;
 
-use rusqlite::{Connection, OptionalExtension};
-
 use crate::domain::{Amount, Currency, EntryKind, Metadata, Reference, Timestamp};
 use crate::error::AppError;
+use crate::store::Sql;
 use entries::NewEntry;
 pub use entries::{Entry, WalletKey, WalletRef};
 
@@ -77,7 +76,7 @@ fn conflict(holder: impl std::fmt::Display) -> AppError {
 /// Returns the earlier entry when this request is a replay of it, a conflict when the reference
 /// is taken by a different request, or `None` when the reference is new.
 fn replay_of(
-    conn: &Connection,
+    conn: &dyn Sql,
     wallet: &WalletRef,
     kind: EntryKind,
     m: &Movement,
@@ -97,7 +96,7 @@ fn replay_of(
 }
 
 pub fn deposit(
-    conn: &Connection,
+    conn: &dyn Sql,
     now: Timestamp,
     currency: &Currency,
     wallet: &WalletRef,
@@ -123,7 +122,7 @@ pub fn deposit(
 }
 
 pub fn withdraw_now(
-    conn: &Connection,
+    conn: &dyn Sql,
     now: Timestamp,
     currency: &Currency,
     wallet: &WalletRef,
@@ -154,11 +153,11 @@ pub fn withdraw_now(
 
 /// The recipient's user id and wallet; unknown users and oneself are validation errors.
 fn resolve_recipient(
-    conn: &Connection,
+    conn: &dyn Sql,
     sender_user_id: i64,
     to: &Recipient,
 ) -> Result<(i64, WalletRef), AppError> {
-    let row = |r: &rusqlite::Row<'_>| {
+    let row = |r: crate::store::Row| -> Result<(i64, WalletRef), AppError> {
         Ok((
             r.get(0)?,
             WalletRef {
@@ -171,19 +170,20 @@ fn resolve_recipient(
         // Every user has a wallet, so the wallet row alone answers.
         Recipient::UserId(id) => (
             "to_user_id",
-            conn.prepare_cached("SELECT user_id, key, id FROM wallets WHERE user_id = ?1")?
-                .query_row([id], row)
-                .optional()?,
+            conn.query_opt(
+                "SELECT user_id, key, id FROM wallets WHERE user_id = ?1",
+                &[id],
+            )?,
         ),
         Recipient::Username(name) => (
             "to_username",
-            conn.prepare_cached(
+            conn.query_opt(
                 "SELECT u.id, w.key, w.id FROM users u JOIN wallets w ON w.user_id = u.id WHERE u.username_key = ?1",
-            )?
-            .query_row([crate::domain::username_key(name)], row)
-            .optional()?,
+                &[&crate::domain::username_key(name)],
+            )?,
         ),
     };
+    let found = found.map(row).transpose()?;
     match found {
         None => Err(AppError::field(field, "no such user")),
         Some((id, _)) if id == sender_user_id => {
@@ -194,7 +194,7 @@ fn resolve_recipient(
 }
 
 pub fn transfer(
-    conn: &Connection,
+    conn: &dyn Sql,
     now: Timestamp,
     currency: &Currency,
     sender: (i64, &WalletRef),

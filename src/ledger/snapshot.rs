@@ -6,12 +6,11 @@
 //! waits more than one chunk behind it. A mismatch is never fixed: it is logged, counted and
 //! recorded with the run.
 
-use rusqlite::{params, Connection, OptionalExtension};
-
 use super::entries::{net_between, WalletKey};
 use crate::db::Exec;
 use crate::domain::{MinorUnits, Timestamp};
 use crate::error::AppError;
+use crate::store::Sql;
 
 /// Wallets per write job: small enough that a transfer queued behind a chunk waits only a few
 /// milliseconds (250 wallets took ~15 ms on a 100,000-wallet ledger; 64 take ~3 ms).
@@ -50,14 +49,7 @@ struct Chunk {
 /// committed after the run's first transaction is later than `now - 1µs`: capping the
 /// cut-off there means no entry at or before it can still be committed behind the run.
 pub fn run(exec: &impl Exec, cutoff: Timestamp) -> Result<RunReport, AppError> {
-    let (run_id, cutoff) = exec.exec(move |conn, now| {
-        let cutoff = cutoff.min(now.plus_micros(-1));
-        conn.execute(
-            "INSERT INTO snapshot_runs (cutoff, started_at) VALUES (?1, ?2)",
-            params![cutoff.to_text(), now.to_text()],
-        )?;
-        Ok((conn.last_insert_rowid(), cutoff))
-    })?;
+    let (run_id, cutoff) = exec.exec(move |conn, now| start_run(conn, now, cutoff))?;
     let mut report = RunReport {
         run_id,
         cutoff,
@@ -87,31 +79,56 @@ pub fn run(exec: &impl Exec, cutoff: Timestamp) -> Result<RunReport, AppError> {
         }
     }
     let (wallets, mismatches) = (report.wallets as i64, report.mismatches.len() as i64);
-    exec.exec(move |conn, now| {
-        conn.execute(
-            "UPDATE snapshot_runs SET finished_at = ?2, wallets = ?3, mismatches = ?4 WHERE id = ?1",
-            params![run_id, now.to_text(), wallets, mismatches],
-        )?;
-        Ok(())
-    })?;
+    exec.exec(move |conn, now| finish_run(conn, now, run_id, wallets, mismatches))?;
     Ok(report)
 }
 
+/// Records a new run, its cut-off capped as `run` explains; returns its id and that cut-off.
+fn start_run(
+    conn: &dyn Sql,
+    now: Timestamp,
+    cutoff: Timestamp,
+) -> Result<(i64, Timestamp), AppError> {
+    let cutoff = cutoff.min(now.plus_micros(-1));
+    let run_id = conn
+        .query_one(
+            "INSERT INTO snapshot_runs (cutoff, started_at) VALUES (?1, ?2) RETURNING id",
+            &[&cutoff, &now],
+        )?
+        .get(0)?;
+    Ok((run_id, cutoff))
+}
+
+/// Records when the run ended and what it covered.
+fn finish_run(
+    conn: &dyn Sql,
+    now: Timestamp,
+    run_id: i64,
+    wallets: i64,
+    mismatches: i64,
+) -> Result<(), AppError> {
+    conn.execute(
+        "UPDATE snapshot_runs SET finished_at = ?2, wallets = ?3, mismatches = ?4 WHERE id = ?1",
+        &[&run_id, &now, &wallets, &mismatches],
+    )?;
+    Ok(())
+}
+
 fn snapshot_chunk(
-    conn: &Connection,
+    conn: &dyn Sql,
     run_id: i64,
     cutoff: Timestamp,
     after: WalletKey,
 ) -> Result<Chunk, AppError> {
     let cut = cutoff.to_text();
     let wallets: Vec<(WalletKey, String, MinorUnits, MinorUnits, String)> = conn
-        .prepare_cached(
+        .query(
             "SELECT key, id, balance, last_balance, last_balance_update FROM wallets WHERE key > ?1 ORDER BY key LIMIT ?2",
+            &[&after, &SNAPSHOT_CHUNK_WALLETS],
         )?
-        .query_map(params![after, SNAPSHOT_CHUNK_WALLETS], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })?
-        .collect::<Result<_, _>>()?;
+        .iter()
+        .map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+        .collect::<Result<_, AppError>>()?;
     let mut chunk = Chunk {
         last_wallet_key: wallets.last().map(|w| w.0),
         wallets: 0,
@@ -141,37 +158,32 @@ fn snapshot_chunk(
             // Entries that sum below zero: recorded as a mismatch above, nothing stored.
             continue;
         }
-        conn.prepare_cached(
+        conn.execute(
             "UPDATE wallets SET last_balance = ?2, last_balance_update = ?3 WHERE key = ?1",
-        )?
-        .execute(params![key, computed, cut])?;
-        conn.prepare_cached(
+            &[&key, &computed, &cut],
+        )?;
+        conn.execute(
             "INSERT INTO balance_snapshots (wallet_id, taken_at, balance, running, run_id) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (wallet_id, taken_at) DO UPDATE SET balance = excluded.balance, running = excluded.running,
                  run_id = excluded.run_id",
-        )?
-        .execute(params![id, cut, computed, running, run_id])?;
+            &[&id, &cut, &computed, &running, &run_id],
+        )?;
     }
     Ok(chunk)
 }
 
 /// The cut-off of the newest run, if any.
-pub fn last_cutoff(conn: &Connection) -> Result<Option<Timestamp>, AppError> {
-    let t: Option<String> = conn
-        .query_row(
-            "SELECT max(cutoff) FROM snapshot_runs WHERE finished_at IS NOT NULL",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?
-        .flatten();
-    Ok(t.map(|t| Timestamp::from_stored(&t)))
+pub fn last_cutoff(conn: &dyn Sql) -> Result<Option<Timestamp>, AppError> {
+    conn.query_one(
+        "SELECT max(cutoff) FROM snapshot_runs WHERE finished_at IS NOT NULL",
+        &[],
+    )?
+    .get(0)
 }
 
 /// When the oldest wallet was created, the start of time for catch-up on a database that has
 /// never been snapshotted.
-pub fn first_wallet_at(conn: &Connection) -> Result<Option<Timestamp>, AppError> {
-    let t: Option<String> =
-        conn.query_row("SELECT min(created_at) FROM wallets", [], |r| r.get(0))?;
-    Ok(t.map(|t| Timestamp::from_stored(&t)))
+pub fn first_wallet_at(conn: &dyn Sql) -> Result<Option<Timestamp>, AppError> {
+    conn.query_one("SELECT min(created_at) FROM wallets", &[])?
+        .get(0)
 }

@@ -188,18 +188,20 @@ fn entries_chain_their_hashes() {
     };
     transfer(&conn, now(), &usd(), (1, &alice), &req).unwrap();
     let mut prev = entries::GENESIS_HASH;
-    for seq in 1..=3 {
-        let (e, stored) = conn
-            .query_row(
+    let sql: &dyn crate::store::Sql = &conn;
+    for seq in 1..=3i64 {
+        let r = sql
+            .query_one(
                 &format!(
                     "SELECT {}, e.hash FROM {} WHERE e.seq = ?1",
                     entries::ENTRY_COLUMNS,
                     entries::ENTRY_FROM
                 ),
-                [seq],
-                |r| Ok((entries::entry_from_row(r)?, r.get::<_, Vec<u8>>(11)?)),
+                &[&seq],
             )
             .unwrap();
+        let e = entries::entry_from_row(&r).unwrap();
+        let stored: Vec<u8> = r.get(11).unwrap();
         assert_eq!(entries::entry_hash(&prev, &e)[..], stored[..], "seq {seq}");
         prev.copy_from_slice(&stored);
     }

@@ -11,14 +11,13 @@
 //! PROCESSING --(staff resolve: failed)--> FAILED + REFUND entry, in one transaction
 //! PENDING --(cancel)--> CANCELLED
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
-
 use super::entries::{self, NewEntry, WalletRef};
 use super::{conflict, Movement, Outcome};
 use crate::domain::{
     Currency, EntryKind, Metadata, MinorUnits, PayoutResolution, Timestamp, WithdrawalStatus,
 };
 use crate::error::AppError;
+use crate::store::{Row, Sql};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Withdrawal {
@@ -48,71 +47,64 @@ const COLUMNS: &str =
      attempts, error_message, created_at, updated_at, transaction_id, refund_transaction_id, \
      outcome_unknown_since, payout_call_started_at";
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<Withdrawal> {
+fn from_row(r: &Row) -> Result<Withdrawal, AppError> {
     let status: String = r.get(5)?;
-    let ts = |i: usize| -> rusqlite::Result<Timestamp> {
-        Ok(Timestamp::from_stored(&r.get::<_, String>(i)?))
-    };
     Ok(Withdrawal {
         id: r.get(0)?,
         wallet_id: r.get(1)?,
         amount: r.get(2)?,
         reference: r.get(3)?,
         metadata: Metadata::from_stored(r.get(4)?),
-        status: WithdrawalStatus::parse(&status).ok_or(rusqlite::Error::InvalidColumnType(
-            5,
-            "status".into(),
-            rusqlite::types::Type::Text,
-        ))?,
-        scheduled_at: ts(6)?,
-        next_attempt_at: ts(7)?,
+        status: WithdrawalStatus::parse(&status).ok_or_else(|| {
+            AppError::internal("reading a withdrawal", format!("status {status}"))
+        })?,
+        scheduled_at: r.get(6)?,
+        next_attempt_at: r.get(7)?,
         attempts: r.get(8)?,
         error_message: r.get(9)?,
-        created_at: ts(10)?,
-        updated_at: ts(11)?,
+        created_at: r.get(10)?,
+        updated_at: r.get(11)?,
         transaction_id: r.get(12)?,
         refund_transaction_id: r.get(13)?,
-        outcome_unknown_since: r
-            .get::<_, Option<String>>(14)?
-            .map(|t| Timestamp::from_stored(&t)),
-        payout_call_started_at: r
-            .get::<_, Option<String>>(15)?
-            .map(|t| Timestamp::from_stored(&t)),
+        outcome_unknown_since: r.get(14)?,
+        payout_call_started_at: r.get(15)?,
     })
 }
 
+/// The withdrawal `row` holds, if there is a row.
+fn first(row: Option<Row>) -> Result<Option<Withdrawal>, AppError> {
+    row.as_ref().map(from_row).transpose()
+}
+
 pub fn find_by_reference(
-    conn: &Connection,
+    conn: &dyn Sql,
     wallet_id: &str,
     reference: &str,
 ) -> Result<Option<Withdrawal>, AppError> {
-    Ok(conn
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM withdrawals WHERE wallet_id = ?1 AND reference = ?2"
-        ))?
-        .query_row(params![wallet_id, reference], from_row)
-        .optional()?)
+    first(conn.query_opt(
+        &format!("SELECT {COLUMNS} FROM withdrawals WHERE wallet_id = ?1 AND reference = ?2"),
+        &[&wallet_id, &reference],
+    )?)
 }
 
 /// A withdrawal of this wallet; another wallet's is "not found".
-pub fn find(conn: &Connection, wallet_id: &str, id: &str) -> Result<Withdrawal, AppError> {
-    conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM withdrawals WHERE wallet_id = ?1 AND id = ?2"
-    ))?
-    .query_row(params![wallet_id, id], from_row)
-    .optional()?
+pub fn find(conn: &dyn Sql, wallet_id: &str, id: &str) -> Result<Withdrawal, AppError> {
+    first(conn.query_opt(
+        &format!("SELECT {COLUMNS} FROM withdrawals WHERE wallet_id = ?1 AND id = ?2"),
+        &[&wallet_id, &id],
+    )?)?
     .ok_or(AppError::NotFound("withdrawal"))
 }
 
-pub fn find_any(conn: &Connection, id: &str) -> Result<Option<Withdrawal>, AppError> {
-    Ok(conn
-        .prepare_cached(&format!("SELECT {COLUMNS} FROM withdrawals WHERE id = ?1"))?
-        .query_row([id], from_row)
-        .optional()?)
+pub fn find_any(conn: &dyn Sql, id: &str) -> Result<Option<Withdrawal>, AppError> {
+    first(conn.query_opt(
+        &format!("SELECT {COLUMNS} FROM withdrawals WHERE id = ?1"),
+        &[&id],
+    )?)
 }
 
 pub fn list(
-    conn: &Connection,
+    conn: &dyn Sql,
     wallet_id: &str,
     status: Option<WithdrawalStatus>,
     limit: u32,
@@ -120,37 +112,39 @@ pub fn list(
 ) -> Result<(i64, Vec<Withdrawal>), AppError> {
     let status = status.map(WithdrawalStatus::as_str);
     let count: i64 = conn
-        .prepare_cached(
+        .query_one(
             "SELECT count(*) FROM withdrawals WHERE wallet_id = ?1 AND (?2 IS NULL OR status = ?2)",
+            &[&wallet_id, &status],
         )?
-        .query_row(params![wallet_id, status], |r| r.get(0))?;
+        .get(0)?;
     let rows = conn
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM withdrawals WHERE wallet_id = ?1 AND (?2 IS NULL OR status = ?2)
+        .query(
+            &format!(
+                "SELECT {COLUMNS} FROM withdrawals WHERE wallet_id = ?1 AND (?2 IS NULL OR status = ?2)
              ORDER BY created_at DESC, id DESC LIMIT ?3 OFFSET ?4"
-        ))?
-        .query_map(params![wallet_id, status, limit, offset], from_row)?
+            ),
+            &[&wallet_id, &status, &limit, &offset],
+        )?
+        .iter()
+        .map(from_row)
         .collect::<Result<Vec<_>, _>>()?;
     Ok((count, rows))
 }
 
 /// The wallet a withdrawal (which names it by public id) debits or refunds.
-fn wallet_ref(conn: &Connection, wallet_id: &str) -> Result<WalletRef, AppError> {
-    Ok(conn
-        .prepare_cached("SELECT key, id FROM wallets WHERE id = ?1")?
-        .query_row([wallet_id], |r| {
-            Ok(WalletRef {
-                key: r.get(0)?,
-                id: r.get(1)?,
-            })
-        })?)
+fn wallet_ref(conn: &dyn Sql, wallet_id: &str) -> Result<WalletRef, AppError> {
+    let r = conn.query_one("SELECT key, id FROM wallets WHERE id = ?1", &[&wallet_id])?;
+    Ok(WalletRef {
+        key: r.get(0)?,
+        id: r.get(1)?,
+    })
 }
 
 /// Records a withdrawal to run at `scheduled_at`. Its reference is taken at once.
 /// The time window is checked only for a new reference: a retry that arrives after the
 /// scheduled time (or after the withdrawal ran) still replays the original, as it must.
 pub fn schedule(
-    conn: &Connection,
+    conn: &dyn Sql,
     now: Timestamp,
     wallet: &WalletRef,
     m: &Movement,
@@ -187,20 +181,20 @@ pub fn schedule(
         ));
     }
     let id = uuid::Uuid::now_v7().to_string();
-    conn.prepare_cached(
+    conn.execute(
         "INSERT INTO withdrawals (id, wallet_id, amount, reference, metadata, status, scheduled_at,
              next_attempt_at, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, 'PENDING', ?6, ?6, ?7, ?7)",
-    )?
-    .execute(params![
-        id,
-        wallet_id,
-        m.amount.minor(),
-        m.reference.as_str(),
-        m.metadata.as_str(),
-        scheduled_at.to_text(),
-        now.to_text()
-    ])?;
+        &[
+            &id,
+            &wallet_id,
+            &m.amount.minor(),
+            &m.reference.as_str(),
+            &m.metadata.as_str(),
+            &scheduled_at,
+            &now,
+        ],
+    )?;
     let w = find(conn, wallet_id, &id)?;
     Ok(Outcome {
         value: w,
@@ -209,7 +203,7 @@ pub fn schedule(
 }
 
 pub fn cancel(
-    conn: &Connection,
+    conn: &dyn Sql,
     now: Timestamp,
     wallet_id: &str,
     id: &str,
@@ -227,7 +221,7 @@ pub fn cancel(
 
 /// Moves `w` to `status`, which its state machine must allow (asserted).
 fn set_status(
-    conn: &Connection,
+    conn: &dyn Sql,
     now: Timestamp,
     w: &Withdrawal,
     status: WithdrawalStatus,
@@ -235,38 +229,42 @@ fn set_status(
 ) -> Result<(), AppError> {
     w.status.assert_may_become(status);
     let id = &w.id;
-    conn.prepare_cached(
+    conn.execute(
         "UPDATE withdrawals SET status = ?2, error_message = COALESCE(?3, error_message), updated_at = ?4 WHERE id = ?1",
-    )?
-    .execute(params![id, status.as_str(), error_message, now.to_text()])?;
+        &[id, &status.as_str(), &error_message, &now],
+    )?;
     Ok(())
 }
 
 /// Due withdrawals, oldest first: pending ones whose time has come and processing ones whose
 /// next payout attempt is due (including those a killed process left behind).
-pub fn due(conn: &Connection, now: Timestamp, limit: u32) -> Result<Vec<Withdrawal>, AppError> {
-    Ok(conn
-        .prepare_cached(&format!(
+pub fn due(conn: &dyn Sql, now: Timestamp, limit: u32) -> Result<Vec<Withdrawal>, AppError> {
+    conn.query(
+        &format!(
             "SELECT {COLUMNS} FROM withdrawals WHERE status IN ('PENDING', 'PROCESSING') AND next_attempt_at <= ?1
              ORDER BY next_attempt_at, id LIMIT ?2"
-        ))?
-        .query_map(params![now.to_text(), limit], from_row)?
-        .collect::<Result<Vec<_>, _>>()?)
+        ),
+        &[&now, &limit],
+    )?
+    .iter()
+    .map(from_row)
+    .collect()
 }
 
 /// When the worker next has something to do.
-pub fn next_due_at(conn: &Connection) -> Result<Option<Timestamp>, AppError> {
-    let t: Option<String> = conn
-        .prepare_cached("SELECT min(next_attempt_at) FROM withdrawals WHERE status IN ('PENDING', 'PROCESSING')")?
-        .query_row([], |r| r.get(0))?;
-    Ok(t.map(|t| Timestamp::from_stored(&t)))
+pub fn next_due_at(conn: &dyn Sql) -> Result<Option<Timestamp>, AppError> {
+    conn.query_one(
+        "SELECT min(next_attempt_at) FROM withdrawals WHERE status IN ('PENDING', 'PROCESSING')",
+        &[],
+    )?
+    .get(0)
 }
 
 /// Step 1 at the scheduled time: debit the wallet and mark PROCESSING, or fail without an
 /// entry when the balance is short. With `complete`, there is no payout service and the
 /// withdrawal succeeds at once. Returns the withdrawal as it now stands.
 pub fn begin(
-    conn: &Connection,
+    conn: &dyn Sql,
     now: Timestamp,
     currency: &Currency,
     id: &str,
@@ -309,12 +307,12 @@ pub fn begin(
             w.status.assert_may_become(status);
             // The payout call follows at once: from here until its outcome is recorded, a
             // call may be under way.
-            let call_started_at = (!complete).then(|| now.to_text());
-            conn.prepare_cached(
+            let call_started_at = (!complete).then_some(now);
+            conn.execute(
                 "UPDATE withdrawals SET status = ?2, transaction_id = ?3, updated_at = ?4, next_attempt_at = ?4,
                      payout_call_started_at = ?5 WHERE id = ?1",
-            )?
-            .execute(params![id, status.as_str(), entry.id, now.to_text(), call_started_at])?;
+                &[&id, &status.as_str(), &entry.id, &now, &call_started_at],
+            )?;
         }
     }
     find_any(conn, id)?.ok_or(AppError::NotFound("withdrawal"))
@@ -322,17 +320,17 @@ pub fn begin(
 
 /// Puts off a PROCESSING withdrawal until `until`, with a message saying why.
 pub fn defer(
-    conn: &Connection,
+    conn: &dyn Sql,
     now: Timestamp,
     id: &str,
     message: &str,
     until: Timestamp,
 ) -> Result<(), AppError> {
-    conn.prepare_cached(
+    conn.execute(
         "UPDATE withdrawals SET error_message = ?2, next_attempt_at = ?3, updated_at = ?4
          WHERE id = ?1 AND status = 'PROCESSING'",
-    )?
-    .execute(params![id, message, until.to_text(), now.to_text()])?;
+        &[&id, &message, &until, &now],
+    )?;
     Ok(())
 }
 
@@ -372,7 +370,7 @@ pub const UNKNOWN_RECHECK_MS: i64 = 3_600_000;
 /// neither exists without the other. Once any attempt's outcome was unknown, no answer but a
 /// 2xx is final: the worker retries within the window, then leaves it for staff.
 pub fn record_attempt(
-    conn: &Connection,
+    conn: &dyn Sql,
     now: Timestamp,
     currency: &Currency,
     id: &str,
@@ -384,16 +382,18 @@ pub fn record_attempt(
         return Ok(w);
     }
     // This call has reported back.
-    conn.prepare_cached("UPDATE withdrawals SET payout_call_started_at = NULL WHERE id = ?1")?
-        .execute([id])?;
+    conn.execute(
+        "UPDATE withdrawals SET payout_call_started_at = NULL WHERE id = ?1",
+        &[&id],
+    )?;
     let attempts = w.attempts + 1;
     match decide(attempt, attempts, w.outcome_unknown_since, now, plan) {
         Decision::Succeed => {
             w.status.assert_may_become(WithdrawalStatus::Succeeded);
-            conn.prepare_cached(
+            conn.execute(
                 "UPDATE withdrawals SET attempts = ?2, status = 'SUCCEEDED', updated_at = ?3 WHERE id = ?1",
-            )?
-            .execute(params![id, attempts, now.to_text()])?;
+                &[&id, &attempts, &now],
+            )?;
             find_any(conn, id)?.ok_or(AppError::NotFound("withdrawal"))
         }
         Decision::Refund(message) => fail_and_refund(conn, now, currency, &w, attempts, &message),
@@ -469,7 +469,7 @@ pub fn decide(
 
 /// Records an attempt that did not pay, and when to try again.
 fn retry_later(
-    conn: &Connection,
+    conn: &dyn Sql,
     now: Timestamp,
     w: &Withdrawal,
     attempts: u32,
@@ -477,18 +477,11 @@ fn retry_later(
     retry_at: Timestamp,
     unknown_since: Option<Timestamp>,
 ) -> Result<Withdrawal, AppError> {
-    conn.prepare_cached(
+    conn.execute(
         "UPDATE withdrawals SET attempts = ?2, error_message = ?3, next_attempt_at = ?4,
              outcome_unknown_since = ?5, updated_at = ?6 WHERE id = ?1",
-    )?
-    .execute(params![
-        w.id,
-        attempts,
-        error,
-        retry_at.to_text(),
-        unknown_since.map(Timestamp::to_text),
-        now.to_text()
-    ])?;
+        &[&w.id, &attempts, &error, &retry_at, &unknown_since, &now],
+    )?;
     find_any(conn, &w.id)?.ok_or(AppError::NotFound("withdrawal"))
 }
 
@@ -499,7 +492,7 @@ fn retry_later(
 /// stopped during it) makes the outcome unknown from now on. Runs in the writer, so it is
 /// ordered with `resolve`: whichever runs second sees what the first did.
 pub fn before_retry(
-    conn: &Connection,
+    conn: &dyn Sql,
     now: Timestamp,
     id: &str,
     window_ms: i64,
@@ -532,23 +525,18 @@ pub fn before_retry(
             return Ok(None);
         }
     }
-    conn.prepare_cached(
+    conn.execute(
         "UPDATE withdrawals SET payout_call_started_at = ?2, outcome_unknown_since = ?3,
              error_message = ?4 WHERE id = ?1",
-    )?
-    .execute(params![
-        id,
-        now.to_text(),
-        unknown_since.map(Timestamp::to_text),
-        error
-    ])?;
+        &[&id, &now, &unknown_since, &error],
+    )?;
     find_any(conn, id)
 }
 
 /// Leaves a PROCESSING withdrawal whose outcome is unknown for staff: no refund, a message
 /// saying why, and no call until staff resolve it.
 fn leave_for_staff(
-    conn: &Connection,
+    conn: &dyn Sql,
     now: Timestamp,
     w: &Withdrawal,
     attempts: u32,
@@ -563,24 +551,24 @@ fn leave_for_staff(
              service may have paid it: staff must check with it and resolve this withdrawal"
         )
     };
-    conn.prepare_cached(
+    conn.execute(
         "UPDATE withdrawals SET attempts = ?2, error_message = ?3, next_attempt_at = ?4,
              outcome_unknown_since = ?5, updated_at = ?6, payout_call_started_at = NULL WHERE id = ?1",
-    )?
-    .execute(params![
-        w.id,
-        attempts,
-        message,
-        now.plus_millis(UNKNOWN_RECHECK_MS).to_text(),
-        since.to_text(),
-        now.to_text()
-    ])?;
+        &[
+            &w.id,
+            &attempts,
+            &message,
+            &now.plus_millis(UNKNOWN_RECHECK_MS),
+            &since,
+            &now,
+        ],
+    )?;
     find_any(conn, &w.id)?.ok_or(AppError::NotFound("withdrawal"))
 }
 
 /// FAILED with its REFUND entry, in the caller's transaction.
 fn fail_and_refund(
-    conn: &Connection,
+    conn: &dyn Sql,
     now: Timestamp,
     currency: &Currency,
     w: &Withdrawal,
@@ -602,26 +590,25 @@ fn fail_and_refund(
             metadata: &w.metadata,
         },
     )?;
-    conn.prepare_cached(
+    conn.execute(
         "UPDATE withdrawals SET attempts = ?2, status = 'FAILED', error_message = ?3,
              refund_transaction_id = ?4, updated_at = ?5 WHERE id = ?1",
-    )?
-    .execute(params![w.id, attempts, message, refund.id, now.to_text()])?;
+        &[&w.id, &attempts, &message, &refund.id, &now],
+    )?;
     find_any(conn, &w.id)?.ok_or(AppError::NotFound("withdrawal"))
 }
 
 /// The user whose wallet a withdrawal debits.
-pub fn owner_user_id(conn: &Connection, w: &Withdrawal) -> Result<i64, AppError> {
-    Ok(conn
-        .prepare_cached("SELECT user_id FROM wallets WHERE id = ?1")?
-        .query_row([&w.wallet_id], |r| r.get(0))?)
+pub fn owner_user_id(conn: &dyn Sql, w: &Withdrawal) -> Result<i64, AppError> {
+    conn.query_one("SELECT user_id FROM wallets WHERE id = ?1", &[&w.wallet_id])?
+        .get(0)
 }
 
 /// Staff settle a PROCESSING withdrawal after asking the payout service: `Succeeded` marks it
 /// paid; `Failed` refunds it, in this transaction. Anything but PROCESSING is a conflict. The
 /// caller has checked that no payout call for it is in flight.
 pub fn resolve(
-    conn: &Connection,
+    conn: &dyn Sql,
     now: Timestamp,
     currency: &Currency,
     w: &Withdrawal,
@@ -636,11 +623,11 @@ pub fn resolve(
     match resolution {
         PayoutResolution::Succeeded => {
             w.status.assert_may_become(WithdrawalStatus::Succeeded);
-            conn.prepare_cached(
+            conn.execute(
                 "UPDATE withdrawals SET status = 'SUCCEEDED', error_message = NULL, updated_at = ?2
                  WHERE id = ?1 AND status = 'PROCESSING'",
-            )?
-            .execute(params![w.id, now.to_text()])?;
+                &[&w.id, &now],
+            )?;
             find_any(conn, &w.id)?.ok_or(AppError::NotFound("withdrawal"))
         }
         PayoutResolution::Failed => fail_and_refund(
@@ -657,21 +644,23 @@ pub fn resolve(
 /// Withdrawals left PROCESSING because whether they were paid is unknown and their retry window
 /// ended before `now`: the ones waiting for staff.
 pub fn count_outcome_unknown(
-    conn: &Connection,
+    conn: &dyn Sql,
     now: Timestamp,
     window_ms: i64,
 ) -> Result<i64, AppError> {
     let cutoff = now.plus_millis(-window_ms);
-    Ok(conn
-        .prepare_cached(
-            "SELECT count(*) FROM withdrawals
+    conn.query_one(
+        "SELECT count(*) FROM withdrawals
              WHERE status = 'PROCESSING' AND outcome_unknown_since <= ?1",
-        )?
-        .query_row([cutoff.to_text()], |r| r.get(0))?)
+        &[&cutoff],
+    )?
+    .get(0)
 }
 
 #[cfg(test)]
 mod tests {
+    use rusqlite::{params, Connection};
+
     use super::*;
 
     fn t(ms: i64) -> Timestamp {

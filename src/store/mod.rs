@@ -1,0 +1,229 @@
+//! The storage seam: one interface, `Sql`, that every engine implements (SQLite in
+//! `sqlite.rs`, PostgreSQL in `postgres.rs`). The money rules (`ledger/`, `accounts/`) name
+//! only this module, never an engine's crate, so they exist once for both engines.
+//!
+//! Statements are written once, in the SQL both engines accept, with positional parameters
+//! `?1`, `?2`… (PostgreSQL's engine rewrites them to `$1`, `$2`…). Where the engines must
+//! differ (how the chain head is found, how work is claimed across processes), the caller
+//! asks `engine()` and each branch is documented where it is taken.
+
+mod sqlite;
+
+use std::borrow::Cow;
+
+use crate::domain::{MinorUnits, Timestamp};
+use crate::error::AppError;
+
+/// Which database engine a connection talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// One embedded file, one writing thread: positions and stamps are given in commit order.
+    Sqlite,
+    /// A server that several processes share: row locks decide, positions may commit out of
+    /// order, and the hash chain is sealed afterwards (`ledger::chain`).
+    Postgres,
+}
+
+/// A parameter, borrowed from the caller for the length of one statement.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Param<'a> {
+    Null,
+    Int(i64),
+    Text(Cow<'a, str>),
+    Blob(&'a [u8]),
+}
+
+/// A value that can be bound to a statement's parameter.
+pub trait ToParam {
+    fn to_param(&self) -> Param<'_>;
+}
+
+impl ToParam for i64 {
+    fn to_param(&self) -> Param<'_> {
+        Param::Int(*self)
+    }
+}
+impl ToParam for i32 {
+    fn to_param(&self) -> Param<'_> {
+        Param::Int(i64::from(*self))
+    }
+}
+impl ToParam for u32 {
+    fn to_param(&self) -> Param<'_> {
+        Param::Int(i64::from(*self))
+    }
+}
+impl ToParam for bool {
+    fn to_param(&self) -> Param<'_> {
+        Param::Int(i64::from(*self))
+    }
+}
+impl ToParam for str {
+    fn to_param(&self) -> Param<'_> {
+        Param::Text(Cow::Borrowed(self))
+    }
+}
+impl ToParam for &str {
+    fn to_param(&self) -> Param<'_> {
+        Param::Text(Cow::Borrowed(self))
+    }
+}
+impl ToParam for String {
+    fn to_param(&self) -> Param<'_> {
+        Param::Text(Cow::Borrowed(self))
+    }
+}
+impl ToParam for [u8] {
+    fn to_param(&self) -> Param<'_> {
+        Param::Blob(self)
+    }
+}
+impl ToParam for &[u8] {
+    fn to_param(&self) -> Param<'_> {
+        Param::Blob(self)
+    }
+}
+impl ToParam for Vec<u8> {
+    fn to_param(&self) -> Param<'_> {
+        Param::Blob(self)
+    }
+}
+impl ToParam for [u8; 32] {
+    fn to_param(&self) -> Param<'_> {
+        Param::Blob(self)
+    }
+}
+impl ToParam for MinorUnits {
+    fn to_param(&self) -> Param<'_> {
+        Param::Int(self.get())
+    }
+}
+/// Time stamps are stored as text in one fixed format, so text order is time order on both
+/// engines (PostgreSQL's columns use the "C" collation for that).
+impl ToParam for Timestamp {
+    fn to_param(&self) -> Param<'_> {
+        Param::Text(Cow::Owned(self.to_text()))
+    }
+}
+impl<T: ToParam> ToParam for Option<T> {
+    fn to_param(&self) -> Param<'_> {
+        match self {
+            Some(v) => v.to_param(),
+            None => Param::Null,
+        }
+    }
+}
+
+/// A value read from a row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Int(i64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+/// One row, its columns in the order the statement selected them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row(pub(crate) Vec<Value>);
+
+impl Row {
+    /// Column `i` as a `T`; a missing column or a value of another type is an internal error
+    /// (the statement and its reader disagree).
+    pub fn get<T: FromValue>(&self, i: usize) -> Result<T, AppError> {
+        let v = self.0.get(i).unwrap_or(&Value::Null);
+        T::from_value(v)
+            .ok_or_else(|| AppError::internal("reading a row", format!("column {i} holds {v:?}")))
+    }
+}
+
+/// A type a column can be read as.
+pub trait FromValue: Sized {
+    fn from_value(v: &Value) -> Option<Self>;
+}
+
+impl FromValue for i64 {
+    fn from_value(v: &Value) -> Option<i64> {
+        match v {
+            Value::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+}
+impl FromValue for i32 {
+    fn from_value(v: &Value) -> Option<i32> {
+        i64::from_value(v).and_then(|i| i32::try_from(i).ok())
+    }
+}
+impl FromValue for u32 {
+    fn from_value(v: &Value) -> Option<u32> {
+        i64::from_value(v).and_then(|i| u32::try_from(i).ok())
+    }
+}
+impl FromValue for bool {
+    fn from_value(v: &Value) -> Option<bool> {
+        i64::from_value(v).map(|i| i != 0)
+    }
+}
+impl FromValue for String {
+    fn from_value(v: &Value) -> Option<String> {
+        match v {
+            Value::Text(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+}
+impl FromValue for Vec<u8> {
+    fn from_value(v: &Value) -> Option<Vec<u8>> {
+        match v {
+            Value::Blob(b) => Some(b.clone()),
+            _ => None,
+        }
+    }
+}
+impl FromValue for [u8; 32] {
+    fn from_value(v: &Value) -> Option<[u8; 32]> {
+        match v {
+            Value::Blob(b) => b.as_slice().try_into().ok(),
+            _ => None,
+        }
+    }
+}
+impl FromValue for MinorUnits {
+    fn from_value(v: &Value) -> Option<MinorUnits> {
+        i64::from_value(v).map(MinorUnits::new)
+    }
+}
+impl FromValue for Timestamp {
+    fn from_value(v: &Value) -> Option<Timestamp> {
+        match v {
+            Value::Text(s) => Some(Timestamp::from_stored(s)),
+            _ => None,
+        }
+    }
+}
+impl<T: FromValue> FromValue for Option<T> {
+    fn from_value(v: &Value) -> Option<Option<T>> {
+        match v {
+            Value::Null => Some(None),
+            v => T::from_value(v).map(Some),
+        }
+    }
+}
+
+/// One connection (inside a transaction, for writes) of either engine.
+pub trait Sql {
+    fn engine(&self) -> Engine;
+    /// Every row the statement returns.
+    fn query(&self, sql: &str, params: &[&dyn ToParam]) -> Result<Vec<Row>, AppError>;
+    /// The first row, if any.
+    fn query_opt(&self, sql: &str, params: &[&dyn ToParam]) -> Result<Option<Row>, AppError>;
+    /// Runs a statement and returns how many rows it changed.
+    fn execute(&self, sql: &str, params: &[&dyn ToParam]) -> Result<u64, AppError>;
+
+    /// Exactly one row; none is an internal error.
+    fn query_one(&self, sql: &str, params: &[&dyn ToParam]) -> Result<Row, AppError> {
+        self.query_opt(sql, params)?
+            .ok_or_else(|| AppError::internal("reading a row", "the statement returned none"))
+    }
+}
