@@ -437,7 +437,7 @@ fn run_mix(base: &str, users: &Arc<Vec<BenchUser>>, args: &BenchArgs) -> Result<
 /// Creates a user (who cannot log in) and funds its wallet, for the no-HTTP measurements.
 /// Returns the user id and wallet id.
 fn funded_user(
-    conn: &rusqlite::Connection,
+    conn: &dyn wallet::store::Sql,
     now: wallet::domain::Timestamp,
     c: &Currency,
     name: &str,

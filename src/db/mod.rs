@@ -5,6 +5,7 @@ mod error;
 pub mod health;
 mod migrations;
 pub mod payouts;
+pub mod pg_writer;
 pub mod writer;
 
 use std::path::Path;
@@ -513,7 +514,10 @@ pub trait Exec {
     fn exec<T, F>(&self, f: F) -> Result<T, crate::error::AppError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, crate::domain::Timestamp) -> Result<T, crate::error::AppError>
+        F: FnOnce(
+                &dyn crate::store::Sql,
+                crate::domain::Timestamp,
+            ) -> Result<T, crate::error::AppError>
             + Send
             + 'static;
 }
@@ -522,7 +526,10 @@ impl Exec for Writer {
     fn exec<T, F>(&self, f: F) -> Result<T, crate::error::AppError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, crate::domain::Timestamp) -> Result<T, crate::error::AppError>
+        F: FnOnce(
+                &dyn crate::store::Sql,
+                crate::domain::Timestamp,
+            ) -> Result<T, crate::error::AppError>
             + Send
             + 'static,
     {
@@ -549,13 +556,16 @@ impl Exec for DirectWriter {
     fn exec<T, F>(&self, f: F) -> Result<T, crate::error::AppError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, crate::domain::Timestamp) -> Result<T, crate::error::AppError>
+        F: FnOnce(
+                &dyn crate::store::Sql,
+                crate::domain::Timestamp,
+            ) -> Result<T, crate::error::AppError>
             + Send
             + 'static,
     {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let value = f(&tx, self.clock.now())?;
+        let value = f(&*tx, self.clock.now())?;
         tx.commit()?;
         Ok(value)
     }

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
+use crate::store::Sql;
+
 use crate::clock::SharedClock;
 use crate::domain::Timestamp;
 use crate::error::{AppError, StorageFault};
@@ -96,6 +98,12 @@ impl WriterStats {
         }
     }
 
+    /// Records the newest stamp given (PostgreSQL's writers, which keep no batch state).
+    pub(crate) fn note_stamp(&self, stamp: Timestamp) {
+        self.last_stamp_micros
+            .fetch_max(stamp.micros(), Ordering::Relaxed);
+    }
+
     fn wrote(&self) {
         if self.storage_fault.swap(NO_FAULT, Ordering::Relaxed) != NO_FAULT {
             crate::log::info("writer: the database takes writes again");
@@ -103,9 +111,16 @@ impl WriterStats {
     }
 }
 
+/// Where a `Writer` sends its jobs: SQLite's one writer thread, or PostgreSQL's writers.
+#[derive(Clone)]
+enum Engine {
+    Sqlite(SyncSender<Job>),
+    Postgres(super::pg_writer::PgWriter),
+}
+
 #[derive(Clone)]
 pub struct Writer {
-    queue: SyncSender<Job>,
+    engine: Engine,
     pub stats: Arc<WriterStats>,
     /// The time stamp of the batch being written (its entries are not yet committed), in
     /// microseconds; `IDLE` between batches.
@@ -155,12 +170,21 @@ impl Writer {
             .expect("spawn the writer thread");
         (
             Writer {
-                queue,
+                engine: Engine::Sqlite(queue),
                 stats,
                 in_flight_micros,
             },
             handle,
         )
+    }
+
+    /// A writer on PostgreSQL's writer connections (`pg_writer`), with their shared counters.
+    pub fn postgres(pg: super::pg_writer::PgWriter, stats: Arc<WriterStats>) -> Writer {
+        Writer {
+            engine: Engine::Postgres(pg),
+            stats,
+            in_flight_micros: Arc::new(AtomicI64::new(IDLE)),
+        }
     }
 
     /// A moment up to which every entry is committed, when a batch is being written: entries
@@ -178,8 +202,12 @@ impl Writer {
     pub fn execute<T, F>(&self, f: F) -> Result<T, AppError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, Timestamp) -> Result<T, AppError> + Send + 'static,
+        F: FnOnce(&dyn Sql, Timestamp) -> Result<T, AppError> + Send + 'static,
     {
+        let queue = match &self.engine {
+            Engine::Sqlite(queue) => queue,
+            Engine::Postgres(pg) => return pg.execute(f),
+        };
         let (tx, rx) = sync_channel::<Result<T, AppError>>(1);
         let job: Job = Box::new(move |run| {
             let Some((conn, now)) = run else {
@@ -212,7 +240,7 @@ impl Writer {
                 }),
             }
         });
-        match self.queue.try_send(job) {
+        match queue.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
@@ -571,7 +599,7 @@ mod tests {
     }
 
     fn count(w: &Writer) -> i64 {
-        w.execute(|c, _| Ok(c.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))?))
+        w.execute(|c, _| c.query_one("SELECT count(*) FROM t", &[])?.get::<i64>(0))
             .unwrap()
     }
 
@@ -598,7 +626,7 @@ mod tests {
                 let w = w.clone();
                 std::thread::spawn(move || {
                     w.execute(move |c, _| {
-                        c.execute("INSERT INTO t (v) VALUES (?1)", [v])?;
+                        c.execute("INSERT INTO t (v) VALUES (?1)", &[&v])?;
                         if v == 2 {
                             return Err(AppError::Conflict("job 2 fails after writing".into()));
                         }
@@ -619,11 +647,10 @@ mod tests {
         assert_eq!(w.stats.jobs_rolled_back.load(Ordering::SeqCst), 1);
         let values: Vec<i64> = w
             .execute(|c, _| {
-                let mut s = c.prepare("SELECT v FROM t ORDER BY v")?;
-                let rows = s
-                    .query_map([], |r| r.get(0))?
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(rows)
+                c.query("SELECT v FROM t ORDER BY v", &[])?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect::<Result<Vec<i64>, _>>()
             })
             .unwrap();
         assert_eq!(values, vec![1, 3]);
@@ -661,7 +688,7 @@ mod tests {
         let (w, _h) = writer();
         let r: Result<(), AppError> = w.execute(|_, _| panic!("boom"));
         assert!(matches!(r, Err(AppError::Internal(_))));
-        w.execute(|c, _| Ok(c.execute("INSERT INTO t (v) VALUES (1)", []).map(drop)?))
+        w.execute(|c, _| c.execute("INSERT INTO t (v) VALUES (1)", &[]).map(drop))
             .unwrap();
         assert_eq!(count(&w), 1);
     }
@@ -679,7 +706,7 @@ mod tests {
         let (w, _h) = Writer::start(conn, Arc::new(SystemClock), 8, 8);
         let other = Connection::open(&path).unwrap();
         other.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let refused = w.execute(|c, _| Ok(c.execute("INSERT INTO t (v) VALUES (1)", [])?));
+        let refused = w.execute(|c, _| c.execute("INSERT INTO t (v) VALUES (1)", &[]));
         assert!(
             matches!(refused, Err(AppError::Unavailable(_))),
             "{refused:?}"
@@ -687,7 +714,7 @@ mod tests {
         assert_eq!(w.stats.busy.load(Ordering::SeqCst), 1);
         other.execute_batch("ROLLBACK").unwrap();
         assert_eq!(
-            w.execute(|c, _| Ok(c.execute("INSERT INTO t (v) VALUES (2)", [])?)),
+            w.execute(|c, _| c.execute("INSERT INTO t (v) VALUES (2)", &[])),
             Ok(1)
         );
     }
@@ -706,7 +733,7 @@ mod tests {
         let conn =
             Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
         let (w, _h) = Writer::start(conn, Arc::new(SystemClock), 8, 8);
-        let refused = w.execute(|c, _| Ok(c.execute("INSERT INTO t (v) VALUES (1)", [])?));
+        let refused = w.execute(|c, _| c.execute("INSERT INTO t (v) VALUES (1)", &[]));
         assert_eq!(refused, Err(AppError::Storage(StorageFault::ReadOnly)));
         assert_eq!(w.stats.storage_fault(), Some(StorageFault::ReadOnly));
         assert_eq!(w.stats.refused_read_only.load(Ordering::SeqCst), 1);

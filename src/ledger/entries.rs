@@ -6,7 +6,7 @@ use sha2::{Digest, Sha256};
 use super::kinds;
 use crate::domain::{EntryKind, Metadata, MinorUnits, Money, Timestamp};
 use crate::error::AppError;
-use crate::store::{FromValue, Param, Row, Sql, ToParam, Value};
+use crate::store::{Engine, FromValue, Param, Row, Sql, ToParam, Value};
 
 /// A wallet's integer key: how entries and queries name a wallet in storage. Only storage
 /// makes one (from a row), so a user id or a count can't be passed where a wallet is meant.
@@ -118,6 +118,9 @@ pub struct NewEntry<'a> {
     pub metadata: &'a Metadata,
 }
 
+/// The newest entry of the chain: its position and hash.
+pub type ChainHead = (i64, [u8; 32]);
+
 /// The chain's starting point: the "previous hash" of the first entry.
 pub const GENESIS_HASH: [u8; 32] = [0; 32];
 
@@ -168,9 +171,12 @@ pub fn append_after(
     conn: &dyn Sql,
     now: Timestamp,
     new: NewEntry<'_>,
-    head: Option<(i64, [u8; 32])>,
-) -> Result<(Entry, [u8; 32]), AppError> {
+    head: Option<ChainHead>,
+) -> Result<(Entry, Option<ChainHead>), AppError> {
     let delta = signed_delta(new.kind, new.amount.minor)?;
+    if conn.engine() == Engine::Postgres {
+        return Ok((append_unsealed(conn, now, &new, delta)?, None));
+    }
     let Some(balance_after) = move_balance(conn, new.wallet.key, delta)? else {
         return Err(refusal(conn, &new, delta)?);
     };
@@ -178,8 +184,17 @@ pub fn append_after(
         Some(head) => head,
         None => chain_head(conn)?,
     };
-    let entry = Entry {
-        seq: prev_seq + 1,
+    let entry = new_entry(prev_seq + 1, balance_after, now, &new);
+    let hash = entry_hash(&prev_hash, &entry);
+    insert(conn, new.wallet.key, &entry, &hash)?;
+    assert!(balance_after >= MinorUnits::ZERO);
+    let head = (entry.seq, hash);
+    Ok((entry, Some(head)))
+}
+
+fn new_entry(seq: i64, balance_after: MinorUnits, at: Timestamp, new: &NewEntry<'_>) -> Entry {
+    Entry {
+        seq,
         id: uuid::Uuid::now_v7().to_string(),
         wallet_id: new.wallet.id.clone(),
         kind: new.kind,
@@ -189,12 +204,59 @@ pub fn append_after(
         counterparty_user_id: new.counterparty_user_id,
         transfer_id: new.transfer_id.map(str::to_string),
         metadata: new.metadata.clone(),
-        created_at: now,
+        created_at: at,
+    }
+}
+
+/// `append` on PostgreSQL, where several processes write at once. The balance moves first,
+/// which takes the wallet's row lock until commit; under it the entry is stamped no earlier
+/// than the wallet's `stamp_floor` (its newest entry, or just after a moment whose balance
+/// was read: `queries::fence_stamps`) and draws its position from the sequence. So a wallet's
+/// entries commit in position order and in time order, whatever the processes' clocks, and a
+/// balance at a past moment never changes. The entry is inserted unsealed: the sealer chains
+/// it (`jobs::sealer`).
+fn append_unsealed(
+    conn: &dyn Sql,
+    now: Timestamp,
+    new: &NewEntry<'_>,
+    delta: MinorUnits,
+) -> Result<Entry, AppError> {
+    let balance_ceiling = i64::MAX - delta.get().max(0);
+    let Some(moved) = conn.query_opt(
+        "UPDATE wallets SET balance = balance + ?2,
+             stamp_floor = CASE WHEN stamp_floor > ?4 THEN stamp_floor ELSE ?4 END
+         WHERE key = ?1 AND balance + ?2 >= 0 AND balance <= ?3
+         RETURNING balance, stamp_floor",
+        &[&new.wallet.key, &delta, &balance_ceiling, &now],
+    )?
+    else {
+        return Err(refusal(conn, new, delta)?);
     };
-    let hash = entry_hash(&prev_hash, &entry);
-    insert(conn, new.wallet.key, &entry, &hash)?;
+    let balance_after: MinorUnits = moved.get(0)?;
+    let stamped: Timestamp = moved.get(1)?;
+    let mut entry = new_entry(0, balance_after, stamped, new);
+    entry.seq = conn
+        .query_one(
+            "INSERT INTO entries (id, wallet_key, kind, amount, balance_after, reference,
+                 counterparty_user_id, transfer_id, metadata, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             RETURNING seq",
+            &[
+                &entry.id,
+                &new.wallet.key,
+                &entry.kind.as_str(),
+                &entry.amount,
+                &entry.balance_after,
+                &entry.reference,
+                &entry.counterparty_user_id,
+                &entry.transfer_id,
+                &entry.metadata.as_str(),
+                &entry.created_at,
+            ],
+        )?
+        .get(0)?;
     assert!(balance_after >= MinorUnits::ZERO);
-    Ok((entry, hash))
+    Ok(entry)
 }
 
 /// How an entry moves its wallet's balance: up by a credit, down by a debit.
@@ -323,8 +385,8 @@ pub fn find_by_id(conn: &dyn Sql, id: &str) -> Result<Option<Entry>, AppError> {
 /// The incoming half of a transfer: always appended right after its outgoing half, so it is
 /// found by position (no index needed) and checked by transfer id.
 pub fn find_transfer_in(conn: &dyn Sql, out: &Entry) -> Result<Option<Entry>, AppError> {
-    let found = conn
-        .query_opt(
+    let found = match conn.engine() {
+        Engine::Sqlite => conn.query_opt(
             concat!(
                 "SELECT ",
                 entry_columns!(),
@@ -333,10 +395,54 @@ pub fn find_transfer_in(conn: &dyn Sql, out: &Entry) -> Result<Option<Entry>, Ap
                 " WHERE e.seq = ?1"
             ),
             &[&(out.seq + 1)],
-        )?
-        .map(|r| entry_from_row(&r))
-        .transpose()?;
+        )?,
+        // Other processes' entries may sit between the halves: found by transfer id (indexed).
+        Engine::Postgres => conn.query_opt(
+            concat!(
+                "SELECT ",
+                entry_columns!(),
+                " FROM ",
+                entry_from!(),
+                " WHERE e.transfer_id = ?1 AND e.kind = 'TRANSFER_IN'"
+            ),
+            &[&out.transfer_id],
+        )?,
+    }
+    .map(|r| entry_from_row(&r))
+    .transpose()?;
     Ok(found.filter(|e| e.kind == EntryKind::TransferIn && e.transfer_id == out.transfer_id))
+}
+
+/// Serialises the requests that name one reference of one wallet, until the transaction
+/// ends. On SQLite the single writer already does; on PostgreSQL two processes could both
+/// find a reference unused and one would then fail on the unique index (a 500 instead of a
+/// replay): with this lock the second waits for the first to commit, then finds its entry.
+pub fn lock_reference(
+    conn: &dyn Sql,
+    wallet_key: WalletKey,
+    reference: &str,
+) -> Result<(), AppError> {
+    if conn.engine() == Engine::Postgres {
+        conn.query_one(
+            "SELECT pg_advisory_xact_lock(hashtextextended(?2, ?1))",
+            &[&wallet_key, &reference],
+        )?;
+    }
+    Ok(())
+}
+
+/// Locks the wallets a write will move, in key order, until the transaction ends. A transfer
+/// moves two; locked in the order it touches them, A→B and B→A at once would each hold one
+/// and wait for the other. SQLite has one writer and needs none.
+pub fn lock_wallets(conn: &dyn Sql, keys: [WalletKey; 2]) -> Result<(), AppError> {
+    if conn.engine() == Engine::Postgres {
+        let (low, high) = (keys[0].min(keys[1]), keys[0].max(keys[1]));
+        conn.query(
+            "SELECT key FROM wallets WHERE key = ?1 OR key = ?2 ORDER BY key FOR UPDATE",
+            &[&low, &high],
+        )?;
+    }
+    Ok(())
 }
 
 /// Signed sum of a wallet's entries in `(after, upto]`, by creation time.

@@ -15,7 +15,7 @@ pub mod withdrawals;
 
 use crate::domain::{Amount, Currency, EntryKind, Metadata, Reference, Timestamp};
 use crate::error::AppError;
-use crate::store::Sql;
+use crate::store::{Engine, Sql};
 use entries::NewEntry;
 pub use entries::{Entry, WalletKey, WalletRef};
 
@@ -82,6 +82,7 @@ fn replay_of(
     m: &Movement,
     counterparty: Option<i64>,
 ) -> Result<Option<Entry>, AppError> {
+    entries::lock_reference(conn, wallet.key, m.reference.as_str())?;
     match entries::find_by_reference(conn, wallet.key, kind, m.reference.as_str())? {
         None => Ok(None),
         Some(e)
@@ -129,6 +130,7 @@ pub fn withdraw_now(
     m: &Movement,
 ) -> Result<Outcome<Entry>, AppError> {
     // A scheduled withdrawal holds its reference from the moment it is requested.
+    entries::lock_reference(conn, wallet.key, m.reference.as_str())?;
     if let Some(w) = withdrawals::find_by_reference(conn, &wallet.id, m.reference.as_str())? {
         return Err(conflict(format_args!("withdrawal {}", w.id)));
     }
@@ -217,8 +219,9 @@ pub fn transfer(
             transfer_in,
         }));
     }
+    entries::lock_wallets(conn, [sender_wallet.key, to_wallet.key])?;
     let transfer_id = uuid::Uuid::now_v7().to_string();
-    let (transfer_out, out_hash) = entries::append_after(
+    let (transfer_out, out_head) = entries::append_after(
         conn,
         now,
         NewEntry {
@@ -245,12 +248,15 @@ pub fn transfer(
             transfer_id: Some(&transfer_id),
             metadata: &m.metadata,
         },
-        Some((transfer_out.seq, out_hash)),
+        out_head,
     )?;
-    // A transfer's two entries sum to zero, and sit next to each other in the ledger (replays
-    // find the incoming half by that position).
+    // A transfer's two entries sum to zero. On SQLite they sit next to each other in the
+    // ledger (replays find the incoming half by that position); on PostgreSQL other
+    // processes' entries may come between, and replays find it by transfer id.
     assert_eq!(transfer_out.amount, transfer_in.amount);
-    assert_eq!(transfer_in.seq, transfer_out.seq + 1);
+    if conn.engine() == Engine::Sqlite {
+        assert_eq!(transfer_in.seq, transfer_out.seq + 1);
+    }
     Ok(Outcome::new(TransferResult {
         transfer_out,
         transfer_in,

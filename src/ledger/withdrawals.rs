@@ -152,6 +152,7 @@ pub fn schedule(
     latest: Timestamp,
 ) -> Result<Outcome<Withdrawal>, AppError> {
     let wallet_id = wallet.id.as_str();
+    entries::lock_reference(conn, wallet.key, m.reference.as_str())?;
     if let Some(w) = find_by_reference(conn, wallet_id, m.reference.as_str())? {
         let same = w.amount == m.amount.units()
             && w.metadata == m.metadata

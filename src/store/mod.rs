@@ -7,6 +7,7 @@
 //! differ (how the chain head is found, how work is claimed across processes), the caller
 //! asks `engine()` and each branch is documented where it is taken.
 
+pub mod postgres;
 mod sqlite;
 
 use std::borrow::Cow;
@@ -225,5 +226,92 @@ pub trait Sql {
     fn query_one(&self, sql: &str, params: &[&dyn ToParam]) -> Result<Row, AppError> {
         self.query_opt(sql, params)?
             .ok_or_else(|| AppError::internal("reading a row", "the statement returned none"))
+    }
+}
+
+/// Where the ledger lives: `--db` names a SQLite file, or a PostgreSQL server by URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Sqlite(std::path::PathBuf),
+    /// A `postgres://` or `postgresql://` URL (libpq's form; TLS is not supported: connect
+    /// over a private network or a local socket).
+    Postgres(String),
+}
+
+impl Target {
+    /// A `postgres://` or `postgresql://` URL selects PostgreSQL; anything else is a path.
+    pub fn parse(db: &str) -> Target {
+        if db.starts_with("postgres://") || db.starts_with("postgresql://") {
+            Target::Postgres(db.to_string())
+        } else {
+            Target::Sqlite(db.into())
+        }
+    }
+
+    pub fn engine(&self) -> Engine {
+        match self {
+            Target::Sqlite(_) => Engine::Sqlite,
+            Target::Postgres(_) => Engine::Postgres,
+        }
+    }
+
+    /// The SQLite file, if this is one.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            Target::Sqlite(p) => Some(p),
+            Target::Postgres(_) => None,
+        }
+    }
+}
+
+/// For logs and errors: a URL's password is never shown.
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Sqlite(p) => write!(f, "{}", p.display()),
+            Target::Postgres(url) => f.write_str(&redact_password(url)),
+        }
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_postgres_url_selects_postgres_and_anything_else_is_a_file() {
+        assert_eq!(Target::parse("postgres://h/db").engine(), Engine::Postgres);
+        assert_eq!(
+            Target::parse("postgresql://h/db").engine(),
+            Engine::Postgres
+        );
+        assert_eq!(Target::parse("./wallet.db").engine(), Engine::Sqlite);
+        assert_eq!(Target::parse("postgres.db").engine(), Engine::Sqlite);
+    }
+
+    #[test]
+    fn a_password_is_never_shown() {
+        let t = Target::parse("postgres://u:s3cret@h:5432/db");
+        assert_eq!(t.to_string(), "postgres://u:***@h:5432/db");
+        assert!(!t.to_string().contains("s3cret"));
+        assert_eq!(redact_password("postgres://u@h/db"), "postgres://u@h/db");
     }
 }

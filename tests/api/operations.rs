@@ -866,11 +866,8 @@ fn hold_database_at(app: &TestApp, pages: i64) {
         .service()
         .writer
         .execute(move |c, _| {
-            Ok(
-                c.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
-                    r.get::<_, i64>(0)
-                })?,
-            )
+            c.query_one(&format!("PRAGMA max_page_count = {pages}"), &[])?
+                .get::<i64>(0)
         })
         .expect("set max_page_count");
 }

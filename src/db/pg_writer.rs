@@ -1,0 +1,197 @@
+//! Writes on PostgreSQL: several writer connections, each running one job per transaction.
+//!
+//! SQLite has one writer thread and group commit (`db::writer`). PostgreSQL takes row locks
+//! and commits many transactions at once itself (its WAL flush covers every transaction
+//! waiting for it), so here several connections write side by side and the database decides
+//! between them: the balance's row lock serialises two debits of one wallet, a unique index
+//! two uses of one reference. A job locks every wallet it will move in key order
+//! (`ledger::lock_wallets`), so two jobs never wait on each other in a cycle.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use super::WriterStats;
+use crate::clock::SharedClock;
+use crate::domain::Timestamp;
+use crate::error::AppError;
+use crate::store::postgres::PgConn;
+use crate::store::Sql;
+
+/// A write: runs on a connection inside a transaction at the given time, and says whether
+/// the transaction should commit. Given `None` (no connection could run it), it only answers.
+type Job = Box<dyn FnOnce(Option<(&dyn Sql, Timestamp)>) -> Ran + Send>;
+
+/// What a job did: whether to commit, and how to answer once the commit's fate is known.
+pub struct Ran {
+    pub keep: bool,
+    pub answer: Box<dyn FnOnce(Result<(), AppError>) + Send>,
+}
+
+#[derive(Clone)]
+pub struct PgWriter {
+    queue: SyncSender<Job>,
+    stats: Arc<WriterStats>,
+    /// The newest stamp this process gave a write, in microseconds (stamps never go back
+    /// within one process; across processes, `wallets.stamp_floor` orders a wallet's entries).
+    last_stamp_micros: Arc<AtomicI64>,
+}
+
+impl PgWriter {
+    /// Starts `connections.len()` writer threads, one per connection. They end when every
+    /// `PgWriter` clone is dropped.
+    pub fn start(
+        url: &str,
+        connections: Vec<PgConn>,
+        clock: SharedClock,
+        queue_max: usize,
+        stats: Arc<WriterStats>,
+    ) -> (PgWriter, Vec<JoinHandle<()>>) {
+        assert!(!connections.is_empty() && queue_max >= 1);
+        let (queue, rx) = sync_channel::<Job>(queue_max);
+        let rx = Arc::new(Mutex::new(rx));
+        let last_stamp_micros = Arc::new(AtomicI64::new(0));
+        let handles = connections
+            .into_iter()
+            .enumerate()
+            .map(|(i, conn)| {
+                let rx = rx.clone();
+                let clock = clock.clone();
+                let last = last_stamp_micros.clone();
+                let stats = stats.clone();
+                let url = url.to_string();
+                std::thread::Builder::new()
+                    .name(format!("pg-writer-{i}"))
+                    .spawn(move || run(&url, conn, &rx, (&clock, &last), &stats))
+                    .expect("spawn a writer thread")
+            })
+            .collect();
+        (
+            PgWriter {
+                queue,
+                stats,
+                last_stamp_micros,
+            },
+            handles,
+        )
+    }
+
+    pub fn last_stamp(&self) -> Option<Timestamp> {
+        match self.last_stamp_micros.load(Ordering::Relaxed) {
+            0 => None,
+            micros => Timestamp::from_micros(micros),
+        }
+    }
+
+    /// Runs `f` in a transaction of its own and returns its result once committed. An `Err`
+    /// from `f` rolls the transaction back. A full queue is 503, not a longer wait.
+    pub fn execute<T, F>(&self, f: F) -> Result<T, AppError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Sql, Timestamp) -> Result<T, AppError> + Send + 'static,
+    {
+        let (tx, rx) = sync_channel::<Result<T, AppError>>(1);
+        let job: Job = Box::new(move |run| {
+            let Some((conn, now)) = run else {
+                return Ran {
+                    keep: false,
+                    answer: Box::new(move |outcome| {
+                        let _ = tx.send(outcome.and(Err(AppError::Unavailable(
+                            "the database is not available; try again",
+                        ))));
+                    }),
+                };
+            };
+            let result = f(conn, now);
+            Ran {
+                keep: result.is_ok(),
+                answer: Box::new(move |outcome| {
+                    let _ = tx.send(outcome.and(result));
+                }),
+            }
+        });
+        match self.queue.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+                return Err(AppError::Unavailable(
+                    "the server is at capacity; try again",
+                ));
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(AppError::Unavailable("the server is shutting down"))
+            }
+        }
+        rx.recv()
+            .unwrap_or_else(|_| Err(AppError::Internal("a write job panicked".into())))
+    }
+}
+
+fn run(
+    url: &str,
+    mut conn: PgConn,
+    rx: &Mutex<Receiver<Job>>,
+    (clock, last): (&SharedClock, &AtomicI64),
+    stats: &WriterStats,
+) {
+    loop {
+        let job = {
+            let Ok(rx) = rx.lock() else { return };
+            match rx.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            }
+        };
+        // Each write's time is later than every earlier write's of this process.
+        let now = clock.now();
+        let micros = last
+            .fetch_max(now.micros(), Ordering::SeqCst)
+            .max(now.micros());
+        let now = Timestamp::from_micros(micros).unwrap_or(now);
+        stats.note_stamp(now);
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats.jobs.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = conn.batch("BEGIN") {
+            stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+            (job(None).answer)(Err(e));
+        } else {
+            let ran = catch_unwind(AssertUnwindSafe(|| job(Some((&conn as &dyn Sql, now)))));
+            match ran {
+                Ok(ran) if ran.keep => {
+                    let committed = conn.batch("COMMIT");
+                    if committed.is_err() {
+                        stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+                        let _ = conn.batch("ROLLBACK");
+                    }
+                    (ran.answer)(committed);
+                }
+                Ok(ran) => {
+                    stats.jobs_rolled_back.fetch_add(1, Ordering::Relaxed);
+                    let _ = conn.batch("ROLLBACK");
+                    (ran.answer)(Ok(()));
+                }
+                Err(_) => {
+                    let _ = conn.batch("ROLLBACK");
+                }
+            }
+        }
+        if conn.is_closed() {
+            conn = reconnect(url);
+        }
+    }
+}
+
+/// A new connection for a writer whose connection broke (the server restarted, a failover):
+/// tried once a second until it succeeds. Meanwhile the other writers take the jobs.
+fn reconnect(url: &str) -> PgConn {
+    crate::log::error("pg writer: the connection to PostgreSQL broke; reconnecting");
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        if let Ok(conn) = PgConn::connect(url) {
+            crate::log::info("pg writer: reconnected to PostgreSQL");
+            return conn;
+        }
+    }
+}
