@@ -17,9 +17,10 @@ use wallet::config::{ServeArgs, ENV_REQUESTS_MAX, ENV_REQUESTS_MAX_OLD};
     about = "A self-hosted wallet ledger: REST API over an embedded SQLite file.\n\nWith no subcommand, serves the API."
 )]
 pub struct Cli {
-    /// The SQLite database file; created on first start.
+    /// The database: a SQLite file (created on first start), or a PostgreSQL server's
+    /// `postgres://user:password@host:port/database` URL.
     #[arg(long, env = "WALLET_DB", default_value = "./wallet.db", global = true)]
-    pub db: PathBuf,
+    pub db: wallet::store::Target,
 
     #[command(flatten)]
     pub serve: ServeArgs,

@@ -3,7 +3,6 @@
 //! checked and derived settings the service runs with.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser};
@@ -11,6 +10,7 @@ use clap::{Args, Parser};
 use crate::db::Synchronous;
 use crate::domain::Currency;
 use crate::error::StartupError;
+pub use crate::store::Target;
 
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -51,6 +51,11 @@ pub struct ServeArgs {
     /// Most requests committed together in one SQLite transaction (group commit).
     #[arg(long, env = "WALLET_WRITE_BATCH_MAX", default_value_t = WRITE_BATCH_MAX_DEFAULT, value_parser = clap::value_parser!(u16).range(1..=WRITE_BATCH_MAX_CEILING as i64))]
     pub write_batch_max: u16,
+
+    /// PostgreSQL only: connections that write side by side (each runs one request's write per
+    /// transaction; the database's row locks decide between them).
+    #[arg(long, env = "WALLET_DB_WRITERS", default_value_t = DB_WRITERS_DEFAULT, value_parser = clap::value_parser!(u16).range(1..=DB_WRITERS_CEILING as i64))]
+    pub db_writers: u16,
 
     /// Most writes waiting for the writer; beyond it requests get 503 instead of queueing forever.
     #[arg(long, env = "WALLET_WRITE_QUEUE_MAX", default_value_t = WRITE_QUEUE_MAX_DEFAULT, value_parser = clap::value_parser!(u32).range(1..=WRITE_QUEUE_MAX_CEILING as i64))]
@@ -198,7 +203,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// The checked, derived settings the server runs with.
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub db: PathBuf,
+    pub db: Target,
     pub serve: ServeArgs,
     pub currency: Currency,
     pub snapshot_schedule: Option<cron::Schedule>,
@@ -207,7 +212,7 @@ pub struct Config {
 
 impl Config {
     /// Checks what clap cannot. The error names the setting, for a one-line message.
-    pub fn from_args(db: PathBuf, serve: ServeArgs) -> Result<Config, StartupError> {
+    pub fn from_args(db: Target, serve: ServeArgs) -> Result<Config, StartupError> {
         let currency = Currency::new(&serve.currency, serve.currency_scale, serve.amount_max)
             .map_err(|e| StartupError::setting("--currency/WALLET_CURRENCY", e))?;
         let snapshot_schedule = parse_cron(&serve.snapshot_cron)
@@ -246,7 +251,7 @@ impl Config {
     }
 
     /// Settings for tests and tools: everything default, cheap password hashing.
-    pub fn for_tests(db: PathBuf) -> Config {
+    pub fn for_tests(db: impl Into<Target>) -> Config {
         let mut serve = ServeArgs::defaults();
         serve.argon2_memory_kib = 64;
         serve.argon2_iterations = 1;
@@ -254,7 +259,7 @@ impl Config {
         serve.snapshot_cron = "off".into();
         // Many test servers share one process and its threads: none may claim a CPU.
         serve.pin_writer = false;
-        Config::from_args(db, serve).expect("test defaults are valid")
+        Config::from_args(db.into(), serve).expect("test defaults are valid")
     }
 }
 
@@ -273,6 +278,11 @@ const _: () = assert!(WRITE_BATCH_MAX_DEFAULT <= WRITE_BATCH_MAX_CEILING);
 const _: () = assert!(WRITE_QUEUE_MAX_DEFAULT <= WRITE_QUEUE_MAX_CEILING);
 const _: () = assert!(WRITE_BATCH_MAX_DEFAULT as u32 * 2 <= WRITE_QUEUE_MAX_DEFAULT);
 const _: () = assert!(WRITE_BATCH_MAX_CEILING as u32 <= WRITE_QUEUE_MAX_CEILING);
+/// The default and the largest `--db-writers`. Each is a PostgreSQL connection (a server
+/// process); a few more than the database's cores keep it busy while others wait on fsync.
+pub const DB_WRITERS_DEFAULT: u16 = 16;
+pub const DB_WRITERS_CEILING: u16 = 256;
+const _: () = assert!(DB_WRITERS_DEFAULT >= 1 && DB_WRITERS_DEFAULT <= DB_WRITERS_CEILING);
 
 /// The default and the smallest `--request-body-bytes-max`.
 pub const REQUEST_BODY_BYTES_MAX_DEFAULT: u64 = 65_536;

@@ -25,27 +25,7 @@ fn main() -> ExitCode {
         }
     };
     wallet::log::init_from_env();
-    let result = match &cli.command {
-        None => serve(cli.db.clone(), cli.serve.clone()),
-        Some(Command::Createsuperuser { username, email }) => wallet::tools::createsuperuser(
-            &cli.db,
-            username,
-            email,
-            (cli.serve.argon2_memory_kib, cli.serve.argon2_iterations),
-        )
-        .map(|m| {
-            println!("{m}");
-            true
-        }),
-        Some(Command::Snapshot) => wallet::tools::snapshot_now(&cli.db),
-        Some(Command::Verify) => wallet::tools::verify(&cli.db),
-        Some(Command::Backup { file }) => wallet::tools::backup(&cli.db, file).map(|m| {
-            println!("{m}");
-            true
-        }),
-        Some(Command::Bench(args)) => bench::run(args),
-        Some(Command::BenchSnapshot(args)) => bench::run_snapshot_bench(args),
-    };
+    let result = run(&cli);
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
@@ -56,7 +36,41 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(db: std::path::PathBuf, args: wallet::config::ServeArgs) -> Result<bool, StartupError> {
+fn run(cli: &Cli) -> Result<bool, StartupError> {
+    let printed = |m: String| {
+        println!("{m}");
+        true
+    };
+    match &cli.command {
+        None => serve(cli.db.clone(), cli.serve.clone()),
+        Some(Command::Createsuperuser { username, email }) => wallet::tools::createsuperuser(
+            sqlite_file(&cli.db)?,
+            username,
+            email,
+            (cli.serve.argon2_memory_kib, cli.serve.argon2_iterations),
+        )
+        .map(printed),
+        Some(Command::Snapshot) => wallet::tools::snapshot_now(sqlite_file(&cli.db)?),
+        Some(Command::Verify) => wallet::tools::verify(&cli.db),
+        Some(Command::Backup { file }) => {
+            wallet::tools::backup(sqlite_file(&cli.db)?, file).map(printed)
+        }
+        Some(Command::Bench(args)) => bench::run(args),
+        Some(Command::BenchSnapshot(args)) => bench::run_snapshot_bench(args),
+    }
+}
+
+/// The SQLite file a command-line tool works on.
+fn sqlite_file(db: &wallet::store::Target) -> Result<&std::path::Path, StartupError> {
+    db.path().ok_or_else(|| {
+        StartupError::setting(
+            "--db/WALLET_DB",
+            "this command works on a SQLite file; for a PostgreSQL ledger, `wallet copy` it to a file first",
+        )
+    })
+}
+
+fn serve(db: wallet::store::Target, args: wallet::config::ServeArgs) -> Result<bool, StartupError> {
     let config = Config::from_args(db, args)?;
     // Block SIGINT and SIGTERM before any thread starts, so every thread inherits the mask
     // and the main thread alone receives them through sigwait.

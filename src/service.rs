@@ -65,9 +65,7 @@ pub enum WithdrawResult {
 }
 
 impl Service {
-    fn read(
-        &self,
-    ) -> Result<r2d2::PooledConnection<r2d2_sqlite::SqliteConnectionManager>, AppError> {
+    fn read(&self) -> Result<db::PooledConn, AppError> {
         Ok(self.pool.get()?)
     }
 

@@ -2,6 +2,7 @@
 //! `--listen 127.0.0.1:0`, read `addr`, talk HTTP, `shutdown`.
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -9,14 +10,19 @@ use std::time::Duration;
 use crate::accounts::{LoginThrottle, PasswordGuard, TokenCache};
 use crate::clock::{GuardedClock, SharedClock, SystemClock, Wakeup, WALL_LEAP_MS_MAX};
 use crate::config::Config;
+use crate::config::Target;
+use crate::db::pg_writer::PgWriter;
 use crate::db::{self, Writer};
 use crate::domain::Timestamp;
 use crate::error::StartupError;
 use crate::http::HttpServer;
 use crate::jobs::payout::{InFlight, PayoutSettings, PayoutWorker};
+use crate::jobs::sealer::Sealer;
 use crate::jobs::snapshot::SnapshotJob;
 use crate::metrics::Metrics;
 use crate::service::Service;
+use crate::store::postgres::PgConn;
+use crate::store::Sql;
 
 /// Reader connections: readers are quick, and workers waiting on the writer hold none.
 pub const READER_CONNECTIONS_MAX: u32 = 16;
@@ -28,11 +34,23 @@ pub struct App {
     pub addr: SocketAddr,
     http: HttpServer,
     service: Arc<Service>,
-    writer_thread: JoinHandle<()>,
+    writer_threads: Vec<JoinHandle<()>>,
     jobs: Vec<JoinHandle<()>>,
     wakeups: Vec<Arc<Wakeup>>,
-    /// Held until the process exits, or until `shutdown` has checkpointed.
-    serve_lock: db::ServeLock,
+    /// SQLite only: held until the process exits, or until `shutdown` has checkpointed.
+    /// On PostgreSQL several processes serve one database and none is held.
+    serve_lock: Option<db::ServeLock>,
+}
+
+/// What the storage engine started: the writer and its threads, the readers, the lock that
+/// keeps other servers off a SQLite file, and the engine's own background thread (SQLite's
+/// WAL checkpointer, PostgreSQL's chain sealer) with what stops it.
+struct Storage {
+    writer: Writer,
+    writer_threads: Vec<JoinHandle<()>>,
+    pool: db::Pool,
+    serve_lock: Option<db::ServeLock>,
+    job: (JoinHandle<()>, Arc<Wakeup>),
 }
 
 /// Options that tests set and production never does.
@@ -54,44 +72,34 @@ impl App {
         wall: SharedClock,
         hooks: TestHooks,
     ) -> Result<App, StartupError> {
-        // First of all: a second server must not even migrate the file under the first one.
-        let serve_lock = db::lock_for_serving(&config.db)?;
         raise_descriptor_limit();
         tune_malloc();
         let clock = Arc::new(GuardedClock::new(wall));
-        let conn = open_database(&config, clock.now())?;
-        let (writer, writer_thread) = start_writer(&config, conn, &clock);
+        let storage = match &config.db {
+            Target::Sqlite(path) => open_sqlite(&config, path, &clock)?,
+            Target::Postgres(url) => open_postgres(&config, url, &clock)?,
+        };
         let threads = usize::from(config.serve.threads);
-        let pool = db::reader_pool(
-            &config.db,
-            (threads as u32).clamp(2, READER_CONNECTIONS_MAX) + 2,
-        )?;
-        let service = new_service(&config, pool, writer, clock)?;
+        let service = new_service(&config, storage.pool, storage.writer, clock)?;
         let listener = TcpListener::bind(config.serve.listen).map_err(|e| {
             StartupError::setting(
                 "--listen/WALLET_LISTEN",
                 format!("cannot listen on {}: {e}", config.serve.listen),
             )
         })?;
-        let checkpoint_wakeup = Arc::new(Wakeup::default());
-        let checkpointer = db::start_checkpointer(
-            &config.db,
-            config.serve.synchronous,
-            checkpoint_wakeup.clone(),
-        )?;
         let http = HttpServer::start(service.clone(), listener, threads, hooks.panic_route)
             .map_err(StartupError::failed)?;
         let (mut jobs, mut wakeups) = spawn_jobs(&config, &service);
-        jobs.insert(0, checkpointer);
-        wakeups.push(checkpoint_wakeup);
+        jobs.insert(0, storage.job.0);
+        wakeups.push(storage.job.1);
         Ok(App {
             addr: http.addr,
             http,
             service,
-            writer_thread,
+            writer_threads: storage.writer_threads,
             jobs,
             wakeups,
-            serve_lock,
+            serve_lock: storage.serve_lock,
         })
     }
 
@@ -103,7 +111,7 @@ impl App {
     /// background threads, lets the writer drain, and checkpoints the WAL.
     pub fn shutdown(self) -> Result<(), StartupError> {
         let grace = Duration::from_millis(self.service.config.serve.shutdown_grace_ms);
-        let db_path = self.service.config.db.clone();
+        let target = self.service.config.db.clone();
         let sync = self.service.config.serve.synchronous;
         self.http.stop(grace);
         for w in &self.wakeups {
@@ -112,9 +120,14 @@ impl App {
         for j in self.jobs {
             let _ = j.join();
         }
-        // The writer thread ends once the last `Writer` handle (inside the service) is gone.
+        // The writer threads end once the last `Writer` handle (inside the service) is gone.
         drop(self.service);
-        let _ = self.writer_thread.join();
+        for t in self.writer_threads {
+            let _ = t.join();
+        }
+        let Target::Sqlite(db_path) = target else {
+            return Ok(());
+        };
         let conn = db::open(&db_path, sync).map_err(|e| StartupError::failed(e.to_string()))?;
         let checkpointed = conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
@@ -126,17 +139,93 @@ impl App {
     }
 }
 
+/// SQLite: takes the serve lock, opens and migrates the file, starts the one writer, the
+/// reader pool and the WAL checkpointer.
+fn open_sqlite(
+    config: &Config,
+    path: &Path,
+    clock: &Arc<GuardedClock>,
+) -> Result<Storage, StartupError> {
+    // First of all: a second server must not even migrate the file under the first one.
+    let serve_lock = db::lock_for_serving(path)?;
+    let conn = open_database(config, path, clock.now())?;
+    let (writer, writer_thread) = start_writer(config, conn, clock);
+    let threads = config.serve.threads as u32;
+    let pool = db::reader_pool(path, threads.clamp(2, READER_CONNECTIONS_MAX) + 2)?;
+    let wakeup = Arc::new(Wakeup::default());
+    let checkpointer = db::start_checkpointer(path, config.serve.synchronous, wakeup.clone())?;
+    Ok(Storage {
+        writer,
+        writer_threads: vec![writer_thread],
+        pool,
+        serve_lock: Some(serve_lock),
+        job: (checkpointer, wakeup),
+    })
+}
+
+/// PostgreSQL: applies the schema (once, however many processes start together), checks the
+/// settings, and starts `--db-writers` writer connections, the reader pool and the sealer.
+fn open_postgres(
+    config: &Config,
+    url: &str,
+    clock: &Arc<GuardedClock>,
+) -> Result<Storage, StartupError> {
+    let connect = || {
+        PgConn::connect(url).map_err(|e| {
+            StartupError::setting(
+                "--db/WALLET_DB",
+                format!("cannot connect to {}: {e}", config.db),
+            )
+        })
+    };
+    let conn = connect()?;
+    crate::store::postgres::migrate(&conn).map_err(StartupError::failed)?;
+    db::check_currency(&conn, &config.currency)?;
+    check_newest_stamp(&conn, clock.now(), config.serve.accept_future_stamps)?;
+    let mut writers = vec![conn];
+    for _ in 1..config.serve.db_writers {
+        writers.push(connect()?);
+    }
+    let stats = Arc::new(db::WriterStats::default());
+    let (pg, writer_threads) = PgWriter::start(
+        url,
+        writers,
+        clock.clone() as SharedClock,
+        config.serve.write_queue_max as usize,
+        stats.clone(),
+    );
+    let threads = config.serve.threads as u32;
+    let pool = db::postgres_pool(url, threads.clamp(2, READER_CONNECTIONS_MAX) + 2)?;
+    let wakeup = Arc::new(Wakeup::default());
+    let sealer = Sealer {
+        url: url.to_string(),
+        wakeup: wakeup.clone(),
+    }
+    .spawn();
+    Ok(Storage {
+        writer: Writer::postgres(pg, stats),
+        writer_threads,
+        pool,
+        serve_lock: None,
+        job: (sealer, wakeup),
+    })
+}
+
 /// Opens the database for the writer, refusing one this process can't write, then migrates
 /// it and checks it may be served with these settings and this clock.
-fn open_database(config: &Config, now: Timestamp) -> Result<rusqlite::Connection, StartupError> {
-    db::check_writable_path(&config.db)?;
-    let mut conn = db::open(&config.db, config.serve.synchronous).map_err(|e| {
+fn open_database(
+    config: &Config,
+    path: &Path,
+    now: Timestamp,
+) -> Result<rusqlite::Connection, StartupError> {
+    db::check_writable_path(path)?;
+    let mut conn = db::open(path, config.serve.synchronous).map_err(|e| {
         StartupError::setting(
             "--db/WALLET_DB",
-            format!("cannot open {}: {e}", config.db.display()),
+            format!("cannot open {}: {e}", path.display()),
         )
     })?;
-    db::check_writable(&config.db, &conn)?;
+    db::check_writable(path, &conn)?;
     db::migrate(&mut conn)?;
     db::check_currency(&conn, &config.currency)?;
     check_newest_stamp(&conn, now, config.serve.accept_future_stamps)?;
@@ -236,11 +325,7 @@ fn spawn_jobs(config: &Config, service: &Service) -> (Vec<JoinHandle<()>>, Vec<A
 /// Refuses to start on a ledger whose newest entry is stamped more than `WALL_LEAP_MS_MAX` ahead
 /// of the clock, unless told to accept it: the writer never stamps before the newest entry, so
 /// starting would silently carry a clock that was once ahead into every new entry.
-fn check_newest_stamp(
-    conn: &rusqlite::Connection,
-    now: Timestamp,
-    accept: bool,
-) -> Result<(), StartupError> {
+fn check_newest_stamp(conn: &dyn Sql, now: Timestamp, accept: bool) -> Result<(), StartupError> {
     let Some(newest) = db::newest_entry_stamp(conn)? else {
         return Ok(());
     };

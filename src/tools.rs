@@ -10,6 +10,7 @@ use crate::db::{self, DirectWriter, Exec, Synchronous};
 use crate::domain::{Email, Password, Username};
 use crate::error::{AppError, StartupError};
 use crate::ledger::snapshot;
+use crate::store::Target;
 
 /// Opens the database for a tool, migrating it first if its schema is older than this
 /// binary's. Only the migration takes the serve lock: a tool never changes the schema under a
@@ -144,20 +145,26 @@ pub fn snapshot_now(db_path: &Path) -> Result<bool, StartupError> {
     Ok(report.mismatches.is_empty())
 }
 
-pub fn verify(db_path: &Path) -> Result<bool, StartupError> {
-    if !db_path.exists() {
-        return Err(StartupError::setting(
-            "--db",
-            format!("{} does not exist", db_path.display()),
-        ));
-    }
-    let mut conn = open_migrated(db_path)?;
-    let report = crate::verify::verify(&mut conn).map_err(|e| match e {
+pub fn verify(target: &Target) -> Result<bool, StartupError> {
+    let failed = |e: AppError| match e {
         AppError::Internal(cause) => {
             StartupError::caused_by("verify failed to read the database", cause)
         }
         other => StartupError::failed(format!("verify failed to read the database: {other:?}")),
-    })?;
+    };
+    let report = match target {
+        Target::Sqlite(db_path) => {
+            if !db_path.exists() {
+                return Err(StartupError::setting(
+                    "--db",
+                    format!("{} does not exist", db_path.display()),
+                ));
+            }
+            let mut conn = open_migrated(db_path)?;
+            crate::verify::verify(&mut conn).map_err(failed)?
+        }
+        Target::Postgres(_) => crate::verify::verify_target(target).map_err(failed)?,
+    };
     println!(
         "verified {} entries in {} wallets in {:.3}s: {}",
         report.entries,
@@ -169,6 +176,12 @@ pub fn verify(db_path: &Path) -> Result<bool, StartupError> {
             format!("{} findings", report.findings_total)
         }
     );
+    if report.unsealed > 0 {
+        println!(
+            "{} of the newest entries are not yet sealed into the chain (their balances are checked)",
+            report.unsealed
+        );
+    }
     for f in &report.findings {
         println!("finding: {f}");
     }

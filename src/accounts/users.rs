@@ -135,7 +135,7 @@ pub fn list_users(
     let name_pattern = search.map(|s| like(username_key(s)));
     let email_pattern = search.map(|s| like(s.to_lowercase()));
     // No search is no filter: both patterns are NULL together.
-    let filter = "(?1 IS NULL OR username_key LIKE ?1 ESCAPE '\\'
+    let filter = "(CAST(?1 AS TEXT) IS NULL OR username_key LIKE ?1 ESCAPE '\\'
                    OR email_key LIKE ?2 ESCAPE '\\')";
     let count: i64 = conn
         .query_one(

@@ -12,10 +12,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::Connection;
 
 use crate::domain::{Currency, Timestamp};
-use crate::error::StartupError;
+use crate::error::{AppError, StartupError};
+use crate::store::Sql;
 
 pub use writer::{Writer, WriterStats};
 
@@ -48,7 +49,59 @@ const _: () = assert!(MIGRATIONS.len() as i32 == SCHEMA_VERSION - 1);
 /// giving up with 503. Inside the server only the writer writes, so it never waits on itself.
 pub const BUSY_TIMEOUT_MS: u64 = 5_000;
 
-pub type Pool = r2d2::Pool<SqliteConnectionManager>;
+/// The reader connections of either engine; a connection taken from it reads as `&dyn Sql`.
+#[derive(Clone)]
+pub enum Pool {
+    Sqlite(r2d2::Pool<SqliteConnectionManager>),
+    Postgres(r2d2::Pool<crate::store::postgres::PgManager>),
+}
+
+/// A reader connection, given back to its pool when dropped.
+pub enum PooledConn {
+    Sqlite(r2d2::PooledConnection<SqliteConnectionManager>),
+    // Boxed: a PostgreSQL client is twice the size of a SQLite handle.
+    Postgres(Box<r2d2::PooledConnection<crate::store::postgres::PgManager>>),
+}
+
+impl std::ops::Deref for PooledConn {
+    type Target = dyn crate::store::Sql;
+
+    fn deref(&self) -> &(dyn crate::store::Sql + 'static) {
+        match self {
+            PooledConn::Sqlite(c) => &**c,
+            PooledConn::Postgres(c) => &***c,
+        }
+    }
+}
+
+impl Pool {
+    pub fn get(&self) -> Result<PooledConn, r2d2::Error> {
+        Ok(match self {
+            Pool::Sqlite(p) => PooledConn::Sqlite(p.get()?),
+            Pool::Postgres(p) => PooledConn::Postgres(Box::new(p.get()?)),
+        })
+    }
+
+    /// Connections open, and of those idle.
+    pub fn state(&self) -> (u32, u32) {
+        let s = match self {
+            Pool::Sqlite(p) => p.state(),
+            Pool::Postgres(p) => p.state(),
+        };
+        (s.connections, s.idle_connections)
+    }
+}
+
+/// A pool of reader connections to PostgreSQL.
+pub fn postgres_pool(url: &str, size: u32) -> Result<Pool, StartupError> {
+    r2d2::Pool::builder()
+        .max_size(size)
+        .min_idle(Some(size.min(4)))
+        .connection_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))
+        .build(crate::store::postgres::PgManager::new(url))
+        .map(Pool::Postgres)
+        .map_err(|e| StartupError::caused_by("cannot open database pool", e))
+}
 
 /// SQLite's durability setting (`PRAGMA synchronous`), chosen by `--synchronous`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -350,15 +403,13 @@ fn writable(path: &Path) -> std::io::Result<()> {
 }
 
 /// The time stamp of the newest ledger entry, if there is one.
-pub fn newest_entry_stamp(conn: &Connection) -> Result<Option<Timestamp>, StartupError> {
-    conn.query_row(
+pub fn newest_entry_stamp(conn: &dyn Sql) -> Result<Option<Timestamp>, StartupError> {
+    conn.query_opt(
         "SELECT created_at FROM entries ORDER BY seq DESC LIMIT 1",
-        [],
-        |r| r.get::<_, String>(0),
+        &[],
     )
-    .optional()
-    .map(|t| t.map(|t| Timestamp::from_stored(&t)))
-    .map_err(|e| StartupError::caused_by("cannot read the newest ledger entry", e))
+    .and_then(|r| r.map(|r| r.get::<Timestamp>(0)).transpose())
+    .map_err(|e| StartupError::failed(format!("cannot read the newest ledger entry: {e:?}")))
 }
 
 /// A pool of read-only connections for queries; writes go through the `Writer`.
@@ -379,6 +430,7 @@ pub fn reader_pool(path: &Path, size: u32) -> Result<Pool, StartupError> {
         .min_idle(Some(size.min(4)))
         .connection_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))
         .build(manager)
+        .map(Pool::Sqlite)
         .map_err(|e| StartupError::caused_by("cannot open database pool", e))
 }
 
@@ -460,19 +512,16 @@ fn migrate_in_transaction(conn: &mut Connection, version: i32) -> Result<(), Str
 
 /// Records the currency on first start; afterwards the configured one must match while the
 /// database holds any money, because stored minor units mean nothing at another scale.
-pub fn check_currency(conn: &Connection, currency: &Currency) -> Result<(), StartupError> {
-    let failed = |e: rusqlite::Error| StartupError::failed(e.to_string());
+pub fn check_currency(conn: &dyn Sql, currency: &Currency) -> Result<(), StartupError> {
+    let failed = |e: AppError| StartupError::failed(format!("cannot read the settings: {e:?}"));
     let stored: Option<(String, u32)> = conn
-        .query_row(
-            "SELECT currency, scale FROM settings WHERE id = 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()
+        .query_opt("SELECT currency, scale FROM settings WHERE id = 1", &[])
+        .and_then(|r| r.map(|r| Ok((r.get(0)?, r.get(1)?))).transpose())
         .map_err(failed)?;
-    let has_money: bool = conn
-        .query_row("SELECT EXISTS (SELECT 1 FROM entries)", [], |r| r.get(0))
-        .map_err(failed)?;
+    let has_money = conn
+        .query_opt("SELECT seq FROM entries LIMIT 1", &[])
+        .map_err(failed)?
+        .is_some();
     match stored {
         Some((code, scale)) if code == currency.code && scale == currency.scale => Ok(()),
         Some((code, scale)) if has_money => Err(StartupError::setting(
@@ -487,7 +536,7 @@ pub fn check_currency(conn: &Connection, currency: &Currency) -> Result<(), Star
             .execute(
                 "INSERT INTO settings (id, currency, scale) VALUES (1, ?1, ?2)
                  ON CONFLICT (id) DO UPDATE SET currency = excluded.currency, scale = excluded.scale",
-                rusqlite::params![currency.code, currency.scale],
+                &[&currency.code, &currency.scale],
             )
             .map(drop)
             .map_err(failed),
@@ -495,15 +544,11 @@ pub fn check_currency(conn: &Connection, currency: &Currency) -> Result<(), Star
 }
 
 /// The stored currency, for tools that run without the server's flags.
-pub fn stored_currency(conn: &Connection) -> Result<Currency, String> {
+pub fn stored_currency(conn: &dyn Sql) -> Result<Currency, String> {
     let (code, scale): (String, u32) = conn
-        .query_row(
-            "SELECT currency, scale FROM settings WHERE id = 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()
-        .map_err(|e| e.to_string())?
+        .query_opt("SELECT currency, scale FROM settings WHERE id = 1", &[])
+        .and_then(|r| r.map(|r| Ok((r.get(0)?, r.get(1)?))).transpose())
+        .map_err(|e| format!("{e:?}"))?
         .unwrap_or(("USD".into(), 2));
     Currency::new(&code, scale, 1_000_000_000)
 }

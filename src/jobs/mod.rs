@@ -1,6 +1,7 @@
 //! Background threads: the nightly snapshot (`snapshot`) and the payout worker (`payout`).
 
 pub mod payout;
+pub mod sealer;
 pub mod snapshot;
 
 use std::time::Duration;

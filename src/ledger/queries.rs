@@ -101,8 +101,8 @@ pub fn history(
     // type on PostgreSQL.
     macro_rules! filters {
         () => {
-            "e.wallet_key = ?1 AND (?2 IS NULL OR e.kind = ?2) AND (?3 IS NULL OR e.created_at >= ?3)
-         AND (?4 IS NULL OR e.created_at <= ?4)"
+            "e.wallet_key = ?1 AND (CAST(?2 AS TEXT) IS NULL OR e.kind = ?2) AND (CAST(?3 AS TEXT) IS NULL OR e.created_at >= ?3)
+         AND (CAST(?4 AS TEXT) IS NULL OR e.created_at <= ?4)"
         };
     }
     let count: i64 = conn
@@ -135,7 +135,7 @@ pub fn history(
                 " WHERE ",
                 filters!(),
                 "
-                 AND (?5 IS NULL OR (e.created_at, e.seq) < (?5, ?6))
+                 AND (CAST(?5 AS TEXT) IS NULL OR (e.created_at, e.seq) < (?5, ?6))
              ORDER BY e.created_at DESC, e.seq DESC LIMIT ?7 OFFSET ?8"
             ),
             &[

@@ -113,14 +113,14 @@ pub fn list(
     let status = status.map(WithdrawalStatus::as_str);
     let count: i64 = conn
         .query_one(
-            "SELECT count(*) FROM withdrawals WHERE wallet_id = ?1 AND (?2 IS NULL OR status = ?2)",
+            "SELECT count(*) FROM withdrawals WHERE wallet_id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR status = ?2)",
             &[&wallet_id, &status],
         )?
         .get(0)?;
     let rows = conn
         .query(
             &format!(
-                "SELECT {COLUMNS} FROM withdrawals WHERE wallet_id = ?1 AND (?2 IS NULL OR status = ?2)
+                "SELECT {COLUMNS} FROM withdrawals WHERE wallet_id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR status = ?2)
              ORDER BY created_at DESC, id DESC LIMIT ?3 OFFSET ?4"
             ),
             &[&wallet_id, &status, &limit, &offset],

@@ -264,6 +264,26 @@ impl Target {
     }
 }
 
+impl From<std::path::PathBuf> for Target {
+    fn from(path: std::path::PathBuf) -> Target {
+        Target::Sqlite(path)
+    }
+}
+
+impl From<&str> for Target {
+    fn from(db: &str) -> Target {
+        Target::parse(db)
+    }
+}
+
+impl std::str::FromStr for Target {
+    type Err = std::convert::Infallible;
+
+    fn from_str(db: &str) -> Result<Target, Self::Err> {
+        Ok(Target::parse(db))
+    }
+}
+
 /// For logs and errors: a URL's password is never shown.
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

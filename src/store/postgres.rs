@@ -52,6 +52,7 @@ impl<'a> FromSql<'a> for Value {
             Type::INT2 => Value::Int(i64::from(i16::from_sql(ty, raw)?)),
             Type::BOOL => Value::Int(i64::from(bool::from_sql(ty, raw)?)),
             Type::BYTEA => Value::Blob(raw.to_vec()),
+            Type::VOID => Value::Null,
             _ => Value::Text(String::from_sql(ty, raw)?),
         })
     }
@@ -73,6 +74,7 @@ impl<'a> FromSql<'a> for Value {
                 | Type::NAME
                 | Type::BPCHAR
                 | Type::UNKNOWN
+                | Type::VOID
         )
     }
 }
