@@ -15,6 +15,7 @@ use crate::domain::{
 };
 use crate::error::{AppError, StorageFault};
 use crate::jobs::payout::InFlight;
+use crate::ledger::entries;
 use crate::ledger::queries::{self, HistoryPage, HistoryQuery, Wallet};
 use crate::ledger::withdrawals::{self, Withdrawal};
 use crate::ledger::{self, Entry, Movement, Outcome, TransferRequest, TransferResult, WalletRef};
@@ -244,6 +245,7 @@ impl Service {
                     Some(settled) => at.min(settled),
                     None => at,
                 };
+                entries::fence_stamps(&*conn, wallet.key, at)?;
                 Ok((queries::balance_at(&*conn, wallet, at)?, at))
             }
         }
@@ -328,13 +330,16 @@ impl Service {
             (self.config.currency.clone(), staff.user_id, id.to_string());
         let in_flight = self.payouts_in_flight.clone();
         self.writer.execute(move |conn, now| {
+            withdrawals::lock(conn, &id)?;
             let w = withdrawals::find_any(conn, &id)?.ok_or(AppError::NotFound("withdrawal"))?;
             if withdrawals::owner_user_id(conn, &w)? == staff_id {
                 return Err(AppError::Forbidden);
             }
             // Checked inside the writer: the worker enters the set before its own writer job
-            // decides to call, so one of the two always sees the other.
-            if w.status == WithdrawalStatus::Processing && in_flight.contains(&id) {
+            // decides to call, so one of the two always sees the other. Another process's
+            // worker holds the withdrawal's claim while it works on it.
+            let in_flight = in_flight.contains(&id) || withdrawals::claimed_elsewhere(conn, &id)?;
+            if w.status == WithdrawalStatus::Processing && in_flight {
                 return Err(AppError::Conflict(
                     "a payout call for this withdrawal is in flight; try again when it has ended"
                         .into(),

@@ -16,7 +16,7 @@ use crate::db::{self, Writer};
 use crate::domain::Timestamp;
 use crate::error::StartupError;
 use crate::http::HttpServer;
-use crate::jobs::payout::{InFlight, PayoutSettings, PayoutWorker};
+use crate::jobs::payout::{Claims, InFlight, PayoutSettings, PayoutWorker};
 use crate::jobs::sealer::Sealer;
 use crate::jobs::snapshot::SnapshotJob;
 use crate::metrics::Metrics;
@@ -291,6 +291,10 @@ fn new_service(
 fn spawn_jobs(config: &Config, service: &Service) -> (Vec<JoinHandle<()>>, Vec<Arc<Wakeup>>) {
     let clock = service.clock.clone() as SharedClock;
     let payouts = PayoutWorker {
+        claims: Claims::new(match &config.db {
+            Target::Postgres(url) => Some(url.clone()),
+            Target::Sqlite(_) => None,
+        }),
         settings: PayoutSettings {
             url: config.serve.payout_url.clone(),
             attempts_max: config.serve.payout_attempts_max,

@@ -12,6 +12,7 @@
 //! the money left: the worker retries within `--payout-retry-window` and then leaves the
 //! withdrawal PROCESSING for staff (`POST /api/admin/withdrawals/{id}/resolve`).
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -25,6 +26,8 @@ use crate::domain::{Currency, Timestamp, WithdrawalStatus};
 use crate::error::AppError;
 use crate::ledger::withdrawals::{self, Attempt, RetryPlan, Withdrawal};
 use crate::metrics::Metrics;
+use crate::store::postgres::PgConn;
+use crate::store::Sql;
 
 /// Withdrawals taken per look at the table.
 pub const DUE_BATCH_MAX: u32 = 100;
@@ -94,7 +97,75 @@ impl Drop for InFlightGuard<'_> {
     }
 }
 
+/// PostgreSQL: where this process holds its payout claims, one session advisory lock per
+/// withdrawal it is working on (`withdrawals::PAYOUT_CLAIM_CLASS`). A claim taken is the
+/// process's until it lets go or dies (its session ends), so each due withdrawal is worked on,
+/// and its payout service called, by one process at a time. SQLite has one process: no claims.
+pub struct Claims {
+    url: Option<String>,
+    conn: RefCell<Option<PgConn>>,
+}
+
+impl Claims {
+    pub fn new(url: Option<String>) -> Claims {
+        Claims {
+            url,
+            conn: RefCell::new(None),
+        }
+    }
+
+    /// Claims the withdrawal: `None` when another process holds it (leave it to that one).
+    fn claim(&self, id: &str) -> Result<Option<Claim<'_>>, AppError> {
+        let Some(url) = &self.url else {
+            return Ok(Some(Claim {
+                claims: self,
+                id: None,
+            }));
+        };
+        let mut conn = self.conn.borrow_mut();
+        if conn.as_ref().is_none_or(PgConn::is_closed) {
+            *conn = Some(PgConn::connect(url).map_err(crate::store::postgres::app_error)?);
+        }
+        let got: bool = conn
+            .as_ref()
+            .map(|c| {
+                c.query_one(
+                    "SELECT pg_try_advisory_lock(?1, hashtext(?2))",
+                    &[&withdrawals::PAYOUT_CLAIM_CLASS, &id],
+                )
+            })
+            .transpose()?
+            .map(|r| r.get(0))
+            .transpose()?
+            .unwrap_or(false);
+        Ok(got.then(|| Claim {
+            claims: self,
+            id: Some(id.to_string()),
+        }))
+    }
+}
+
+/// A claim held; let go when dropped.
+struct Claim<'a> {
+    claims: &'a Claims,
+    id: Option<String>,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let (Some(id), Some(conn)) = (&self.id, &*self.claims.conn.borrow()) else {
+            return;
+        };
+        // Should this fail, the connection is broken and its locks are gone with it.
+        let _ = conn.query_one(
+            "SELECT pg_advisory_unlock(?1, hashtext(?2))",
+            &[&withdrawals::PAYOUT_CLAIM_CLASS, id],
+        );
+    }
+}
+
 pub struct PayoutWorker {
+    pub claims: Claims,
     pub settings: PayoutSettings,
     pub currency: Currency,
     pub writer: Writer,
@@ -177,6 +248,10 @@ impl PayoutWorker {
     }
 
     fn process(&self, agent: &ureq::Agent, w: Withdrawal) -> Result<(), AppError> {
+        let Some(_claim) = self.claims.claim(&w.id)? else {
+            // Another process is working on it.
+            return Ok(());
+        };
         // From here until its outcome is recorded, staff can't resolve it.
         let _in_flight = self.in_flight.enter(&w.id);
         let mut w = w;
@@ -187,9 +262,14 @@ impl PayoutWorker {
                 w.id.clone(),
                 self.settings.url.is_none(),
             );
-            w = self.writer.execute(move |conn, now| {
-                withdrawals::begin(conn, now, &currency, &id, complete)
+            let begun = self.writer.execute(move |conn, now| {
+                withdrawals::begin_if_pending(conn, now, &currency, &id, complete)
             })?;
+            let Some(begun) = begun else {
+                // Cancelled, or begun by another process, since it was found due.
+                return Ok(());
+            };
+            w = begun;
             self.count(&w);
         }
         if w.status != WithdrawalStatus::Processing {

@@ -38,8 +38,8 @@ impl SnapshotJob {
 
     fn run(self) {
         match self.missed_run() {
-            Ok(true) => self.take(),
-            Ok(false) => {}
+            Ok(Some(due)) => self.take(due),
+            Ok(None) => {}
             Err(e) => crate::log::error(&format!(
                 "snapshot: cannot tell whether a run was missed: {e:?}"
             )),
@@ -54,12 +54,12 @@ impl SnapshotJob {
                     return;
                 }
             }
-            self.take();
+            self.take(next);
         }
     }
 
-    /// True when a fire time passed since the last run (or since the first wallet existed).
-    fn missed_run(&self) -> Result<bool, AppError> {
+    /// The first fire time that passed since the last run (or since the first wallet existed).
+    fn missed_run(&self) -> Result<Option<Timestamp>, AppError> {
         let conn = self.pool.get()?;
         let since = match snapshot::last_cutoff(&*conn)? {
             Some(t) => Some(t),
@@ -67,13 +67,19 @@ impl SnapshotJob {
         };
         Ok(since
             .and_then(|t| self.next_after(t))
-            .is_some_and(|due| due <= self.clock.now()))
+            .filter(|due| *due <= self.clock.now()))
     }
 
-    fn take(&self) {
+    /// Runs the snapshot for the fire time `due`, unless another process serving the same
+    /// database has run it or is running it.
+    fn take(&self, due: Timestamp) {
         let cutoff = self.clock.now();
-        match snapshot::run(&self.writer, cutoff) {
-            Ok(report) => {
+        match snapshot::run_once(&self.writer, cutoff, Some(due)) {
+            Ok(None) => crate::log::info(&format!(
+                "snapshot: the run for {} was taken by another process",
+                due.to_text()
+            )),
+            Ok(Some(report)) => {
                 self.metrics.snapshot_runs.inc();
                 self.metrics
                     .snapshot_mismatches

@@ -413,6 +413,24 @@ pub fn find_transfer_in(conn: &dyn Sql, out: &Entry) -> Result<Option<Entry>, Ap
     Ok(found.filter(|e| e.kind == EntryKind::TransferIn && e.transfer_id == out.transfer_id))
 }
 
+/// Makes sure no entry of the wallet committed from now on is stamped at or before `at`, so
+/// a balance at `at` read after this never changes. On SQLite the one writer stamps in
+/// commit order and the service answers only for settled moments (`Writer::settled_before`).
+/// On PostgreSQL the wallet's `stamp_floor` moves past `at`: a writer already holding the
+/// wallet's row is waited for (its entries are then committed and read), and every later one
+/// stamps after the floor (`append_unsealed`). Nothing is written when the floor is past `at`
+/// already, the usual case for a moment that is not recent.
+pub fn fence_stamps(conn: &dyn Sql, wallet_key: WalletKey, at: Timestamp) -> Result<(), AppError> {
+    if conn.engine() == Engine::Postgres {
+        let floor = at.plus_micros(1);
+        conn.execute(
+            "UPDATE wallets SET stamp_floor = ?2 WHERE key = ?1 AND stamp_floor < ?2",
+            &[&wallet_key, &floor],
+        )?;
+    }
+    Ok(())
+}
+
 /// Serialises the requests that name one reference of one wallet, until the transaction
 /// ends. On SQLite the single writer already does; on PostgreSQL two processes could both
 /// find a reference unused and one would then fail on the unique index (a 500 instead of a

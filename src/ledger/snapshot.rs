@@ -6,11 +6,11 @@
 //! waits more than one chunk behind it. A mismatch is never fixed: it is logged, counted and
 //! recorded with the run.
 
-use super::entries::{net_between, WalletKey};
+use super::entries::{fence_stamps, net_between, WalletKey};
 use crate::db::Exec;
 use crate::domain::{MinorUnits, Timestamp};
 use crate::error::AppError;
-use crate::store::Sql;
+use crate::store::{Engine, Sql};
 
 /// Wallets per write job: small enough that a transfer queued behind a chunk waits only a few
 /// milliseconds (250 wallets took ~15 ms on a 100,000-wallet ledger; 64 take ~3 ms).
@@ -49,7 +49,45 @@ struct Chunk {
 /// committed after the run's first transaction is later than `now - 1µs`: capping the
 /// cut-off there means no entry at or before it can still be committed behind the run.
 pub fn run(exec: &impl Exec, cutoff: Timestamp) -> Result<RunReport, AppError> {
-    let (run_id, cutoff) = exec.exec(move |conn, now| start_run(conn, now, cutoff))?;
+    run_once(exec, cutoff, None)?
+        .ok_or_else(|| AppError::internal("snapshot", "a run without a fire time was skipped"))
+}
+
+/// The advisory lock under which a run is recorded on PostgreSQL ("snapsh" in ASCII).
+const SNAPSHOT_LOCK: i64 = 0x73_6e_61_70_73_68;
+/// A run that has not finished after this long is taken for dead (its process stopped): the
+/// fire time it was for may be run again.
+const SNAPSHOT_RUN_STALE_MS: i64 = 30 * 60 * 1_000;
+
+/// `run`, for the scheduled fire time `due`: skipped (`None`) when a run for it or a later
+/// one has finished or is under way, in this process or another serving the same database.
+pub fn run_once(
+    exec: &impl Exec,
+    cutoff: Timestamp,
+    due: Option<Timestamp>,
+) -> Result<Option<RunReport>, AppError> {
+    let started = exec.exec(move |conn, now| {
+        if let Some(due) = due {
+            if conn.engine() == Engine::Postgres {
+                conn.query_one("SELECT pg_advisory_xact_lock(?1)", &[&SNAPSHOT_LOCK])?;
+            }
+            let stale = now.plus_millis(-SNAPSHOT_RUN_STALE_MS);
+            let taken: i64 = conn
+                .query_one(
+                    "SELECT count(*) FROM snapshot_runs
+                     WHERE cutoff >= ?1 AND (finished_at IS NOT NULL OR started_at > ?2)",
+                    &[&due, &stale],
+                )?
+                .get(0)?;
+            if taken > 0 {
+                return Ok(None);
+            }
+        }
+        start_run(conn, now, cutoff).map(Some)
+    })?;
+    let Some((run_id, cutoff)) = started else {
+        return Ok(None);
+    };
     let mut report = RunReport {
         run_id,
         cutoff,
@@ -80,7 +118,7 @@ pub fn run(exec: &impl Exec, cutoff: Timestamp) -> Result<RunReport, AppError> {
     }
     let (wallets, mismatches) = (report.wallets as i64, report.mismatches.len() as i64);
     exec.exec(move |conn, now| finish_run(conn, now, run_id, wallets, mismatches))?;
-    Ok(report)
+    Ok(Some(report))
 }
 
 /// Records a new run, its cut-off capped as `run` explains; returns its id and that cut-off.
@@ -121,11 +159,15 @@ fn snapshot_chunk(
     after: WalletKey,
 ) -> Result<Chunk, AppError> {
     let cut = cutoff.to_text();
+    // On PostgreSQL other processes write while the chunk runs: its wallets are locked (in key
+    // order, as every writer locks them) so that their balances hold still, and fenced past the
+    // cut-off (`entries::fence_stamps`) so that no entry at or before it commits afterwards.
+    let select = match conn.engine() {
+        Engine::Sqlite => "SELECT key, id, balance, last_balance, last_balance_update FROM wallets WHERE key > ?1 ORDER BY key LIMIT ?2",
+        Engine::Postgres => "SELECT key, id, balance, last_balance, last_balance_update FROM wallets WHERE key > ?1 ORDER BY key LIMIT ?2 FOR UPDATE",
+    };
     let wallets: Vec<(WalletKey, String, MinorUnits, MinorUnits, String)> = conn
-        .query(
-            "SELECT key, id, balance, last_balance, last_balance_update FROM wallets WHERE key > ?1 ORDER BY key LIMIT ?2",
-            &[&after, &SNAPSHOT_CHUNK_WALLETS],
-        )?
+        .query(select, &[&after, &SNAPSHOT_CHUNK_WALLETS])?
         .iter()
         .map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
         .collect::<Result<_, AppError>>()?;
@@ -135,6 +177,7 @@ fn snapshot_chunk(
         mismatches: vec![],
     };
     for (key, id, balance, last_balance, last_update) in wallets {
+        fence_stamps(conn, key, cutoff)?;
         if last_update > cut {
             // A later snapshot already covers this wallet; never move it backwards.
             continue;

@@ -17,7 +17,7 @@ use crate::domain::{
     Currency, EntryKind, Metadata, MinorUnits, PayoutResolution, Timestamp, WithdrawalStatus,
 };
 use crate::error::AppError;
-use crate::store::{Row, Sql};
+use crate::store::{Engine, Row, Sql};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Withdrawal {
@@ -94,6 +94,43 @@ pub fn find(conn: &dyn Sql, wallet_id: &str, id: &str) -> Result<Withdrawal, App
         &[&wallet_id, &id],
     )?)?
     .ok_or(AppError::NotFound("withdrawal"))
+}
+
+/// Locks a withdrawal's row until the transaction ends, before it is read to be changed. On
+/// PostgreSQL another process may change it at the same moment (a user cancelling while a
+/// worker begins it); the second waits and then reads what the first wrote. SQLite's one
+/// writer needs none.
+pub fn lock(conn: &dyn Sql, id: &str) -> Result<(), AppError> {
+    if conn.engine() == Engine::Postgres {
+        conn.query(
+            "SELECT id FROM withdrawals WHERE id = ?1 FOR UPDATE",
+            &[&id],
+        )?;
+    }
+    Ok(())
+}
+
+/// The advisory-lock class of payout claims ("pa"): a worker holds `(PAYOUT_CLAIM_CLASS,
+/// hashtext(id))` on a connection of its own while it works on a withdrawal
+/// (`jobs::payout`), so that one process at a time calls the payout service for it, and the
+/// lock goes with the process if it dies.
+pub const PAYOUT_CLAIM_CLASS: i32 = 0x7061;
+
+/// Whether a worker of another process may be calling the payout service for this
+/// withdrawal right now (PostgreSQL). If not, the claim is held for this transaction, so no
+/// worker starts a call until it ends. Always false on SQLite, whose one process keeps its
+/// calls in `jobs::payout::InFlight`.
+pub fn claimed_elsewhere(conn: &dyn Sql, id: &str) -> Result<bool, AppError> {
+    if conn.engine() == Engine::Sqlite {
+        return Ok(false);
+    }
+    let got: bool = conn
+        .query_one(
+            "SELECT pg_try_advisory_xact_lock(?1, hashtext(?2))",
+            &[&PAYOUT_CLAIM_CLASS, &id],
+        )?
+        .get(0)?;
+    Ok(!got)
 }
 
 pub fn find_any(conn: &dyn Sql, id: &str) -> Result<Option<Withdrawal>, AppError> {
@@ -209,6 +246,7 @@ pub fn cancel(
     wallet_id: &str,
     id: &str,
 ) -> Result<Withdrawal, AppError> {
+    lock(conn, id)?;
     let w = find(conn, wallet_id, id)?;
     if w.status != WithdrawalStatus::Pending {
         return Err(AppError::Conflict(format!(
@@ -271,10 +309,25 @@ pub fn begin(
     id: &str,
     complete: bool,
 ) -> Result<Withdrawal, AppError> {
+    match begin_if_pending(conn, now, currency, id, complete)? {
+        Some(w) => Ok(w),
+        None => find_any(conn, id)?.ok_or(AppError::NotFound("withdrawal")),
+    }
+}
+
+/// `begin`, or `None` when the withdrawal is no longer PENDING: cancelled, or begun in the
+/// meantime (by another process, on PostgreSQL), and then its worker must leave it alone.
+pub fn begin_if_pending(
+    conn: &dyn Sql,
+    now: Timestamp,
+    currency: &Currency,
+    id: &str,
+    complete: bool,
+) -> Result<Option<Withdrawal>, AppError> {
+    lock(conn, id)?;
     let w = find_any(conn, id)?.ok_or(AppError::NotFound("withdrawal"))?;
     if w.status != WithdrawalStatus::Pending {
-        // Cancelled or already taken in the meantime: nothing to do.
-        return Ok(w);
+        return Ok(None);
     }
     let wallet = wallet_ref(conn, &w.wallet_id)?;
     let appended = entries::append(
@@ -316,7 +369,9 @@ pub fn begin(
             )?;
         }
     }
-    find_any(conn, id)?.ok_or(AppError::NotFound("withdrawal"))
+    find_any(conn, id)?
+        .ok_or(AppError::NotFound("withdrawal"))
+        .map(Some)
 }
 
 /// Puts off a PROCESSING withdrawal until `until`, with a message saying why.
@@ -378,6 +433,7 @@ pub fn record_attempt(
     attempt: &Attempt,
     plan: RetryPlan,
 ) -> Result<Withdrawal, AppError> {
+    lock(conn, id)?;
     let w = find_any(conn, id)?.ok_or(AppError::NotFound("withdrawal"))?;
     if w.status != WithdrawalStatus::Processing {
         return Ok(w);
@@ -498,10 +554,12 @@ pub fn before_retry(
     id: &str,
     window_ms: i64,
 ) -> Result<Option<Withdrawal>, AppError> {
+    lock(conn, id)?;
     let Some(w) = find_any(conn, id)? else {
         return Ok(None);
     };
-    if w.status != WithdrawalStatus::Processing {
+    if w.status != WithdrawalStatus::Processing || w.next_attempt_at > now {
+        // Resolved, or retried in the meantime by another process and not due again yet.
         return Ok(None);
     }
     let (unknown_since, error) = match (w.outcome_unknown_since, w.payout_call_started_at) {
