@@ -14,7 +14,8 @@ pg_bin() {
 install_server() {
     if [ -z "$(pg_bin)" ]; then
         echo "postgres.sh: installing postgresql from the package registry" >&2
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
     fi
 }
 
