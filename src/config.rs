@@ -57,6 +57,11 @@ pub struct ServeArgs {
     #[arg(long, env = "WALLET_DB_WRITERS", default_value_t = DB_WRITERS_DEFAULT, value_parser = clap::value_parser!(u16).range(1..=DB_WRITERS_CEILING as i64))]
     pub db_writers: u16,
 
+    /// PostgreSQL only: most requests one writer connection commits together, each in its own
+    /// savepoint (1: one transaction per request).
+    #[arg(long, env = "WALLET_DB_BATCH_MAX", default_value_t = DB_BATCH_MAX_DEFAULT, value_parser = clap::value_parser!(u16).range(1..=WRITE_BATCH_MAX_CEILING as i64))]
+    pub db_batch_max: u16,
+
     /// Most writes waiting for the writer; beyond it requests get 503 instead of queueing forever.
     #[arg(long, env = "WALLET_WRITE_QUEUE_MAX", default_value_t = WRITE_QUEUE_MAX_DEFAULT, value_parser = clap::value_parser!(u32).range(1..=WRITE_QUEUE_MAX_CEILING as i64))]
     pub write_queue_max: u32,
@@ -282,6 +287,9 @@ const _: () = assert!(WRITE_BATCH_MAX_CEILING as u32 <= WRITE_QUEUE_MAX_CEILING)
 /// process); a few more than the database's cores keep it busy while others wait on fsync.
 pub const DB_WRITERS_DEFAULT: u16 = 16;
 pub const DB_WRITERS_CEILING: u16 = 256;
+/// The default `--db-batch-max` (README, "Performance": one transaction per request against
+/// batches, measured).
+pub const DB_BATCH_MAX_DEFAULT: u16 = 1;
 const _: () = assert!(DB_WRITERS_DEFAULT >= 1 && DB_WRITERS_DEFAULT <= DB_WRITERS_CEILING);
 
 /// The default and the smallest `--request-body-bytes-max`.

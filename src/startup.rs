@@ -191,7 +191,10 @@ fn open_postgres(
         url,
         writers,
         clock.clone() as SharedClock,
-        config.serve.write_queue_max as usize,
+        (
+            config.serve.write_queue_max as usize,
+            usize::from(config.serve.db_batch_max),
+        ),
         stats.clone(),
     );
     let threads = config.serve.threads as u32;

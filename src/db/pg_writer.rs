@@ -27,8 +27,11 @@ type Job = Box<dyn FnOnce(Option<(&dyn Sql, Timestamp)>) -> Ran + Send>;
 /// What a job did: whether to commit, and how to answer once the commit's fate is known.
 pub struct Ran {
     pub keep: bool,
-    pub answer: Box<dyn FnOnce(Result<(), AppError>) + Send>,
+    pub answer: Answer,
 }
+
+/// Delivers a job's result once its transaction's fate (commit or not) is known.
+type Answer = Box<dyn FnOnce(Result<(), AppError>) + Send>;
 
 #[derive(Clone)]
 pub struct PgWriter {
@@ -46,10 +49,10 @@ impl PgWriter {
         url: &str,
         connections: Vec<PgConn>,
         clock: SharedClock,
-        queue_max: usize,
+        (queue_max, batch_max): (usize, usize),
         stats: Arc<WriterStats>,
     ) -> (PgWriter, Vec<JoinHandle<()>>) {
-        assert!(!connections.is_empty() && queue_max >= 1);
+        assert!(!connections.is_empty() && queue_max >= 1 && batch_max >= 1);
         let (queue, rx) = sync_channel::<Job>(queue_max);
         let rx = Arc::new(Mutex::new(rx));
         let last_stamp_micros = Arc::new(AtomicI64::new(0));
@@ -64,7 +67,7 @@ impl PgWriter {
                 let url = url.to_string();
                 std::thread::Builder::new()
                     .name(format!("pg-writer-{i}"))
-                    .spawn(move || run(&url, conn, &rx, (&clock, &last), &stats))
+                    .spawn(move || run(&url, conn, &rx, (&clock, &last), (&stats, batch_max)))
                     .expect("spawn a writer thread")
             })
             .collect();
@@ -134,16 +137,23 @@ fn run(
     mut conn: PgConn,
     rx: &Mutex<Receiver<Job>>,
     (clock, last): (&SharedClock, &AtomicI64),
-    stats: &WriterStats,
+    (stats, batch_max): (&WriterStats, usize),
 ) {
+    let mut batch: Vec<Job> = Vec::with_capacity(batch_max);
     loop {
-        let job = {
+        {
             let Ok(rx) = rx.lock() else { return };
             match rx.recv() {
-                Ok(job) => job,
+                Ok(job) => batch.push(job),
                 Err(_) => return,
             }
-        };
+            while batch.len() < batch_max {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
         // Each write's time is later than every earlier write's of this process.
         let now = clock.now();
         let micros = last
@@ -152,34 +162,79 @@ fn run(
         let now = Timestamp::from_micros(micros).unwrap_or(now);
         stats.note_stamp(now);
         stats.batches.fetch_add(1, Ordering::Relaxed);
-        stats.jobs.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = conn.batch("BEGIN") {
-            stats.commit_failures.fetch_add(1, Ordering::Relaxed);
-            (job(None).answer)(Err(e));
-        } else {
-            let ran = catch_unwind(AssertUnwindSafe(|| job(Some((&conn as &dyn Sql, now)))));
-            match ran {
-                Ok(ran) if ran.keep => {
-                    let committed = conn.batch("COMMIT");
-                    if committed.is_err() {
-                        stats.commit_failures.fetch_add(1, Ordering::Relaxed);
-                        let _ = conn.batch("ROLLBACK");
-                    }
-                    (ran.answer)(committed);
-                }
-                Ok(ran) => {
-                    stats.jobs_rolled_back.fetch_add(1, Ordering::Relaxed);
-                    let _ = conn.batch("ROLLBACK");
-                    (ran.answer)(Ok(()));
-                }
-                Err(_) => {
-                    let _ = conn.batch("ROLLBACK");
-                }
-            }
-        }
+        stats.jobs.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        run_batch(&conn, now, &mut batch, stats);
         if conn.is_closed() {
             conn = reconnect(url);
         }
+    }
+}
+
+/// One transaction for the batch; with more than one job, each in its own savepoint, so a
+/// job that fails rolls back alone. Every job is answered once the commit's fate is known.
+fn run_batch(conn: &PgConn, now: Timestamp, batch: &mut Vec<Job>, stats: &WriterStats) {
+    if let Err(e) = conn.batch("BEGIN") {
+        stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+        for job in batch.drain(..) {
+            (job(None).answer)(Err(e.clone()));
+        }
+        return;
+    }
+    let savepoints = batch.len() > 1;
+    let mut answers = Vec::with_capacity(batch.len());
+    let mut broken: Option<AppError> = None;
+    for job in batch.drain(..) {
+        if broken.is_some() {
+            answers.push(job(None).answer);
+            continue;
+        }
+        if savepoints {
+            if let Err(e) = conn.batch("SAVEPOINT job") {
+                broken = Some(e);
+                answers.push(job(None).answer);
+                continue;
+            }
+        }
+        let ran = catch_unwind(AssertUnwindSafe(|| job(Some((conn as &dyn Sql, now)))));
+        let keep = matches!(&ran, Ok(r) if r.keep);
+        if !keep {
+            stats.jobs_rolled_back.fetch_add(1, Ordering::Relaxed);
+        }
+        let end = match (savepoints, keep) {
+            (true, true) => conn.batch("RELEASE job"),
+            (true, false) => conn.batch("ROLLBACK TO job; RELEASE job"),
+            // A lone job's transaction ends below.
+            (false, _) => Ok(()),
+        };
+        if let Ok(ran) = ran {
+            answers.push(ran.answer);
+        }
+        if let Err(e) = end {
+            broken = Some(e);
+        }
+        if !savepoints && !keep {
+            // A lone job that failed: rolled back, and answered with its own error.
+            let _ = conn.batch("ROLLBACK");
+            for answer in answers {
+                answer(Ok(()));
+            }
+            return;
+        }
+    }
+    let outcome = match broken {
+        Some(e) => {
+            let _ = conn.batch("ROLLBACK");
+            Err(e)
+        }
+        None => conn.batch("COMMIT").inspect_err(|_| {
+            let _ = conn.batch("ROLLBACK");
+        }),
+    };
+    if outcome.is_err() {
+        stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+    }
+    for answer in answers {
+        answer(outcome.clone());
     }
 }
 
