@@ -29,6 +29,8 @@ enum Op {
 /// One keep-alive connection and the request it is waiting on.
 struct Conn {
     stream: TcpStream,
+    /// The server this connection talks to (`host:port`), for reconnecting.
+    addr: String,
     request: Vec<u8>,
     written: usize,
     response: Vec<u8>,
@@ -154,15 +156,16 @@ fn request(out: &mut Vec<u8>, method: &str, path: &str, token: &str, body: Optio
 }
 
 /// Runs `clients` connections for `duration`: 80% transfers to random users, 10% deposits of
-/// 1.00, 10% balance reads, each write with a unique reference.
+/// 1.00, 10% balance reads, each write with a unique reference. Connection `i` talks to
+/// `addrs[i % addrs.len()]` (`host:port` each), so several servers share the load evenly.
 pub fn run(
-    addr: &str,
+    addrs: &[String],
     users: &[BenchUser],
     clients: u32,
     duration: Duration,
 ) -> Result<Mix, String> {
     let epoll = Epoll::new()?;
-    let mut conns = open_connections(&epoll, addr, clients)?;
+    let mut conns = open_connections(&epoll, addrs, clients)?;
     let mut mix = Mix {
         seconds: 0.0,
         transfers: OpStats::default(),
@@ -179,7 +182,7 @@ pub fn run(
     for slot in 0..conns.len() {
         seq += 1;
         start_next(&mut conns[slot], users, &mut rng, seq);
-        flush(&epoll, &mut conns, slot, addr)?;
+        flush(&epoll, &mut conns, slot)?;
     }
     loop {
         let now = Instant::now();
@@ -190,7 +193,7 @@ pub fn run(
         epoll.wait(&mut ready, Duration::from_millis(100));
         for &slot in &ready {
             if conns[slot].written < conns[slot].request.len() {
-                flush(&epoll, &mut conns, slot, addr)?;
+                flush(&epoll, &mut conns, slot)?;
                 continue;
             }
             let finished = match receive(&mut conns[slot], &mut chunk) {
@@ -203,12 +206,12 @@ pub fn run(
             };
             record(&mut mix, &mut conns[slot], status);
             if close {
-                reconnect(&epoll, &mut conns[slot], slot, addr)?;
+                reconnect(&epoll, &mut conns[slot], slot)?;
             }
             if Instant::now() < deadline {
                 seq += 1;
                 start_next(&mut conns[slot], users, &mut rng, seq);
-                flush(&epoll, &mut conns, slot, addr)?;
+                flush(&epoll, &mut conns, slot)?;
             }
         }
     }
@@ -216,14 +219,20 @@ pub fn run(
     Ok(mix)
 }
 
-/// `clients` connections to `addr`, each watched by `epoll` under its slot number.
-fn open_connections(epoll: &Epoll, addr: &str, clients: u32) -> Result<Vec<Conn>, String> {
+/// `clients` connections, slot `i` to `addrs[i % addrs.len()]`, each watched by `epoll` under
+/// its slot number.
+fn open_connections(epoll: &Epoll, addrs: &[String], clients: u32) -> Result<Vec<Conn>, String> {
+    if addrs.is_empty() {
+        return Err("no server address to connect to".into());
+    }
     let mut conns = Vec::with_capacity(clients as usize);
     for slot in 0..clients as usize {
+        let addr = &addrs[slot % addrs.len()];
         let stream = connect(addr).map_err(|e| format!("connect to {addr}: {e}"))?;
         epoll.watch(libc::EPOLL_CTL_ADD, stream.as_raw_fd(), slot, false)?;
         conns.push(Conn {
             stream,
+            addr: addr.clone(),
             request: Vec::with_capacity(512),
             written: 0,
             response: Vec::with_capacity(READ_CHUNK_BYTES),
@@ -331,7 +340,7 @@ fn start_next(c: &mut Conn, users: &[BenchUser], rng: &mut impl Rng, seq: u64) {
 /// Writes as much of the pending request as the socket takes, and asks epoll to say when
 /// there is room for the rest. A connection that fails is replaced and the request sent again,
 /// once (the server may have closed an idle connection).
-fn flush(epoll: &Epoll, conns: &mut [Conn], slot: usize, addr: &str) -> Result<(), String> {
+fn flush(epoll: &Epoll, conns: &mut [Conn], slot: usize) -> Result<(), String> {
     let c = &mut conns[slot];
     let mut retried = false;
     while c.written < c.request.len() {
@@ -342,10 +351,10 @@ fn flush(epoll: &Epoll, conns: &mut [Conn], slot: usize, addr: &str) -> Result<(
                 return epoll.watch(libc::EPOLL_CTL_MOD, c.stream.as_raw_fd(), slot, true);
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) if retried => return Err(format!("sending to {addr}: {e}")),
+            Err(e) if retried => return Err(format!("sending to {}: {e}", c.addr)),
             Err(_) => {
                 retried = true;
-                reconnect(epoll, c, slot, addr)?;
+                reconnect(epoll, c, slot)?;
                 c.written = 0;
             }
         }
@@ -357,8 +366,8 @@ fn flush(epoll: &Epoll, conns: &mut [Conn], slot: usize, addr: &str) -> Result<(
     Ok(())
 }
 
-fn reconnect(epoll: &Epoll, c: &mut Conn, slot: usize, addr: &str) -> Result<(), String> {
-    c.stream = connect(addr).map_err(|e| format!("reconnect to {addr}: {e}"))?;
+fn reconnect(epoll: &Epoll, c: &mut Conn, slot: usize) -> Result<(), String> {
+    c.stream = connect(&c.addr).map_err(|e| format!("reconnect to {}: {e}", c.addr))?;
     c.response.clear();
     c.watching_out = false;
     epoll.watch(libc::EPOLL_CTL_ADD, c.stream.as_raw_fd(), slot, false)

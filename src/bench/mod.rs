@@ -5,6 +5,10 @@
 //! server's resident memory can be read), registers `--users` users, funds them, then runs
 //! `--clients` keep-alive clients for `--duration` seconds: 80% transfers to random users, 10%
 //! deposits, 10% balance reads, each write with a unique reference.
+//!
+//! With a PostgreSQL `--db` it creates that database, starts `--processes` child servers on it
+//! (as behind a load balancer: client `i` talks to server `i % processes`), and drops the
+//! database at the end.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,14 +18,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use postgres::error::SqlState;
 use rand::Rng;
 use serde_json::{json, Value};
 
 use wallet::clock::SystemClock;
+use wallet::config::{DB_WRITERS_CEILING, DB_WRITERS_DEFAULT};
 use wallet::db::{self, Synchronous, Writer};
 use wallet::domain::{Amount, Currency, Metadata, Reference};
 use wallet::error::StartupError;
 use wallet::ledger::{self, Movement, Recipient, TransferRequest, WalletRef};
+use wallet::store::Target;
 
 mod evented;
 
@@ -30,6 +37,22 @@ pub struct BenchArgs {
     /// Target a running server instead of starting one on a temporary database.
     #[arg(long)]
     pub url: Option<String>,
+    /// A PostgreSQL URL, `postgres://user@host:port/dbname`: the child servers serve `dbname`
+    /// instead of a temporary SQLite file. The bench creates `dbname` (connecting to the same
+    /// server's `postgres` database; it needs CREATEDB) and refuses it if it exists already, so
+    /// it never writes into a ledger that holds data. It drops it at the end, unless the money
+    /// invariant or `verify` failed: then it is kept for inspection and its name printed. This
+    /// is also the server's `--db`, so WALLET_DB sets it too; a SQLite path (such as the
+    /// default) is ignored: the bench then serves its own temporary SQLite file.
+    #[arg(long)]
+    pub db: Option<Target>,
+    /// Child servers started on the same database; client `i` talks to server `i % processes`
+    /// (in setup, the mix and the final balance reads). Above 1 needs a PostgreSQL `--db`.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=PROCESSES_MAX as i64))]
+    pub processes: u32,
+    /// PostgreSQL only: `--db-writers` of each child server (connections writing side by side).
+    #[arg(long, default_value_t = DB_WRITERS_DEFAULT, value_parser = clap::value_parser!(u16).range(1..=DB_WRITERS_CEILING as i64))]
+    pub db_writers: u16,
     /// Users to register and fund.
     #[arg(long, default_value_t = 200)]
     pub users: u32,
@@ -64,6 +87,9 @@ pub struct BenchArgs {
 }
 
 const PASSWORD: &str = "bench password 1";
+/// The most child servers `--processes` starts (each holds `--db-writers` connections and a
+/// reader pool on the database server).
+const PROCESSES_MAX: u32 = 16;
 
 #[derive(Default)]
 struct OpStats {
@@ -234,18 +260,142 @@ struct BenchUser {
     token: String,
 }
 
-/// A child server on a temporary database; killed and cleaned up on drop.
+/// The database the child servers share: a temporary SQLite file, or a PostgreSQL database the
+/// bench created. Removed on drop, which must come after the servers stopped.
+struct BenchDb {
+    target: Target,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    /// Remove this temporary directory.
+    Directory(PathBuf),
+    /// Drop database `name`, connecting to the same server's maintenance database.
+    Database {
+        maintenance: Box<postgres::Config>,
+        name: String,
+    },
+    /// Leave the database for inspection.
+    Keep,
+}
+
+impl BenchDb {
+    fn temporary_sqlite() -> Result<BenchDb, String> {
+        let dir =
+            std::env::temp_dir().join(format!("wallet-bench-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        Ok(BenchDb {
+            target: Target::Sqlite(dir.join("bench.db")),
+            cleanup: Cleanup::Directory(dir),
+        })
+    }
+
+    /// Creates the database `url` names. One that exists already is refused: it may hold a
+    /// ledger, and the bench drops its database at the end.
+    fn create_postgres(url: &str) -> Result<BenchDb, String> {
+        let shown = wallet::store::redact_password(url);
+        let config: postgres::Config = url.parse().map_err(|e| format!("--db {shown}: {e}"))?;
+        let name = config
+            .get_dbname()
+            .ok_or_else(|| format!("--db {shown}: name the database to create in the URL's path"))?
+            .to_string();
+        let mut maintenance = config.clone();
+        maintenance.dbname("postgres");
+        let mut admin = maintenance.connect(postgres::NoTls).map_err(|e| {
+            let e = error_chain(&e);
+            format!("cannot connect to the `postgres` database beside {shown}: {e}")
+        })?;
+        match admin.batch_execute(&format!("CREATE DATABASE {}", quote_ident(&name))) {
+            Ok(()) => Ok(BenchDb {
+                target: Target::Postgres(url.to_string()),
+                cleanup: Cleanup::Database {
+                    maintenance: Box::new(maintenance),
+                    name,
+                },
+            }),
+            Err(e) if e.code() == Some(&SqlState::DUPLICATE_DATABASE) => Err(format!(
+                "--db {shown}: database {name:?} already exists; the bench creates the \
+                 database it is given and drops it afterwards, so name one that does not exist"
+            )),
+            Err(e) => Err(format!(
+                "cannot create database {name:?}: {}",
+                error_chain(&e)
+            )),
+        }
+    }
+
+    fn engine(&self) -> &'static str {
+        match self.target {
+            Target::Sqlite(_) => "sqlite",
+            Target::Postgres(_) => "postgresql",
+        }
+    }
+
+    /// Leaves a PostgreSQL database in place and says so; a temporary SQLite file is still
+    /// removed, as it always was.
+    fn keep_for_inspection(&mut self) {
+        if let Cleanup::Database { name, .. } = &self.cleanup {
+            eprintln!(
+                "database {name:?} kept for inspection (drop it with: DROP DATABASE {})",
+                quote_ident(name)
+            );
+            self.cleanup = Cleanup::Keep;
+        }
+    }
+}
+
+impl Drop for BenchDb {
+    fn drop(&mut self) {
+        match &self.cleanup {
+            Cleanup::Directory(dir) => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Cleanup::Database { maintenance, name } => {
+                // FORCE: a stopped server's sessions may take a moment to end on the server.
+                let dropped = maintenance.connect(postgres::NoTls).and_then(|mut admin| {
+                    admin.batch_execute(&format!(
+                        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                        quote_ident(name)
+                    ))
+                });
+                if let Err(e) = dropped {
+                    let e = error_chain(&e);
+                    eprintln!("the bench's database {name:?} was not dropped: {e}");
+                }
+            }
+            Cleanup::Keep => {}
+        }
+    }
+}
+
+/// An error and its causes, for a message: the postgres crate says "error connecting to
+/// server" and keeps the reason (refused, unknown host, ...) as its source.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// `name` as a PostgreSQL identifier.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A child server on the bench's database; killed on drop.
 struct ChildServer {
     child: Child,
-    dir: PathBuf,
     base: String,
 }
 
 impl ChildServer {
-    fn start(args: &BenchArgs) -> Result<ChildServer, String> {
-        let dir =
-            std::env::temp_dir().join(format!("wallet-bench-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    fn start(args: &BenchArgs, target: &Target) -> Result<ChildServer, String> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(|e| e.to_string())?
@@ -255,19 +405,24 @@ impl ChildServer {
             Synchronous::Full => "full",
             Synchronous::Normal => "normal",
         };
-        let child = Command::new(exe)
-            .args([
-                "--db",
-                &dir.join("bench.db").to_string_lossy(),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
+        // Not `Display`: it hides the URL's password, which the server needs.
+        let db = match target {
+            Target::Sqlite(path) => path.to_string_lossy().into_owned(),
+            Target::Postgres(url) => url.clone(),
+        };
+        let mut command = Command::new(exe);
+        command
+            .args(["--db", &db, "--listen", &format!("127.0.0.1:{port}")])
             .args([
                 "--synchronous",
                 sync,
                 "--write-batch-max",
                 &args.write_batch_max.to_string(),
-            ])
+            ]);
+        if let Target::Postgres(_) = target {
+            command.args(["--db-writers", &args.db_writers.to_string()]);
+        }
+        let child = command
             .args(["--snapshot-cron", "off", "--login-failures-max", "0"])
             .env("WALLET_LOG", "error")
             .stdout(Stdio::null())
@@ -276,7 +431,6 @@ impl ChildServer {
             .map_err(|e| format!("cannot start the server: {e}"))?;
         let server = ChildServer {
             child,
-            dir,
             base: format!("http://127.0.0.1:{port}"),
         };
         let mut probe = Client::new(&server.base);
@@ -304,27 +458,24 @@ impl ChildServer {
             .parse()
             .ok()
     }
-
-    fn db(&self) -> PathBuf {
-        self.dir.join("bench.db")
-    }
 }
 
 impl Drop for ChildServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-fn setup_users(base: &str, n: u32, clients: u32) -> Result<Vec<BenchUser>, String> {
+/// Registers and funds `n` users over `clients` (at most 16) connections, connection `i` to
+/// `bases[i % bases.len()]`.
+fn setup_users(bases: &[String], n: u32, clients: u32) -> Result<Vec<BenchUser>, String> {
     let run = uuid::Uuid::new_v4().simple().to_string()[..6].to_string();
     let next = Arc::new(Mutex::new(0u32));
     let users = Arc::new(Mutex::new(Vec::new()));
-    let threads: Vec<_> = (0..clients.clamp(1, 16))
-        .map(|_| {
-            let (next, users, base, run) = (next.clone(), users.clone(), base.to_string(), run.clone());
+    let threads: Vec<_> = (0..clients.clamp(1, 16) as usize)
+        .map(|i| {
+            let (next, users, base, run) = (next.clone(), users.clone(), bases[i % bases.len()].clone(), run.clone());
             std::thread::spawn(move || -> Result<(), String> {
                 let mut c = Client::new(&base);
                 loop {
@@ -374,20 +525,26 @@ struct MixResult {
     seconds: f64,
 }
 
-fn run_mix(base: &str, users: &Arc<Vec<BenchUser>>, args: &BenchArgs) -> Result<MixResult, String> {
+/// The mix, and the login storm beside it; client `i` of each talks to `bases[i % bases.len()]`.
+fn run_mix(
+    bases: &[String],
+    users: &Arc<Vec<BenchUser>>,
+    args: &BenchArgs,
+) -> Result<MixResult, String> {
     let stop = Arc::new(AtomicBool::new(false));
     let mix = {
-        let (users, addr) = (
-            users.clone(),
-            base.trim_start_matches("http://").to_string(),
-        );
+        let users = users.clone();
+        let addrs: Vec<String> = bases
+            .iter()
+            .map(|b| b.trim_start_matches("http://").to_string())
+            .collect();
         let (clients, duration) = (args.clients, Duration::from_secs(args.duration));
-        std::thread::spawn(move || evented::run(&addr, &users, clients, duration))
+        std::thread::spawn(move || evented::run(&addrs, &users, clients, duration))
     };
     let ignore_retry_after = args.storm_ignores_retry_after;
-    let stormers: Vec<_> = (0..args.login_storm)
-        .map(|_| {
-            let (users, stop, base) = (users.clone(), stop.clone(), base.to_string());
+    let stormers: Vec<_> = (0..args.login_storm as usize)
+        .map(|i| {
+            let (users, stop, base) = (users.clone(), stop.clone(), bases[i % bases.len()].clone());
             std::thread::spawn(move || {
                 let mut c = Client::new(&base);
                 let mut rng = rand::rng();
@@ -590,7 +747,76 @@ pub fn run(args: &BenchArgs) -> Result<bool, StartupError> {
             "--clients and --duration must be at least 1, --users at least 2".into(),
         ));
     }
+    check_servers(args)?;
     run_checked(args).map_err(StartupError::failed)
+}
+
+/// The PostgreSQL URL of `--db`, if it is one.
+fn postgres_url(args: &BenchArgs) -> Option<&str> {
+    match &args.db {
+        Some(Target::Postgres(url)) => Some(url),
+        _ => None,
+    }
+}
+
+/// Refuses the combinations of `--db`, `--processes`, `--url` and `--raw` that cannot mean what
+/// they say.
+fn check_servers(args: &BenchArgs) -> Result<(), StartupError> {
+    let postgres = postgres_url(args).is_some();
+    if postgres && (args.raw || args.raw_only) {
+        return Err(StartupError::setting(
+            "--raw/--raw-only",
+            "they measure SQLite only; leave out the PostgreSQL --db (or WALLET_DB)",
+        ));
+    }
+    if args.url.is_some() && (postgres || args.processes > 1) {
+        return Err(StartupError::setting(
+            "--url",
+            "it measures a server already running; --db (or WALLET_DB) and --processes are for \
+             the servers the bench starts itself: give one or the other",
+        ));
+    }
+    if args.processes > 1 && !postgres {
+        return Err(StartupError::setting(
+            "--processes",
+            format!(
+                "{} servers on one database need a PostgreSQL --db; a SQLite file is served by \
+                 one process",
+                args.processes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The database and the child servers on it, or neither with `--url`.
+fn start_servers(args: &BenchArgs) -> Result<(Option<BenchDb>, Vec<ChildServer>), String> {
+    if args.url.is_some() {
+        return Ok((None, Vec::new()));
+    }
+    let db = match postgres_url(args) {
+        Some(url) => BenchDb::create_postgres(url)?,
+        None => BenchDb::temporary_sqlite()?,
+    };
+    // One after the other: the first applies the schema, and each port is taken before the
+    // next is chosen.
+    let servers = (0..args.processes)
+        .map(|_| ChildServer::start(args, &db.target))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((Some(db), servers))
+}
+
+/// What the run checked after the mix, for the report.
+struct Checked {
+    setup_s: f64,
+    total_minor: i64,
+    expected_minor: i64,
+    invariant_held: bool,
+    verify_ok: Value,
+    /// How many findings `verify` had (it lists only the first few on standard error).
+    verify_findings: Value,
+    /// Per child server, in start order.
+    peak_rss_kib: Vec<Option<u64>>,
 }
 
 fn run_checked(args: &BenchArgs) -> Result<bool, String> {
@@ -602,35 +828,50 @@ fn run_checked(args: &BenchArgs) -> Result<bool, String> {
         );
         return Ok(true);
     }
-    let child = match &args.url {
-        Some(_) => None,
-        None => Some(ChildServer::start(args)?),
+    // Declared before the servers, so that on an early return they stop before it goes.
+    let (mut db, servers) = start_servers(args)?;
+    let bases: Vec<String> = match &args.url {
+        Some(url) => vec![url.trim_end_matches('/').to_string()],
+        None => servers.iter().map(|s| s.base.clone()).collect(),
     };
-    let base = args
-        .url
-        .clone()
-        .or_else(|| child.as_ref().map(|c| c.base.clone()))
-        .unwrap_or_default();
-    let base = base.trim_end_matches('/').to_string();
     let t0 = Instant::now();
-    let users = Arc::new(setup_users(&base, args.users, args.clients)?);
+    let users = Arc::new(setup_users(&bases, args.users, args.clients)?);
     let setup_s = t0.elapsed().as_secs_f64();
-    let mut mix = run_mix(&base, &users, args)?;
+    let mut mix = run_mix(&bases, &users, args)?;
 
     // The money invariant: the bench's users only trade among themselves, so their balances
     // must sum to what was deposited into them.
-    let total = balances_sum(&base, &users)?;
+    let total = balances_sum(&bases, &users)?;
     let expected = i64::from(args.users) * 100_000_000 + mix.deposited_minor;
     let mut invariant_held = total == expected;
-    let mut verify_ok = Value::Null;
-    if let Some(child) = &child {
-        let mut conn = rusqlite::Connection::open(child.db()).map_err(|e| e.to_string())?;
-        let report = wallet::verify::verify(&mut conn).map_err(|e| format!("{e:?}"))?;
+    let (mut verify_ok, mut verify_findings) = (Value::Null, Value::Null);
+    if let Some(db) = &db {
+        let report = wallet::verify::verify_target(&db.target).map_err(|e| format!("{e:?}"))?;
+        if !report.ok() {
+            eprintln!("wallet verify: {} findings", report.findings_total);
+            for finding in &report.findings {
+                eprintln!("  {finding}");
+            }
+        }
         invariant_held &= report.ok();
         verify_ok = json!(report.ok());
+        verify_findings = json!(report.findings_total);
     }
-    let rss_kib = child.as_ref().and_then(ChildServer::peak_rss_kib);
-    drop(child);
+    let checked = Checked {
+        setup_s,
+        total_minor: total,
+        expected_minor: expected,
+        invariant_held,
+        verify_ok,
+        verify_findings,
+        peak_rss_kib: servers.iter().map(ChildServer::peak_rss_kib).collect(),
+    };
+    drop(servers);
+    let engine = db.as_ref().map(BenchDb::engine);
+    if let (false, Some(db)) = (invariant_held, &mut db) {
+        db.keep_for_inspection();
+    }
+    drop(db);
 
     let raw = if args.raw {
         Some(raw_transfers(
@@ -642,28 +883,7 @@ fn run_checked(args: &BenchArgs) -> Result<bool, String> {
     } else {
         None
     };
-    let seconds = mix.seconds;
-    let transfers = mix.transfers.summary(seconds);
-    let errors = errors_in(&[
-        &transfers,
-        &mix.deposits.summary(seconds),
-        &mix.reads.summary(seconds),
-    ]);
-    let report = json!({
-        "clients": args.clients, "users": args.users, "duration_s": seconds, "setup_s": setup_s,
-        "synchronous": format!("{:?}", args.synchronous).to_lowercase(), "write_batch_max": args.write_batch_max,
-        "transfers_per_s": transfers["per_s"], "p99_ms": transfers["p99_ms"],
-        "raw_transfers_per_s": raw.map(f64::round),
-        "http_to_raw_ratio": raw.map(|r| (transfers["per_s"].as_f64().unwrap_or(0.0) / r * 1000.0).round() / 1000.0),
-        "errors": errors,
-        "invariant_held": invariant_held, "verify_ok": verify_ok,
-        "expected_total_minor": expected, "total_minor": total,
-        "server_peak_rss_mib": rss_kib.map(|k| (k as f64 / 1024.0 * 10.0).round() / 10.0),
-        "transfers": transfers,
-        "deposits": mix.deposits.summary(seconds),
-        "balance_reads": mix.reads.summary(seconds),
-        "logins": if args.login_storm > 0 { mix.logins.summary(seconds) } else { Value::Null },
-    });
+    let report = report_json(args, engine, &mut mix, &checked, raw);
     if args.json {
         println!("{report}");
     } else {
@@ -672,13 +892,58 @@ fn run_checked(args: &BenchArgs) -> Result<bool, String> {
     Ok(invariant_held)
 }
 
-/// The sum of the users' balances, in minor units, as the API reports them.
-fn balances_sum(base: &str, users: &[BenchUser]) -> Result<i64, String> {
-    let mut c = Client::new(base);
+/// The report: what ran (engine, server processes, settings) and what it measured.
+fn report_json(
+    args: &BenchArgs,
+    engine: Option<&str>,
+    mix: &mut MixResult,
+    checked: &Checked,
+    raw: Option<f64>,
+) -> Value {
+    let seconds = mix.seconds;
+    let transfers = mix.transfers.summary(seconds);
+    let deposits = mix.deposits.summary(seconds);
+    let reads = mix.reads.summary(seconds);
+    let errors = errors_in(&[&transfers, &deposits, &reads]);
+    let postgres = engine == Some("postgresql");
+    let mib = |kib: u64| (kib as f64 / 1024.0 * 10.0).round() / 10.0;
+    let rss = &checked.peak_rss_kib;
+    let rss_sum_kib = if rss.is_empty() {
+        None
+    } else {
+        rss.iter().copied().sum::<Option<u64>>()
+    };
+    json!({
+        "engine": engine, "processes": engine.map(|_| args.processes),
+        "clients": args.clients, "users": args.users, "duration_s": seconds, "setup_s": checked.setup_s,
+        "synchronous": (!postgres).then(|| format!("{:?}", args.synchronous).to_lowercase()),
+        "write_batch_max": (!postgres).then_some(args.write_batch_max),
+        "db_writers": postgres.then_some(args.db_writers),
+        "transfers_per_s": transfers["per_s"], "p50_ms": transfers["p50_ms"], "p99_ms": transfers["p99_ms"],
+        "raw_transfers_per_s": raw.map(f64::round),
+        "http_to_raw_ratio": raw.map(|r| (transfers["per_s"].as_f64().unwrap_or(0.0) / r * 1000.0).round() / 1000.0),
+        "errors": errors,
+        "invariant_held": checked.invariant_held, "verify_ok": checked.verify_ok,
+        "verify_findings": checked.verify_findings,
+        "expected_total_minor": checked.expected_minor, "total_minor": checked.total_minor,
+        "server_peak_rss_mib": rss_sum_kib.map(mib),
+        "server_peak_rss_mib_per_process": rss.iter().map(|k| k.map(mib)).collect::<Vec<_>>(),
+        "transfers": transfers,
+        "deposits": deposits,
+        "balance_reads": reads,
+        "logins": if args.login_storm > 0 { mix.logins.summary(seconds) } else { Value::Null },
+    })
+}
+
+/// The sum of the users' balances, in minor units, as the API reports them; user `i`'s read
+/// from `bases[i % bases.len()]`.
+fn balances_sum(bases: &[String], users: &[BenchUser]) -> Result<i64, String> {
+    let mut clients: Vec<Client> = bases.iter().map(|b| Client::new(b)).collect();
     let usd = Currency::new("USD", 2, i64::MAX / 1000)?;
     let mut total = 0i64;
-    for u in users {
-        let (_, v) = c
+    for (i, u) in users.iter().enumerate() {
+        let n = clients.len();
+        let (_, v) = clients[i % n]
             .call("GET", "/api/wallets/me", Some(&u.token), None)
             .ok_or("cannot read a balance")?;
         let text = v["balance"].as_str().unwrap_or("0");
@@ -704,15 +969,32 @@ fn errors_in(summaries: &[&Value]) -> u64 {
         .sum()
 }
 
-fn print_table(r: &Value) {
-    println!(
-        "wallet bench: {} clients, {} users, {:.1} s, synchronous={}, write_batch_max={}",
+/// The first line of the table: what ran.
+fn table_heading(r: &Value) -> String {
+    let servers = match (r["engine"].as_str(), r["processes"].as_u64()) {
+        (Some(engine), Some(1)) => format!("{engine}, 1 server process, "),
+        (Some(engine), Some(n)) => format!("{engine}, {n} server processes, "),
+        _ => "the server at --url, ".to_string(),
+    };
+    let settings = if r["db_writers"].is_null() {
+        format!(
+            "synchronous={}, write_batch_max={}",
+            r["synchronous"].as_str().unwrap_or(""),
+            r["write_batch_max"]
+        )
+    } else {
+        format!("db_writers={}", r["db_writers"])
+    };
+    format!(
+        "wallet bench: {servers}{} clients, {} users, {:.1} s, {settings}",
         r["clients"],
         r["users"],
         r["duration_s"].as_f64().unwrap_or(0.0),
-        r["synchronous"].as_str().unwrap_or(""),
-        r["write_batch_max"]
-    );
+    )
+}
+
+fn print_table(r: &Value) {
+    println!("{}", table_heading(r));
     println!(
         "{:<14} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  statuses",
         "operation", "count", "per s", "p50 ms", "p95 ms", "p99 ms", "max ms"
@@ -747,14 +1029,34 @@ fn print_table(r: &Value) {
     }
     println!("errors (non-422 4xx/5xx and transport): {}", r["errors"]);
     if let Some(rss) = r["server_peak_rss_mib"].as_f64() {
-        println!("server peak resident memory: {rss:.1} MiB");
+        let per_process = r["server_peak_rss_mib_per_process"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let summed = match per_process.len() {
+            0 | 1 => String::new(),
+            n => {
+                let each: Vec<String> = per_process.iter().map(Value::to_string).collect();
+                format!(", summed over {n} processes ({} MiB)", each.join(" + "))
+            }
+        };
+        let not_database = if r["engine"] == "postgresql" {
+            "; PostgreSQL's own not included"
+        } else {
+            ""
+        };
+        println!("server peak resident memory: {rss:.1} MiB{summed}{not_database}");
     }
     println!(
         "money invariant (sum of balances = deposits; wallet verify): {}",
         if r["invariant_held"].as_bool().unwrap_or(false) {
-            "held"
+            "held".to_string()
         } else {
-            "BROKEN"
+            // Which half failed: the sum, or `verify` (its findings are on standard error).
+            format!(
+                "BROKEN (sum of balances {} minor units, deposits {}; verify findings: {})",
+                r["total_minor"], r["expected_total_minor"], r["verify_findings"]
+            )
         }
     );
 }
