@@ -4,6 +4,7 @@
 mod access;
 mod accounts;
 mod binary;
+mod cluster;
 mod concurrency;
 mod crash;
 mod documents;
