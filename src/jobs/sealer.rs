@@ -7,12 +7,13 @@
 //! no hash, and the sealer, elected by a session advisory lock (so exactly one process runs
 //! it, and another takes over within a second when that process dies), chains them afterwards:
 //!
-//! 1. In one statement, read the database's snapshot and the highest committed position `M`.
-//!    Every position up to `M` not yet visible belongs to a transaction in progress in that
-//!    snapshot (positions are drawn after the transaction's first write, so it has an id), or
-//!    to one that rolled back and will never appear.
-//! 2. Wait until every transaction in progress in that snapshot has ended. From then on the
-//!    set of entries at or below `M` is final: later transactions draw positions above `M`.
+//! 1. Read the highest committed position `M`, then take a transaction id `X` (and end that
+//!    transaction). Every position up to `M` was drawn by a transaction that already had its
+//!    id (ids are given at a transaction's first write, and the balance moves before the entry
+//!    is inserted), so that id is below `X`. A position at or below `M` that is not visible
+//!    belongs to a transaction still running, or to one that rolled back.
+//! 2. Wait until no transaction with an id below `X` is running (the database snapshot's
+//!    `xmin` is past `X`). From then on the set of entries at or below `M` is final.
 //! 3. In one transaction, chain the unsealed entries up to `M` in position order from the
 //!    chain head, with the same hash as on SQLite (`entries::entry_hash`), and move the head.
 //!
@@ -38,29 +39,35 @@ pub const SEAL_WAIT_MAX: Duration = Duration::from_secs(2);
 /// Seals what is final now. Returns how many entries were chained. The caller holds
 /// `SEALER_LOCK` (or is the only process, as `verify` and `copy` make sure).
 pub fn seal_pass(conn: &dyn Sql) -> Result<usize, AppError> {
-    let row = conn.query_one(
-        "SELECT CAST(pg_current_snapshot() AS TEXT),
-                COALESCE((SELECT max(seq) FROM entries), 0)",
-        &[],
-    )?;
-    let snapshot: String = row.get(0)?;
-    let horizon: i64 = row.get(1)?;
+    let horizon: i64 = conn
+        .query_one("SELECT COALESCE(max(seq), 0) FROM entries", &[])?
+        .get(0)?;
     let head: i64 = conn
         .query_one("SELECT seq FROM chain_head WHERE id = 1", &[])?
         .get(0)?;
     if horizon <= head {
         return Ok(0);
     }
+    // A transaction id taken now is later than the id of every transaction that drew a
+    // position up to `horizon`: each got its id at its first write, before it drew its
+    // position, and every such position was drawn before `horizon` was committed and read.
+    // (The snapshot's list of transactions in progress is not enough: it omits those whose id
+    // is above the newest finished one.)
+    conn.execute("BEGIN", &[])?;
+    let taken = conn.query_one("SELECT CAST(pg_current_xact_id() AS TEXT)", &[]);
+    conn.execute("COMMIT", &[])?;
+    let after: String = taken?.get(0)?;
     let started = Instant::now();
     loop {
-        let waiting: i64 = conn
+        // The oldest transaction with an id still running: once it is past `after`, every
+        // transaction that could still add an entry at or below `horizon` has ended.
+        let waiting: bool = conn
             .query_one(
-                "SELECT count(*) FROM pg_snapshot_xip(CAST(CAST(?1 AS TEXT) AS pg_snapshot)) AS x
-                 WHERE pg_xact_status(x) = 'in progress'",
-                &[&snapshot],
+                "SELECT pg_snapshot_xmin(pg_current_snapshot()) < CAST(CAST(?1 AS TEXT) AS xid8)",
+                &[&after],
             )?
             .get(0)?;
-        if waiting == 0 {
+        if !waiting {
             break;
         }
         if started.elapsed() > SEAL_WAIT_MAX {

@@ -5,6 +5,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::error::Error;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use postgres::error::SqlState;
@@ -15,6 +16,14 @@ use super::{Engine, Param, Row, Sql, ToParam, Value};
 use crate::error::{AppError, StorageFault};
 
 type BoxError = Box<dyn Error + Sync + Send>;
+
+/// How long connecting to the server may take (unless the URL sets `connect_timeout`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection idle this long is probed; one whose peer is gone ends within the user timeout.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest any one statement may run, waiting for locks included.
+pub const STATEMENT_TIMEOUT_MS: u64 = 30_000;
 
 /// Most statements a connection keeps prepared: every statement the server runs is a
 /// constant, so this bounds only what a mistake could grow.
@@ -134,8 +143,24 @@ pub struct PgConn {
 }
 
 impl PgConn {
+    /// Connects with time bounds: connecting, a silent network (keepalives and the TCP user
+    /// timeout end a connection whose peer vanished, instead of a thread blocked forever),
+    /// and each statement, lock waits included (`STATEMENT_TIMEOUT_MS`: a request gets 503).
     pub fn connect(url: &str) -> Result<PgConn, postgres::Error> {
-        Ok(PgConn::new(Client::connect(url, NoTls)?))
+        let mut config: postgres::Config = url.parse()?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("wallet");
+        }
+        config
+            .keepalives(true)
+            .keepalives_idle(KEEPALIVE_IDLE)
+            .tcp_user_timeout(TCP_USER_TIMEOUT);
+        let mut client = config.connect(NoTls)?;
+        client.batch_execute(&format!("SET statement_timeout = {STATEMENT_TIMEOUT_MS}"))?;
+        Ok(PgConn::new(client))
     }
 
     pub fn new(client: Client) -> PgConn {
