@@ -49,6 +49,19 @@ pub enum Command {
         /// Where to write the copy; must not exist yet.
         file: PathBuf,
     },
+    /// Copy the whole ledger into a new database of either engine (a SQLite file or a
+    /// `postgres://` URL), every id, time stamp and hash unchanged, then verify the copy.
+    /// Refuses a target that holds anything; changes nothing on failure. Exits 1 when the
+    /// copy does not verify.
+    Copy {
+        /// The database to copy: a SQLite file or a `postgres://` URL.
+        #[arg(long)]
+        from: wallet::store::Target,
+        /// The new database: a SQLite file that does not exist yet, or an empty PostgreSQL
+        /// database.
+        #[arg(long)]
+        to: wallet::store::Target,
+    },
     /// Load-test a server: see README "Performance".
     Bench(crate::bench::BenchArgs),
     /// Measure a snapshot of a large ledger and its cost to concurrent transfers, and the

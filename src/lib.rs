@@ -6,6 +6,7 @@
 pub mod accounts;
 pub mod clock;
 pub mod config;
+pub mod copy;
 pub mod db;
 pub mod domain;
 pub mod error;

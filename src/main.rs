@@ -55,6 +55,7 @@ fn run(cli: &Cli) -> Result<bool, StartupError> {
         Some(Command::Backup { file }) => {
             wallet::tools::backup(sqlite_file(&cli.db)?, file).map(printed)
         }
+        Some(Command::Copy { from, to }) => wallet::copy::run(from, to),
         Some(Command::Bench(args)) => bench::run(args),
         Some(Command::BenchSnapshot(args)) => bench::run_snapshot_bench(args),
     }
