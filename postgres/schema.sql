@@ -1,6 +1,6 @@
 -- The wallet ledger's schema on PostgreSQL: the same tables, columns and rules as the SQLite
 -- schema (`schema.sql`, version 5), written for a server that several wallet processes share.
--- Applied at start-up by `store::pg_schema` under an advisory lock, when the table
+-- Applied at start-up by `store::postgres::migrate` under an advisory lock, when the table
 -- `schema_version` is missing; later versions add files beside this one.
 --
 -- What differs from SQLite, and why:

@@ -64,7 +64,9 @@ pub fn verify(conn: &mut Connection) -> Result<VerifyReport, AppError> {
 pub fn verify_target(target: &Target) -> Result<VerifyReport, AppError> {
     match target {
         Target::Sqlite(path) => {
-            let mut conn = Connection::open(path)?;
+            // Opening a missing file would create an empty one.
+            let mut conn =
+                Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
             conn.busy_timeout(Duration::from_secs(10))?;
             verify(&mut conn)
         }

@@ -12,8 +12,8 @@
 //!    id (ids are given at a transaction's first write, and the balance moves before the entry
 //!    is inserted), so that id is below `X`. A position at or below `M` that is not visible
 //!    belongs to a transaction still running, or to one that rolled back.
-//! 2. Wait until no transaction with an id below `X` is running (the database snapshot's
-//!    `xmin` is past `X`). From then on the set of entries at or below `M` is final.
+//! 2. Wait until no transaction of this database with an id below `X` is running. From then
+//!    on the set of entries at or below `M` is final.
 //! 3. In one transaction, chain the unsealed entries up to `M` in position order from the
 //!    chain head, with the same hash as on SQLite (`entries::entry_hash`), and move the head.
 //!
@@ -59,15 +59,19 @@ pub fn seal_pass(conn: &dyn Sql) -> Result<usize, AppError> {
     let after: String = taken?.get(0)?;
     let started = Instant::now();
     loop {
-        // The oldest transaction with an id still running: once it is past `after`, every
-        // transaction that could still add an entry at or below `horizon` has ended.
-        let waiting: bool = conn
+        // Transactions of this database with an id older than `after` still running: once
+        // none is, every transaction that could still add an entry at or below `horizon` has
+        // ended. (Only this database's: the snapshot's `xmin` would wait for every database
+        // of the server, a long copy into another one included.)
+        let waiting: i64 = conn
             .query_one(
-                "SELECT pg_snapshot_xmin(pg_current_snapshot()) < CAST(CAST(?1 AS TEXT) AS xid8)",
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND backend_xid IS NOT NULL
+                   AND age(backend_xid) >= age(xid(CAST(CAST(?1 AS TEXT) AS xid8)))",
                 &[&after],
             )?
             .get(0)?;
-        if !waiting {
+        if waiting == 0 {
             break;
         }
         if started.elapsed() > SEAL_WAIT_MAX {
