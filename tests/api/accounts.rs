@@ -3,7 +3,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::binary::{self, Server};
-use crate::helpers::{name, TestApp};
+use crate::helpers::{name, sqlite_only, TestApp};
 
 #[test]
 fn register_login_profile_logout() {
@@ -175,30 +175,28 @@ fn tokens_and_passwords_are_stored_safely() {
     // Only the token's hash is stored, and the password is argon2id in PHC format.
     let app = TestApp::spawn();
     let u = app.register(&name("erin"));
-    let db = app.sql();
+    let db = app.db();
     let hash: String = db
-        .query_row(
-            "SELECT password_hash FROM users WHERE id = ?1",
-            [u.id],
-            |r| r.get(0),
-        )
+        .query_one("SELECT password_hash FROM users WHERE id = ?1", &[&u.id])
+        .unwrap()
+        .get(0)
         .unwrap();
     assert!(hash.starts_with("$argon2id$v=19$"), "{hash}");
-    let plain: i64 = db
-        .query_row(
+    let count = |token_hash: &[u8]| -> i64 {
+        db.query_one(
             "SELECT count(*) FROM tokens WHERE token_hash = ?1",
-            [u.token.as_bytes()],
-            |r| r.get(0),
+            &[&token_hash],
         )
-        .unwrap();
-    assert_eq!(plain, 0, "the token itself is not stored");
-    let hashed: i64 = db
-        .query_row(
-            "SELECT count(*) FROM tokens WHERE token_hash = ?1",
-            [&wallet::accounts::hash_token(&u.token)[..]],
-            |r| r.get(0),
-        )
-        .unwrap();
+        .unwrap()
+        .get(0)
+        .unwrap()
+    };
+    assert_eq!(
+        count(u.token.as_bytes()),
+        0,
+        "the token itself is not stored"
+    );
+    let hashed = count(&wallet::accounts::hash_token(&u.token));
     assert_eq!(hashed, 1);
 }
 
@@ -282,10 +280,10 @@ fn a_token_revoked_in_the_database_stops_working_within_a_second() {
         assert_eq!(app.get("/api/auth/profile", &u.token).status, 200);
     }
     let revoked = app
-        .sql()
+        .db()
         .execute(
             "UPDATE tokens SET revoked_at = '2026-01-01T00:00:00.000000Z' WHERE token_hash = ?1",
-            [&wallet::accounts::hash_token(&u.token)[..]],
+            &[&wallet::accounts::hash_token(&u.token)],
         )
         .unwrap();
     assert_eq!(revoked, 1);
@@ -314,6 +312,11 @@ fn a_second_server_on_one_database_is_refused_and_the_tools_still_run() {
     // Two serving processes on one file would each trust their own token cache and throttle,
     // and both write. The second (the real binary) exits non-zero with a clear message, while
     // `verify`, `backup` and `snapshot` keep working beside the first, as the README promises.
+    if sqlite_only(
+        "the serve lock is a flock on the file; PostgreSQL has several servers by design",
+    ) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("wallet.db");
     let first = Server::start(binary::wallet(&db));
@@ -385,11 +388,14 @@ fn a_second_server_on_one_database_is_refused_and_the_tools_still_run() {
 fn a_second_server_by_another_path_to_the_same_file_is_refused() {
     // The lock is named after the database's canonical path: a symbolic link to the file, a
     // link to its directory, or a path through `..` names the same lock, not a new one.
+    if sqlite_only("the serve lock is a flock on the file's canonical path") {
+        return;
+    }
     let app = TestApp::spawn();
-    let dir = app.db.parent().unwrap();
+    let dir = app.db_file().parent().unwrap();
     let elsewhere = tempfile::tempdir().unwrap();
     let file_link = elsewhere.path().join("linked.db");
-    std::os::unix::fs::symlink(&app.db, &file_link).unwrap();
+    std::os::unix::fs::symlink(app.db_file(), &file_link).unwrap();
     let dir_link = elsewhere.path().join("dir");
     std::os::unix::fs::symlink(dir, &dir_link).unwrap();
     let dotted = dir
@@ -417,6 +423,9 @@ fn a_tool_that_would_migrate_the_schema_under_a_running_server_is_refused() {
     // database set back to schema 4 (what that server would have). The tool exits 1 with a
     // message naming the server and what to do, and the schema is unchanged; once the server
     // is gone, the same command migrates and runs.
+    if sqlite_only("SQLite's schema migrations and the serve lock that guards them") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("wallet.db");
     let mut server = Server::start(binary::wallet(&db));
@@ -462,9 +471,14 @@ fn a_tool_that_would_migrate_the_schema_under_a_running_server_is_refused() {
 fn a_second_server_in_the_same_process_is_refused_too() {
     // The lock is per open file, so even a second `App` in one process is refused, and the
     // first one's shutdown lets the next start.
+    if sqlite_only(
+        "the serve lock is a flock on the file; PostgreSQL has several servers by design",
+    ) {
+        return;
+    }
     let mut app = TestApp::spawn();
     let second = wallet::startup::App::start_with(
-        wallet::config::Config::for_tests(app.db.clone()),
+        wallet::config::Config::for_tests(app.target().clone()),
         std::sync::Arc::new(wallet::clock::SystemClock),
         wallet::startup::TestHooks::default(),
     );
@@ -475,7 +489,7 @@ fn a_second_server_in_the_same_process_is_refused_too() {
     assert!(err.contains("already serving"), "{err}");
     app.stop();
     let third = wallet::startup::App::start_with(
-        wallet::config::Config::for_tests(app.db.clone()),
+        wallet::config::Config::for_tests(app.target().clone()),
         std::sync::Arc::new(wallet::clock::SystemClock),
         wallet::startup::TestHooks::default(),
     )

@@ -1,16 +1,17 @@
 //! The real `wallet` binary as a child process: started on 127.0.0.1:0 (its address read from
 //! its first stdout line), stopped with SIGTERM or SIGKILL, and its subcommands run to the end.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// A `wallet` command on `db`, with no inherited `WALLET_*` setting, cheap password hashing
-/// and no logs (a test overrides any of these with `.env` and `.stderr`).
-pub fn wallet(db: &Path) -> Command {
+/// A `wallet` command on `db` (a SQLite file or a PostgreSQL URL), with no inherited
+/// `WALLET_*` setting, cheap password hashing and no logs (a test overrides any of these with
+/// `.env` and `.stderr`).
+pub fn wallet(db: impl AsRef<OsStr>) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wallet"));
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("WALLET_") {
@@ -56,7 +57,7 @@ pub fn run(mut cmd: Command, stdin: Option<&str>, within: Duration) -> Output {
 }
 
 /// `wallet --db DB verify`: its exit code and standard output.
-pub fn verify(db: &Path) -> (Option<i32>, String) {
+pub fn verify(db: impl AsRef<OsStr>) -> (Option<i32>, String) {
     let mut cmd = wallet(db);
     cmd.arg("verify");
     let out = run(cmd, None, Duration::from_secs(60));

@@ -83,8 +83,10 @@ fn concurrent_identical_deposits_move_money_once() {
     );
     assert_eq!(app.balance(&a), "7.50");
     let n: i64 = app
-        .sql()
-        .query_row("SELECT count(*) FROM entries", [], |r| r.get(0))
+        .db()
+        .query_one("SELECT count(*) FROM entries", &[])
+        .unwrap()
+        .get(0)
         .unwrap();
     assert_eq!(n, 1);
 }
@@ -117,13 +119,14 @@ fn concurrent_transfers_both_ways_conserve_money() {
         .map(|s| s.parse::<f64>().unwrap())
         .sum();
     assert_eq!(format!("{total:.2}"), "200.00");
-    let db = app.sql();
-    let mismatched: i64 = db
-        .query_row(
+    let mismatched: i64 = app
+        .db()
+        .query_one(
             "SELECT count(*) FROM wallets w WHERE w.balance != (SELECT COALESCE(SUM(CASE WHEN kind IN ('DEPOSIT','TRANSFER_IN','REFUND') THEN amount ELSE -amount END), 0) FROM entries e WHERE e.wallet_key = w.key)",
-            [],
-            |r| r.get(0),
+            &[],
         )
+        .unwrap()
+        .get(0)
         .unwrap();
     assert_eq!(mismatched, 0);
     let report = app.verify();

@@ -9,7 +9,6 @@
 //! `cargo test --test api -- --ignored crash`.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,7 +18,8 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 use crate::binary::{self, call, Server};
-use crate::helpers::{agent, name};
+use crate::helpers::{agent, name, TestDb};
+use wallet::store::Sql;
 
 const USERS: usize = 6;
 const CLIENTS: usize = 8;
@@ -102,8 +102,8 @@ fn seed() -> u64 {
     seed
 }
 
-fn start(db: &Path) -> Server {
-    Server::start(binary::wallet(db))
+fn start(db: &TestDb) -> Server {
+    Server::start(binary::wallet(db.arg()))
 }
 
 fn register(base: &str) -> Vec<Account> {
@@ -232,26 +232,22 @@ fn load_until_killed(
 struct Ledger(HashMap<(i64, String, String), (i64, i64)>);
 
 impl Ledger {
-    fn read(conn: &rusqlite::Connection) -> Ledger {
+    fn read(conn: &dyn Sql) -> Ledger {
         let mut map = HashMap::new();
-        let mut stmt = conn
-            .prepare(
+        let rows = conn
+            .query(
                 "SELECT w.user_id, e.kind, e.reference, e.amount FROM entries e
                  JOIN wallets w ON w.key = e.wallet_key",
+                &[],
             )
             .unwrap();
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get::<_, i64>(3)?,
-                ))
-            })
-            .unwrap();
         for row in rows {
-            let (user, kind, reference, amount) = row.unwrap();
+            let (user, kind, reference, amount): (i64, String, String, i64) = (
+                row.get(0).unwrap(),
+                row.get(1).unwrap(),
+                row.get(2).unwrap(),
+                row.get(3).unwrap(),
+            );
             let e: &mut (i64, i64) = map.entry((user, kind, reference)).or_default();
             e.0 += 1;
             e.1 += amount;
@@ -284,10 +280,9 @@ impl Ledger {
 }
 
 /// The checks after a restart, over every request of every round so far.
-fn check_ledger(db: &Path, users: &[Account], records: &[Record], round: usize) {
-    let conn = rusqlite::Connection::open(db).expect("open db");
-    conn.busy_timeout(Duration::from_secs(10)).unwrap();
-    let ledger = Ledger::read(&conn);
+fn check_ledger(db: &TestDb, users: &[Account], records: &[Record], round: usize) {
+    let conn = db.sql();
+    let ledger = Ledger::read(&*conn);
     let mut present = HashSet::new();
     for rec in records {
         let n = ledger.holds(users, rec);
@@ -307,14 +302,12 @@ fn check_ledger(db: &Path, users: &[Account], records: &[Record], round: usize) 
         }
     }
     // Nothing in the ledger that no request asked for.
-    let mut stmt = conn
-        .prepare("SELECT kind, reference FROM entries WHERE kind IN ('DEPOSIT', 'WITHDRAWAL', 'TRANSFER_OUT')")
-        .unwrap();
-    let rows: Vec<(String, String)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+    let rows: Vec<(String, String)> = conn
+        .query("SELECT kind, reference FROM entries WHERE kind IN ('DEPOSIT', 'WITHDRAWAL', 'TRANSFER_OUT')", &[])
         .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+        .iter()
+        .map(|r| (r.get(0).unwrap(), r.get(1).unwrap()))
+        .collect();
     for row in &rows {
         let (kind, reference) = row;
         assert!(
@@ -324,18 +317,17 @@ fn check_ledger(db: &Path, users: &[Account], records: &[Record], round: usize) 
     }
     assert_eq!(rows.len(), present.len());
     // Each balance is the sum of its wallet's entries.
-    let mut stmt = conn
-        .prepare(
-            "SELECT w.id, w.balance, coalesce(sum(CASE WHEN e.kind IN ('DEPOSIT', 'TRANSFER_IN', 'REFUND')
-                 THEN e.amount ELSE -e.amount END), 0)
-             FROM wallets w LEFT JOIN entries e ON e.wallet_key = w.key GROUP BY w.id",
+    let wallets: Vec<(String, i64, i64)> = conn
+        .query(
+            "SELECT w.id, w.balance, CAST(coalesce(sum(CASE WHEN e.kind IN ('DEPOSIT', 'TRANSFER_IN', 'REFUND')
+                 THEN e.amount ELSE -e.amount END), 0) AS BIGINT)
+             FROM wallets w LEFT JOIN entries e ON e.wallet_key = w.key GROUP BY w.id, w.balance",
+            &[],
         )
-        .unwrap();
-    let wallets: Vec<(String, i64, i64)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+        .iter()
+        .map(|r| (r.get(0).unwrap(), r.get(1).unwrap(), r.get(2).unwrap()))
+        .collect();
     assert_eq!(wallets.len(), USERS);
     for (id, balance, sum) in wallets {
         assert_eq!(
@@ -343,7 +335,7 @@ fn check_ledger(db: &Path, users: &[Account], records: &[Record], round: usize) 
             "after restart {round}: wallet {id} balance {balance} but its entries sum to {sum}"
         );
     }
-    let (code, out) = binary::verify(db);
+    let (code, out) = binary::verify(db.arg());
     assert_eq!(code, Some(0), "after restart {round}: wallet verify: {out}");
 }
 
@@ -352,14 +344,12 @@ fn check_ledger(db: &Path, users: &[Account], records: &[Record], round: usize) 
 /// run now (201) or fail cleanly (422 insufficient funds).
 fn retry_unanswered(
     server: &Server,
-    db: &Path,
+    db: &TestDb,
     users: &[Account],
     records: &mut [Record],
     round: usize,
 ) {
-    let conn = rusqlite::Connection::open(db).expect("open db");
-    conn.busy_timeout(Duration::from_secs(10)).unwrap();
-    let ledger = Ledger::read(&conn);
+    let ledger = Ledger::read(&*db.sql());
     let agent = agent();
     let (mut committed, mut retried) = (0, 0);
     for rec in records
@@ -400,8 +390,7 @@ fn retry_unanswered(
 fn crash_rounds(rounds: usize) {
     let seed = seed();
     let mut rng = StdRng::seed_from_u64(seed);
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("wallet.db");
+    let db = TestDb::new();
     let started = Instant::now();
     let mut server = start(&db);
     let users = Arc::new(register(&server.base));

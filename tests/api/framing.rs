@@ -706,9 +706,9 @@ fn a_connection_reset_right_after_its_request_does_not_panic_the_server() {
     // A client that sends a request and resets the connection at once: asking the socket for
     // its peer then fails, and upstream tiny_http panicked on that (a thread and a backtrace
     // per connection). The real binary's stderr must show no panic, and it keeps serving.
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("stderr.log");
-    let mut cmd = crate::binary::wallet(&dir.path().join("wallet.db"));
+    let db = crate::helpers::TestDb::new();
+    let log = db.dir().join("stderr.log");
+    let mut cmd = crate::binary::wallet(db.arg());
     cmd.stderr(std::fs::File::create(&log).unwrap());
     let server = crate::binary::Server::start(cmd);
     let addr: SocketAddr = server.base.trim_start_matches("http://").parse().unwrap();

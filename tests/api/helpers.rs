@@ -1,6 +1,13 @@
-//! Spawns the real service on 127.0.0.1:0 with a fresh temporary database, and talks HTTP to it.
+//! Spawns the real service on 127.0.0.1:0 with a fresh database, and talks HTTP to it.
+//!
+//! The engine is chosen by the environment: SQLite in a temporary directory by default, or,
+//! when `WALLET_TEST_POSTGRES_URL` names a PostgreSQL server (`.ci/postgres.sh start` prints
+//! one), a new database on that server for each test, dropped when the test ends. Every test
+//! body is the same on both engines; the few that are about SQLite's files say so with
+//! `sqlite_only` and return early on PostgreSQL.
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,13 +15,159 @@ use serde_json::{json, Value};
 use wallet::clock::{GuardedClock, SharedClock, SystemClock};
 use wallet::config::Config;
 use wallet::startup::{App, TestHooks};
+use wallet::store::postgres::PgConn;
+use wallet::store::{Engine, Sql, Target};
+
+/// The PostgreSQL server the tests run on, if any: a URL whose database the harness may
+/// connect to as a user who may create and drop databases.
+pub const POSTGRES_URL_VAR: &str = "WALLET_TEST_POSTGRES_URL";
+
+/// Writer connections of a test server on PostgreSQL: each test has its own database but the
+/// server's `max_connections` is shared by the tests that run at once.
+const TEST_DB_WRITERS: u16 = 4;
+
+/// The engine the tests run on.
+pub fn engine() -> Engine {
+    if postgres_url().is_some() {
+        Engine::Postgres
+    } else {
+        Engine::Sqlite
+    }
+}
+
+fn postgres_url() -> Option<String> {
+    std::env::var(POSTGRES_URL_VAR)
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
+/// For a test about SQLite's own files (its schema migrations, file modes, `flock`, `PRAGMA`s,
+/// `wallet backup`): true on PostgreSQL, after saying on stderr that the test did not run and
+/// why, so the test returns at once.
+pub fn sqlite_only(reason: &str) -> bool {
+    if engine() == Engine::Sqlite {
+        return false;
+    }
+    eprintln!("not run on PostgreSQL (SQLite only): {reason}");
+    true
+}
+
+/// `url` with its database name replaced by `database`.
+fn with_database(url: &str, database: &str) -> String {
+    let (url, query) = match url.split_once('?') {
+        Some((url, query)) => (url, Some(query)),
+        None => (url, None),
+    };
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let server = match url[after_scheme..].find('/') {
+        Some(i) => &url[..after_scheme + i],
+        None => url,
+    };
+    match query {
+        Some(q) => format!("{server}/{database}?{q}"),
+        None => format!("{server}/{database}"),
+    }
+}
+
+/// A fresh, empty database for one test: `wallet.db` in a temporary directory, or a new
+/// database on the PostgreSQL server of `WALLET_TEST_POSTGRES_URL`, dropped with this value.
+pub struct TestDb {
+    pub target: Target,
+    /// The server's own URL and the database made there, to drop it.
+    postgres: Option<(String, String)>,
+    dir: tempfile::TempDir,
+}
+
+impl TestDb {
+    pub fn new() -> TestDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let Some(server) = postgres_url() else {
+            return TestDb {
+                target: Target::Sqlite(dir.path().join("wallet.db")),
+                postgres: None,
+                dir,
+            };
+        };
+        let database = format!("wallet_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = PgConn::connect(&server)
+            .unwrap_or_else(|e| panic!("connect to {POSTGRES_URL_VAR} ({server}): {e}"));
+        admin
+            .batch(&format!("CREATE DATABASE {database}"))
+            .unwrap_or_else(|e| panic!("create database {database}: {e:?}"));
+        TestDb {
+            target: Target::Postgres(with_database(&server, &database)),
+            postgres: Some((server, database)),
+            dir,
+        }
+    }
+
+    pub fn engine(&self) -> Engine {
+        self.target.engine()
+    }
+
+    /// A temporary directory of the test's own, for any other file it needs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The SQLite file; only for tests gated by `sqlite_only`.
+    pub fn file(&self) -> &Path {
+        self.target
+            .path()
+            .expect("a SQLite file: the test must return early with sqlite_only on PostgreSQL")
+    }
+
+    /// What `--db` takes: the file's path or the database's URL.
+    pub fn arg(&self) -> OsString {
+        match &self.target {
+            Target::Sqlite(path) => path.clone().into_os_string(),
+            Target::Postgres(url) => url.into(),
+        }
+    }
+
+    /// A connection of its own to the database, as an auditor (or a saboteur) would open one.
+    pub fn sql(&self) -> Box<dyn Sql> {
+        match &self.target {
+            Target::Sqlite(path) => {
+                let c = rusqlite::Connection::open(path).expect("open db");
+                c.busy_timeout(Duration::from_secs(10)).unwrap();
+                Box::new(c)
+            }
+            Target::Postgres(url) => {
+                Box::new(PgConn::connect(url).unwrap_or_else(|e| panic!("connect to {url}: {e}")))
+            }
+        }
+    }
+
+    /// Checks the whole ledger, as `wallet verify` does (on PostgreSQL, after the entries
+    /// committed so far are sealed into the chain).
+    pub fn verify(&self) -> wallet::verify::VerifyReport {
+        wallet::verify::verify_target(&self.target).expect("verify runs")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some((server, database)) = &self.postgres {
+            let dropped = PgConn::connect(server)
+                .map_err(|e| format!("{e}"))
+                .and_then(|c| {
+                    c.batch(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+                        .map_err(|e| format!("{e:?}"))
+                });
+            if let Err(e) = dropped {
+                eprintln!("could not drop the test database {database}: {e}");
+            }
+        }
+    }
+}
 
 pub struct TestApp {
     pub base: String,
-    pub db: PathBuf,
     pub app: Option<App>,
     agent: ureq::Agent,
-    _dir: tempfile::TempDir,
+    /// Dropped after the app has stopped (`Drop` for `TestApp` runs first).
+    store: TestDb,
 }
 
 pub struct Resp {
@@ -62,30 +215,56 @@ impl TestApp {
         TestApp::spawn_on(None, tune, clock)
     }
 
-    /// Starts on a copy of `fixture` (a database file), or on a new database.
+    /// Starts on a copy of `fixture` (a SQLite database file, so only in a test gated by
+    /// `sqlite_only`), or on a new database of the engine the tests run on.
     pub fn spawn_on(
-        fixture: Option<&std::path::Path>,
+        fixture: Option<&Path>,
         tune: impl FnOnce(&mut Config),
         clock: SharedClock,
     ) -> TestApp {
         // Errors only: request lines from every in-process server would bury test output.
         wallet::log::errors_only();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let db = dir.path().join("wallet.db");
+        let store = TestDb::new();
         if let Some(fixture) = fixture {
-            std::fs::copy(fixture, &db).expect("copy the fixture database");
+            std::fs::copy(fixture, store.file()).expect("copy the fixture database");
         }
-        let mut config = Config::for_tests(db.clone());
+        let mut config = Config::for_tests(store.target.clone());
+        if store.engine() == Engine::Postgres {
+            config.serve.db_writers = TEST_DB_WRITERS;
+        }
         tune(&mut config);
         let app =
             App::start_with(config, clock, TestHooks { panic_route: true }).expect("start the app");
         TestApp {
             base: format!("http://{}", app.addr),
-            db,
             app: Some(app),
             agent: agent(),
-            _dir: dir,
+            store,
         }
+    }
+
+    /// The engine this app's database is on.
+    pub fn engine(&self) -> Engine {
+        self.store.engine()
+    }
+
+    pub fn on_postgres(&self) -> bool {
+        self.engine() == Engine::Postgres
+    }
+
+    /// Where the ledger is, for another server or a tool on the same database.
+    pub fn target(&self) -> &Target {
+        &self.store.target
+    }
+
+    /// What `--db` takes to name this app's database (a path or a URL).
+    pub fn db_arg(&self) -> OsString {
+        self.store.arg()
+    }
+
+    /// The SQLite file; only for tests gated by `sqlite_only`.
+    pub fn db_file(&self) -> &Path {
+        self.store.file()
     }
 
     /// The clock the server runs on (the given wall clock, as the server believes it).
@@ -185,15 +364,39 @@ impl TestApp {
         r.body["balance"].as_str().unwrap().to_string()
     }
 
-    /// Opens the database directly, as an auditor (or a saboteur) would.
-    pub fn sql(&self) -> rusqlite::Connection {
-        let c = rusqlite::Connection::open(&self.db).expect("open db");
-        c.busy_timeout(Duration::from_secs(10)).unwrap();
-        c
+    /// A connection of its own to the app's database, as an auditor (or a saboteur) would
+    /// open one.
+    pub fn db(&self) -> Box<dyn Sql> {
+        self.store.sql()
     }
 
+    /// Checks the whole ledger, as `wallet verify` does.
     pub fn verify(&self) -> wallet::verify::VerifyReport {
-        wallet::verify::verify(&mut self.sql()).expect("verify runs")
+        self.store.verify()
+    }
+
+    /// A connection of its own that may rewrite and delete ledger entries, which the schema
+    /// forbids (the immutability triggers, and the foreign keys that keep an entry's wallet):
+    /// what someone with the database and bad intent would do first. On SQLite the triggers are
+    /// dropped from the database; on PostgreSQL triggers and foreign keys are off for this
+    /// connection only. On PostgreSQL, rewrite only entries already sealed into the chain
+    /// (after `verify`): the sealer would hash an unsealed rewritten row as if it were genuine.
+    pub fn db_rewriting_history(&self) -> Box<dyn Sql> {
+        let db = self.db();
+        let statements: &[&str] = if self.on_postgres() {
+            &["SET session_replication_role = replica"]
+        } else {
+            &[
+                "DROP TRIGGER IF EXISTS entries_no_update",
+                "DROP TRIGGER IF EXISTS entries_no_delete",
+                "PRAGMA foreign_keys = OFF",
+            ]
+        };
+        for sql in statements {
+            db.execute(sql, &[])
+                .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+        }
+        db
     }
 
     pub fn stop(&mut self) {

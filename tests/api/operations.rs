@@ -17,7 +17,7 @@ use wallet::domain::Timestamp;
 use wallet::startup::{App, TestHooks};
 
 use crate::binary::{self, call, Server};
-use crate::helpers::{agent, name, TestApp};
+use crate::helpers::{agent, name, sqlite_only, TestApp, TestDb};
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -62,10 +62,9 @@ fn status_of(reply: &[u8]) -> u16 {
 fn sigterm_lets_in_flight_requests_finish_and_checkpoints_the_wal() {
     // SIGTERM while a login (argon2 at 256 MiB) and a deposit (half its body sent) are
     // in flight: both complete with their normal status after the signal, the deposit is in the
-    // ledger, the process exits 0 and the WAL is checkpointed (empty or gone).
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("wallet.db");
-    let mut cmd = binary::wallet(&db);
+    // ledger, the process exits 0 and (on SQLite) the WAL is checkpointed (empty or gone).
+    let db = TestDb::new();
+    let mut cmd = binary::wallet(db.arg());
     // A costly password hash, so that a login takes a while (about as long as the register).
     cmd.env("WALLET_ARGON2_MEMORY_KIB", "262144")
         .env("WALLET_ARGON2_ITERATIONS", "2");
@@ -86,10 +85,12 @@ fn sigterm_lets_in_flight_requests_finish_and_checkpoints_the_wal() {
     )
     .unwrap();
     assert_eq!(r.status, 201, "{}", r.body);
-    assert!(
-        wal_len(&db).unwrap_or(0) > 0,
-        "the WAL holds the writes before shutdown"
-    );
+    if let Some(file) = db.target.path() {
+        assert!(
+            wal_len(file).unwrap_or(0) > 0,
+            "the WAL holds the writes before shutdown"
+        );
+    }
 
     // In flight 1: a login, whose password check alone takes a good fraction of a second.
     let base = server.base.clone();
@@ -154,21 +155,24 @@ fn sigterm_lets_in_flight_requests_finish_and_checkpoints_the_wal() {
 
     let status = server.wait_exit(Duration::from_secs(20));
     assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
-    let wal = wal_len(&db);
-    assert!(
-        wal.unwrap_or(0) == 0,
-        "the WAL was not checkpointed: {wal:?} bytes"
-    );
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    let n: i64 = conn
-        .query_row(
+    if let Some(file) = db.target.path() {
+        let wal = wal_len(file);
+        assert!(
+            wal.unwrap_or(0) == 0,
+            "the WAL was not checkpointed: {wal:?} bytes"
+        );
+    }
+    let n: i64 = db
+        .sql()
+        .query_one(
             "SELECT count(*) FROM entries WHERE reference = 'in-flight' AND amount = 700",
-            [],
-            |r| r.get(0),
+            &[],
         )
+        .unwrap()
+        .get(0)
         .unwrap();
     assert_eq!(n, 1, "the in-flight deposit is in the ledger");
-    let (code, out) = binary::verify(&db);
+    let (code, out) = binary::verify(db.arg());
     assert_eq!(code, Some(0), "{out}");
 }
 
@@ -179,6 +183,9 @@ fn backup_while_writing_is_a_verified_copy_and_never_overwrites() {
     // `wallet backup FILE` during a stream of deposits exits 0; the copy passes `wallet verify`
     // and holds the users and every deposit acknowledged before the backup began. A second
     // backup onto the same file fails with a clear message and leaves the copy as it was.
+    if sqlite_only("`wallet backup` copies a SQLite file") {
+        return;
+    }
     let app = TestApp::spawn();
     let users: Vec<_> = (0..3).map(|_| app.register(&name("b"))).collect();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -212,7 +219,7 @@ fn backup_while_writing_is_a_verified_copy_and_never_overwrites() {
     let acked_before = acked.load(std::sync::atomic::Ordering::SeqCst) as i64;
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("copy.db");
-    let mut cmd = binary::wallet(&app.db);
+    let mut cmd = binary::wallet(app.db_file());
     cmd.arg("backup").arg(&copy);
     let out = binary::run(cmd, None, Duration::from_secs(60));
     let during = acked.load(std::sync::atomic::Ordering::SeqCst) as i64;
@@ -253,7 +260,7 @@ fn backup_while_writing_is_a_verified_copy_and_never_overwrites() {
     drop(c);
 
     let before = std::fs::read(&copy).unwrap();
-    let mut cmd = binary::wallet(&app.db);
+    let mut cmd = binary::wallet(app.db_file());
     cmd.arg("backup").arg(&copy);
     let out = binary::run(cmd, None, Duration::from_secs(30));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -272,7 +279,12 @@ fn backup_while_writing_is_a_verified_copy_and_never_overwrites() {
 
 // ---- Staff -------------------------------------------------------------------------------
 
-fn createsuperuser(db: &Path, username: &str, email: &str, password: &str) -> std::process::Output {
+fn createsuperuser(
+    db: impl AsRef<std::ffi::OsStr>,
+    username: &str,
+    email: &str,
+    password: &str,
+) -> std::process::Output {
     let mut cmd = binary::wallet(db);
     cmd.args(["createsuperuser", "--username", username, "--email", email]);
     binary::run(cmd, Some(&format!("{password}\n")), Duration::from_secs(60))
@@ -289,7 +301,7 @@ fn staff_routes_read_any_account_and_credit_with_an_audit_trail() {
     let bob = app.register(&name("bob"));
     let admin = name("admin");
     let out = createsuperuser(
-        &app.db,
+        app.db_arg(),
         &admin,
         &format!("{admin}@example.com"),
         "a long admin password",
@@ -405,14 +417,16 @@ fn staff_routes_read_any_account_and_credit_with_an_audit_trail() {
     assert_eq!(app.balance(&bob), "0.00");
 
     // The audit trail: every row is the staff user's, and each kind of action is there.
-    let db = app.sql();
-    let rows: Vec<(i64, String, String)> = db
-        .prepare("SELECT staff_user_id, action, target FROM audit_log ORDER BY id")
+    let rows: Vec<(i64, String, String)> = app
+        .db()
+        .query(
+            "SELECT staff_user_id, action, target FROM audit_log ORDER BY id",
+            &[],
+        )
         .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+        .iter()
+        .map(|r| (r.get(0).unwrap(), r.get(1).unwrap(), r.get(2).unwrap()))
+        .collect();
     assert!(
         rows.iter().all(|(id, _, _)| *id == staff_id),
         "audit rows not by the staff user: {rows:?}"
@@ -489,10 +503,9 @@ fn request_log_line_has_route_status_and_request_id_but_no_secrets() {
     // With WALLET_LOG=info a login carrying a token header, a password in its body and
     // `X-Request-Id: trace-me-1` gives exactly one log line with the method, the route
     // template, the status and the id, and the log holds no token, password or body text.
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("wallet.db");
-    let log_path = dir.path().join("stderr.log");
-    let mut cmd = binary::wallet(&db);
+    let db = TestDb::new();
+    let log_path = db.dir().join("stderr.log");
+    let mut cmd = binary::wallet(db.arg());
     cmd.env("WALLET_LOG", "info")
         .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap()));
     let mut server = Server::start(cmd);
@@ -598,7 +611,7 @@ fn bench_reports_every_figure_and_checks_the_money_invariant() {
     // temporary database) and without HTTP must print one JSON object with the figures
     // scripts read, no errors, and an invariant that held.
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = binary::wallet(&dir.path().join("unused.db"));
+    let mut cmd = binary::wallet(dir.path().join("unused.db"));
     cmd.args([
         "bench",
         "--users",
@@ -664,7 +677,7 @@ fn the_writer_has_a_cpu_of_its_own() {
     let available = std::thread::available_parallelism().map_or(1, |n| n.get());
     let dir = tempfile::tempdir().unwrap();
     for pinned in [true, false] {
-        let mut cmd = binary::wallet(&dir.path().join(format!("w{pinned}.db")));
+        let mut cmd = binary::wallet(dir.path().join(format!("w{pinned}.db")));
         cmd.args(["--pin-writer", if pinned { "true" } else { "false" }]);
         let server = Server::start(cmd);
         // A request, so that a connection thread exists too.
@@ -823,7 +836,7 @@ fn a_ledger_stamped_far_ahead_of_the_clock_is_refused_at_start_up_unless_accepte
     assert!(future.as_str() > "2028", "{future}");
     app.stop();
 
-    let mut cmd = binary::wallet(&app.db);
+    let mut cmd = binary::wallet(app.db_arg());
     cmd.args(["--listen", "127.0.0.1:0", "--snapshot-cron", "off"]);
     let out = binary::run(cmd, None, Duration::from_secs(20));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -832,7 +845,7 @@ fn a_ledger_stamped_far_ahead_of_the_clock_is_refused_at_start_up_unless_accepte
     assert!(stderr.contains(&future), "{stderr}");
     assert!(stderr.contains("--accept-future-stamps"), "{stderr}");
 
-    let mut cmd = binary::wallet(&app.db);
+    let mut cmd = binary::wallet(app.db_arg());
     cmd.arg("--accept-future-stamps");
     let server = Server::start(cmd);
     let (_, token) = register(&server.base, &name("later"), PASSWORD);
@@ -918,6 +931,9 @@ fn a_full_disk_refuses_writes_with_503_and_they_resume_once_space_is_freed() {
     // /health is 503 saying the storage is full; /metrics counts the refusals. Once space is
     // freed, the refused request retried with the same reference succeeds, /health is ok, and
     // no acknowledged deposit is lost.
+    if sqlite_only("a full disk is simulated with SQLite's PRAGMA max_page_count") {
+        return;
+    }
     let app = TestApp::spawn();
     let u = app.register(&name("full"));
     hold_database_at(&app, 1);
@@ -972,14 +988,14 @@ fn a_full_disk_refuses_writes_with_503_and_they_resume_once_space_is_freed() {
     });
     assert_eq!(health.status, 200, "{}", health.body);
     assert_eq!(health.body["storage"], "ok", "{}", health.body);
-    let (entries, probes): (i64, i64) = app
-        .sql()
-        .query_row(
+    let row = app
+        .db()
+        .query_one(
             "SELECT (SELECT count(*) FROM entries), (SELECT count(*) FROM storage_probe)",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            &[],
         )
         .unwrap();
+    let (entries, probes): (i64, i64) = (row.get(0).unwrap(), row.get(1).unwrap());
     assert_eq!((entries, probes), (acknowledged, 0));
     // The same request goes through, with nothing else to do.
     let retried = app.deposit(&u, "1.00", &format!("d{acknowledged}"));
@@ -992,8 +1008,10 @@ fn a_full_disk_refuses_writes_with_503_and_they_resume_once_space_is_freed() {
     );
     assert_eq!(app.balance(&u), format!("{}.00", acknowledged + 1));
     let entries: i64 = app
-        .sql()
-        .query_row("SELECT count(*) FROM entries", [], |r| r.get(0))
+        .db()
+        .query_one("SELECT count(*) FROM entries", &[])
+        .unwrap()
+        .get(0)
         .unwrap();
     assert_eq!(entries, acknowledged + 1);
     assert!(app.verify().ok());
@@ -1020,6 +1038,9 @@ fn a_database_the_server_cannot_write_is_refused_at_start_up() {
     // SQLite keeps the -wal and -shm files): each is refused at start-up with a one-line
     // message naming what to fix and exit code 2, rather than a server that says it is healthy
     // and answers every write with 500. The same command starts once both are writable.
+    if sqlite_only("the modes of the database file and of its directory") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("wallet.db");
     let setup = App::start_with(
@@ -1085,6 +1106,9 @@ fn a_really_full_file_system_refuses_writes_with_503_and_they_resume_once_space_
     // other file is deleted, the refused deposit retried succeeds and nothing acknowledged is
     // lost. Mounting needs root: elsewhere the test says so and passes (the max_page_count test
     // above covers the same path portably).
+    if sqlite_only("the database file on a full file system") {
+        return;
+    }
     wallet::log::errors_only();
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
@@ -1165,6 +1189,6 @@ fn a_really_full_file_system_refuses_writes_with_503_and_they_resume_once_space_
         wallet.body
     );
     app.shutdown().expect("clean shutdown");
-    let (code, out) = binary::verify(&mnt.join("wallet.db"));
+    let (code, out) = binary::verify(mnt.join("wallet.db"));
     assert_eq!(code, Some(0), "{out}");
 }

@@ -69,30 +69,38 @@ fn ok_transfer(app: &TestApp, from: &User, to: &User, amount: &str, reference: &
 
 /// (wallet_id, taken_at, balance, running, run_id), ordered by time then wallet.
 fn snapshot_rows(app: &TestApp) -> Vec<(String, String, i64, i64, i64)> {
-    let db = app.sql();
-    let mut st = db
-        .prepare("SELECT wallet_id, taken_at, balance, running, run_id FROM balance_snapshots ORDER BY taken_at, wallet_id")
-        .unwrap();
-    st.query_map([], |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-    })
-    .unwrap()
-    .collect::<Result<_, _>>()
-    .unwrap()
+    app.db()
+        .query("SELECT wallet_id, taken_at, balance, running, run_id FROM balance_snapshots ORDER BY taken_at, wallet_id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r.get(0).unwrap(),
+                r.get(1).unwrap(),
+                r.get(2).unwrap(),
+                r.get(3).unwrap(),
+                r.get(4).unwrap(),
+            )
+        })
+        .collect()
 }
 
 /// (id, cutoff, finished, wallets, mismatches) of every run.
 fn run_rows(app: &TestApp) -> Vec<(i64, String, bool, i64, i64)> {
-    let db = app.sql();
-    let mut st = db
-        .prepare("SELECT id, cutoff, finished_at IS NOT NULL, wallets, mismatches FROM snapshot_runs ORDER BY id")
-        .unwrap();
-    st.query_map([], |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-    })
-    .unwrap()
-    .collect::<Result<_, _>>()
-    .unwrap()
+    app.db()
+        .query("SELECT id, cutoff, finished_at IS NOT NULL, wallets, mismatches FROM snapshot_runs ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r.get(0).unwrap(),
+                r.get(1).unwrap(),
+                r.get(2).unwrap(),
+                r.get(3).unwrap(),
+                r.get(4).unwrap(),
+            )
+        })
+        .collect()
 }
 
 /// Rows in the order `snapshot_rows` returns them: by time, then wallet.
@@ -117,11 +125,20 @@ fn snapshot_run_is_exact_and_a_quiet_rerun_only_moves_the_time() {
         wallet_of(&app, &b)["id"].as_str().unwrap().to_string(),
         wallet_of(&app, &c)["id"].as_str().unwrap().to_string(),
     );
-    let created = wallet_of(&app, &a)["last_balance_update"].clone();
+    // A new wallet's last snapshot says 0 just before the wallet existed, so that an entry
+    // stamped at its creation instant is counted by the first run.
+    let created: String = app
+        .db()
+        .query_one("SELECT created_at FROM wallets WHERE id = ?1", &[&wa])
+        .unwrap()
+        .get(0)
+        .unwrap();
+    let created = Timestamp::from_stored(&created);
+    assert!(created >= ts(START), "{created:?}");
     assert_eq!(
-        created,
-        json!(START),
-        "a new wallet's last_balance_update is its creation"
+        wallet_of(&app, &a)["last_balance_update"],
+        json!(created.plus_micros(-1).to_text()),
+        "a new wallet's last_balance_update is just before its creation"
     );
     clock.advance_ms(1000);
     ok_deposit(&app, &a, "100.00", "da1");
@@ -251,8 +268,8 @@ fn tampered_running_balance_is_reported_as_a_mismatch() {
     ok_deposit(&app, &b, "40.00", "db");
     clock.advance_ms(1000);
     let changed = app
-        .sql()
-        .execute("UPDATE wallets SET balance = 12345 WHERE id = ?1", [&wa])
+        .db()
+        .execute("UPDATE wallets SET balance = 12345 WHERE id = ?1", &[&wa])
         .unwrap();
     assert_eq!(changed, 1);
     let cut = clock.now();
@@ -413,13 +430,15 @@ fn every_second_cron_snapshots_while_transfers_keep_succeeding() {
     // one, so the run that caught up may not say so yet: wait for it (the cron fires every
     // second).
     let finished_runs = || -> (i64, i64) {
-        app.sql()
-            .query_row(
-                "SELECT count(*), COALESCE(SUM(mismatches), 0) FROM snapshot_runs WHERE finished_at IS NOT NULL",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+        let row = app
+            .db()
+            .query_one(
+                "SELECT count(*), CAST(COALESCE(SUM(mismatches), 0) AS BIGINT) FROM snapshot_runs
+                 WHERE finished_at IS NOT NULL",
+                &[],
             )
-            .unwrap()
+            .unwrap();
+        (row.get(0).unwrap(), row.get(1).unwrap())
     };
     let deadline = Instant::now() + Duration::from_secs(4);
     let (runs, mismatches) = loop {
@@ -615,7 +634,7 @@ fn balance_at_any_moment_agrees_with_a_replay_of_the_entries() {
     }
 }
 
-fn run_cli(db: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+fn run_cli(db: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> (i32, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_wallet"))
         .arg("--db")
         .arg(db)
@@ -656,7 +675,7 @@ fn snapshot_command_prints_its_run_and_exits_1_on_a_mismatch() {
     ok_transfer(&app, &a, &b, "12.34", "t1");
     let wa = wallet_of(&app, &a)["id"].as_str().unwrap().to_string();
     let before = app.clock().now();
-    let (code, out, err) = run_cli(&app.db, &["snapshot"]);
+    let (code, out, err) = run_cli(app.db_arg(), &["snapshot"]);
     assert_eq!(code, 0, "stdout {out}\nstderr {err}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 1, "{out}");
@@ -672,10 +691,10 @@ fn snapshot_command_prints_its_run_and_exits_1_on_a_mismatch() {
     assert_eq!(run_rows(&app), vec![(1, cut.to_text(), true, 2, 0)]);
 
     app.stop();
-    app.sql()
-        .execute("UPDATE wallets SET balance = 99999 WHERE id = ?1", [&wa])
+    app.db()
+        .execute("UPDATE wallets SET balance = 99999 WHERE id = ?1", &[&wa])
         .unwrap();
-    let (code, out, err) = run_cli(&app.db, &["snapshot"]);
+    let (code, out, err) = run_cli(app.db_arg(), &["snapshot"]);
     assert_eq!(code, 1, "stdout {out}\nstderr {err}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");

@@ -93,8 +93,10 @@ fn insufficient_funds_changes_nothing_and_keeps_the_reference_free() {
     assert_eq!(app.balance(&a), "10.00");
     assert_eq!(app.balance(&b), "0.00");
     let entries: i64 = app
-        .sql()
-        .query_row("SELECT count(*) FROM entries", [], |r| r.get(0))
+        .db()
+        .query_one("SELECT count(*) FROM entries", &[])
+        .unwrap()
+        .get(0)
         .unwrap();
     assert_eq!(entries, 1);
     let ok = app.post(
@@ -423,18 +425,18 @@ fn users_see_only_their_own_wallet() {
 
 #[test]
 fn ledger_rows_cannot_be_rewritten() {
-    // Even with the database file, UPDATE and DELETE on the ledger abort, and a balance can
-    // never be stored negative.
+    // Even with a connection of one's own to the database, UPDATE and DELETE on the ledger
+    // abort, and a balance can never be stored negative.
     let app = TestApp::spawn();
     let a = app.register(&name("a"));
     app.deposit(&a, "5", "d");
-    let db = app.sql();
-    let upd = db.execute("UPDATE entries SET amount = 1", []);
-    assert!(upd.unwrap_err().to_string().contains("immutable"));
-    let del = db.execute("DELETE FROM entries", []);
-    assert!(del.unwrap_err().to_string().contains("immutable"));
+    let db = app.db();
+    let upd = db.execute("UPDATE entries SET amount = 1", &[]);
+    assert!(format!("{:?}", upd.unwrap_err()).contains("immutable"));
+    let del = db.execute("DELETE FROM entries", &[]);
+    assert!(format!("{:?}", del.unwrap_err()).contains("immutable"));
     assert!(
-        db.execute("UPDATE wallets SET balance = -1", []).is_err(),
+        db.execute("UPDATE wallets SET balance = -1", &[]).is_err(),
         "CHECK (balance >= 0)"
     );
     // An entry must carry its wallet's running balance.
@@ -443,12 +445,12 @@ fn ledger_rows_cannot_be_rewritten() {
             "INSERT INTO entries (seq, id, wallet_key, kind, amount, balance_after, reference,
                  created_at, hash)
              SELECT 99, 'forged', key, 'DEPOSIT', ?1, ?2, 'forged', '2099-01-01T00:00:00.000000Z',
-                 zeroblob(32) FROM wallets",
-            [amount, balance_after],
+                 ?3 FROM wallets",
+            &[&amount, &balance_after, &[0u8; 32]],
         )
     };
-    db.execute("UPDATE wallets SET balance = 501", []).unwrap();
-    let err = insert(1, 600).unwrap_err().to_string();
+    db.execute("UPDATE wallets SET balance = 501", &[]).unwrap();
+    let err = format!("{:?}", insert(1, 600).unwrap_err());
     assert!(err.contains("is not the wallet's balance"), "{err}");
     insert(1, 501).expect("an entry that carries the wallet's balance is accepted");
 }
@@ -461,8 +463,8 @@ fn operator_credits_and_user_deposits_never_share_references() {
     let app = TestApp::spawn();
     let (staff, user) = (app.register(&name("op")), app.register(&name("u")));
     // Made staff before its token is first used (the token cache holds the staff flag).
-    app.sql()
-        .execute("UPDATE users SET is_staff = 1 WHERE id = ?1", [staff.id])
+    app.db()
+        .execute("UPDATE users SET is_staff = 1 WHERE id = ?1", &[&staff.id])
         .unwrap();
     assert_eq!(app.deposit(&user, "50", "goodwill-7").status, 201);
     let credit = app.post(
@@ -483,12 +485,13 @@ fn operator_credits_and_user_deposits_never_share_references() {
     );
     assert_eq!(app.balance(&user), "100.00");
     let audits: i64 = app
-        .sql()
-        .query_row(
+        .db()
+        .query_one(
             "SELECT count(*) FROM audit_log WHERE action = 'credit'",
-            [],
-            |r| r.get(0),
+            &[],
         )
+        .unwrap()
+        .get(0)
         .unwrap();
     assert_eq!(audits, 1, "one credit, one audit row");
     let reserved = app.deposit(&user, "1", "admin:goodwill-7");

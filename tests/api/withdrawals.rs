@@ -4,9 +4,9 @@
 //! answers, and staff resolving what the worker leaves for them.
 
 use std::collections::VecDeque;
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,7 +16,7 @@ use ::wallet::clock::{Clock, ManualClock, SystemClock};
 use ::wallet::domain::Timestamp;
 use serde_json::{json, Value};
 
-use crate::helpers::{name, Resp, TestApp, User};
+use crate::helpers::{name, Resp, TestApp, TestDb, User};
 
 // ---- The fake payout service --------------------------------------------------------------
 
@@ -656,7 +656,11 @@ fn list_filters_by_status() {
 
 /// The real binary serving `db`, paying out to `payout_url` with short retries (within
 /// `retry_window`, when given).
-fn start_binary(db: &Path, payout_url: &str, retry_window: Option<&str>) -> crate::binary::Server {
+fn start_binary(
+    db: impl AsRef<OsStr>,
+    payout_url: &str,
+    retry_window: Option<&str>,
+) -> crate::binary::Server {
     let mut cmd = crate::binary::wallet(db);
     cmd.env("WALLET_PAYOUT_URL", payout_url)
         .env("WALLET_PAYOUT_RETRY_BASE_MS", "20")
@@ -751,21 +755,20 @@ fn killed_mid_payout_the_withdrawal_completes_exactly_once_after_restart() {
     // with the same Idempotency-Key and succeeds: one WITHDRAWAL entry, debited once, no refund,
     // and `wallet verify` exits 0.
     let fake = FakePayout::start(&[Step::Hold], Step::Reply(200));
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("wallet.db");
+    let db = TestDb::new();
 
-    let first = start_binary(&db, &fake.url, None);
+    let first = start_binary(db.arg(), &fake.url, None);
     let (token, user_id, id) = binary_withdrawal(&first.base, "40.00", "kill");
     kill_during_the_call(first, &fake);
     {
-        let conn = rusqlite::Connection::open(&db).unwrap();
-        let (status, balance): (String, i64) = conn
-            .query_row(
+        let row = db
+            .sql()
+            .query_one(
                 "SELECT w.status, (SELECT balance FROM wallets) FROM withdrawals w WHERE id = ?1",
-                [&id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                &[&id],
             )
             .unwrap();
+        let (status, balance): (String, i64) = (row.get(0).unwrap(), row.get(1).unwrap());
         assert_eq!(
             (status.as_str(), balance),
             ("PROCESSING", 6000),
@@ -773,7 +776,7 @@ fn killed_mid_payout_the_withdrawal_completes_exactly_once_after_restart() {
         );
     }
 
-    let second = start_binary(&db, &fake.url, None);
+    let second = start_binary(db.arg(), &fake.url, None);
     let deadline = Instant::now() + Duration::from_secs(10);
     let w = loop {
         let (status, w) = call(
@@ -845,7 +848,7 @@ fn killed_mid_payout_the_withdrawal_completes_exactly_once_after_restart() {
     }
     let out = Command::new(env!("CARGO_BIN_EXE_wallet"))
         .arg("--db")
-        .arg(&db)
+        .arg(db.arg())
         .arg("verify")
         .env_remove("WALLET_DB")
         .output()
@@ -1340,8 +1343,8 @@ fn a_payout_timing_out_after_the_request_was_sent_is_never_refunded() {
 /// A staff user (made staff in the database, then logged in for a token that says so).
 fn staff_user(app: &TestApp) -> User {
     let u = app.register(&name("staff"));
-    app.sql()
-        .execute("UPDATE users SET is_staff = 1 WHERE id = ?1", [u.id])
+    app.db()
+        .execute("UPDATE users SET is_staff = 1 WHERE id = ?1", &[&u.id])
         .unwrap();
     let r = app.request(
         "POST",
@@ -1368,20 +1371,22 @@ fn resolve(app: &TestApp, token: Option<&str>, id: &str, body: Value) -> Resp {
 
 /// (staff_user_id, action, target, detail) of every audit row.
 fn audit_rows(app: &TestApp) -> Vec<(i64, String, String, Value)> {
-    app.sql()
-        .prepare("SELECT staff_user_id, action, target, detail FROM audit_log ORDER BY id")
+    app.db()
+        .query(
+            "SELECT staff_user_id, action, target, detail FROM audit_log ORDER BY id",
+            &[],
+        )
         .unwrap()
-        .query_map([], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                serde_json::from_str(&r.get::<_, String>(3)?).unwrap(),
-            ))
+        .iter()
+        .map(|r| {
+            (
+                r.get(0).unwrap(),
+                r.get(1).unwrap(),
+                r.get(2).unwrap(),
+                serde_json::from_str(&r.get::<String>(3).unwrap()).unwrap(),
+            )
         })
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+        .collect()
 }
 
 #[test]
@@ -1501,23 +1506,25 @@ fn resolve_failed_refunds_in_the_same_transaction() {
         audit[0].3["refund_transaction_id"],
         r.body["refund_transaction_id"]
     );
-    let db = m.app.sql();
+    let db = m.app.db();
     let broken: i64 = db
-        .query_row(
+        .query_one(
             "SELECT count(*) FROM withdrawals WHERE status = 'FAILED' AND transaction_id IS NOT NULL
              AND refund_transaction_id IS NULL",
-            [],
-            |r| r.get(0),
+            &[],
         )
+        .unwrap()
+        .get(0)
         .unwrap();
     assert_eq!(broken, 0);
     let err = db
         .execute(
             "UPDATE withdrawals SET refund_transaction_id = NULL WHERE id = ?1",
-            [&m.id],
+            &[&m.id],
         )
         .unwrap_err();
-    assert!(err.to_string().contains("CHECK"), "{err}");
+    let err = format!("{err:?}");
+    assert!(err.to_lowercase().contains("check constraint"), "{err}");
     let again = resolve(
         &m.app,
         Some(&staff.token),
@@ -1705,13 +1712,12 @@ fn killed_mid_payout_then_unreachable_the_withdrawal_is_left_for_staff_not_refun
     // staff: still debited, no REFUND entry, a message saying the outcome is unknown, counted
     // in /metrics; `wallet verify` exits 0.
     let fake = FakePayout::start(&[Step::Hold], Step::Reply(200));
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("wallet.db");
-    let first = start_binary(&db, &fake.url, Some("1s"));
+    let db = TestDb::new();
+    let first = start_binary(db.arg(), &fake.url, Some("1s"));
     let (token, _, id) = binary_withdrawal(&first.base, "40.00", "kill-unknown");
     kill_during_the_call(first, &fake);
 
-    let second = start_binary(&db, &refused_url(), Some("1s"));
+    let second = start_binary(db.arg(), &refused_url(), Some("1s"));
     let deadline = Instant::now() + Duration::from_secs(10);
     let w = loop {
         let path = format!("/api/wallets/me/withdrawals/{id}");
@@ -1748,7 +1754,7 @@ fn killed_mid_payout_then_unreachable_the_withdrawal_is_left_for_staff_not_refun
     drop(second);
     let out = Command::new(env!("CARGO_BIN_EXE_wallet"))
         .arg("--db")
-        .arg(&db)
+        .arg(db.arg())
         .arg("verify")
         .env_remove("WALLET_DB")
         .output()
