@@ -11,9 +11,9 @@
 --   any order, so an entry is inserted without its hash and sealed into the chain afterwards
 --   by one process at a time (`ledger::chain`): `hash` is NULL until then, and the immutability
 --   trigger allows exactly that one change.
--- - `wallets.stamp_floor`: no entry of the wallet may be stamped before it (the newest stamp
---   given, or just after a moment whose balance was read), so that balances at past moments
---   never change when processes' clocks differ.
+-- - `wallets.stamp_floor`: every entry of the wallet is stamped after it (it is the newest
+--   stamp given, or a moment whose balance was read), so that a wallet's stamps increase and
+--   balances at past moments never change when processes' clocks differ.
 -- - `chain_head`: the newest sealed entry, which the sealer moves forward.
 
 CREATE TABLE schema_version (
@@ -57,7 +57,7 @@ CREATE TABLE wallets (
     last_balance        BIGINT  NOT NULL DEFAULT 0 CHECK (last_balance >= 0),
     last_balance_update TEXT COLLATE "C" NOT NULL,
     created_at          TEXT COLLATE "C" NOT NULL,
-    stamp_floor         TEXT COLLATE "C" NOT NULL DEFAULT ''
+    stamp_floor         TEXT COLLATE "C" NOT NULL DEFAULT '0001-01-01T00:00:00.000000Z'
 );
 
 CREATE SEQUENCE entries_seq AS BIGINT;

@@ -1039,7 +1039,7 @@ fn set_final_balances(src: &dyn Sql, dst: &dyn Sql) -> Result<(), AppError> {
             let floor = if floor_from_source {
                 "v.stamp_floor"
             } else {
-                "COALESCE((SELECT max(e.created_at) FROM entries e WHERE e.wallet_key = w.key), '')"
+                "COALESCE((SELECT max(e.created_at) FROM entries e WHERE e.wallet_key = w.key), w.stamp_floor)"
             };
             let sql = format!(
                 "UPDATE wallets AS w SET balance = v.balance, stamp_floor = {floor}

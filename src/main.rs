@@ -44,13 +44,13 @@ fn run(cli: &Cli) -> Result<bool, StartupError> {
     match &cli.command {
         None => serve(cli.db.clone(), cli.serve.clone()),
         Some(Command::Createsuperuser { username, email }) => wallet::tools::createsuperuser(
-            sqlite_file(&cli.db)?,
+            &cli.db,
             username,
             email,
             (cli.serve.argon2_memory_kib, cli.serve.argon2_iterations),
         )
         .map(printed),
-        Some(Command::Snapshot) => wallet::tools::snapshot_now(sqlite_file(&cli.db)?),
+        Some(Command::Snapshot) => wallet::tools::snapshot_now(&cli.db),
         Some(Command::Verify) => wallet::tools::verify(&cli.db),
         Some(Command::Backup { file }) => {
             wallet::tools::backup(sqlite_file(&cli.db)?, file).map(printed)

@@ -182,6 +182,7 @@ fn open_postgres(
     crate::store::postgres::migrate(&conn).map_err(StartupError::failed)?;
     db::check_currency(&conn, &config.currency)?;
     check_newest_stamp(&conn, clock.now(), config.serve.accept_future_stamps)?;
+    let newest = db::newest_entry_stamp(&conn)?;
     let mut writers = vec![conn];
     for _ in 1..config.serve.db_writers {
         writers.push(connect()?);
@@ -195,7 +196,7 @@ fn open_postgres(
             config.serve.write_queue_max as usize,
             usize::from(config.serve.db_batch_max),
         ),
-        stats.clone(),
+        (stats.clone(), newest),
     );
     let threads = config.serve.threads as u32;
     let pool = db::postgres_pool(url, threads.clamp(2, READER_CONNECTIONS_MAX) + 2)?;

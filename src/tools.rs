@@ -30,6 +30,20 @@ fn open_migrated(path: &Path) -> Result<rusqlite::Connection, StartupError> {
     Ok(conn)
 }
 
+/// A writer for a tool on either engine: SQLite's file migrated first (`open_migrated`), or
+/// PostgreSQL's schema applied or checked.
+fn open_writer(target: &Target) -> Result<DirectWriter, StartupError> {
+    let clock = Arc::new(SystemClock);
+    match target {
+        Target::Sqlite(path) => Ok(DirectWriter::new(open_migrated(path)?, clock)),
+        Target::Postgres(_) => {
+            let conn = crate::store::postgres::PgConn::connect_target(target)?;
+            crate::store::postgres::migrate(&conn).map_err(StartupError::failed)?;
+            Ok(DirectWriter::postgres(conn, clock))
+        }
+    }
+}
+
 /// Reads a line with the terminal's echo off.
 fn prompt_hidden(prompt: &str) -> Result<String, StartupError> {
     eprint!("{prompt}");
@@ -74,7 +88,7 @@ fn read_password() -> Result<String, StartupError> {
 /// `argon2` is the (memory KiB, iterations) the server is configured with, so a staff user's
 /// login costs the same time as anyone else's (and as an unknown user's).
 pub fn createsuperuser(
-    db_path: &Path,
+    target: &Target,
     username: &str,
     email: &str,
     argon2: (u32, u32),
@@ -88,12 +102,11 @@ pub fn createsuperuser(
             "password: must not be the same as the username",
         ));
     }
-    let conn = open_migrated(db_path)?;
+    let writer = open_writer(target)?;
     let guard = PasswordGuard::new(argon2.0, argon2.1, 1).map_err(StartupError::failed)?;
     let password_hash = guard
         .hash(&password)
         .map_err(|e| StartupError::failed(format!("{e:?}")))?;
-    let writer = DirectWriter::new(conn, Arc::new(SystemClock));
     let new_user = NewUser {
         username,
         email,
@@ -120,11 +133,9 @@ pub fn createsuperuser(
 }
 
 /// Runs one snapshot. `Ok(false)` when a mismatch was found.
-pub fn snapshot_now(db_path: &Path) -> Result<bool, StartupError> {
-    let conn = open_migrated(db_path)?;
-    let clock = Arc::new(SystemClock);
-    let cutoff = clock.now();
-    let writer = DirectWriter::new(conn, clock);
+pub fn snapshot_now(target: &Target) -> Result<bool, StartupError> {
+    let writer = open_writer(target)?;
+    let cutoff = SystemClock.now();
     let started = std::time::Instant::now();
     let report = snapshot::run(&writer, cutoff)
         .map_err(|e| StartupError::failed(format!("snapshot failed: {e:?}")))?;

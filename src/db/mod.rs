@@ -582,16 +582,33 @@ impl Exec for Writer {
     }
 }
 
-/// One `BEGIN IMMEDIATE … COMMIT` per call on a connection of its own.
+/// One transaction per call on a connection of its own, for command-line tools: SQLite's
+/// `BEGIN IMMEDIATE … COMMIT` (waiting on a running server's lock), or PostgreSQL's.
 pub struct DirectWriter {
-    conn: std::sync::Mutex<Connection>,
+    conn: std::sync::Mutex<DirectConn>,
     clock: crate::clock::SharedClock,
+}
+
+enum DirectConn {
+    Sqlite(Connection),
+    // Boxed: a PostgreSQL client is three times the size of a SQLite handle.
+    Postgres(Box<crate::store::postgres::PgConn>),
 }
 
 impl DirectWriter {
     pub fn new(conn: Connection, clock: crate::clock::SharedClock) -> DirectWriter {
         DirectWriter {
-            conn: std::sync::Mutex::new(conn),
+            conn: std::sync::Mutex::new(DirectConn::Sqlite(conn)),
+            clock,
+        }
+    }
+
+    pub fn postgres(
+        conn: crate::store::postgres::PgConn,
+        clock: crate::clock::SharedClock,
+    ) -> DirectWriter {
+        DirectWriter {
+            conn: std::sync::Mutex::new(DirectConn::Postgres(Box::new(conn))),
             clock,
         }
     }
@@ -609,10 +626,25 @@ impl Exec for DirectWriter {
             + 'static,
     {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let value = f(&*tx, self.clock.now())?;
-        tx.commit()?;
-        Ok(value)
+        match &mut *conn {
+            DirectConn::Sqlite(conn) => {
+                let tx =
+                    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let value = f(&*tx, self.clock.now())?;
+                tx.commit()?;
+                Ok(value)
+            }
+            DirectConn::Postgres(conn) => {
+                conn.batch("BEGIN")?;
+                match f(&**conn, self.clock.now()) {
+                    Ok(value) => conn.batch("COMMIT").map(|()| value),
+                    Err(e) => {
+                        let _ = conn.batch("ROLLBACK");
+                        Err(e)
+                    }
+                }
+            }
+        }
     }
 }
 

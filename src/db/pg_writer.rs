@@ -50,12 +50,17 @@ impl PgWriter {
         connections: Vec<PgConn>,
         clock: SharedClock,
         (queue_max, batch_max): (usize, usize),
-        stats: Arc<WriterStats>,
+        (stats, newest): (Arc<WriterStats>, Option<Timestamp>),
     ) -> (PgWriter, Vec<JoinHandle<()>>) {
         assert!(!connections.is_empty() && queue_max >= 1 && batch_max >= 1);
         let (queue, rx) = sync_channel::<Job>(queue_max);
         let rx = Arc::new(Mutex::new(rx));
-        let last_stamp_micros = Arc::new(AtomicI64::new(0));
+        // Stamps start after the newest entry stored (`--accept-future-stamps` starts on a
+        // ledger stamped ahead of the clock), as SQLite's writer does.
+        if let Some(newest) = newest {
+            stats.note_stamp(newest);
+        }
+        let last_stamp_micros = Arc::new(AtomicI64::new(newest.map_or(0, Timestamp::micros)));
         let handles = connections
             .into_iter()
             .enumerate()
@@ -154,11 +159,14 @@ fn run(
                 }
             }
         }
-        // Each write's time is later than every earlier write's of this process.
+        // Each write's time is later than every earlier write's of this process, even when
+        // the wall clock stalls or steps back (and than the newest entry stored at start).
         let now = clock.now();
-        let micros = last
-            .fetch_max(now.micros(), Ordering::SeqCst)
-            .max(now.micros());
+        let next = |last: i64| now.micros().max(last + 1);
+        let micros = match last.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| Some(next(l)))
+        {
+            Ok(prev) | Err(prev) => next(prev),
+        };
         let now = Timestamp::from_micros(micros).unwrap_or(now);
         stats.note_stamp(now);
         stats.batches.fetch_add(1, Ordering::Relaxed);

@@ -210,8 +210,8 @@ fn new_entry(seq: i64, balance_after: MinorUnits, at: Timestamp, new: &NewEntry<
 
 /// `append` on PostgreSQL, where several processes write at once. The balance moves first,
 /// which takes the wallet's row lock until commit; under it the entry is stamped no earlier
-/// than the wallet's `stamp_floor` (its newest entry, or just after a moment whose balance
-/// was read: `queries::fence_stamps`) and draws its position from the sequence. So a wallet's
+/// than just after the wallet's `stamp_floor` (its newest entry's stamp, or a moment whose
+/// balance was read: `fence_stamps`) and draws its position from the sequence. So a wallet's
 /// entries commit in position order and in time order, whatever the processes' clocks, and a
 /// balance at a past moment never changes. The entry is inserted unsealed: the sealer chains
 /// it (`jobs::sealer`).
@@ -224,7 +224,9 @@ fn append_unsealed(
     let balance_ceiling = i64::MAX - delta.get().max(0);
     let Some(moved) = conn.query_opt(
         "UPDATE wallets SET balance = balance + ?2,
-             stamp_floor = CASE WHEN stamp_floor > ?4 THEN stamp_floor ELSE ?4 END
+             stamp_floor = GREATEST(CAST(?4 AS TEXT), to_char(
+                 (CAST(stamp_floor AS timestamptz) + interval '1 microsecond') AT TIME ZONE 'UTC',
+                 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') COLLATE \"C\")
          WHERE key = ?1 AND balance + ?2 >= 0 AND balance <= ?3
          RETURNING balance, stamp_floor",
         &[&new.wallet.key, &delta, &balance_ceiling, &now],
@@ -422,10 +424,9 @@ pub fn find_transfer_in(conn: &dyn Sql, out: &Entry) -> Result<Option<Entry>, Ap
 /// already, the usual case for a moment that is not recent.
 pub fn fence_stamps(conn: &dyn Sql, wallet_key: WalletKey, at: Timestamp) -> Result<(), AppError> {
     if conn.engine() == Engine::Postgres {
-        let floor = at.plus_micros(1);
         conn.execute(
             "UPDATE wallets SET stamp_floor = ?2 WHERE key = ?1 AND stamp_floor < ?2",
-            &[&wallet_key, &floor],
+            &[&wallet_key, &at],
         )?;
     }
     Ok(())

@@ -163,6 +163,20 @@ impl PgConn {
         Ok(PgConn::new(client))
     }
 
+    /// `connect` for a command-line tool or the server's start-up: a failure names the
+    /// setting (the URL shown without its password).
+    pub fn connect_target(target: &super::Target) -> Result<PgConn, crate::error::StartupError> {
+        let super::Target::Postgres(url) = target else {
+            return Err(crate::error::StartupError::failed("not a PostgreSQL URL"));
+        };
+        PgConn::connect(url).map_err(|e| {
+            crate::error::StartupError::setting(
+                "--db/WALLET_DB",
+                format!("cannot connect to {target}: {e}"),
+            )
+        })
+    }
+
     pub fn new(client: Client) -> PgConn {
         PgConn {
             client: RefCell::new(client),

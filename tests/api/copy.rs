@@ -180,7 +180,7 @@ fn ledger() -> Ledger {
         .to_string();
     app.post("/api/auth/logout", &extra, json!({}), 200);
     // `wallet snapshot`, beside the running server.
-    assert!(::wallet::tools::snapshot_now(&path).unwrap());
+    assert!(::wallet::tools::snapshot_now(&::wallet::store::Target::Sqlite(path.clone())).unwrap());
     let seen = users.iter().map(|u| seen_by(&app.base, u)).collect();
     app.stop();
     Ledger {
@@ -604,7 +604,8 @@ fn a_ledger_goes_to_postgres_and_back_unchanged_and_is_served_there() {
     let floors_follow_entries: i64 = conn
         .query_one(
             "SELECT count(*) FROM wallets w WHERE stamp_floor =
-                 COALESCE((SELECT max(created_at) FROM entries e WHERE e.wallet_key = w.key), '')",
+                 COALESCE((SELECT max(created_at) FROM entries e WHERE e.wallet_key = w.key),
+                          '0001-01-01T00:00:00.000000Z')",
             &[],
         )
         .unwrap()
