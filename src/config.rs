@@ -285,7 +285,7 @@ const _: () = assert!(WRITE_BATCH_MAX_DEFAULT as u32 * 2 <= WRITE_QUEUE_MAX_DEFA
 const _: () = assert!(WRITE_BATCH_MAX_CEILING as u32 <= WRITE_QUEUE_MAX_CEILING);
 /// The default and the largest `--db-writers`. Each is a PostgreSQL connection (a server
 /// process); a few more than the database's cores keep it busy while others wait on fsync.
-pub const DB_WRITERS_DEFAULT: u16 = 16;
+pub const DB_WRITERS_DEFAULT: u16 = 8;
 pub const DB_WRITERS_CEILING: u16 = 256;
 /// The default `--db-batch-max` (README, "Performance": one transaction per request against
 /// batches, measured).

@@ -23,7 +23,9 @@ use rand::Rng;
 use serde_json::{json, Value};
 
 use wallet::clock::SystemClock;
-use wallet::config::{DB_WRITERS_CEILING, DB_WRITERS_DEFAULT};
+use wallet::config::{
+    DB_BATCH_MAX_DEFAULT, DB_WRITERS_CEILING, DB_WRITERS_DEFAULT, WRITE_BATCH_MAX_CEILING,
+};
 use wallet::db::{self, Synchronous, Writer};
 use wallet::domain::{Amount, Currency, Metadata, Reference};
 use wallet::error::StartupError;
@@ -53,6 +55,9 @@ pub struct BenchArgs {
     /// PostgreSQL only: `--db-writers` of each child server (connections writing side by side).
     #[arg(long, default_value_t = DB_WRITERS_DEFAULT, value_parser = clap::value_parser!(u16).range(1..=DB_WRITERS_CEILING as i64))]
     pub db_writers: u16,
+    /// PostgreSQL only: `--db-batch-max` of each child server (requests per transaction).
+    #[arg(long, default_value_t = DB_BATCH_MAX_DEFAULT, value_parser = clap::value_parser!(u16).range(1..=WRITE_BATCH_MAX_CEILING as i64))]
+    pub db_batch_max: u16,
     /// Users to register and fund.
     #[arg(long, default_value_t = 200)]
     pub users: u32,
@@ -421,6 +426,7 @@ impl ChildServer {
             ]);
         if let Target::Postgres(_) = target {
             command.args(["--db-writers", &args.db_writers.to_string()]);
+            command.args(["--db-batch-max", &args.db_batch_max.to_string()]);
         }
         let child = command
             .args(["--snapshot-cron", "off", "--login-failures-max", "0"])
@@ -919,6 +925,7 @@ fn report_json(
         "synchronous": (!postgres).then(|| format!("{:?}", args.synchronous).to_lowercase()),
         "write_batch_max": (!postgres).then_some(args.write_batch_max),
         "db_writers": postgres.then_some(args.db_writers),
+        "db_batch_max": postgres.then_some(args.db_batch_max),
         "transfers_per_s": transfers["per_s"], "p50_ms": transfers["p50_ms"], "p99_ms": transfers["p99_ms"],
         "raw_transfers_per_s": raw.map(f64::round),
         "http_to_raw_ratio": raw.map(|r| (transfers["per_s"].as_f64().unwrap_or(0.0) / r * 1000.0).round() / 1000.0),
@@ -983,7 +990,10 @@ fn table_heading(r: &Value) -> String {
             r["write_batch_max"]
         )
     } else {
-        format!("db_writers={}", r["db_writers"])
+        format!(
+            "db_writers={}, db_batch_max={}",
+            r["db_writers"], r["db_batch_max"]
+        )
     };
     format!(
         "wallet bench: {servers}{} clients, {} users, {:.1} s, {settings}",

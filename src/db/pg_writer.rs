@@ -1,11 +1,14 @@
-//! Writes on PostgreSQL: several writer connections, each running one job per transaction.
+//! Writes on PostgreSQL: several writer connections, each running one job per transaction
+//! (or, with `--db-batch-max`, several jobs per transaction, each in a savepoint).
 //!
 //! SQLite has one writer thread and group commit (`db::writer`). PostgreSQL takes row locks
 //! and commits many transactions at once itself (its WAL flush covers every transaction
 //! waiting for it), so here several connections write side by side and the database decides
 //! between them: the balance's row lock serialises two debits of one wallet, a unique index
-//! two uses of one reference. A job locks every wallet it will move in key order
-//! (`ledger::lock_wallets`), so two jobs never wait on each other in a cycle.
+//! two uses of one reference. A job moves the wallets it touches in key order
+//! (`ledger::transfer`), so two jobs never wait on each other in a cycle; jobs batched in one
+//! transaction can (each holds its wallets until the batch commits), which is why batches
+//! are off by default.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -181,52 +184,58 @@ fn run(
 /// One transaction for the batch; with more than one job, each in its own savepoint, so a
 /// job that fails rolls back alone. Every job is answered once the commit's fate is known.
 fn run_batch(conn: &PgConn, now: Timestamp, batch: &mut Vec<Job>, stats: &WriterStats) {
-    if let Err(e) = conn.batch("BEGIN") {
+    let jobs = batch.len();
+    let savepoints = jobs > 1;
+    // Statements without results travel together: ending one job's savepoint and opening
+    // the next one's is one round trip, not two.
+    let begin = if savepoints {
+        "BEGIN; SAVEPOINT job"
+    } else {
+        "BEGIN"
+    };
+    if let Err(e) = conn.batch(begin) {
         stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+        let _ = conn.batch("ROLLBACK");
         for job in batch.drain(..) {
             (job(None).answer)(Err(e.clone()));
         }
         return;
     }
-    let savepoints = batch.len() > 1;
-    let mut answers = Vec::with_capacity(batch.len());
+    let mut answers = Vec::with_capacity(jobs);
     let mut broken: Option<AppError> = None;
-    for job in batch.drain(..) {
+    for (i, job) in batch.drain(..).enumerate() {
         if broken.is_some() {
             answers.push(job(None).answer);
             continue;
-        }
-        if savepoints {
-            if let Err(e) = conn.batch("SAVEPOINT job") {
-                broken = Some(e);
-                answers.push(job(None).answer);
-                continue;
-            }
         }
         let ran = catch_unwind(AssertUnwindSafe(|| job(Some((conn as &dyn Sql, now)))));
         let keep = matches!(&ran, Ok(r) if r.keep);
         if !keep {
             stats.jobs_rolled_back.fetch_add(1, Ordering::Relaxed);
         }
-        let end = match (savepoints, keep) {
-            (true, true) => conn.batch("RELEASE job"),
-            (true, false) => conn.batch("ROLLBACK TO job; RELEASE job"),
-            // A lone job's transaction ends below.
-            (false, _) => Ok(()),
-        };
         if let Ok(ran) = ran {
             answers.push(ran.answer);
         }
-        if let Err(e) = end {
-            broken = Some(e);
-        }
-        if !savepoints && !keep {
-            // A lone job that failed: rolled back, and answered with its own error.
-            let _ = conn.batch("ROLLBACK");
-            for answer in answers {
-                answer(Ok(()));
+        if !savepoints {
+            if !keep {
+                // A lone job that failed: rolled back, and answered with its own error.
+                let _ = conn.batch("ROLLBACK");
+                for answer in answers {
+                    answer(Ok(()));
+                }
+                return;
             }
-            return;
+            break;
+        }
+        let next = i + 1 < jobs;
+        let end = match (keep, next) {
+            (true, true) => "RELEASE job; SAVEPOINT job",
+            (true, false) => "RELEASE job",
+            (false, true) => "ROLLBACK TO job; RELEASE job; SAVEPOINT job",
+            (false, false) => "ROLLBACK TO job; RELEASE job",
+        };
+        if let Err(e) = conn.batch(end) {
+            broken = Some(e);
         }
     }
     let outcome = match broken {

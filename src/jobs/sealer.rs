@@ -91,20 +91,27 @@ fn seal_up_to(conn: &dyn Sql, horizon: i64) -> Result<usize, AppError> {
             &[],
         )?;
         let (mut seq, mut prev): (i64, [u8; 32]) = (head.get(0)?, head.get(1)?);
+        // Every entry above the head is unsealed. A walk up the primary key from the head,
+        // whatever plan PostgreSQL caches for the statement; the horizon is applied here.
         let rows = conn.query(
             concat!(
                 "SELECT ",
                 entry_columns!(),
                 " FROM ",
                 entry_from!(),
-                " WHERE e.hash IS NULL AND e.seq > ?1 AND e.seq <= ?2 ORDER BY e.seq LIMIT ?3"
+                " WHERE e.seq > ?1 ORDER BY e.seq LIMIT ?2"
             ),
-            &[&seq, &horizon, &SEAL_BATCH_ENTRIES_MAX],
+            &[&seq, &SEAL_BATCH_ENTRIES_MAX],
         )?;
         let mut seqs = String::new();
         let mut hashes = String::new();
+        let mut sealed = 0;
         for row in &rows {
             let entry = entry_from_row(row)?;
+            if entry.seq > horizon {
+                break;
+            }
+            sealed += 1;
             let hash = entry_hash(&prev, &entry);
             if !seqs.is_empty() {
                 seqs.push(',');
@@ -114,7 +121,7 @@ fn seal_up_to(conn: &dyn Sql, horizon: i64) -> Result<usize, AppError> {
             hashes.push_str(&hex(&hash));
             (seq, prev) = (entry.seq, hash);
         }
-        if rows.is_empty() {
+        if sealed == 0 {
             return Ok(0);
         }
         conn.execute(
@@ -127,7 +134,7 @@ fn seal_up_to(conn: &dyn Sql, horizon: i64) -> Result<usize, AppError> {
             "UPDATE chain_head SET seq = ?1, hash = ?2 WHERE id = 1",
             &[&seq, &prev],
         )?;
-        Ok(rows.len())
+        Ok(sealed)
     })();
     match sealed {
         Ok(n) => {
@@ -222,7 +229,8 @@ pub fn seal_committed(conn: &dyn Sql) -> Result<i64, AppError> {
     loop {
         let unsealed: i64 = conn
             .query_one(
-                "SELECT count(*) FROM entries WHERE hash IS NULL AND seq <= ?1",
+                "SELECT count(*) FROM entries
+                 WHERE seq > (SELECT seq FROM chain_head WHERE id = 1) AND seq <= ?1",
                 &[&target],
             )?
             .get(0)?;

@@ -222,42 +222,46 @@ fn append_unsealed(
     delta: MinorUnits,
 ) -> Result<Entry, AppError> {
     let balance_ceiling = i64::MAX - delta.get().max(0);
-    let Some(moved) = conn.query_opt(
-        "UPDATE wallets SET balance = balance + ?2,
-             stamp_floor = GREATEST(CAST(?4 AS TEXT), to_char(
-                 (CAST(stamp_floor AS timestamptz) + interval '1 microsecond') AT TIME ZONE 'UTC',
-                 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') COLLATE \"C\")
-         WHERE key = ?1 AND balance + ?2 >= 0 AND balance <= ?3
-         RETURNING balance, stamp_floor",
-        &[&new.wallet.key, &delta, &balance_ceiling, &now],
+    let mut entry = new_entry(0, MinorUnits::ZERO, now, new);
+    // One statement, one round trip: the balance moves (or nothing happens, and no row comes
+    // back) and the entry follows it. The trigger `entries_balance_follows` sees the moved
+    // balance, as it would after two statements.
+    let Some(row) = conn.query_opt(
+        "WITH moved AS (
+             UPDATE wallets SET balance = balance + ?2,
+                 stamp_floor = GREATEST(CAST(?4 AS TEXT), to_char(
+                     (CAST(stamp_floor AS timestamptz) + interval '1 microsecond') AT TIME ZONE 'UTC',
+                     'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') COLLATE \"C\")
+             WHERE key = ?1 AND balance + ?2 >= 0 AND balance <= ?3
+             RETURNING key, balance, stamp_floor)
+         INSERT INTO entries (id, wallet_key, kind, amount, balance_after, reference,
+             counterparty_user_id, transfer_id, metadata, created_at)
+         SELECT CAST(?5 AS TEXT), moved.key, CAST(?6 AS TEXT), CAST(?7 AS BIGINT), moved.balance,
+             CAST(?8 AS TEXT), CAST(?9 AS BIGINT), CAST(?10 AS TEXT), CAST(?11 AS TEXT),
+             moved.stamp_floor
+         FROM moved
+         RETURNING seq, balance_after, created_at",
+        &[
+            &new.wallet.key,
+            &delta,
+            &balance_ceiling,
+            &now,
+            &entry.id,
+            &entry.kind.as_str(),
+            &entry.amount,
+            &entry.reference,
+            &entry.counterparty_user_id,
+            &entry.transfer_id,
+            &entry.metadata.as_str(),
+        ],
     )?
     else {
         return Err(refusal(conn, new, delta)?);
     };
-    let balance_after: MinorUnits = moved.get(0)?;
-    let stamped: Timestamp = moved.get(1)?;
-    let mut entry = new_entry(0, balance_after, stamped, new);
-    entry.seq = conn
-        .query_one(
-            "INSERT INTO entries (id, wallet_key, kind, amount, balance_after, reference,
-                 counterparty_user_id, transfer_id, metadata, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-             RETURNING seq",
-            &[
-                &entry.id,
-                &new.wallet.key,
-                &entry.kind.as_str(),
-                &entry.amount,
-                &entry.balance_after,
-                &entry.reference,
-                &entry.counterparty_user_id,
-                &entry.transfer_id,
-                &entry.metadata.as_str(),
-                &entry.created_at,
-            ],
-        )?
-        .get(0)?;
-    assert!(balance_after >= MinorUnits::ZERO);
+    entry.seq = row.get(0)?;
+    entry.balance_after = row.get(1)?;
+    entry.created_at = row.get(2)?;
+    assert!(entry.balance_after >= MinorUnits::ZERO);
     Ok(entry)
 }
 
@@ -445,20 +449,6 @@ pub fn lock_reference(
         conn.query_one(
             "SELECT pg_advisory_xact_lock(hashtextextended(?2, ?1))",
             &[&wallet_key, &reference],
-        )?;
-    }
-    Ok(())
-}
-
-/// Locks the wallets a write will move, in key order, until the transaction ends. A transfer
-/// moves two; locked in the order it touches them, A→B and B→A at once would each hold one
-/// and wait for the other. SQLite has one writer and needs none.
-pub fn lock_wallets(conn: &dyn Sql, keys: [WalletKey; 2]) -> Result<(), AppError> {
-    if conn.engine() == Engine::Postgres {
-        let (low, high) = (keys[0].min(keys[1]), keys[0].max(keys[1]));
-        conn.query(
-            "SELECT key FROM wallets WHERE key = ?1 OR key = ?2 ORDER BY key FOR UPDATE",
-            &[&low, &high],
         )?;
     }
     Ok(())

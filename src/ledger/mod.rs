@@ -219,37 +219,45 @@ pub fn transfer(
             transfer_in,
         }));
     }
-    entries::lock_wallets(conn, [sender_wallet.key, to_wallet.key])?;
     let transfer_id = uuid::Uuid::now_v7().to_string();
-    let (transfer_out, out_head) = entries::append_after(
-        conn,
-        now,
-        NewEntry {
-            wallet: sender_wallet,
-            kind: EntryKind::TransferOut,
-            amount: currency.money(m.amount.units()),
-            reference: m.reference.as_str(),
-            counterparty_user_id: Some(to_user_id),
-            transfer_id: Some(&transfer_id),
-            metadata: &m.metadata,
-        },
-        None,
-    )?;
-    // The chain head is the outgoing half, just appended.
-    let (transfer_in, _) = entries::append_after(
-        conn,
-        now,
-        NewEntry {
-            wallet: &to_wallet,
-            kind: EntryKind::TransferIn,
-            amount: currency.money(m.amount.units()),
-            reference: m.reference.as_str(),
-            counterparty_user_id: Some(sender_user_id),
-            transfer_id: Some(&transfer_id),
-            metadata: &m.metadata,
-        },
-        out_head,
-    )?;
+    let out = NewEntry {
+        wallet: sender_wallet,
+        kind: EntryKind::TransferOut,
+        amount: currency.money(m.amount.units()),
+        reference: m.reference.as_str(),
+        counterparty_user_id: Some(to_user_id),
+        transfer_id: Some(&transfer_id),
+        metadata: &m.metadata,
+    };
+    let incoming = NewEntry {
+        wallet: &to_wallet,
+        kind: EntryKind::TransferIn,
+        amount: currency.money(m.amount.units()),
+        reference: m.reference.as_str(),
+        counterparty_user_id: Some(sender_user_id),
+        transfer_id: Some(&transfer_id),
+        metadata: &m.metadata,
+    };
+    let (transfer_out, transfer_in) = match conn.engine() {
+        Engine::Sqlite => {
+            let (transfer_out, out_head) = entries::append_after(conn, now, out, None)?;
+            // The chain head is the outgoing half, just appended.
+            let (transfer_in, _) = entries::append_after(conn, now, incoming, out_head)?;
+            (transfer_out, transfer_in)
+        }
+        // Each half locks its wallet until commit. They are appended in wallet key order,
+        // whichever pays, so that A→B and B→A at once can't each hold one wallet and wait for
+        // the other. When the credit comes first and the debit is then refused, the refusal
+        // rolls the credit back with the rest of the request.
+        Engine::Postgres if to_wallet.key < sender_wallet.key => {
+            let transfer_in = entries::append(conn, now, incoming)?;
+            (entries::append(conn, now, out)?, transfer_in)
+        }
+        Engine::Postgres => {
+            let transfer_out = entries::append(conn, now, out)?;
+            (transfer_out, entries::append(conn, now, incoming)?)
+        }
+    };
     // A transfer's two entries sum to zero. On SQLite they sit next to each other in the
     // ledger (replays find the incoming half by that position); on PostgreSQL other
     // processes' entries may come between, and replays find it by transfer id.

@@ -1152,9 +1152,11 @@ fn run_scenario(s: &Scenario) {
             if n == 1 {
                 assert_eq!(w["error_message"], Value::Null, "{w}");
             }
-            // A hung call is given up at the payout timeout, not waited for.
+            // A hung call is given up at the payout timeout, not waited for: waiting would
+            // take the hang's 2.5 s at least. (The margin below it is for a loaded machine
+            // running the suite on PostgreSQL, where scheduling and polling take longer.)
             assert!(
-                took < Duration::from_millis(1800),
+                took < Duration::from_millis(2400),
                 "the worker waited {took:?} for a hung call"
             );
             assert_eq!(entries(&app, &u), debited);
