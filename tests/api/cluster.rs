@@ -39,23 +39,6 @@ fn postgres_server() -> Option<String> {
     }
 }
 
-/// `url` with its database name replaced by `database` (a query string is kept).
-fn with_database(url: &str, database: &str) -> String {
-    let (url, query) = match url.split_once('?') {
-        Some((url, query)) => (url, Some(query)),
-        None => (url, None),
-    };
-    let after_scheme = url.find("://").map_or(0, |i| i + 3);
-    let server = match url[after_scheme..].find('/') {
-        Some(i) => &url[..after_scheme + i],
-        None => url,
-    };
-    match query {
-        Some(q) => format!("{server}/{database}?{q}"),
-        None => format!("{server}/{database}"),
-    }
-}
-
 /// A new database `cluster_<random>` on the server, dropped `WITH (FORCE)` with this value,
 /// also when the test panics.
 struct ClusterDb {
@@ -74,7 +57,7 @@ impl ClusterDb {
             .unwrap_or_else(|e| panic!("create database {name}: {e}"));
         ClusterDb {
             server: server.to_string(),
-            url: with_database(server, &name),
+            url: crate::helpers::with_database(server, &name),
             name,
         }
     }

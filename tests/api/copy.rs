@@ -512,14 +512,6 @@ fn postgres_url() -> Option<String> {
         .filter(|u| !u.is_empty())
 }
 
-/// `url` with its database name replaced by `database`.
-fn with_database(url: &str, database: &str) -> String {
-    let (scheme, rest) = url.split_once("://").expect("a URL");
-    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let query = tail.find('?').map_or("", |i| &tail[i..]);
-    format!("{scheme}://{authority}/{database}{query}")
-}
-
 /// A new database on the test server, dropped with everything in it at the end.
 struct PgDatabase {
     server: String,
@@ -537,7 +529,7 @@ impl PgDatabase {
         admin.batch(&format!("CREATE DATABASE {name}")).unwrap();
         PgDatabase {
             server: server.to_string(),
-            target: Target::Postgres(with_database(server, &name)),
+            target: Target::Postgres(crate::helpers::with_database(server, &name)),
             name,
         }
     }

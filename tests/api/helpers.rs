@@ -52,8 +52,9 @@ pub fn sqlite_only(reason: &str) -> bool {
     true
 }
 
-/// `url` with its database name replaced by `database`.
-fn with_database(url: &str, database: &str) -> String {
+/// `url` with its database name replaced by `database` (a query string is kept). The one
+/// spelling the suite's tests share.
+pub fn with_database(url: &str, database: &str) -> String {
     let (url, query) = match url.split_once('?') {
         Some((url, query)) => (url, Some(query)),
         None => (url, None),
