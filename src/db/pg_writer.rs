@@ -12,14 +12,14 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use super::WriterStats;
 use crate::clock::SharedClock;
 use crate::domain::Timestamp;
-use crate::error::AppError;
+use crate::error::{AppError, StorageFault};
 use crate::store::postgres::PgConn;
 use crate::store::Sql;
 
@@ -30,6 +30,9 @@ type Job = Box<dyn FnOnce(Option<(&dyn Sql, Timestamp)>) -> Ran + Send>;
 /// What a job did: whether to commit, and how to answer once the commit's fate is known.
 pub struct Ran {
     pub keep: bool,
+    /// The job was refused because the database would not take its writes (a full disk, a
+    /// read-only standby): `/health` says so until a write commits again.
+    pub fault: Option<StorageFault>,
     pub answer: Answer,
 }
 
@@ -108,6 +111,7 @@ impl PgWriter {
             let Some((conn, now)) = run else {
                 return Ran {
                     keep: false,
+                    fault: None,
                     answer: Box::new(move |outcome| {
                         let _ = tx.send(outcome.and(Err(AppError::Unavailable(
                             "the database is not available; try again",
@@ -118,6 +122,10 @@ impl PgWriter {
             let result = f(conn, now);
             Ran {
                 keep: result.is_ok(),
+                fault: match &result {
+                    Err(AppError::Storage(fault)) => Some(*fault),
+                    _ => None,
+                },
                 answer: Box::new(move |outcome| {
                     let _ = tx.send(outcome.and(result));
                 }),
@@ -151,9 +159,29 @@ fn run(
     loop {
         {
             let Ok(rx) = rx.lock() else { return };
-            match rx.recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => return,
+            if stats.storage_fault().is_none() {
+                match rx.recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => return,
+                }
+            } else {
+                // While writes are refused for a storage fault, no client write may come (a
+                // load balancer sends none to a node whose /health is 503): the writer probes
+                // the database once a second to learn by itself when it takes writes again.
+                match rx.recv_timeout(super::writer::STORAGE_PROBE_INTERVAL) {
+                    Ok(job) => batch.push(job),
+                    Err(RecvTimeoutError::Timeout) => {
+                        drop(rx);
+                        if probe(&conn).is_ok() {
+                            stats.wrote();
+                        }
+                        if conn.is_closed() {
+                            conn = reconnect(url);
+                        }
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
             }
             while batch.len() < batch_max {
                 match rx.try_recv() {
@@ -203,6 +231,7 @@ fn run_batch(conn: &PgConn, now: Timestamp, batch: &mut Vec<Job>, stats: &Writer
     }
     let mut answers = Vec::with_capacity(jobs);
     let mut broken: Option<AppError> = None;
+    let mut fault: Option<StorageFault> = None;
     for (i, job) in batch.drain(..).enumerate() {
         if broken.is_some() {
             answers.push(job(None).answer);
@@ -214,11 +243,15 @@ fn run_batch(conn: &PgConn, now: Timestamp, batch: &mut Vec<Job>, stats: &Writer
             stats.jobs_rolled_back.fetch_add(1, Ordering::Relaxed);
         }
         if let Ok(ran) = ran {
+            fault = ran.fault.or(fault);
             answers.push(ran.answer);
         }
         if !savepoints {
             if !keep {
                 // A lone job that failed: rolled back, and answered with its own error.
+                if let Some(fault) = fault {
+                    stats.refused(fault, 1);
+                }
                 let _ = conn.batch("ROLLBACK");
                 for answer in answers {
                     answer(Ok(()));
@@ -247,12 +280,33 @@ fn run_batch(conn: &PgConn, now: Timestamp, batch: &mut Vec<Job>, stats: &Writer
             let _ = conn.batch("ROLLBACK");
         }),
     };
-    if outcome.is_err() {
-        stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+    match &outcome {
+        Err(e) => {
+            stats.commit_failures.fetch_add(1, Ordering::Relaxed);
+            if let AppError::Storage(f) = e {
+                stats.refused(*f, jobs as u64);
+            }
+        }
+        Ok(()) => match fault {
+            Some(f) => stats.refused(f, 1),
+            None => stats.wrote(),
+        },
     }
     for answer in answers {
         answer(outcome.clone());
     }
+}
+
+/// A write that needs the database to take writes: a row inserted into `storage_probe` and
+/// deleted again in one transaction, so the table stays empty.
+fn probe(conn: &PgConn) -> Result<(), AppError> {
+    let wrote = conn.batch(
+        "BEGIN; INSERT INTO storage_probe (filler) VALUES ('\\x00'); DELETE FROM storage_probe; COMMIT",
+    );
+    if wrote.is_err() {
+        let _ = conn.batch("ROLLBACK");
+    }
+    wrote
 }
 
 /// A new connection for a writer whose connection broke (the server restarted, a failover):

@@ -81,7 +81,7 @@ impl WriterStats {
         }
     }
 
-    fn refused(&self, fault: StorageFault, jobs: u64) {
+    pub(crate) fn refused(&self, fault: StorageFault, jobs: u64) {
         let (counter, code) = match fault {
             StorageFault::Full => (&self.refused_full, FULL),
             StorageFault::ReadOnly => (&self.refused_read_only, READ_ONLY),
@@ -104,7 +104,7 @@ impl WriterStats {
             .fetch_max(stamp.micros(), Ordering::Relaxed);
     }
 
-    fn wrote(&self) {
+    pub(crate) fn wrote(&self) {
         if self.storage_fault.swap(NO_FAULT, Ordering::Relaxed) != NO_FAULT {
             crate::log::info("writer: the database takes writes again");
         }

@@ -1192,3 +1192,92 @@ fn a_really_full_file_system_refuses_writes_with_503_and_they_resume_once_space_
     let (code, out) = binary::verify(mnt.join("wallet.db"));
     assert_eq!(code, Some(0), "{out}");
 }
+
+/// PostgreSQL's counterpart of the full disk: the database stops taking writes (here it is
+/// made read-only, as a standby is, and the server's connections are cut so that they come
+/// back read-only). Writes get 503 and `/health` says `read_only`; reads go on; once the
+/// database takes writes again, `/health` is 200 within seconds without any client write
+/// (the writers probe it once a second), and a deposit succeeds.
+#[test]
+fn a_postgres_database_that_stops_taking_writes_is_503_and_recovers_by_itself() {
+    let app = TestApp::spawn();
+    if !app.on_postgres() {
+        eprintln!("not run: PostgreSQL only (SQLite's storage faults have their own tests)");
+        return;
+    }
+    let u = app.register(&name("ro"));
+    assert_eq!(app.deposit(&u, "1.00", "before").status, 201);
+    let db = app.db();
+    let database: String = db
+        .query_one("SELECT CAST(current_database() AS TEXT)", &[])
+        .unwrap()
+        .get(0)
+        .unwrap();
+    let cut_server_connections = || {
+        db.query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .unwrap();
+    };
+    let set = |read_only: bool| {
+        db.execute(
+            &format!(
+                "ALTER DATABASE \"{database}\" SET default_transaction_read_only = {}",
+                if read_only { "on" } else { "off" }
+            ),
+            &[],
+        )
+        .unwrap();
+        cut_server_connections();
+    };
+    set(true);
+    // Writer connections come back within a second or two, read-only.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let r = app.deposit(&u, "1.00", "while-read-only");
+        assert_ne!(r.status, 500, "{}", r.body);
+        assert_ne!(
+            r.status, 201,
+            "a write went through a read-only database: {}",
+            r.body
+        );
+        let health = app.request("GET", "/health", None, None);
+        if health.body["storage"] == "read_only" {
+            break (r, health);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never refused as read-only: {} {}",
+            r.body,
+            health.body
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (r, health) = refused;
+    assert_eq!((r.status, r.code()), (503, "unavailable"), "{}", r.body);
+    assert!(
+        !r.body.to_string().to_lowercase().contains("postgres"),
+        "{}",
+        r.body
+    );
+    assert_eq!(health.status, 503, "{}", health.body);
+    assert_eq!(app.balance(&u), "1.00", "reads go on");
+
+    set(false);
+    let health = health_within(Duration::from_secs(10), || {
+        app.request("GET", "/health", None, None)
+    });
+    assert_eq!(health.status, 200, "{}", health.body);
+    assert_eq!(health.body["storage"], "ok", "{}", health.body);
+    let again = app.deposit(&u, "1.00", "after");
+    assert_eq!(again.status, 201, "{}", again.body);
+    assert_eq!(app.balance(&u), "2.00");
+    let probes: i64 = db
+        .query_one("SELECT count(*) FROM storage_probe", &[])
+        .unwrap()
+        .get(0)
+        .unwrap();
+    assert_eq!(probes, 0, "the probe leaves nothing behind");
+}
