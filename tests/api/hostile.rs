@@ -595,3 +595,39 @@ fn a_large_response_on_a_kept_alive_connection_is_not_held_back() {
     let took = started.elapsed();
     assert!(took < Duration::from_millis(400), "20 reads took {took:?}");
 }
+
+#[test]
+fn reordered_entries_are_detected_by_verify() {
+    // Two entries of different wallets swap places in the ledger (their positions exchanged,
+    // every other byte as it was): nothing about either row is wrong on its own, and every
+    // balance still adds up, but the chain hashed each at its old position after its old
+    // predecessor, so verify names the first moved row.
+    let app = TestApp::spawn();
+    let (a, b) = (app.register(&name("a")), app.register(&name("b")));
+    app.deposit(&a, "10", "a1");
+    app.deposit(&b, "20", "b1");
+    app.deposit(&a, "5", "a2");
+    assert!(app.verify().ok());
+    let db = app.db_rewriting_history();
+    let seqs: Vec<i64> = db
+        .query("SELECT seq FROM entries ORDER BY seq", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0).unwrap())
+        .collect();
+    let (first, second) = (seqs[0], seqs[1]);
+    for (from, to) in [(first, -1), (second, first), (-1, second)] {
+        db.execute("UPDATE entries SET seq = ?2 WHERE seq = ?1", &[&from, &to])
+            .unwrap();
+    }
+    let report = app.verify();
+    assert!(!report.ok());
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.contains(&format!("entry seq {first} ")) && f.contains("hash")),
+        "{:?}",
+        report.findings
+    );
+}
