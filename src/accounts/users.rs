@@ -3,7 +3,7 @@
 use super::tokens::{store_token, IssuedToken};
 use crate::domain::{username_key, Email, Timestamp, Username};
 use crate::error::AppError;
-use crate::store::{Row, Sql};
+use crate::store::{lock_for_transaction, LockClass, Row, Sql};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
@@ -47,6 +47,10 @@ pub fn create_user(
     u: &NewUser,
     token: Option<&IssuedToken>,
 ) -> Result<User, AppError> {
+    // Two registrations of one name (or email) at once: the second waits, then finds it taken.
+    // Always the username first, so that two registrations never wait on each other in turn.
+    lock_for_transaction(conn, LockClass::Username, &u.username.key())?;
+    lock_for_transaction(conn, LockClass::Email, &u.email.key())?;
     let taken = |sql: &str, key: String| -> Result<bool, AppError> {
         Ok(conn.query_opt(sql, &[&key])?.is_some())
     };

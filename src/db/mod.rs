@@ -514,6 +514,12 @@ fn migrate_in_transaction(conn: &mut Connection, version: i32) -> Result<(), Str
 /// database holds any money, because stored minor units mean nothing at another scale.
 pub fn check_currency(conn: &dyn Sql, currency: &Currency) -> Result<(), StartupError> {
     let failed = |e: AppError| StartupError::failed(format!("cannot read the settings: {e:?}"));
+    if conn.engine() == crate::store::Engine::Postgres {
+        return check_shared_currency(conn, currency).map_err(|e| match e {
+            Ok(e) => e,
+            Err(e) => failed(e),
+        });
+    }
     let stored: Option<(String, u32)> = conn
         .query_opt("SELECT currency, scale FROM settings WHERE id = 1", &[])
         .and_then(|r| r.map(|r| Ok((r.get(0)?, r.get(1)?))).transpose())
@@ -541,6 +547,35 @@ pub fn check_currency(conn: &dyn Sql, currency: &Currency) -> Result<(), Startup
             .map(drop)
             .map_err(failed),
     }
+}
+
+/// PostgreSQL: the first process to start on the database records the currency, and every
+/// process must then serve that one, money or not. Other processes may be serving it already,
+/// and a second currency or scale would make them read the same minor units differently.
+fn check_shared_currency(
+    conn: &dyn Sql,
+    currency: &Currency,
+) -> Result<(), Result<StartupError, AppError>> {
+    conn.execute(
+        "INSERT INTO settings (id, currency, scale) VALUES (1, ?1, ?2) ON CONFLICT (id) DO NOTHING",
+        &[&currency.code, &currency.scale],
+    )
+    .map_err(Err)?;
+    let row = conn
+        .query_one("SELECT currency, scale FROM settings WHERE id = 1", &[])
+        .map_err(Err)?;
+    let (code, scale): (String, u32) = (row.get(0).map_err(Err)?, row.get(1).map_err(Err)?);
+    if code == currency.code && scale == currency.scale {
+        return Ok(());
+    }
+    Err(Ok(StartupError::setting(
+        "--currency/--currency-scale",
+        format!(
+            "the database is kept in {code} with {scale} fractional digits; every server on a \
+             PostgreSQL database serves it with the same currency and scale, not {} with {}",
+            currency.code, currency.scale
+        ),
+    )))
 }
 
 /// The stored currency, for tools that run without the server's flags.

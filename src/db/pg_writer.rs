@@ -11,7 +11,7 @@
 //! are off by default.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -67,6 +67,7 @@ impl PgWriter {
             stats.note_stamp(newest);
         }
         let last_stamp_micros = Arc::new(AtomicI64::new(newest.map_or(0, Timestamp::micros)));
+        let connected = Arc::new(AtomicUsize::new(connections.len()));
         let handles = connections
             .into_iter()
             .enumerate()
@@ -75,7 +76,10 @@ impl PgWriter {
                 let clock = clock.clone();
                 let last = last_stamp_micros.clone();
                 let stats = stats.clone();
-                let url = url.to_string();
+                let url = Link {
+                    url: url.to_string(),
+                    connected: connected.clone(),
+                };
                 std::thread::Builder::new()
                     .name(format!("pg-writer-{i}"))
                     .spawn(move || run(&url, conn, &rx, (&clock, &last), (&stats, batch_max)))
@@ -148,8 +152,14 @@ impl PgWriter {
     }
 }
 
+/// Where a writer connects, and how many writers of this process are connected now.
+struct Link {
+    url: String,
+    connected: Arc<AtomicUsize>,
+}
+
 fn run(
-    url: &str,
+    url: &Link,
     mut conn: PgConn,
     rx: &Mutex<Receiver<Job>>,
     (clock, last): (&SharedClock, &AtomicI64),
@@ -158,33 +168,33 @@ fn run(
     let mut batch: Vec<Job> = Vec::with_capacity(batch_max);
     loop {
         {
-            let Ok(rx) = rx.lock() else { return };
-            if stats.storage_fault().is_none() {
-                match rx.recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => return,
-                }
-            } else {
-                // While writes are refused for a storage fault, no client write may come (a
-                // load balancer sends none to a node whose /health is 503): the writer probes
-                // the database once a second to learn by itself when it takes writes again.
-                match rx.recv_timeout(super::writer::STORAGE_PROBE_INTERVAL) {
-                    Ok(job) => batch.push(job),
-                    Err(RecvTimeoutError::Timeout) => {
-                        drop(rx);
+            let Ok(queue) = rx.lock() else { return };
+            // While writes are refused for a storage fault, no client write may come (a load
+            // balancer sends none to a node whose /health is 503): the writer waiting for
+            // the next job probes the database once a second to learn by itself when it
+            // takes writes again. (It looks at the fault each time its wait ends: the fault
+            // may have been recorded by another writer while it waited.)
+            match queue.recv_timeout(super::writer::STORAGE_PROBE_INTERVAL) {
+                Ok(job) => batch.push(job),
+                Err(RecvTimeoutError::Timeout) => {
+                    drop(queue);
+                    if stats.storage_fault().is_some() {
                         if probe(&conn).is_ok() {
                             stats.wrote();
                         }
                         if conn.is_closed() {
-                            conn = reconnect(url);
+                            match reconnect(url, rx) {
+                                Some(c) => conn = c,
+                                None => return,
+                            }
                         }
-                        continue;
                     }
-                    Err(RecvTimeoutError::Disconnected) => return,
+                    continue;
                 }
+                Err(RecvTimeoutError::Disconnected) => return,
             }
             while batch.len() < batch_max {
-                match rx.try_recv() {
+                match queue.try_recv() {
                     Ok(job) => batch.push(job),
                     Err(_) => break,
                 }
@@ -204,7 +214,10 @@ fn run(
         stats.jobs.fetch_add(batch.len() as u64, Ordering::Relaxed);
         run_batch(&conn, now, &mut batch, stats);
         if conn.is_closed() {
-            conn = reconnect(url);
+            match reconnect(url, rx) {
+                Some(c) => conn = c,
+                None => return,
+            }
         }
     }
 }
@@ -309,15 +322,39 @@ fn probe(conn: &PgConn) -> Result<(), AppError> {
     wrote
 }
 
-/// A new connection for a writer whose connection broke (the server restarted, a failover):
-/// tried once a second until it succeeds. Meanwhile the other writers take the jobs.
-fn reconnect(url: &str) -> PgConn {
+/// A new connection for a writer whose connection broke (the server restarted, a failover),
+/// tried once a second until it succeeds; `None` when the writer is stopping meanwhile. While
+/// other writers are connected they take the jobs. While none is, jobs would wait in the
+/// queue for as long as the database is away and then run long after their clients gave up:
+/// they are answered 503 at once instead, without running.
+fn reconnect(link: &Link, rx: &Mutex<Receiver<Job>>) -> Option<PgConn> {
+    link.connected.fetch_sub(1, Ordering::SeqCst);
     crate::log::error("pg writer: the connection to PostgreSQL broke; reconnecting");
     loop {
-        std::thread::sleep(std::time::Duration::from_secs(1));
-        if let Ok(conn) = PgConn::connect(url) {
+        let retry_at = std::time::Instant::now() + RECONNECT_INTERVAL;
+        while std::time::Instant::now() < retry_at {
+            if link.connected.load(Ordering::SeqCst) > 0 {
+                std::thread::sleep(RECONNECT_POLL);
+                continue;
+            }
+            let Ok(rx) = rx.lock() else { return None };
+            match rx.recv_timeout(RECONNECT_POLL) {
+                Ok(job) => (job(None).answer)(Err(AppError::Unavailable(
+                    "the database is not available; try again",
+                ))),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+        if let Ok(conn) = PgConn::connect(&link.url) {
+            link.connected.fetch_add(1, Ordering::SeqCst);
             crate::log::info("pg writer: reconnected to PostgreSQL");
-            return conn;
+            return Some(conn);
         }
     }
 }
+
+/// How often a writer whose connection broke tries to connect again.
+const RECONNECT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often, meanwhile, it looks whether another writer is connected or a job waits.
+const RECONNECT_POLL: std::time::Duration = std::time::Duration::from_millis(100);

@@ -207,9 +207,24 @@ fn parse_query(raw_query: &str) -> Vec<(String, String)> {
         .filter(|kv| !kv.is_empty())
         .map(|kv| {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (percent_decode(k), percent_decode(v))
+            (
+                without_nul(percent_decode(k)),
+                without_nul(percent_decode(v)),
+            )
         })
         .collect()
+}
+
+/// `%00` decodes to a character no text column of PostgreSQL can hold (it refuses the whole
+/// statement, which would be a 500), and no name, reference or id contains it. It becomes
+/// U+FFFD, which matches nothing either, on both engines, rather than dropping the parameter
+/// (a dropped search filter would widen the search).
+fn without_nul(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\u{fffd}")
+    } else {
+        text
+    }
 }
 
 /// Reads any JSON value and fails on an object that repeats a key, at any depth.
@@ -246,7 +261,11 @@ impl<'de> serde::de::Visitor<'de> for NoRepeatedKeysVisitor {
         Ok(NoRepeatedKeys)
     }
 
-    fn visit_str<E>(self, _: &str) -> Result<NoRepeatedKeys, E> {
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<NoRepeatedKeys, E> {
+        // No field of the API holds a NUL character, and PostgreSQL can't store one.
+        if text.contains('\0') {
+            return Err(E::custom("holds a string with the NUL character (\\u0000)"));
+        }
         Ok(NoRepeatedKeys)
     }
 

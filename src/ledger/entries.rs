@@ -6,7 +6,9 @@ use sha2::{Digest, Sha256};
 use super::kinds;
 use crate::domain::{EntryKind, Metadata, MinorUnits, Money, Timestamp};
 use crate::error::AppError;
-use crate::store::{Engine, FromValue, Param, Row, Sql, ToParam, Value};
+use crate::store::{
+    lock_for_transaction, Engine, FromValue, LockClass, Param, Row, Sql, ToParam, Value,
+};
 
 /// A wallet's integer key: how entries and queries name a wallet in storage. Only storage
 /// makes one (from a row), so a user id or a count can't be passed where a wallet is meant.
@@ -391,32 +393,45 @@ pub fn find_by_id(conn: &dyn Sql, id: &str) -> Result<Option<Entry>, AppError> {
 /// The incoming half of a transfer: always appended right after its outgoing half, so it is
 /// found by position (no index needed) and checked by transfer id.
 pub fn find_transfer_in(conn: &dyn Sql, out: &Entry) -> Result<Option<Entry>, AppError> {
-    let found = match conn.engine() {
-        Engine::Sqlite => conn.query_opt(
-            concat!(
-                "SELECT ",
-                entry_columns!(),
-                " FROM ",
-                entry_from!(),
-                " WHERE e.seq = ?1"
-            ),
-            &[&(out.seq + 1)],
-        )?,
-        // Other processes' entries may sit between the halves: found by transfer id (indexed).
-        Engine::Postgres => conn.query_opt(
-            concat!(
-                "SELECT ",
-                entry_columns!(),
-                " FROM ",
-                entry_from!(),
-                " WHERE e.transfer_id = ?1 AND e.kind = 'TRANSFER_IN'"
-            ),
-            &[&out.transfer_id],
-        )?,
+    let is_in = |e: &Entry| e.kind == EntryKind::TransferIn && e.transfer_id == out.transfer_id;
+    if conn.engine() == Engine::Sqlite {
+        // Appended right after its outgoing half: found by position, no index needed.
+        let next = conn
+            .query_opt(
+                concat!(
+                    "SELECT ",
+                    entry_columns!(),
+                    " FROM ",
+                    entry_from!(),
+                    " WHERE e.seq = ?1"
+                ),
+                &[&(out.seq + 1)],
+            )?
+            .map(|r| entry_from_row(&r))
+            .transpose()?;
+        if let Some(found) = next.filter(is_in) {
+            return Ok(Some(found));
+        }
+        // Not there in a ledger written on PostgreSQL and copied to SQLite: below.
     }
-    .map(|r| entry_from_row(&r))
-    .transpose()?;
-    Ok(found.filter(|e| e.kind == EntryKind::TransferIn && e.transfer_id == out.transfer_id))
+    // Other processes' entries may sit between the halves, in either order: the incoming
+    // half is found among the recipient's entries by transfer id (indexed on PostgreSQL; on
+    // SQLite a walk of the recipient's entries, for copied ledgers only).
+    let found = conn
+        .query_opt(
+            concat!(
+                "SELECT ",
+                entry_columns!(),
+                " FROM ",
+                entry_from!(),
+                " WHERE e.transfer_id = ?1 AND e.kind = 'TRANSFER_IN'
+                   AND e.wallet_key = (SELECT key FROM wallets WHERE user_id = ?2)"
+            ),
+            &[&out.transfer_id, &out.counterparty_user_id],
+        )?
+        .map(|r| entry_from_row(&r))
+        .transpose()?;
+    Ok(found.filter(is_in))
 }
 
 /// Makes sure no entry of the wallet committed from now on is stamped at or before `at`, so
@@ -436,22 +451,17 @@ pub fn fence_stamps(conn: &dyn Sql, wallet_key: WalletKey, at: Timestamp) -> Res
     Ok(())
 }
 
-/// Serialises the requests that name one reference of one wallet, until the transaction
-/// ends. On SQLite the single writer already does; on PostgreSQL two processes could both
-/// find a reference unused and one would then fail on the unique index (a 500 instead of a
-/// replay): with this lock the second waits for the first to commit, then finds its entry.
+/// Serialises the requests that name one reference of one wallet (`LockClass::Reference`).
 pub fn lock_reference(
     conn: &dyn Sql,
     wallet_key: WalletKey,
     reference: &str,
 ) -> Result<(), AppError> {
-    if conn.engine() == Engine::Postgres {
-        conn.query_one(
-            "SELECT pg_advisory_xact_lock(hashtextextended(?2, ?1))",
-            &[&wallet_key, &reference],
-        )?;
-    }
-    Ok(())
+    lock_for_transaction(
+        conn,
+        LockClass::Reference,
+        &format!("{wallet_key}:{reference}"),
+    )
 }
 
 /// Signed sum of a wallet's entries in `(after, upto]`, by creation time.

@@ -229,6 +229,34 @@ pub trait Sql {
     }
 }
 
+/// What a transaction-scoped lock by name serialises. Each class is a key space of its own
+/// (PostgreSQL's two-key advisory locks never meet its one-key ones, which the service uses
+/// for the sealer, the schema and snapshots), so no name a client chooses can collide with
+/// another class or with those.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockClass {
+    /// A wallet's reference: concurrent identical requests wait, then replay.
+    Reference = 0x7265,
+    /// A username key: concurrent registrations of one name, the second then sees it taken.
+    Username = 0x756e,
+    /// An email key, likewise.
+    Email = 0x656d,
+}
+
+/// Serialises the transactions that lock the same `name` in `class`, until each ends. On
+/// SQLite the one writer already serialises every write; on PostgreSQL two processes could
+/// both find a name unused and one would then fail on a unique index (a 500 instead of a
+/// replay or a 409): with this lock the second waits for the first to commit, then sees it.
+pub fn lock_for_transaction(conn: &dyn Sql, class: LockClass, name: &str) -> Result<(), AppError> {
+    if conn.engine() == Engine::Postgres {
+        conn.query_one(
+            "SELECT pg_advisory_xact_lock(?1, hashtext(?2))",
+            &[&(class as i32), &name],
+        )?;
+    }
+    Ok(())
+}
+
 /// Where the ledger lives: `--db` names a SQLite file, or a PostgreSQL server by URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -294,22 +322,27 @@ impl std::fmt::Display for Target {
     }
 }
 
-/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+/// `postgres://user:secret@host/db?password=x` → `postgres://user:***@host/db?…`: the
+/// password is never shown, wherever the URL puts it. Everything up to the last `@` is the
+/// user and password (a password may hold `/`, `?` or `@`), and the query string, which may
+/// hold `password=`, is left out whole.
 pub fn redact_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+        return "(a database URL)".to_string();
     };
-    let (authority, tail) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
+    let (user, host_and_more) = match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            let hidden = if userinfo.contains(':') { ":***" } else { "" };
+            (format!("{user}{hidden}@"), host)
+        }
+        None => (String::new(), rest),
     };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
-    }
+    let (host_and_path, query) = match host_and_more.split_once('?') {
+        Some((before, _)) => (before, "?…"),
+        None => (host_and_more, ""),
+    };
+    format!("{scheme}://{user}{host_and_path}{query}")
 }
 
 #[cfg(test)]
@@ -333,5 +366,16 @@ mod tests {
         assert_eq!(t.to_string(), "postgres://u:***@h:5432/db");
         assert!(!t.to_string().contains("s3cret"));
         assert_eq!(redact_password("postgres://u@h/db"), "postgres://u@h/db");
+        for (url, shown) in [
+            ("postgres://u:hun/ter2@h:1/db", "postgres://u:***@h:1/db"),
+            ("postgres://u:a@b?c@h/db", "postgres://u:***@h/db"),
+            ("postgres://u@h/db?password=hunter2", "postgres://u@h/db?…"),
+            (
+                "postgres://u:x@h/db?sslmode=disable&password=y",
+                "postgres://u:***@h/db?…",
+            ),
+        ] {
+            assert_eq!(redact_password(url), shown);
+        }
     }
 }

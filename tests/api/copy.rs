@@ -713,3 +713,45 @@ fn a_copy_into_postgres_refuses_a_database_in_use_and_leaves_a_failed_one_empty(
     assert!(why.contains("it is left as it was"), "{why}");
     assert_eq!(failing.tables(), 0);
 }
+
+#[test]
+fn a_transfer_written_on_postgres_replays_on_its_sqlite_copy() {
+    // On PostgreSQL a transfer's halves are written in wallet key order, so a transfer to an
+    // older wallet puts its incoming half first; copied to SQLite, where a replay looks for
+    // the incoming half right after the outgoing one, the retry must still replay (200), not
+    // fail for a missing half.
+    let Some(server) = postgres_url() else {
+        eprintln!("not run: needs PostgreSQL (set WALLET_TEST_POSTGRES_URL)");
+        return;
+    };
+    let pg = PgDatabase::create(&server);
+    let mut app = Served::start(pg.target.clone());
+    let (older, newer) = (app.register("older"), app.register("newer"));
+    app.post(
+        "/api/wallets/me/deposit",
+        &newer.token,
+        json!({"amount": "10.00", "reference": "fund"}),
+        201,
+    );
+    let transfer = json!({"to_user_id": older.id, "amount": "3.00", "reference": "pay"});
+    let first = app.post(
+        "/api/wallets/me/transfer",
+        &newer.token,
+        transfer.clone(),
+        201,
+    );
+    app.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("copy.db");
+    copy(&pg.target, &Target::Sqlite(to.clone())).unwrap();
+    let copied = Served::start(Target::Sqlite(to));
+    let replay = copied.post("/api/wallets/me/transfer", &newer.token, transfer, 200);
+    assert_eq!(
+        replay["transfer_in"]["id"], first["transfer_in"]["id"],
+        "{replay}"
+    );
+    assert_eq!(
+        replay["transfer_out"]["id"], first["transfer_out"]["id"],
+        "{replay}"
+    );
+}

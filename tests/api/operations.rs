@@ -15,6 +15,7 @@ use wallet::clock::{Clock, ManualClock, SystemClock};
 use wallet::config::Config;
 use wallet::domain::Timestamp;
 use wallet::startup::{App, TestHooks};
+use wallet::store::Sql;
 
 use crate::binary::{self, call, Server};
 use crate::helpers::{agent, name, sqlite_only, TestApp, TestDb};
@@ -1280,4 +1281,111 @@ fn a_postgres_database_that_stops_taking_writes_is_503_and_recovers_by_itself() 
         .get(0)
         .unwrap();
     assert_eq!(probes, 0, "the probe leaves nothing behind");
+}
+
+#[test]
+fn every_process_on_a_postgres_database_serves_its_one_currency() {
+    // A second process started with another currency (or scale) is refused, even while the
+    // ledger holds no money: the first one is serving the database already, and the same minor
+    // units would read differently on the two.
+    let app = TestApp::spawn();
+    if !app.on_postgres() {
+        eprintln!("not run: PostgreSQL only (one SQLite file has one server)");
+        return;
+    }
+    let mut serve = Config::for_tests(app.target().clone()).serve;
+    serve.currency = "JPY".into();
+    serve.currency_scale = 0;
+    let config = Config::from_args(app.target().clone(), serve).expect("valid settings");
+    let refused = wallet::App::start_with(
+        config,
+        Arc::new(SystemClock),
+        wallet::startup::TestHooks::default(),
+    );
+    let Err(e) = refused else {
+        panic!("a second currency was served on one database");
+    };
+    assert_eq!(e.exit_code(), 2, "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("--currency") && text.contains("USD"),
+        "{text}"
+    );
+    // The first process goes on as it was.
+    let u = app.register(&name("cur"));
+    assert_eq!(app.deposit(&u, "1.50", "d").status, 201);
+    assert_eq!(app.balance(&u), "1.50");
+}
+
+#[test]
+fn while_postgres_is_away_writes_get_503_at_once_and_none_runs_later() {
+    // The database stops taking connections and the server's are cut: every writer is
+    // reconnecting. A write must not wait in the queue for as long as the database is away
+    // (and then commit long after its client gave up): it gets 503 within a few seconds, and
+    // once the database is back, none of those writes has happened.
+    let app = TestApp::spawn();
+    if !app.on_postgres() {
+        eprintln!("not run: PostgreSQL only");
+        return;
+    }
+    let u = app.register(&name("away"));
+    assert_eq!(app.deposit(&u, "1.00", "before").status, 201);
+    let admin_url = std::env::var("WALLET_TEST_POSTGRES_URL").expect("set on PostgreSQL");
+    let admin = wallet::store::postgres::PgConn::connect(&admin_url).unwrap();
+    let database: String = app
+        .db()
+        .query_one("SELECT CAST(current_database() AS TEXT)", &[])
+        .unwrap()
+        .get(0)
+        .unwrap();
+    let allow = |yes: bool| {
+        admin
+            .batch(&format!(
+                "ALTER DATABASE \"{database}\" WITH ALLOW_CONNECTIONS {yes}"
+            ))
+            .unwrap();
+        if !yes {
+            admin
+                .query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = ?1",
+                    &[&database],
+                )
+                .unwrap();
+        }
+    };
+    allow(false);
+    let started = Instant::now();
+    let answers: Vec<(u16, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..12)
+            .map(|i| {
+                let (app, u) = (&app, &u);
+                s.spawn(move || {
+                    let r = app.deposit(u, "1.00", &format!("away-{i}"));
+                    (r.status, r.body.to_string())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let took = started.elapsed();
+    allow(true);
+    for (status, body) in &answers {
+        assert_eq!(*status, 503, "{body}");
+    }
+    assert!(
+        took < Duration::from_secs(8),
+        "writes waited {took:?} for the database"
+    );
+    // Back: writes go through again, and none of the refused ones ran meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = app.deposit(&u, "1.00", "after");
+        if r.status == 201 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never recovered: {}", r.body);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(app.balance(&u), "2.00", "a refused write ran later");
 }
