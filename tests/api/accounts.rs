@@ -669,3 +669,39 @@ fn every_spelling_of_a_username_shares_one_failed_login_count() {
         429
     );
 }
+
+#[test]
+fn one_name_registered_many_times_at_once_makes_one_account() {
+    // Eight registrations of one username at once (each with its own email): one account,
+    // and the other seven hear the name is taken. On PostgreSQL they run on several writer
+    // connections side by side, where a check-then-insert would let two pass the check.
+    let app = TestApp::spawn();
+    let username = name("same");
+    let statuses: Vec<(u16, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let (app, username) = (&app, &username);
+                s.spawn(move || {
+                    let r = app.request(
+                        "POST",
+                        "/api/auth/register",
+                        None,
+                        Some(&serde_json::json!({
+                            "username": username,
+                            "email": format!("same{i}@example.com"),
+                            "password": "correct horse battery",
+                            "password_confirm": "correct horse battery",
+                        })),
+                    );
+                    (r.status, r.code().to_string())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let created = statuses.iter().filter(|(s, _)| *s == 201).count();
+    assert_eq!(created, 1, "{statuses:?}");
+    for (status, code) in statuses.iter().filter(|(s, _)| *s != 201) {
+        assert_eq!((*status, code.as_str()), (409, "username_taken"), "{statuses:?}");
+    }
+}
