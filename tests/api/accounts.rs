@@ -702,6 +702,10 @@ fn one_name_registered_many_times_at_once_makes_one_account() {
     let created = statuses.iter().filter(|(s, _)| *s == 201).count();
     assert_eq!(created, 1, "{statuses:?}");
     for (status, code) in statuses.iter().filter(|(s, _)| *s != 201) {
-        assert_eq!((*status, code.as_str()), (409, "username_taken"), "{statuses:?}");
+        assert_eq!(
+            (*status, code.as_str()),
+            (409, "username_taken"),
+            "{statuses:?}"
+        );
     }
 }
