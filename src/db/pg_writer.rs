@@ -12,11 +12,10 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use super::writer::{submit, Ran};
 use super::WriterStats;
 use crate::clock::SharedClock;
 use crate::domain::Timestamp;
@@ -27,6 +26,18 @@ use crate::store::Sql;
 /// A write: runs on a connection inside a transaction at the given time, and says whether
 /// the transaction should commit. Given `None` (no connection could run it), it only answers.
 type Job = Box<dyn FnOnce(Option<(&dyn Sql, Timestamp)>) -> Ran + Send>;
+
+/// What a job did: whether to commit, and how to answer once the commit's fate is known.
+pub struct Ran {
+    pub keep: bool,
+    /// The job was refused because the database would not take its writes (a full disk, a
+    /// read-only standby): `/health` says so until a write commits again.
+    pub fault: Option<StorageFault>,
+    pub answer: Answer,
+}
+
+/// Delivers a job's result once its transaction's fate (commit or not) is known.
+type Answer = Box<dyn FnOnce(Result<(), AppError>) + Send>;
 
 #[derive(Clone)]
 pub struct PgWriter {
@@ -100,14 +111,44 @@ impl PgWriter {
         F: FnOnce(&dyn Sql, Timestamp) -> Result<T, AppError> + Send + 'static,
     {
         let (tx, rx) = sync_channel::<Result<T, AppError>>(1);
-        let job: Job = Box::new(move |run| match run {
-            Some((conn, now)) => Ran::of(f(conn, now), tx),
-            None => Ran::not_run(
-                AppError::Unavailable("the database is not available; try again"),
-                tx,
-            ),
+        let job: Job = Box::new(move |run| {
+            let Some((conn, now)) = run else {
+                return Ran {
+                    keep: false,
+                    fault: None,
+                    answer: Box::new(move |outcome| {
+                        let _ = tx.send(outcome.and(Err(AppError::Unavailable(
+                            "the database is not available; try again",
+                        ))));
+                    }),
+                };
+            };
+            let result = f(conn, now);
+            Ran {
+                keep: result.is_ok(),
+                fault: match &result {
+                    Err(AppError::Storage(fault)) => Some(*fault),
+                    _ => None,
+                },
+                answer: Box::new(move |outcome| {
+                    let _ = tx.send(outcome.and(result));
+                }),
+            }
         });
-        submit(&self.queue, &self.stats, job, rx)
+        match self.queue.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+                return Err(AppError::Unavailable(
+                    "the server is at capacity; try again",
+                ));
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(AppError::Unavailable("the server is shutting down"))
+            }
+        }
+        rx.recv()
+            .unwrap_or_else(|_| Err(AppError::Internal("a write job panicked".into())))
     }
 }
 

@@ -23,75 +23,15 @@ use crate::error::{AppError, StorageFault};
 
 /// What a job gives back after running: whether to keep its savepoint, and how to answer its
 /// caller once the batch's fate (commit or not) is known.
-pub(crate) struct Ran {
-    pub(crate) keep: bool,
+struct Ran {
+    keep: bool,
     /// The job was refused because the storage would not take its writes.
-    pub(crate) fault: Option<StorageFault>,
-    pub(crate) answer: Answer,
-}
-
-impl Ran {
-    /// A job that returned `result`: its work is kept if it succeeded, a storage fault that
-    /// refused it is reported, and its caller hears `result` once the commit succeeded (or
-    /// the commit's error).
-    pub(crate) fn of<T: Send + 'static>(
-        result: Result<T, AppError>,
-        caller: SyncSender<Result<T, AppError>>,
-    ) -> Ran {
-        Ran {
-            keep: result.is_ok(),
-            fault: match &result {
-                Err(AppError::Storage(fault)) => Some(*fault),
-                _ => None,
-            },
-            answer: Box::new(move |commit| {
-                let _ = caller.send(commit.and(result));
-            }),
-        }
-    }
-
-    /// A job that was not run: its caller hears the commit's error, else `why`.
-    pub(crate) fn not_run<T: Send + 'static>(
-        why: AppError,
-        caller: SyncSender<Result<T, AppError>>,
-    ) -> Ran {
-        Ran {
-            keep: false,
-            fault: None,
-            answer: Box::new(move |commit| {
-                let _ = caller.send(commit.and(Err(why)));
-            }),
-        }
-    }
-}
-
-/// Queues `job` for a writer and waits for its answer. A full queue is 503, not a longer
-/// wait; the answer is dropped unsent only if the job panicked.
-pub(crate) fn submit<J, T>(
-    queue: &SyncSender<J>,
-    stats: &WriterStats,
-    job: J,
-    answer: Receiver<Result<T, AppError>>,
-) -> Result<T, AppError> {
-    match queue.try_send(job) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_)) => {
-            stats.queue_full.fetch_add(1, Ordering::Relaxed);
-            return Err(AppError::Unavailable(
-                "the server is at capacity; try again",
-            ));
-        }
-        Err(TrySendError::Disconnected(_)) => {
-            return Err(AppError::Unavailable("the server is shutting down"))
-        }
-    }
-    answer
-        .recv()
-        .unwrap_or_else(|_| Err(AppError::Internal("a write job panicked".into())))
+    fault: Option<StorageFault>,
+    answer: Answer,
 }
 
 /// Delivers a job's result once the batch's commit (or failure) is known.
-pub(crate) type Answer = Box<dyn FnOnce(Result<(), AppError>) + Send>;
+type Answer = Box<dyn FnOnce(Result<(), AppError>) + Send>;
 
 /// Runs a write on the connection at the batch's time, or, given `None` (the batch's
 /// transaction could not start), only returns the answer, which then carries the batch's error.
@@ -271,7 +211,14 @@ impl Writer {
         let (tx, rx) = sync_channel::<Result<T, AppError>>(1);
         let job: Job = Box::new(move |run| {
             let Some((conn, now)) = run else {
-                return Ran::not_run(AppError::Internal("a write not run".into()), tx);
+                return Ran {
+                    keep: false,
+                    fault: None,
+                    answer: Box::new(move |batch| {
+                        let _ =
+                            tx.send(batch.and(Err(AppError::Internal("a write not run".into()))));
+                    }),
+                };
             };
             let result = match f(conn, now) {
                 // An I/O error's cause is known only to the connection: out of space is an
@@ -282,9 +229,32 @@ impl Writer {
                 },
                 result => result,
             };
-            Ran::of(result, tx)
+            Ran {
+                keep: result.is_ok(),
+                fault: match &result {
+                    Err(AppError::Storage(fault)) => Some(*fault),
+                    _ => None,
+                },
+                answer: Box::new(move |batch| {
+                    let _ = tx.send(batch.and(result));
+                }),
+            }
         });
-        submit(queue, &self.stats, job, rx)
+        match queue.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.stats.queue_full.fetch_add(1, Ordering::Relaxed);
+                return Err(AppError::Unavailable(
+                    "the server is at capacity; try again",
+                ));
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(AppError::Unavailable("the server is shutting down"))
+            }
+        }
+        // The sender is dropped without an answer only if the job panicked.
+        rx.recv()
+            .unwrap_or_else(|_| Err(AppError::Internal("a write job panicked".into())))
     }
 }
 

@@ -247,9 +247,7 @@ fn schedule(app: &TestApp, u: &User, amount: &str, reference: &str, at: &str) ->
 
 /// Schedules a withdrawal 300 ms ahead and returns its id, checking the 202 PENDING reply.
 fn schedule_ok(app: &TestApp, u: &User, amount: &str, reference: &str) -> String {
-    // Far enough ahead that the request still arrives before it on a loaded machine (the
-    // suite on PostgreSQL, beside other builds, took longer than 300 ms to answer).
-    let at = in_ms(app, 800);
+    let at = in_ms(app, 300);
     let r = schedule(app, u, amount, reference, &at);
     assert_eq!(r.status, 202, "{}", r.body);
     assert_eq!(r.body["status"], "PENDING", "{}", r.body);
