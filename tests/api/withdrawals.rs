@@ -246,8 +246,12 @@ fn schedule(app: &TestApp, u: &User, amount: &str, reference: &str, at: &str) ->
 }
 
 /// Schedules a withdrawal 300 ms ahead and returns its id, checking the 202 PENDING reply.
+/// How far ahead `schedule_ok` schedules: far enough that the request still arrives before
+/// that moment on a loaded machine (300 ms was not, for the suite on PostgreSQL in CI).
+const SCHEDULE_LEAD_MS: u64 = 800;
+
 fn schedule_ok(app: &TestApp, u: &User, amount: &str, reference: &str) -> String {
-    let at = in_ms(app, 300);
+    let at = in_ms(app, SCHEDULE_LEAD_MS as i64);
     let r = schedule(app, u, amount, reference, &at);
     assert_eq!(r.status, 202, "{}", r.body);
     assert_eq!(r.body["status"], "PENDING", "{}", r.body);
@@ -1131,10 +1135,12 @@ fn run_scenario(s: &Scenario) {
     let url = fake.as_ref().map_or_else(refused_url, |f| f.url.clone());
     let app = app_paying_to(&url);
     let u = funded(&app);
+    // Timed from when the withdrawal falls due (taken just before the request, so never
+    // later than the real moment), not from the request.
+    let due = Instant::now() + Duration::from_millis(SCHEDULE_LEAD_MS);
     let id = schedule_ok(&app, &u, "30.00", "row");
-    let started = Instant::now();
     let w = wait_until(&app, &u, &id, settled);
-    let took = started.elapsed();
+    let took = Instant::now().saturating_duration_since(due);
     let attempts = w["attempts"].as_u64().unwrap() as usize;
     let all = full_entries(&app, &u);
     assert_eq!(w["transaction_id"], id_of_entry(&all, "WITHDRAWAL"), "{w}");
