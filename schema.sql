@@ -5,10 +5,21 @@
 -- `YYYY-MM-DDTHH:MM:SS.ffffffZ`, so that text order is time order.
 -- Ledger rows (`entries`) can be inserted, never updated or deleted: triggers abort both.
 
--- One row: the deployment's currency, fixed once the database holds money.
+-- One row. `currency` and `scale`: the deployment's default currency when the database was
+-- created; entries written before schema 6 (one currency per ledger) are in this currency.
+-- `chain_currency_from`: the first position whose entry has its currency in the hash chain
+-- (1 for a ledger created with currencies; the next position at the upgrade otherwise).
 CREATE TABLE settings (
-    id              INTEGER PRIMARY KEY CHECK (id = 1),
-    currency        TEXT    NOT NULL,
+    id                  INTEGER PRIMARY KEY CHECK (id = 1),
+    currency            TEXT    NOT NULL,
+    scale               INTEGER NOT NULL CHECK (scale BETWEEN 0 AND 8),
+    chain_currency_from INTEGER NOT NULL DEFAULT 1 CHECK (chain_currency_from >= 1)
+) STRICT;
+
+-- Every currency money has been kept in, with its scale: stored minor units mean nothing at
+-- another scale, so a currency with a balance keeps its scale and stays configured.
+CREATE TABLE currencies (
+    code            TEXT    PRIMARY KEY CHECK (length(code) BETWEEN 3 AND 8),
     scale           INTEGER NOT NULL CHECK (scale BETWEEN 0 AND 8)
 ) STRICT;
 
@@ -41,20 +52,30 @@ CREATE TABLE tokens (
 ) STRICT;
 CREATE INDEX tokens_user ON tokens (user_id);
 
--- Each user has exactly one wallet. `balance` is the running balance, kept in step with the
--- entries by the writer and checked by the trigger `entries_balance_follows`.
+-- Each user has exactly one wallet, with a balance per currency (`balances`).
 CREATE TABLE wallets (
     -- Internal key: ledger rows name their wallet by this integer, so the hot path looks
     -- wallets up by rowid and the per-wallet indexes stay small. `id` is the public UUID.
     key                 INTEGER PRIMARY KEY,
     id                  TEXT    NOT NULL UNIQUE,
     user_id             INTEGER NOT NULL UNIQUE REFERENCES users (id),
+    created_at          TEXT    NOT NULL
+) STRICT;
+
+-- A wallet's money in one currency: a row from the first credit in that currency on.
+-- `balance` is the running balance, kept in step with the entries by the writer and checked
+-- by the trigger `entries_balance_follows`; `held` is what HELD holds reserve of it, so
+-- `balance - held` (available) is what a debit may take.
+CREATE TABLE balances (
+    wallet_key          INTEGER NOT NULL REFERENCES wallets (key),
+    currency            TEXT    NOT NULL REFERENCES currencies (code),
     balance             INTEGER NOT NULL DEFAULT 0 CHECK (balance >= 0),
+    held                INTEGER NOT NULL DEFAULT 0 CHECK (held >= 0 AND held <= balance),
     -- The balance as computed by the last snapshot, and that snapshot's cut-off time.
     last_balance        INTEGER NOT NULL DEFAULT 0 CHECK (last_balance >= 0),
     last_balance_update TEXT    NOT NULL,
-    created_at          TEXT    NOT NULL
-) STRICT;
+    PRIMARY KEY (wallet_key, currency)
+) STRICT, WITHOUT ROWID;
 
 -- The ledger: every movement of money, forever. The API calls these "transactions".
 --
@@ -82,8 +103,11 @@ CREATE TABLE entries (
     created_at           TEXT    NOT NULL,
     -- SHA-256 over the previous entry's hash and this entry's content, with the wallet named
     -- by its public id (ARCHITECTURE.md).
-    hash                 BLOB    NOT NULL CHECK (length(hash) = 32)
+    hash                 BLOB    NOT NULL CHECK (length(hash) = 32),
+    currency             TEXT    NOT NULL
 ) STRICT;
+-- `currency` is the balance an entry moves. It is the last column because an upgraded
+-- database adds it there (with its old currency as the value of the rows before).
 -- One index per wallet serves history, recent entries, time filters and snapshot sums: its
 -- entries are (wallet_key, created_at, seq), and created_at never decreases with seq, so
 -- "ORDER BY created_at DESC, seq DESC" is newest first without a sort. Every extra index is
@@ -111,7 +135,8 @@ END;
 -- running balance. Checking it here too, with a lookup of the previous entry, cost 7% of the
 -- writer's throughput.)
 CREATE TRIGGER entries_balance_follows BEFORE INSERT ON entries
-WHEN NEW.balance_after IS NOT (SELECT balance FROM wallets WHERE key = NEW.wallet_key)
+WHEN NEW.balance_after IS NOT
+    (SELECT balance FROM balances WHERE wallet_key = NEW.wallet_key AND currency = NEW.currency)
 BEGIN
     SELECT RAISE(ABORT, 'balance_after is not the wallet''s balance');
 END;
@@ -140,6 +165,7 @@ CREATE TABLE withdrawals (
     -- When the payout call now under way started; NULL when none is. Cleared when its outcome
     -- is recorded, so one found set by a new process never reported back: its outcome is unknown.
     payout_call_started_at TEXT,
+    currency              TEXT    NOT NULL,
     UNIQUE (wallet_id, reference),
     -- A failed withdrawal that took money always has its refund.
     CHECK (NOT (status = 'FAILED' AND transaction_id IS NOT NULL AND refund_transaction_id IS NULL))
@@ -164,8 +190,55 @@ CREATE TABLE balance_snapshots (
     -- What the running balance said at the cut-off; differs from `balance` only on a mismatch.
     running    INTEGER NOT NULL,
     run_id     INTEGER NOT NULL REFERENCES snapshot_runs (id),
-    PRIMARY KEY (wallet_id, taken_at)
+    currency   TEXT    NOT NULL,
+    PRIMARY KEY (wallet_id, currency, taken_at)
 ) STRICT;
+
+-- Holds: money reserved in the payer's balance (its `held`) until captured, voided or
+-- expired, each exactly once: a hold leaves HELD once, and never changes after
+-- (`holds_settled`).
+CREATE TABLE holds (
+    key             INTEGER PRIMARY KEY,
+    id              TEXT    NOT NULL UNIQUE,
+    wallet_key      INTEGER NOT NULL REFERENCES wallets (key),
+    currency        TEXT    NOT NULL REFERENCES currencies (code),
+    amount          INTEGER NOT NULL CHECK (amount > 0),
+    reference       TEXT    NOT NULL CHECK (length(reference) BETWEEN 1 AND 255),
+    to_user_id      INTEGER REFERENCES users (id),
+    metadata        TEXT    NOT NULL DEFAULT '{}',
+    status          TEXT    NOT NULL
+        CHECK (status = 'HELD' OR status = 'CAPTURED' OR status = 'VOIDED' OR status = 'EXPIRED'),
+    expires_at      TEXT    NOT NULL,
+    created_at      TEXT    NOT NULL,
+    updated_at      TEXT    NOT NULL,
+    captured_amount INTEGER CHECK (captured_amount > 0 AND captured_amount <= amount),
+    -- The capture's entries: the payer's (TRANSFER_OUT or WITHDRAWAL), the recipient's.
+    out_entry_id    TEXT    REFERENCES entries (id),
+    in_entry_id     TEXT    REFERENCES entries (id),
+    UNIQUE (wallet_key, reference),
+    CHECK ((status = 'CAPTURED') = (captured_amount IS NOT NULL AND out_entry_id IS NOT NULL)),
+    CHECK ((in_entry_id IS NOT NULL) = (status = 'CAPTURED' AND to_user_id IS NOT NULL))
+) STRICT;
+-- The expiry worker's next hold: the HELD one that expires first.
+CREATE INDEX holds_expiry ON holds (expires_at) WHERE status = 'HELD';
+CREATE INDEX holds_recipient ON holds (to_user_id, created_at) WHERE to_user_id IS NOT NULL;
+CREATE INDEX holds_payer ON holds (wallet_key, created_at);
+
+CREATE TRIGGER holds_settled BEFORE UPDATE ON holds
+WHEN OLD.status <> 'HELD'
+    OR NEW.id IS NOT OLD.id OR NEW.wallet_key IS NOT OLD.wallet_key
+    OR NEW.currency IS NOT OLD.currency OR NEW.amount IS NOT OLD.amount
+    OR NEW.reference IS NOT OLD.reference OR NEW.to_user_id IS NOT OLD.to_user_id
+    OR NEW.metadata IS NOT OLD.metadata OR NEW.expires_at IS NOT OLD.expires_at
+    OR NEW.created_at IS NOT OLD.created_at
+BEGIN
+    SELECT RAISE(ABORT, 'a hold changes only once, from HELD');
+END;
+
+CREATE TRIGGER holds_no_delete BEFORE DELETE ON holds
+BEGIN
+    SELECT RAISE(ABORT, 'holds are kept');
+END;
 
 -- Every staff action through /api/admin, with who did it.
 CREATE TABLE audit_log (

@@ -4,8 +4,9 @@
 #   .ci/newman.sh [PATH_TO_RELEASE_BINARY]     (default: target/release/wallet)
 #
 # It makes a temporary database, creates the staff user `ciadmin` with createsuperuser,
-# starts the server on a free loopback port, waits for /health, runs newman (installing it
-# under the temporary directory when it is not on PATH) and exits with newman's status.
+# starts the server on a free loopback port (with the currencies USD and EUR), waits for /health,
+# runs newman (installing it under the temporary directory when it is not on PATH) and exits
+# with newman's status.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -64,7 +65,8 @@ free_port() {
 PORT="${PORT:-$(free_port)}"
 BASE_URL="http://127.0.0.1:$PORT"
 
-"$BIN" --db "$DB" --listen "127.0.0.1:$PORT" >"$SERVER_LOG" 2>&1 &
+# Two currencies, USD the default: the collection's "Currencies and holds" folder uses EUR.
+"$BIN" --db "$DB" --listen "127.0.0.1:$PORT" --currencies USD:2,EUR:2 >"$SERVER_LOG" 2>&1 &
 SERVER_PID=$!
 
 # Wait up to 30 s for GET /health to answer 200.

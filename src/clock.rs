@@ -378,14 +378,31 @@ impl Wakeup {
 
     /// Sleeps up to `timeout`, returning early on a nudge or stop. Returns false when stopping.
     pub fn sleep(&self, timeout: Duration) -> bool {
+        self.wait(timeout) != Woken::Stopping
+    }
+
+    /// `sleep`, saying why it ended.
+    pub fn wait(&self, timeout: Duration) -> Woken {
         let guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let (mut guard, _) = self
             .cond
             .wait_timeout_while(guard, timeout, |s| !s.nudged && !s.stopping)
             .unwrap_or_else(|p| p.into_inner());
-        guard.nudged = false;
-        !guard.stopping
+        let nudged = std::mem::take(&mut guard.nudged);
+        match (guard.stopping, nudged) {
+            (true, _) => Woken::Stopping,
+            (false, true) => Woken::Nudged,
+            (false, false) => Woken::TimedOut,
+        }
     }
+}
+
+/// Why `Wakeup::wait` returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Woken {
+    TimedOut,
+    Nudged,
+    Stopping,
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser};
 
 use crate::db::Synchronous;
-use crate::domain::Currency;
+use crate::domain::{Currencies, Currency};
 use crate::error::StartupError;
 pub use crate::store::Target;
 
@@ -35,6 +35,15 @@ pub struct ServeArgs {
     /// Fractional digits of the currency; fixed once the database holds money.
     #[arg(long, env = "WALLET_CURRENCY_SCALE", default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=8))]
     pub currency_scale: u32,
+
+    /// Several currencies, the default first: `USD:2,EUR:2,JPY:0` (code 3-8 uppercase
+    /// letters, scale 0-8). Replaces --currency/--currency-scale, which name a single one.
+    #[arg(long, env = "WALLET_CURRENCIES")]
+    pub currencies: Option<String>,
+
+    /// Longest a hold may last before it expires: seconds, or a number with s, m, h or d.
+    #[arg(long, env = "WALLET_HOLD_EXPIRY_MAX", default_value = "30d", value_parser = parse_duration)]
+    pub hold_expiry_max: Duration,
 
     /// The largest amount one request may move, in whole units.
     #[arg(long, env = "WALLET_AMOUNT_MAX", default_value_t = 1_000_000_000, value_parser = clap::value_parser!(i64).range(1..))]
@@ -210,7 +219,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub struct Config {
     pub db: Target,
     pub serve: ServeArgs,
-    pub currency: Currency,
+    /// Every currency money may be in, the default first.
+    pub currencies: Currencies,
     pub snapshot_schedule: Option<cron::Schedule>,
     pub hash_threads: usize,
 }
@@ -218,8 +228,21 @@ pub struct Config {
 impl Config {
     /// Checks what clap cannot. The error names the setting, for a one-line message.
     pub fn from_args(db: Target, serve: ServeArgs) -> Result<Config, StartupError> {
-        let currency = Currency::new(&serve.currency, serve.currency_scale, serve.amount_max)
-            .map_err(|e| StartupError::setting("--currency/WALLET_CURRENCY", e))?;
+        let currencies = match &serve.currencies {
+            Some(_) if serve.currency != "USD" || serve.currency_scale != 2 => {
+                return Err(StartupError::setting(
+                    "--currencies/WALLET_CURRENCIES",
+                    "give either --currencies or --currency/--currency-scale, not both \
+                     (the first of --currencies is the default)",
+                ))
+            }
+            Some(spec) => Currencies::parse(spec, serve.amount_max)
+                .map_err(|e| StartupError::setting("--currencies/WALLET_CURRENCIES", e))?,
+            None => Currencies::single(
+                Currency::new(&serve.currency, serve.currency_scale, serve.amount_max)
+                    .map_err(|e| StartupError::setting("--currency/WALLET_CURRENCY", e))?,
+            ),
+        };
         let snapshot_schedule = parse_cron(&serve.snapshot_cron)
             .map_err(|e| StartupError::setting("--snapshot-cron/WALLET_SNAPSHOT_CRON", e))?;
         if let Some(url) = &serve.payout_url {
@@ -249,10 +272,15 @@ impl Config {
         Ok(Config {
             db,
             serve,
-            currency,
+            currencies,
             snapshot_schedule,
             hash_threads,
         })
+    }
+
+    /// The currency of a request that names none.
+    pub fn currency(&self) -> &Currency {
+        self.currencies.default_currency()
     }
 
     /// Settings for tests and tools: everything default, cheap password hashing.

@@ -66,7 +66,17 @@ struct Table {
 const SETTINGS: Table = Table {
     name: "settings",
     key: &["id"],
-    columns: &[("id", Int), ("currency", Text), ("scale", Int)],
+    columns: &[
+        ("id", Int),
+        ("currency", Text),
+        ("scale", Int),
+        ("chain_currency_from", Int),
+    ],
+};
+const CURRENCIES: Table = Table {
+    name: "currencies",
+    key: &["code"],
+    columns: &[("code", Text), ("scale", Int)],
 };
 const USERS: Table = Table {
     name: "users",
@@ -103,14 +113,24 @@ const WALLETS: Table = Table {
         ("key", Int),
         ("id", Text),
         ("user_id", Int),
-        ("balance", Int),
-        ("last_balance", Int),
-        ("last_balance_update", Text),
         ("created_at", Text),
     ],
 };
-/// The position of `balance` in `WALLETS.columns`.
-const WALLET_BALANCE: usize = 3;
+const BALANCES: Table = Table {
+    name: "balances",
+    key: &["wallet_key", "currency"],
+    columns: &[
+        ("wallet_key", Int),
+        ("currency", Text),
+        ("balance", Int),
+        ("held", Int),
+        ("last_balance", Int),
+        ("last_balance_update", Text),
+    ],
+};
+/// The positions of `balance` and `held` in `BALANCES.columns`.
+const BALANCE_BALANCE: usize = 2;
+const BALANCE_HELD: usize = 3;
 const ENTRIES: Table = Table {
     name: "entries",
     key: &["seq"],
@@ -127,12 +147,35 @@ const ENTRIES: Table = Table {
         ("metadata", Text),
         ("created_at", Text),
         ("hash", Blob),
+        ("currency", Text),
     ],
 };
-/// The positions of `wallet_key`, `balance_after` and `hash` in `ENTRIES.columns`.
+/// The positions of `wallet_key`, `balance_after`, `hash` and `currency` in `ENTRIES.columns`.
 const ENTRY_WALLET: usize = 2;
 const ENTRY_BALANCE_AFTER: usize = 5;
 const ENTRY_HASH: usize = 11;
+const ENTRY_CURRENCY: usize = 12;
+const HOLDS: Table = Table {
+    name: "holds",
+    key: &["key"],
+    columns: &[
+        ("key", Int),
+        ("id", Text),
+        ("wallet_key", Int),
+        ("currency", Text),
+        ("amount", Int),
+        ("reference", Text),
+        ("to_user_id", Int),
+        ("metadata", Text),
+        ("status", Text),
+        ("expires_at", Text),
+        ("created_at", Text),
+        ("updated_at", Text),
+        ("captured_amount", Int),
+        ("out_entry_id", Text),
+        ("in_entry_id", Text),
+    ],
+};
 const WITHDRAWALS: Table = Table {
     name: "withdrawals",
     key: &["id"],
@@ -153,6 +196,7 @@ const WITHDRAWALS: Table = Table {
         ("refund_transaction_id", Text),
         ("outcome_unknown_since", Text),
         ("payout_call_started_at", Text),
+        ("currency", Text),
     ],
 };
 const SNAPSHOT_RUNS: Table = Table {
@@ -169,13 +213,14 @@ const SNAPSHOT_RUNS: Table = Table {
 };
 const BALANCE_SNAPSHOTS: Table = Table {
     name: "balance_snapshots",
-    key: &["wallet_id", "taken_at"],
+    key: &["wallet_id", "currency", "taken_at"],
     columns: &[
         ("wallet_id", Text),
         ("taken_at", Text),
         ("balance", Int),
         ("running", Int),
         ("run_id", Int),
+        ("currency", Text),
     ],
 };
 const AUDIT_LOG: Table = Table {
@@ -193,12 +238,15 @@ const AUDIT_LOG: Table = Table {
 
 /// Every table copied, in an order that satisfies the foreign keys: a row is written after
 /// the rows it refers to.
-const TABLES: [&Table; 9] = [
+const TABLES: [&Table; 12] = [
     &SETTINGS,
+    &CURRENCIES,
     &USERS,
     &TOKENS,
     &WALLETS,
+    &BALANCES,
     &ENTRIES,
+    &HOLDS,
     &WITHDRAWALS,
     &SNAPSHOT_RUNS,
     &BALANCE_SNAPSHOTS,
@@ -215,10 +263,11 @@ const POSTGRES_ONLY_COLUMNS: [(&str, &str); 1] = [("wallets", "stamp_floor")];
 
 /// The columns of `table` with an identity (PostgreSQL), whose sequence is set past the
 /// largest value copied.
-const IDENTITIES: [(&str, &str); 6] = [
+const IDENTITIES: [(&str, &str); 7] = [
     ("users", "id"),
     ("tokens", "id"),
     ("wallets", "key"),
+    ("holds", "key"),
     ("snapshot_runs", "id"),
     ("audit_log", "id"),
     ("storage_probe", "id"),
@@ -775,14 +824,15 @@ fn copy_rows(src: &dyn Sql, dst: &dyn Sql) -> Result<Written, AppError> {
     }
     for table in TABLES {
         let copied = match table.name {
-            "wallets" => for_each_page(src, table, |page| {
+            "balances" => for_each_page(src, table, |page| {
                 // At zero: on SQLite each entry sets the balance it follows from; the final
-                // balances are written after the entries.
+                // balances (and what holds reserve) are written after the entries.
                 let at_zero: Vec<Row> = page
                     .iter()
                     .map(|r| {
                         let mut values = r.0.clone();
-                        values[WALLET_BALANCE] = Value::Int(0);
+                        values[BALANCE_BALANCE] = Value::Int(0);
+                        values[BALANCE_HELD] = Value::Int(0);
                         Row(values)
                     })
                     .collect();
@@ -983,9 +1033,10 @@ fn insert_entries(dst: &dyn Sql, page: &[Row]) -> Result<(), AppError> {
         Engine::Sqlite => {
             for row in page {
                 let set = dst.execute(
-                    "UPDATE wallets SET balance = ?2 WHERE key = ?1",
+                    "UPDATE balances SET balance = ?3 WHERE wallet_key = ?1 AND currency = ?2",
                     &[
                         &Bound(&row.0[ENTRY_WALLET]),
+                        &Bound(&row.0[ENTRY_CURRENCY]),
                         &Bound(&row.0[ENTRY_BALANCE_AFTER]),
                     ],
                 )?;
@@ -993,8 +1044,8 @@ fn insert_entries(dst: &dyn Sql, page: &[Row]) -> Result<(), AppError> {
                     return Err(AppError::internal(
                         "copying entries",
                         format!(
-                            "entry {:?} names wallet key {:?}, which does not exist",
-                            row.0[0], row.0[ENTRY_WALLET]
+                            "entry {:?} names wallet key {:?} in {:?}, which has no balance",
+                            row.0[0], row.0[ENTRY_WALLET], row.0[ENTRY_CURRENCY]
                         ),
                     ));
                 }
@@ -1006,49 +1057,69 @@ fn insert_entries(dst: &dyn Sql, page: &[Row]) -> Result<(), AppError> {
     }
 }
 
-/// Each wallet's final row: its balance as in the source, and on PostgreSQL its
-/// `stamp_floor` (the source's, or else its newest entry's time stamp).
+/// Each balance's final state as in the source (its balance and what holds reserve), and on
+/// PostgreSQL each wallet's `stamp_floor` (the source's, or else its newest entry's time
+/// stamp).
 fn set_final_balances(src: &dyn Sql, dst: &dyn Sql) -> Result<(), AppError> {
-    let floor_from_source = src.engine() == Engine::Postgres;
     const FINAL: Table = Table {
-        name: "wallets",
-        key: &["key"],
-        columns: &[("key", Int), ("balance", Int)],
+        name: "balances",
+        key: &["wallet_key", "currency"],
+        columns: &[
+            ("wallet_key", Int),
+            ("currency", Text),
+            ("balance", Int),
+            ("held", Int),
+        ],
     };
-    const FINAL_WITH_FLOOR: Table = Table {
-        name: "wallets",
-        key: &["key"],
-        columns: &[("key", Int), ("balance", Int), ("stamp_floor", Text)],
-    };
-    let read = if floor_from_source {
-        &FINAL_WITH_FLOOR
-    } else {
-        &FINAL
-    };
-    for_each_page(src, read, |page| match dst.engine() {
+    for_each_page(src, &FINAL, |page| match dst.engine() {
         Engine::Sqlite => {
             for row in page {
                 dst.execute(
-                    "UPDATE wallets SET balance = ?2 WHERE key = ?1",
-                    &[&Bound(&row.0[0]), &Bound(&row.0[1])],
+                    "UPDATE balances SET balance = ?3, held = ?4 WHERE wallet_key = ?1 AND currency = ?2",
+                    &params(&bound(&row.0)),
                 )?;
             }
             Ok(())
         }
         Engine::Postgres => {
-            let floor = if floor_from_source {
-                "v.stamp_floor"
-            } else {
-                "COALESCE((SELECT max(e.created_at) FROM entries e WHERE e.wallet_key = w.key), w.stamp_floor)"
-            };
             let sql = format!(
-                "UPDATE wallets AS w SET balance = v.balance, stamp_floor = {floor}
-                 FROM {} WHERE w.key = v.key",
-                recordset(read.columns)
+                "UPDATE balances AS b SET balance = v.balance, held = v.held
+                 FROM {} WHERE b.wallet_key = v.wallet_key AND b.currency = v.currency",
+                recordset(FINAL.columns)
             );
-            dst.execute(&sql, &[&json_rows(read.columns, page.iter())?])
+            dst.execute(&sql, &[&json_rows(FINAL.columns, page.iter())?])
                 .map(drop)
         }
+    })?;
+    if dst.engine() != Engine::Postgres {
+        return Ok(());
+    }
+    const FLOOR: Table = Table {
+        name: "wallets",
+        key: &["key"],
+        columns: &[("key", Int), ("stamp_floor", Text)],
+    };
+    const KEY: Table = Table {
+        name: "wallets",
+        key: &["key"],
+        columns: &[("key", Int)],
+    };
+    let floor_from_source = src.engine() == Engine::Postgres;
+    let (read, floor) = if floor_from_source {
+        (&FLOOR, "v.stamp_floor")
+    } else {
+        (
+            &KEY,
+            "COALESCE((SELECT max(e.created_at) FROM entries e WHERE e.wallet_key = w.key), w.stamp_floor)",
+        )
+    };
+    for_each_page(src, read, |page| {
+        let sql = format!(
+            "UPDATE wallets AS w SET stamp_floor = {floor} FROM {} WHERE w.key = v.key",
+            recordset(read.columns)
+        );
+        dst.execute(&sql, &[&json_rows(read.columns, page.iter())?])
+            .map(drop)
     })?;
     Ok(())
 }

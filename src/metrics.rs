@@ -42,7 +42,8 @@ struct Histogram {
 pub struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
     latency: Mutex<BTreeMap<&'static str, Histogram>>,
-    money_minor: [Counter; 5],
+    /// Minor units moved, by currency code and entry type (index in `EntryKind::ALL`).
+    money_minor: Mutex<BTreeMap<(String, usize), u64>>,
     pub failed_logins: Counter,
     pub snapshot_runs: Counter,
     pub snapshot_mismatches: Counter,
@@ -72,9 +73,19 @@ impl Metrics {
         }
     }
 
-    pub fn money_moved(&self, kind: EntryKind, minor: i64) {
+    pub fn money_moved(&self, currency: &str, kind: EntryKind, minor: i64) {
         let i = EntryKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
-        self.money_minor[i].add(minor.unsigned_abs());
+        let mut money = self.money_minor.lock().unwrap_or_else(|p| p.into_inner());
+        match money.get_mut(&(currency.to_string(), i)) {
+            Some(total) => *total = total.saturating_add(minor.unsigned_abs()),
+            None => {
+                // Every type of a currency is shown once it has moved money at all.
+                for k in 0..EntryKind::ALL.len() {
+                    money.entry((currency.to_string(), k)).or_default();
+                }
+                money.insert((currency.to_string(), i), minor.unsigned_abs());
+            }
+        }
     }
 
     /// The Prometheus text exposition format. `left_for_staff` is the number of withdrawals
@@ -163,18 +174,18 @@ impl Metrics {
         }
     }
 
-    /// Money moved by entry type.
+    /// Money moved by currency and entry type (no conversion: each currency's own units).
     fn render_money(&self, out: &mut String) {
         out.push_str(
-            "# HELP wallet_money_moved_minor_total Money moved, in minor units, by entry type.\n",
+            "# HELP wallet_money_moved_minor_total Money moved, in minor units of its currency, by currency and entry type.\n",
         );
         out.push_str("# TYPE wallet_money_moved_minor_total counter\n");
-        for (kind, c) in EntryKind::ALL.iter().zip(&self.money_minor) {
+        let money = self.money_minor.lock().unwrap_or_else(|p| p.into_inner());
+        for ((currency, kind), total) in money.iter() {
             let _ = writeln!(
                 out,
-                "wallet_money_moved_minor_total{{type=\"{}\"}} {}",
-                kind.as_str(),
-                c.get()
+                "wallet_money_moved_minor_total{{currency=\"{currency}\",type=\"{}\"}} {total}",
+                EntryKind::ALL[*kind].as_str(),
             );
         }
     }

@@ -10,12 +10,13 @@ use crate::clock::{ClockReport, GuardedClock, Wakeup, WALL_LEAP_MS_MAX};
 use crate::config::Config;
 use crate::db::{self, Pool, Writer};
 use crate::domain::{
-    Email, MinorUnits, Password, PayoutResolution, StaffReason, Timestamp, Username,
-    WithdrawalStatus,
+    Amount, Email, EntryKind, HoldStatus, MinorUnits, Password, PayoutResolution, StaffReason,
+    Timestamp, Username, WithdrawalStatus,
 };
 use crate::error::{AppError, StorageFault};
 use crate::jobs::payout::InFlight;
 use crate::ledger::entries;
+use crate::ledger::holds::{self, Actor, Hold, HoldRequest};
 use crate::ledger::queries::{self, HistoryPage, HistoryQuery, Wallet};
 use crate::ledger::withdrawals::{self, Withdrawal};
 use crate::ledger::{self, Entry, Movement, Outcome, TransferRequest, TransferResult, WalletRef};
@@ -36,6 +37,8 @@ pub struct Service {
     pub payout_wakeup: Arc<Wakeup>,
     /// The withdrawals the payout worker is calling out for: staff can't resolve them.
     pub payouts_in_flight: Arc<InFlight>,
+    /// Wakes the hold expiry job when a new hold is made (it may expire before the next one).
+    pub holds_wakeup: Arc<Wakeup>,
 }
 
 /// What `/health` reports.
@@ -160,10 +163,10 @@ impl Service {
     }
 
     pub fn deposit(&self, auth: &AuthUser, m: Movement) -> Result<Outcome<Entry>, AppError> {
-        let (currency, wallet) = (self.config.currency.clone(), auth.wallet.clone());
+        let wallet = auth.wallet.clone();
         let out = self
             .writer
-            .execute(move |conn, now| ledger::deposit(conn, now, &currency, &wallet, &m))?;
+            .execute(move |conn, now| ledger::deposit(conn, now, &wallet, &m))?;
         self.count_money(&out, |e| vec![e]);
         Ok(out)
     }
@@ -174,11 +177,11 @@ impl Service {
         m: Movement,
         at: Option<Timestamp>,
     ) -> Result<Outcome<WithdrawResult>, AppError> {
-        let (currency, wallet) = (self.config.currency.clone(), auth.wallet.clone());
+        let wallet = auth.wallet.clone();
         let Some(at) = at else {
-            let out = self.writer.execute(move |conn, now| {
-                ledger::withdraw_now(conn, now, &currency, &wallet, &m)
-            })?;
+            let out = self
+                .writer
+                .execute(move |conn, now| ledger::withdraw_now(conn, now, &wallet, &m))?;
             self.count_money(&out, |e| vec![e]);
             return Ok(Outcome {
                 value: WithdrawResult::Now(out.value),
@@ -202,14 +205,10 @@ impl Service {
         auth: &AuthUser,
         req: TransferRequest,
     ) -> Result<Outcome<TransferResult>, AppError> {
-        let (currency, wallet, user_id) = (
-            self.config.currency.clone(),
-            auth.wallet.clone(),
-            auth.user_id,
-        );
-        let out = self.writer.execute(move |conn, now| {
-            ledger::transfer(conn, now, &currency, (user_id, &wallet), &req)
-        })?;
+        let (wallet, user_id) = (auth.wallet.clone(), auth.user_id);
+        let out = self
+            .writer
+            .execute(move |conn, now| ledger::transfer(conn, now, (user_id, &wallet), &req))?;
         self.count_money(&out, |t| vec![t.transfer_out]);
         Ok(out)
     }
@@ -217,7 +216,8 @@ impl Service {
     fn count_money<T: Clone>(&self, out: &Outcome<T>, entries: impl Fn(T) -> Vec<Entry>) {
         if !out.replayed {
             for e in entries(out.value.clone()) {
-                self.metrics.money_moved(e.kind, e.amount.get());
+                self.metrics
+                    .money_moved(&e.currency, e.kind, e.amount.get());
             }
         }
     }
@@ -229,13 +229,14 @@ impl Service {
     pub fn balance_at(
         &self,
         wallet: &WalletRef,
+        currency: &str,
         at: Option<Timestamp>,
     ) -> Result<(MinorUnits, Timestamp), AppError> {
         let now = self.now();
         let conn = self.read()?;
         match at {
             // The current balance is the running balance: O(1), whatever the history length.
-            None => Ok((queries::balance_now(&*conn, wallet.key)?, now)),
+            None => Ok((queries::balance_now(&*conn, wallet.key, currency)?, now)),
             Some(at) if at > now => Err(AppError::field("at", "must not be in the future")),
             Some(at) => {
                 // Answer only for a settled moment, so the same question always gets the same
@@ -246,7 +247,7 @@ impl Service {
                     None => at,
                 };
                 entries::fence_stamps(&*conn, wallet.key, at)?;
-                Ok((queries::balance_at(&*conn, wallet, at)?, at))
+                Ok((queries::balance_at(&*conn, wallet, currency, at)?, at))
             }
         }
     }
@@ -295,13 +296,16 @@ impl Service {
                 .map_err(|e| AppError::field("reference", e))?,
             ..m
         };
-        let (currency, staff_id) = (self.config.currency.clone(), staff.user_id);
+        let staff_id = staff.user_id;
         let out = self.writer.execute(move |conn, now| {
-            let out = ledger::deposit(conn, now, &currency, &wallet, &m)?;
+            let out = ledger::deposit(conn, now, &wallet, &m)?;
             if !out.replayed {
-                let detail =
-                    serde_json::json!({"entry_id": out.value.id, "amount": out.value.amount.get()})
-                        .to_string();
+                let detail = serde_json::json!({
+                    "entry_id": out.value.id,
+                    "amount": out.value.amount.get(),
+                    "currency": out.value.currency,
+                })
+                .to_string();
                 db::audit::record(
                     conn,
                     now,
@@ -326,8 +330,11 @@ impl Service {
         resolution: PayoutResolution,
         reason: StaffReason,
     ) -> Result<Withdrawal, AppError> {
-        let (currency, staff_id, id) =
-            (self.config.currency.clone(), staff.user_id, id.to_string());
+        let (currencies, staff_id, id) = (
+            self.config.currencies.clone(),
+            staff.user_id,
+            id.to_string(),
+        );
         let in_flight = self.payouts_in_flight.clone();
         self.writer.execute(move |conn, now| {
             withdrawals::lock(conn, &id)?;
@@ -345,7 +352,7 @@ impl Service {
                         .into(),
                 ));
             }
-            let w = withdrawals::resolve(conn, now, &currency, &w, resolution)?;
+            let w = withdrawals::resolve(conn, now, &currencies, &w, resolution)?;
             let detail = serde_json::json!({
                 "outcome": resolution.as_str(),
                 "reason": reason.as_str(),
@@ -362,6 +369,96 @@ impl Service {
             )?;
             Ok(w)
         })
+    }
+
+    /// A new hold on the caller's wallet.
+    pub fn create_hold(
+        &self,
+        auth: &AuthUser,
+        req: HoldRequest,
+    ) -> Result<Outcome<Hold>, AppError> {
+        let (wallet, user_id) = (auth.wallet.clone(), auth.user_id);
+        let max_s = self.config.serve.hold_expiry_max.as_secs();
+        let out = self
+            .writer
+            .execute(move |conn, now| holds::create(conn, now, (user_id, &wallet), &req, max_s))?;
+        if !out.replayed {
+            self.holds_wakeup.nudge();
+        }
+        Ok(out)
+    }
+
+    /// Captures a hold, as its recipient or payer (`Actor::User`) or as staff; staff captures
+    /// are audited with their reason.
+    pub fn capture_hold(
+        &self,
+        actor: Actor,
+        id: &str,
+        amount: Option<Amount>,
+        reason: Option<StaffReason>,
+    ) -> Result<Outcome<Hold>, AppError> {
+        let (currencies, id) = (self.config.currencies.clone(), id.to_string());
+        let out = self.writer.execute(move |conn, now| {
+            let out = holds::capture(conn, now, &currencies, actor, &id, amount)?;
+            if let (Actor::Staff(staff_id), false) = (actor, out.replayed) {
+                audit_hold(
+                    conn,
+                    now,
+                    staff_id,
+                    "capture_hold",
+                    &out.value,
+                    reason.as_ref(),
+                )?;
+            }
+            Ok(out)
+        })?;
+        if !out.replayed {
+            let amount = out.value.captured_amount.map_or(0, MinorUnits::get);
+            let kind = if out.value.to_user_id.is_some() {
+                EntryKind::TransferOut
+            } else {
+                EntryKind::Withdrawal
+            };
+            self.metrics.money_moved(&out.value.currency, kind, amount);
+        }
+        Ok(out)
+    }
+
+    /// Voids a hold, as `capture_hold` captures one.
+    pub fn void_hold(
+        &self,
+        actor: Actor,
+        id: &str,
+        reason: Option<StaffReason>,
+    ) -> Result<Hold, AppError> {
+        let id = id.to_string();
+        self.writer.execute(move |conn, now| {
+            let h = holds::void(conn, now, actor, &id)?;
+            if let Actor::Staff(staff_id) = actor {
+                audit_hold(conn, now, staff_id, "void_hold", &h, reason.as_ref())?;
+            }
+            Ok(h)
+        })
+    }
+
+    pub fn holds(
+        &self,
+        auth: &AuthUser,
+        status: Option<HoldStatus>,
+        role: Option<holds::Role>,
+        limit: u32,
+        offset: u32,
+    ) -> Result<(i64, Vec<Hold>), AppError> {
+        holds::list(&*self.read()?, auth.user_id, status, role, limit, offset)
+    }
+
+    pub fn hold(&self, auth: &AuthUser, id: &str) -> Result<Hold, AppError> {
+        holds::get(&*self.read()?, auth.user_id, id)
+    }
+
+    /// Any hold, for staff.
+    pub fn admin_hold(&self, id: &str) -> Result<Hold, AppError> {
+        holds::get_any(&*self.read()?, id)
     }
 
     /// Withdrawals left for staff because their payout outcome is unknown, for `/metrics`.
@@ -417,4 +514,31 @@ impl Service {
             0
         }
     }
+}
+
+/// The audit row of a staff action on a hold.
+fn audit_hold(
+    conn: &dyn crate::store::Sql,
+    now: Timestamp,
+    staff_id: i64,
+    action: &str,
+    h: &Hold,
+    reason: Option<&StaffReason>,
+) -> Result<(), AppError> {
+    let detail = serde_json::json!({
+        "reason": reason.map(StaffReason::as_str),
+        "status": h.status.as_str(),
+        "captured_amount": h.captured_amount.map(MinorUnits::get),
+        "currency": h.currency,
+        "transaction_ids": h.transaction_ids,
+    })
+    .to_string();
+    db::audit::record(
+        conn,
+        now,
+        staff_id,
+        action,
+        &format!("hold:{}", h.id),
+        &detail,
+    )
 }

@@ -16,6 +16,7 @@ use crate::db::{self, Writer};
 use crate::domain::Timestamp;
 use crate::error::StartupError;
 use crate::http::HttpServer;
+use crate::jobs::holds::HoldExpiry;
 use crate::jobs::payout::{Claims, InFlight, PayoutSettings, PayoutWorker};
 use crate::jobs::sealer::Sealer;
 use crate::jobs::snapshot::SnapshotJob;
@@ -180,7 +181,7 @@ fn open_postgres(
     };
     let conn = connect()?;
     crate::store::postgres::migrate(&conn).map_err(StartupError::failed)?;
-    db::check_currency(&conn, &config.currency)?;
+    db::check_currencies(&conn, &config.currencies)?;
     check_newest_stamp(&conn, clock.now(), config.serve.accept_future_stamps)?;
     let newest = db::newest_entry_stamp(&conn)?;
     let mut writers = vec![conn];
@@ -231,7 +232,7 @@ fn open_database(
     })?;
     db::check_writable(path, &conn)?;
     db::migrate(&mut conn)?;
-    db::check_currency(&conn, &config.currency)?;
+    db::check_currencies(&conn, &config.currencies)?;
     check_newest_stamp(&conn, now, config.serve.accept_future_stamps)?;
     conn.execute_batch(&format!("PRAGMA cache_size = -{}", db::WRITER_CACHE_KIB))
         .map_err(|e| StartupError::caused_by("cannot size the writer's cache", e))?;
@@ -287,6 +288,7 @@ fn new_service(
         metrics: Arc::new(Metrics::default()),
         payout_wakeup: Arc::new(Wakeup::default()),
         payouts_in_flight: Arc::new(InFlight::default()),
+        holds_wakeup: Arc::new(Wakeup::default()),
     }))
 }
 
@@ -306,7 +308,7 @@ fn spawn_jobs(config: &Config, service: &Service) -> (Vec<JoinHandle<()>>, Vec<A
             timeout_ms: config.serve.payout_timeout_ms,
             retry_window: config.serve.payout_retry_window,
         },
-        currency: config.currency.clone(),
+        currencies: config.currencies.clone(),
         writer: service.writer.clone(),
         pool: service.pool.clone(),
         clock: clock.clone(),
@@ -314,7 +316,13 @@ fn spawn_jobs(config: &Config, service: &Service) -> (Vec<JoinHandle<()>>, Vec<A
         metrics: service.metrics.clone(),
         in_flight: service.payouts_in_flight.clone(),
     };
-    let mut jobs = vec![payouts.spawn()];
+    let expiry = HoldExpiry {
+        writer: service.writer.clone(),
+        pool: service.pool.clone(),
+        clock: clock.clone(),
+        wakeup: service.holds_wakeup.clone(),
+    };
+    let mut jobs = vec![payouts.spawn(), expiry.spawn()];
     let snapshot_wakeup = Arc::new(Wakeup::default());
     if let Some(schedule) = config.snapshot_schedule.clone() {
         let snapshots = SnapshotJob {
@@ -327,7 +335,14 @@ fn spawn_jobs(config: &Config, service: &Service) -> (Vec<JoinHandle<()>>, Vec<A
         };
         jobs.push(snapshots.spawn());
     }
-    (jobs, vec![service.payout_wakeup.clone(), snapshot_wakeup])
+    (
+        jobs,
+        vec![
+            service.payout_wakeup.clone(),
+            service.holds_wakeup.clone(),
+            snapshot_wakeup,
+        ],
+    )
 }
 
 /// Refuses to start on a ledger whose newest entry is stamped more than `WALL_LEAP_MS_MAX` ahead

@@ -5,7 +5,7 @@
 //! The ledger's checks (`check_ledger`) read through `Sql`, so they run on either engine; only
 //! the transaction and `integrity_check` around them are SQLite's.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
@@ -91,8 +91,8 @@ pub fn verify_target(target: &Target) -> Result<VerifyReport, AppError> {
 pub fn check_ledger(conn: &dyn Sql, report: &mut VerifyReport) -> Result<(), AppError> {
     find_entries_without_wallet(conn, report)?;
     let sums = check_chain(conn, report)?;
-    let total_balance = check_wallets(conn, &sums.running, report)?;
-    check_conservation(&sums, total_balance, report);
+    let total_balances = check_balances(conn, &sums.running, report)?;
+    check_conservation(&sums, &total_balances, report);
     check_refunds(conn, report)
 }
 
@@ -125,10 +125,16 @@ fn find_entries_without_wallet(conn: &dyn Sql, report: &mut VerifyReport) -> Res
     Ok(())
 }
 
-/// What the chain pass adds up: each wallet's running balance, and the total of each kind.
+/// What the chain pass adds up: each wallet's running balance per currency (by wallet id and
+/// currency code), and the total of each kind per currency.
 #[derive(Default)]
 struct Sums {
-    running: HashMap<String, i64>,
+    running: HashMap<(String, String), i64>,
+    by_currency: BTreeMap<String, KindSums>,
+}
+
+#[derive(Default)]
+struct KindSums {
     deposits: i128,
     withdrawals: i128,
     refunds: i128,
@@ -144,6 +150,8 @@ struct Chain {
     /// The first entry found without a hash (PostgreSQL seals entries after they commit:
     /// every entry after it must be unsealed too).
     first_unsealed: Option<i64>,
+    /// `settings.chain_currency_from`: entries from there on hash their currency.
+    currency_from: i64,
     sums: Sums,
 }
 
@@ -154,6 +162,7 @@ fn check_chain(conn: &dyn Sql, report: &mut VerifyReport) -> Result<Sums, AppErr
         prev_hash: GENESIS_HASH.to_vec(),
         sealed_seq: 0,
         first_unsealed: None,
+        currency_from: crate::ledger::entries::chain_currency_from(conn)?,
         sums: Sums::default(),
     };
     let mut after_seq = 0i64;
@@ -208,7 +217,7 @@ impl Chain {
     /// The next entry of the chain: its position, its hash, and its balance.
     fn check(&mut self, row: &Row, report: &mut VerifyReport) -> Result<(), AppError> {
         let e = entry_from_row(row)?;
-        let stored: Option<Vec<u8>> = row.get(11)?;
+        let stored: Option<Vec<u8>> = row.get(12)?;
         report.entries += 1;
         // Positions increase along the chain but may skip numbers: on PostgreSQL a transaction
         // that rolled back used its position. A removed row breaks the next entry's hash.
@@ -221,7 +230,7 @@ impl Chain {
                         e.seq
                     ));
                 }
-                if entry_hash(&self.prev_hash, &e)[..] != stored[..] {
+                if entry_hash(&self.prev_hash, &e, self.currency_from)[..] != stored[..] {
                     report.find(format!(
                         "entry seq {} (id {}): hash does not match its content and predecessor \
                          (it was rewritten, or an entry before it is missing or out of order)",
@@ -236,7 +245,10 @@ impl Chain {
             }
         }
         let sums = &mut self.sums;
-        let bal = sums.running.entry(e.wallet_id.clone()).or_insert(0);
+        let bal = sums
+            .running
+            .entry((e.wallet_id.clone(), e.currency.clone()))
+            .or_insert(0);
         *bal += if e.kind.is_credit() {
             e.amount.get()
         } else {
@@ -244,12 +256,13 @@ impl Chain {
         };
         if *bal != e.balance_after.get() {
             report.find(format!(
-                "entry seq {} (id {}): balance_after {} but the entries before it sum to {}",
-                e.seq, e.id, e.balance_after, *bal
+                "entry seq {} (id {}): balance_after {} but the wallet's entries in {} before it sum to {}",
+                e.seq, e.id, e.balance_after, e.currency, *bal
             ));
             *bal = e.balance_after.get();
         }
         let a = i128::from(e.amount.get());
+        let sums = sums.by_currency.entry(e.currency.clone()).or_default();
         use crate::domain::EntryKind::*;
         match e.kind {
             Deposit => sums.deposits += a,
@@ -262,55 +275,104 @@ impl Chain {
     }
 }
 
-/// Each wallet's balance against its entries' sum; returns the sum of every balance. Wallets
-/// are read a page at a time, by public id.
-fn check_wallets(
+/// Each balance against its entries' sum, and what it holds against its HELD holds; returns
+/// the sum of the balances per currency. Balances are read a page at a time, by wallet id and
+/// currency.
+fn check_balances(
     conn: &dyn Sql,
-    running: &HashMap<String, i64>,
+    running: &HashMap<(String, String), i64>,
     report: &mut VerifyReport,
-) -> Result<i128, AppError> {
-    let mut total_balance = 0i128;
-    let mut after_id = String::new();
+) -> Result<BTreeMap<String, i128>, AppError> {
+    report.wallets = u64::try_from(
+        conn.query_one("SELECT count(*) FROM wallets", &[])?
+            .get::<i64>(0)?,
+    )
+    .unwrap_or(0);
+    let mut totals: BTreeMap<String, i128> = BTreeMap::new();
+    let mut seen: HashSet<(String, String)> = HashSet::new();
+    let (mut after_id, mut after_currency) = (String::new(), String::new());
     loop {
         let page = conn.query(
-            "SELECT id, balance FROM wallets WHERE id > ?1 ORDER BY id LIMIT ?2",
-            &[&after_id, &VERIFY_PAGE_ROWS],
+            "SELECT w.id, b.currency, b.balance, b.held,
+                 CAST(COALESCE((SELECT SUM(h.amount) FROM holds h WHERE h.wallet_key = b.wallet_key
+                     AND h.currency = b.currency AND h.status = 'HELD'), 0) AS BIGINT)
+             FROM balances b JOIN wallets w ON w.key = b.wallet_key
+             WHERE w.id > ?1 OR (w.id = ?1 AND b.currency > ?2)
+             ORDER BY w.id, b.currency LIMIT ?3",
+            &[&after_id, &after_currency, &VERIFY_PAGE_ROWS],
         )?;
         let Some(last) = page.last() else {
             break;
         };
-        after_id = last.get(0)?;
+        (after_id, after_currency) = (last.get(0)?, last.get(1)?);
         for row in &page {
-            let (id, balance): (String, i64) = (row.get(0)?, row.get(1)?);
-            report.wallets += 1;
-            total_balance += i128::from(balance);
+            let (id, currency, balance, held, holds): (String, String, i64, i64, i64) = (
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+            );
+            *totals.entry(currency.clone()).or_default() += i128::from(balance);
             if balance < 0 {
-                report.find(format!("wallet {id}: negative balance {balance}"));
-            }
-            let from_entries = running.get(&id).copied().unwrap_or(0);
-            if balance != from_entries {
                 report.find(format!(
-                    "wallet {id}: balance {balance} but its entries sum to {from_entries}"
+                    "wallet {id}: negative balance {balance} {currency}"
                 ));
             }
+            if held != holds || held < 0 || held > balance {
+                report.find(format!(
+                    "wallet {id}: {held} {currency} held of a balance of {balance}, but its HELD holds sum to {holds}"
+                ));
+            }
+            let key = (id, currency);
+            let from_entries = running.get(&key).copied().unwrap_or(0);
+            if balance != from_entries {
+                report.find(format!(
+                    "wallet {}: balance {balance} {} but its entries sum to {from_entries}",
+                    key.0, key.1
+                ));
+            }
+            seen.insert(key);
         }
     }
-    Ok(total_balance)
+    for ((id, currency), sum) in running {
+        if *sum != 0 && !seen.contains(&(id.clone(), currency.clone())) {
+            report.find(format!(
+                "wallet {id}: no balance in {currency} but its entries sum to {sum}"
+            ));
+        }
+    }
+    Ok(totals)
 }
 
-/// Transfers out equal transfers in, and the balances sum to deposits + refunds − withdrawals.
-fn check_conservation(sums: &Sums, total_balance: i128, report: &mut VerifyReport) {
-    if sums.outs != sums.ins {
-        report.find(format!(
-            "transfers: {} sent but {} received",
-            sums.outs, sums.ins
-        ));
-    }
-    let expected_total = sums.deposits + sums.refunds - sums.withdrawals;
-    if total_balance != expected_total {
-        report.find(format!(
-            "conservation: balances sum to {total_balance} but deposits + refunds - withdrawals = {expected_total}"
-        ));
+/// Per currency: transfers out equal transfers in, and the balances sum to deposits + refunds
+/// − withdrawals. There is no conversion: each currency's money is conserved on its own.
+fn check_conservation(
+    sums: &Sums,
+    total_balances: &BTreeMap<String, i128>,
+    report: &mut VerifyReport,
+) {
+    let currencies: BTreeSet<&String> = sums
+        .by_currency
+        .keys()
+        .chain(total_balances.keys())
+        .collect();
+    for currency in currencies {
+        let none = KindSums::default();
+        let sums = sums.by_currency.get(currency).unwrap_or(&none);
+        let total_balance = total_balances.get(currency).copied().unwrap_or(0);
+        if sums.outs != sums.ins {
+            report.find(format!(
+                "transfers in {currency}: {} sent but {} received",
+                sums.outs, sums.ins
+            ));
+        }
+        let expected_total = sums.deposits + sums.refunds - sums.withdrawals;
+        if total_balance != expected_total {
+            report.find(format!(
+                "conservation in {currency}: balances sum to {total_balance} but deposits + refunds - withdrawals = {expected_total}"
+            ));
+        }
     }
 }
 
@@ -341,6 +403,8 @@ mod tests {
     fn ledger(wallets: u32) -> Connection {
         let mut conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(crate::db::SCHEMA_SQL).unwrap();
+        conn.execute_batch("INSERT INTO currencies (code, scale) VALUES ('USD', 2)")
+            .unwrap();
         let usd = Currency::new("USD", 2, 1_000_000_000).unwrap();
         let now = Timestamp::parse("2026-03-02T09:00:00Z").unwrap();
         let tx = conn.transaction().unwrap();
@@ -357,11 +421,12 @@ mod tests {
             let user = create_user(&*tx, now, &u, None).unwrap();
             let wallet = queries::wallet_of_user(&*tx, user.id).unwrap().wallet_ref();
             let m = Movement {
+                currency: usd.clone(),
                 amount: Amount::parse_text("1.00", &usd).unwrap(),
                 reference: Reference::parse("d").unwrap(),
                 metadata: Metadata::empty(),
             };
-            deposit(&*tx, now, &usd, &wallet, &m).unwrap();
+            deposit(&*tx, now, &wallet, &m).unwrap();
         }
         tx.commit().unwrap();
         conn

@@ -15,20 +15,35 @@ def field(text: str) -> bytes:
     return len(data).to_bytes(4, "big") + data
 
 
+def has_column(db: sqlite3.Connection, table: str, column: str) -> bool:
+    return any(r[1] == column for r in db.execute(f"PRAGMA table_info({table})"))
+
+
 def main(path: str) -> int:
     # Read-only, so it is safe beside a running server.
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     prev = bytes(32)
     count = 0
+    # Entries from this position on have their currency hashed last (schema 6: several
+    # currencies); the ones before keep the bytes they were sealed with.
+    row = db.execute(
+        "SELECT chain_currency_from FROM settings WHERE id = 1"
+        if has_column(db, "settings", "chain_currency_from")
+        else "SELECT NULL"
+    ).fetchone()
+    currency_from = row[0] if row and row[0] is not None else None
     # Entries name their wallet by an integer key; the chain covers its public id. A LEFT JOIN,
     # so that an entry whose wallet is missing is reported, not skipped.
     rows = db.execute(
         "SELECT e.seq, e.id, w.id, e.kind, e.amount, e.balance_after, e.reference,"
-        " e.counterparty_user_id, e.transfer_id, e.metadata, e.created_at, e.hash"
-        " FROM entries e LEFT JOIN wallets w ON w.key = e.wallet_key ORDER BY e.seq"
+        " e.counterparty_user_id, e.transfer_id, e.metadata, e.created_at, e.hash, "
+        + ("e.currency" if currency_from is not None else "NULL")
+        + " FROM entries e LEFT JOIN wallets w ON w.key = e.wallet_key ORDER BY e.seq"
     )
     for row in rows:
-        *values, stored = row
+        *values, stored, currency = row
+        if currency_from is not None and values[0] >= currency_from:
+            values.append(currency)
         if values[2] is None:
             print(f"entry seq {values[0]}: its wallet does not exist")
             return 1

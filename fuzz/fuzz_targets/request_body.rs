@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
     ] {
         for key in [None, Some("fuzz-key")] {
             let rq = Incoming::for_body(Some("application/json"), key, data.to_vec());
-            if let Ok(body) = parse_money_body(&rq, route, &currency) {
+            if let Ok(body) = parse_money_body(&rq, route, &wallet::domain::Currencies::single(currency.clone())) {
                 let m = &body.movement;
                 assert!(m.amount.minor() > 0 && m.amount.minor() <= currency.amount_minor_max);
                 let chars = m.reference.as_str().chars().count();

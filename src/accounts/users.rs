@@ -80,16 +80,21 @@ pub fn create_user(
             ],
         )?
         .get(0)?;
-    // A new wallet's "last snapshot" says 0 just before it existed: an entry stamped at the
-    // creation instant (same batch) is after it, and so counted by the first real snapshot.
+    // A wallet starts with a zero balance in the ledger's currency (the one `settings`
+    // records), which the nightly snapshot covers from the first night, as part 1 did; other
+    // currencies' balances come with their first credit (`ledger::entries`). Its "last
+    // snapshot" says 0 just before it existed: an entry stamped at the creation instant is
+    // after it, and so counted by the first real snapshot.
+    let key: i64 = conn
+        .query_one(
+            "INSERT INTO wallets (id, user_id, created_at) VALUES (?1, ?2, ?3) RETURNING key",
+            &[&uuid::Uuid::new_v4().to_string(), &user_id, &now],
+        )?
+        .get(0)?;
     conn.execute(
-        "INSERT INTO wallets (id, user_id, last_balance_update, created_at) VALUES (?1, ?2, ?3, ?4)",
-        &[
-            &uuid::Uuid::new_v4().to_string(),
-            &user_id,
-            &now.plus_micros(-1),
-            &now,
-        ],
+        "INSERT INTO balances (wallet_key, currency, last_balance_update)
+         SELECT ?1, currency, ?2 FROM settings WHERE id = 1",
+        &[&key, &now.plus_micros(-1)],
     )?;
     if let Some(t) = token {
         store_token(conn, now, user_id, t)?;

@@ -24,6 +24,19 @@ enum Op {
     Transfer,
     Deposit,
     Read,
+    /// A hold from one user to another, captured next by the recipient on this connection.
+    Hold,
+    Capture,
+}
+
+/// What the clients send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MixKind {
+    /// 80% transfers, 10% deposits, 10% balance reads.
+    Transfers,
+    /// Holds to another user, each captured whole by its recipient right after: two requests,
+    /// the money moving as a transfer.
+    Holds,
 }
 
 /// One keep-alive connection and the request it is waiting on.
@@ -37,6 +50,8 @@ struct Conn {
     op: Op,
     started: Instant,
     in_flight: bool,
+    /// The hold this connection's recipient captures next, and the recipient's index.
+    capture_next: Option<(String, usize)>,
     /// Whether epoll also reports room to write (only while a request is partly sent).
     watching_out: bool,
 }
@@ -47,6 +62,8 @@ pub struct Mix {
     pub transfers: OpStats,
     pub deposits: OpStats,
     pub reads: OpStats,
+    pub holds: OpStats,
+    pub captures: OpStats,
     pub deposited_minor: i64,
 }
 
@@ -163,6 +180,7 @@ pub fn run(
     users: &[BenchUser],
     clients: u32,
     duration: Duration,
+    kind: MixKind,
 ) -> Result<Mix, String> {
     let epoll = Epoll::new()?;
     let mut conns = open_connections(&epoll, addrs, clients)?;
@@ -171,6 +189,8 @@ pub fn run(
         transfers: OpStats::default(),
         deposits: OpStats::default(),
         reads: OpStats::default(),
+        holds: OpStats::default(),
+        captures: OpStats::default(),
         deposited_minor: 0,
     };
     let mut rng = rand::rng();
@@ -181,7 +201,7 @@ pub fn run(
     let deadline = started + duration;
     for slot in 0..conns.len() {
         seq += 1;
-        start_next(&mut conns[slot], users, &mut rng, seq);
+        start_next(&mut conns[slot], users, &mut rng, seq, kind);
         flush(&epoll, &mut conns, slot)?;
     }
     loop {
@@ -208,9 +228,13 @@ pub fn run(
             if close {
                 reconnect(&epoll, &mut conns[slot], slot)?;
             }
-            if Instant::now() < deadline {
+            let capture_due = conns[slot]
+                .capture_next
+                .as_ref()
+                .is_some_and(|(id, _)| !id.is_empty());
+            if Instant::now() < deadline || capture_due {
                 seq += 1;
-                start_next(&mut conns[slot], users, &mut rng, seq);
+                start_next(&mut conns[slot], users, &mut rng, seq, kind);
                 flush(&epoll, &mut conns, slot)?;
             }
         }
@@ -240,6 +264,7 @@ fn open_connections(epoll: &Epoll, addrs: &[String], clients: u32) -> Result<Vec
             started: Instant::now(),
             in_flight: false,
             watching_out: false,
+            capture_next: None,
         });
     }
     Ok(conns)
@@ -256,6 +281,8 @@ fn record(mix: &mut Mix, c: &mut Conn, status: Option<u16>) {
         Op::Transfer => &mut mix.transfers,
         Op::Deposit => &mut mix.deposits,
         Op::Read => &mut mix.reads,
+        Op::Hold => &mut mix.holds,
+        Op::Capture => &mut mix.captures,
     };
     stats.record(took, status);
     if matches!(c.op, Op::Deposit) && status == Some(201) {
@@ -282,14 +309,70 @@ fn receive(c: &mut Conn, chunk: &mut [u8]) -> Result<Option<(Option<u16>, bool)>
     match parse_response(&c.response) {
         None => Ok(None),
         Some((status, total, close)) => {
+            if matches!(c.op, Op::Hold) {
+                // The recipient captures the hold next: its id is the reply's first "id".
+                let id = (status == 201)
+                    .then(|| hold_id(&c.response[..total]))
+                    .flatten();
+                c.capture_next = id.map(|id| (id, c.capture_next.take().map_or(0, |n| n.1)));
+            }
             c.response.drain(..total);
             Ok(Some(((status != 0).then_some(status), close)))
         }
     }
 }
 
-fn start_next(c: &mut Conn, users: &[BenchUser], rng: &mut impl Rng, seq: u64) {
+/// The `"id"` of a hold in a response's body.
+fn hold_id(response: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(response).ok()?;
+    let body = &text[text.find("\r\n\r\n")? + 4..];
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    v["id"].as_str().map(str::to_string)
+}
+
+fn start_next(c: &mut Conn, users: &[BenchUser], rng: &mut impl Rng, seq: u64, kind: MixKind) {
+    if let Some((id, recipient)) = c.capture_next.take().filter(|(id, _)| !id.is_empty()) {
+        request(
+            &mut c.request,
+            "POST",
+            &format!("/api/wallets/me/holds/{id}/capture"),
+            &users[recipient].token,
+            Some("{}"),
+        );
+        c.op = Op::Capture;
+        c.written = 0;
+        c.in_flight = true;
+        c.started = Instant::now();
+        return;
+    }
     let from = &users[rng.random_range(0..users.len())];
+    if kind == MixKind::Holds {
+        let mut to = rng.random_range(0..users.len());
+        while users[to].id == from.id {
+            to = rng.random_range(0..users.len());
+        }
+        let cents: u32 = rng.random_range(1..=100);
+        let body = format!(
+            r#"{{"to_user_id":{},"amount":"{}.{:02}","reference":"h{seq}"}}"#,
+            users[to].id,
+            cents / 100,
+            cents % 100
+        );
+        request(
+            &mut c.request,
+            "POST",
+            "/api/wallets/me/holds",
+            &from.token,
+            Some(&body),
+        );
+        c.op = Op::Hold;
+        // Where the capture goes once the hold's id is known.
+        c.capture_next = Some((String::new(), to));
+        c.written = 0;
+        c.in_flight = true;
+        c.started = Instant::now();
+        return;
+    }
     let roll = rng.random_range(0..100);
     let reference = format!("e{seq}");
     if roll < 80 {

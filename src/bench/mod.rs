@@ -64,6 +64,10 @@ pub struct BenchArgs {
     /// Concurrent keep-alive clients.
     #[arg(long, default_value_t = 64)]
     pub clients: u32,
+    /// What the clients send: `transfers` (80% transfers, 10% deposits, 10% balance reads) or
+    /// `holds` (a hold to another user, then its capture by the recipient).
+    #[arg(long, value_enum, default_value_t = evented::MixKind::Transfers)]
+    pub mix: evented::MixKind,
     /// Seconds to run.
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
@@ -526,6 +530,8 @@ struct MixResult {
     transfers: OpStats,
     deposits: OpStats,
     reads: OpStats,
+    holds: OpStats,
+    captures: OpStats,
     logins: OpStats,
     deposited_minor: i64,
     seconds: f64,
@@ -544,8 +550,9 @@ fn run_mix(
             .iter()
             .map(|b| b.trim_start_matches("http://").to_string())
             .collect();
-        let (clients, duration) = (args.clients, Duration::from_secs(args.duration));
-        std::thread::spawn(move || evented::run(&addrs, &users, clients, duration))
+        let (clients, duration, kind) =
+            (args.clients, Duration::from_secs(args.duration), args.mix);
+        std::thread::spawn(move || evented::run(&addrs, &users, clients, duration, kind))
     };
     let ignore_retry_after = args.storm_ignores_retry_after;
     let stormers: Vec<_> = (0..args.login_storm as usize)
@@ -585,6 +592,8 @@ fn run_mix(
         transfers: mix.transfers,
         deposits: mix.deposits,
         reads: mix.reads,
+        holds: mix.holds,
+        captures: mix.captures,
         logins: OpStats::default(),
         deposited_minor: mix.deposited_minor,
         seconds: mix.seconds,
@@ -620,11 +629,12 @@ fn funded_user(
     let user = wallet::accounts::create_user(conn, now, &u, None)?;
     let w = ledger::queries::wallet_of_user(conn, user.id)?.wallet_ref();
     let m = Movement {
+        currency: c.clone(),
         amount: Amount::parse_text(amount, c).map_err(|e| AppError::Internal(e.0.into()))?,
         reference: Reference::parse("fund").map_err(|e| AppError::Internal(e.into()))?,
         metadata: Metadata::empty(),
     };
-    ledger::deposit(conn, now, c, &w, &m)?;
+    ledger::deposit(conn, now, &w, &m)?;
     Ok((user.id, w))
 }
 
@@ -651,7 +661,8 @@ fn raw_in(
     let mut conn = db::open(path, sync).map_err(|e| e.to_string())?;
     db::migrate(&mut conn).map_err(|e| e.to_string())?;
     let currency = Currency::new("USD", 2, 1_000_000_000)?;
-    db::check_currency(&conn, &currency).map_err(|e| e.to_string())?;
+    db::check_currencies(&conn, &wallet::domain::Currencies::single(currency.clone()))
+        .map_err(|e| e.to_string())?;
     let (writer, handle) = Writer::start(conn, Arc::new(SystemClock), 256, 4096);
     let checkpoint_wakeup = Arc::new(wallet::clock::Wakeup::default());
     let checkpointer =
@@ -730,14 +741,14 @@ fn raw_client(
         let req = TransferRequest {
             to: Recipient::UserId(to),
             movement: Movement {
+                currency: currency.clone(),
                 amount,
                 reference,
                 metadata: Metadata::empty(),
             },
         };
-        let c = currency.clone();
         if writer
-            .execute(move |conn, now| ledger::transfer(conn, now, &c, (from.0, &from.1), &req))
+            .execute(move |conn, now| ledger::transfer(conn, now, (from.0, &from.1), &req))
             .is_ok()
         {
             done += 1;
@@ -910,7 +921,9 @@ fn report_json(
     let transfers = mix.transfers.summary(seconds);
     let deposits = mix.deposits.summary(seconds);
     let reads = mix.reads.summary(seconds);
-    let errors = errors_in(&[&transfers, &deposits, &reads]);
+    let holds = mix.holds.summary(seconds);
+    let captures = mix.captures.summary(seconds);
+    let errors = errors_in(&[&transfers, &deposits, &reads, &holds, &captures]);
     let postgres = engine == Some("postgresql");
     let mib = |kib: u64| (kib as f64 / 1024.0 * 10.0).round() / 10.0;
     let rss = &checked.peak_rss_kib;
@@ -938,6 +951,9 @@ fn report_json(
         "transfers": transfers,
         "deposits": deposits,
         "balance_reads": reads,
+        "mix": format!("{:?}", args.mix).to_lowercase(),
+        "holds": if args.mix == evented::MixKind::Holds { holds } else { Value::Null },
+        "captures": if args.mix == evented::MixKind::Holds { captures } else { Value::Null },
         "logins": if args.login_storm > 0 { mix.logins.summary(seconds) } else { Value::Null },
     })
 }
@@ -1013,10 +1029,13 @@ fn print_table(r: &Value) {
         ("transfer", "transfers"),
         ("deposit", "deposits"),
         ("balance read", "balance_reads"),
+        ("hold", "holds"),
+        ("capture", "captures"),
         ("login", "logins"),
     ] {
         let s = &r[key];
-        if s.is_null() {
+        // The holds mix sends nothing else.
+        if s.is_null() || (r["mix"] == "holds" && s["count"] == 0) {
             continue;
         }
         println!(
@@ -1138,6 +1157,7 @@ fn seed(
                     let req = TransferRequest {
                         to: Recipient::UserId(b.0),
                         movement: Movement {
+                            currency: c.clone(),
                             amount: Amount::parse_text("0.01", &c)
                                 .map_err(|e| wallet::error::AppError::Internal(e.0.into()))?,
                             reference: Reference::parse(&format!("seed-{i}"))
@@ -1145,7 +1165,7 @@ fn seed(
                             metadata: Metadata::empty(),
                         },
                     };
-                    ledger::transfer(conn, now, &c, (a.0, &a.1), &req)?;
+                    ledger::transfer(conn, now, (a.0, &a.1), &req)?;
                 }
                 Ok(())
             })
@@ -1174,13 +1194,14 @@ fn seed_deep_wallet(writer: &Writer, currency: &Currency, entries: u32) -> Resul
             .execute(move |conn, now| {
                 for i in from..to {
                     let m = Movement {
+                        currency: c.clone(),
                         amount: Amount::parse_text("0.01", &c)
                             .map_err(|e| wallet::error::AppError::Internal(e.0.into()))?,
                         reference: Reference::parse(&format!("deep-{i}"))
                             .map_err(|e| wallet::error::AppError::Internal(e.into()))?,
                         metadata: Metadata::empty(),
                     };
-                    ledger::deposit(conn, now, &c, &wallet, &m)?;
+                    ledger::deposit(conn, now, &wallet, &m)?;
                 }
                 Ok(())
             })
@@ -1264,7 +1285,8 @@ fn seed_ledger(
     {
         let mut conn = db::open(path, Synchronous::Normal).map_err(|e| e.to_string())?;
         db::migrate(&mut conn).map_err(|e| e.to_string())?;
-        db::check_currency(&conn, currency).map_err(|e| e.to_string())?;
+        db::check_currencies(&conn, &wallet::domain::Currencies::single(currency.clone()))
+            .map_err(|e| e.to_string())?;
         let (writer, handle) = Writer::start(conn, Arc::new(SystemClock), 256, 4096);
         seed(&writer, currency, args.wallets, args.entries)?;
         drop(writer);

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use rusqlite::Connection;
 use unicode_normalization::UnicodeNormalization;
 
-use crate::domain::username_key;
+use crate::domain::{username_key, Currency};
 
 /// A migration's step in Rust, given the migration's transaction.
 pub type Prepare = fn(&Connection) -> Result<(), String>;
@@ -87,4 +87,35 @@ pub fn usernames_v3(tx: &Connection) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Schema 5 → 6: gives entries and withdrawals a `currency`, every existing row getting the
+/// database's currency (from `settings`), before `006_currencies_and_holds.sql` runs. SQLite
+/// adds a column with a constant default without rewriting a row, so the code goes into the
+/// statement; it is checked to be a currency code first.
+pub fn currencies_v6(tx: &Connection) -> Result<(), String> {
+    let sql_err = |e: rusqlite::Error| e.to_string();
+    let stored: Option<String> = tx
+        .query_row("SELECT currency FROM settings WHERE id = 1", [], |r| {
+            r.get(0)
+        })
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })
+        .map_err(sql_err)?;
+    // No settings row: the server never started on it, so there are no entries either (the
+    // default below is then never read).
+    let code = stored.unwrap_or_else(|| "USD".into());
+    if !Currency::is_code(&code) {
+        return Err(format!(
+            "the stored currency {code:?} is not a currency code"
+        ));
+    }
+    tx.execute_batch(&format!(
+        "ALTER TABLE entries ADD COLUMN currency TEXT NOT NULL DEFAULT '{code}';
+         ALTER TABLE withdrawals ADD COLUMN currency TEXT NOT NULL DEFAULT '{code}';"
+    ))
+    .map_err(sql_err)
 }

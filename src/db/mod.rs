@@ -14,7 +14,7 @@ use std::time::Duration;
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::Connection;
 
-use crate::domain::{Currency, Timestamp};
+use crate::domain::{Currencies, Timestamp};
 use crate::error::{AppError, StartupError};
 use crate::store::Sql;
 
@@ -23,7 +23,7 @@ pub use writer::{Writer, WriterStats};
 /// The schema, embedded so the binary is all a user needs.
 pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 /// `PRAGMA user_version` after `SCHEMA_SQL`; each migration bumps it by one.
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
 /// `MIGRATIONS[i]` takes a database from version `i + 1` to `i + 2`. A new database gets
 /// `SCHEMA_SQL` directly.
 const MIGRATIONS: &[migrations::Migration] = &[
@@ -42,6 +42,10 @@ const MIGRATIONS: &[migrations::Migration] = &[
     migrations::Migration {
         prepare: None,
         sql: include_str!("../../migrations/005_storage_probe.sql"),
+    },
+    migrations::Migration {
+        prepare: Some(migrations::currencies_v6),
+        sql: include_str!("../../migrations/006_currencies_and_holds.sql"),
     },
 ];
 const _: () = assert!(MIGRATIONS.len() as i32 == SCHEMA_VERSION - 1);
@@ -510,82 +514,121 @@ fn migrate_in_transaction(conn: &mut Connection, version: i32) -> Result<(), Str
         .map_err(|e| format!("cannot commit the schema: {e}"))
 }
 
-/// Records the currency on first start; afterwards the configured one must match while the
-/// database holds any money, because stored minor units mean nothing at another scale.
-pub fn check_currency(conn: &dyn Sql, currency: &Currency) -> Result<(), StartupError> {
+/// Records the configured currencies, and refuses a configuration that would misread stored
+/// money: a currency that money has been kept in must stay configured, with its scale
+/// (stored minor units mean nothing at another scale). A new currency is always welcome. The
+/// first start also records the default currency in `settings`.
+///
+/// On PostgreSQL several processes serve one database, and another may be serving it now:
+/// every process must have the database's default currency (the first process's, kept in
+/// `settings`) as its default, so that a request naming no currency means the same on each,
+/// and a stored currency keeps its scale even before it holds money.
+pub fn check_currencies(conn: &dyn Sql, currencies: &Currencies) -> Result<(), StartupError> {
     let failed = |e: AppError| StartupError::failed(format!("cannot read the settings: {e:?}"));
-    if conn.engine() == crate::store::Engine::Postgres {
-        return check_shared_currency(conn, currency).map_err(|e| match e {
-            Ok(e) => e,
-            Err(e) => failed(e),
-        });
-    }
-    let stored: Option<(String, u32)> = conn
-        .query_opt("SELECT currency, scale FROM settings WHERE id = 1", &[])
-        .and_then(|r| r.map(|r| Ok((r.get(0)?, r.get(1)?))).transpose())
-        .map_err(failed)?;
-    let has_money = conn
-        .query_opt("SELECT seq FROM entries LIMIT 1", &[])
-        .map_err(failed)?
-        .is_some();
-    match stored {
-        Some((code, scale)) if code == currency.code && scale == currency.scale => Ok(()),
-        Some((code, scale)) if has_money => Err(StartupError::setting(
-            "--currency/--currency-scale",
-            format!(
-                "the database holds money in {code} with {scale} fractional digits; \
-                 it cannot be served as {} with {}",
-                currency.code, currency.scale
-            ),
-        )),
-        _ => conn
-            .execute(
-                "INSERT INTO settings (id, currency, scale) VALUES (1, ?1, ?2)
-                 ON CONFLICT (id) DO UPDATE SET currency = excluded.currency, scale = excluded.scale",
-                &[&currency.code, &currency.scale],
-            )
-            .map(drop)
-            .map_err(failed),
-    }
-}
-
-/// PostgreSQL: the first process to start on the database records the currency, and every
-/// process must then serve that one, money or not. Other processes may be serving it already,
-/// and a second currency or scale would make them read the same minor units differently.
-fn check_shared_currency(
-    conn: &dyn Sql,
-    currency: &Currency,
-) -> Result<(), Result<StartupError, AppError>> {
+    let setting = "--currencies/--currency";
+    let default = currencies.default_currency();
     conn.execute(
         "INSERT INTO settings (id, currency, scale) VALUES (1, ?1, ?2) ON CONFLICT (id) DO NOTHING",
-        &[&currency.code, &currency.scale],
+        &[&default.code, &default.scale],
     )
-    .map_err(Err)?;
-    let row = conn
-        .query_one("SELECT currency, scale FROM settings WHERE id = 1", &[])
-        .map_err(Err)?;
-    let (code, scale): (String, u32) = (row.get(0).map_err(Err)?, row.get(1).map_err(Err)?);
-    if code == currency.code && scale == currency.scale {
-        return Ok(());
+    .map_err(failed)?;
+    let shared = conn.engine() == crate::store::Engine::Postgres;
+    if shared {
+        let recorded: String = conn
+            .query_one("SELECT currency FROM settings WHERE id = 1", &[])
+            .and_then(|r| r.get(0))
+            .map_err(failed)?;
+        if recorded != default.code {
+            return Err(StartupError::setting(
+                setting,
+                format!(
+                    "the database's default currency is {recorded}; every server on a PostgreSQL \
+                     database has it first (a request naming no currency must mean the same on \
+                     each), not {}",
+                    default.code
+                ),
+            ));
+        }
     }
-    Err(Ok(StartupError::setting(
-        "--currency/--currency-scale",
-        format!(
-            "the database is kept in {code} with {scale} fractional digits; every server on a \
-             PostgreSQL database serves it with the same currency and scale, not {} with {}",
-            currency.code, currency.scale
-        ),
-    )))
+    let stored: Vec<(String, u32)> = conn
+        .query("SELECT code, scale FROM currencies ORDER BY code", &[])
+        .map_err(failed)?
+        .iter()
+        .map(|r| Ok((r.get(0)?, r.get(1)?)))
+        .collect::<Result<_, AppError>>()
+        .map_err(failed)?;
+    for (code, scale) in &stored {
+        let has_money = conn
+            .query_opt(
+                "SELECT wallet_key FROM balances WHERE currency = ?1 LIMIT 1",
+                &[code],
+            )
+            .map_err(failed)?
+            .is_some();
+        match currencies.get(code) {
+            Some(c) if c.scale == *scale => {}
+            Some(c) if has_money || shared => {
+                return Err(StartupError::setting(
+                    setting,
+                    format!(
+                        "the database holds money in {code} with {scale} fractional digits; \
+                         its scale cannot become {} (list it as {code}:{scale})",
+                        c.scale
+                    ),
+                ))
+            }
+            Some(c) => {
+                conn.execute(
+                    "UPDATE currencies SET scale = ?2 WHERE code = ?1",
+                    &[code, &c.scale],
+                )
+                .map_err(failed)?;
+            }
+            None if has_money => {
+                return Err(StartupError::setting(
+                    setting,
+                    format!(
+                        "the database holds money in {code} ({code}:{scale}); a currency that \
+                         holds money cannot be dropped from the list"
+                    ),
+                ))
+            }
+            None => {}
+        }
+    }
+    for c in currencies.iter() {
+        conn.execute(
+            "INSERT INTO currencies (code, scale) VALUES (?1, ?2) ON CONFLICT (code) DO NOTHING",
+            &[&c.code, &c.scale],
+        )
+        .map_err(failed)?;
+    }
+    Ok(())
 }
 
-/// The stored currency, for tools that run without the server's flags.
-pub fn stored_currency(conn: &dyn Sql) -> Result<Currency, String> {
-    let (code, scale): (String, u32) = conn
-        .query_opt("SELECT currency, scale FROM settings WHERE id = 1", &[])
-        .and_then(|r| r.map(|r| Ok((r.get(0)?, r.get(1)?))).transpose())
-        .map_err(|e| format!("{e:?}"))?
-        .unwrap_or(("USD".into(), 2));
-    Currency::new(&code, scale, 1_000_000_000)
+/// The stored currencies, for tools that run without the server's flags: every currency money
+/// has been kept in, the database's first default first.
+pub fn stored_currencies(conn: &dyn Sql) -> Result<Currencies, String> {
+    let err = |e: AppError| format!("{e:?}");
+    let first: Option<String> = conn
+        .query_opt("SELECT currency FROM settings WHERE id = 1", &[])
+        .map_err(err)?
+        .map(|r| r.get(0))
+        .transpose()
+        .map_err(err)?;
+    let mut list: Vec<(String, u32)> = conn
+        .query("SELECT code, scale FROM currencies ORDER BY code", &[])
+        .map_err(err)?
+        .iter()
+        .map(|r| Ok((r.get(0)?, r.get(1)?)))
+        .collect::<Result<_, AppError>>()
+        .map_err(err)?;
+    list.sort_by_key(|(code, _)| Some(code) != first.as_ref());
+    if list.is_empty() {
+        list.push(("USD".into(), 2));
+    }
+    let spec: Vec<String> = list.iter().map(|(c, s)| format!("{c}:{s}")).collect();
+    Currencies::parse(&spec.join(","), 1_000_000_000)
 }
 
 /// Runs a closure in one write transaction. The server's `Writer` is one; `DirectWriter` is the

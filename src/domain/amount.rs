@@ -35,10 +35,9 @@ impl Currency {
     pub const SCALE_MAX: u32 = 8;
 
     pub fn new(code: &str, scale: u32, amount_max_units: i64) -> Result<Currency, String> {
-        let code_ok = code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase());
-        if !code_ok {
+        if !Self::is_code(code) {
             return Err(format!(
-                "currency must be three uppercase letters, got {code:?}"
+                "a currency code is 3 to 8 uppercase letters (USD, EUR, USDC), got {code:?}"
             ));
         }
         if scale > Self::SCALE_MAX {
@@ -61,6 +60,11 @@ impl Currency {
         })
     }
 
+    /// 3 to 8 ASCII uppercase letters: ISO 4217 codes and the longer ones of tokens.
+    pub fn is_code(code: &str) -> bool {
+        (3..=8).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_uppercase())
+    }
+
     /// Formats minor units as the API shows money: exactly `scale` fractional digits.
     pub fn format(&self, minor: impl Into<MinorUnits>) -> String {
         self.money(minor.into()).to_string()
@@ -69,6 +73,78 @@ impl Currency {
     /// Minor units of this currency, with the scale that shows them.
     pub fn money(&self, minor: MinorUnits) -> Money {
         minor.at_scale(self.scale)
+    }
+}
+
+/// The deployment's currencies, the default first. Never empty, no code twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Currencies(Vec<Currency>);
+
+impl Currencies {
+    /// Most currencies one deployment may list: each is a balance per wallet, a line of every
+    /// wallet summary and of `/metrics`.
+    pub const COUNT_MAX: usize = 32;
+
+    /// One currency, the default.
+    pub fn single(currency: Currency) -> Currencies {
+        Currencies(vec![currency])
+    }
+
+    /// `USD:2,EUR:2,JPY:0`: codes with their scales, the first being the default.
+    pub fn parse(spec: &str, amount_max_units: i64) -> Result<Currencies, String> {
+        let mut list: Vec<Currency> = Vec::new();
+        for item in spec.split(',') {
+            let item = item.trim();
+            let Some((code, scale)) = item.split_once(':') else {
+                return Err(format!(
+                    "{item:?} is not CODE:SCALE, as in USD:2,EUR:2,JPY:0"
+                ));
+            };
+            let scale: u32 = scale
+                .parse()
+                .map_err(|_| format!("{item:?}: the scale must be a whole number from 0 to 8"))?;
+            let currency = Currency::new(code, scale, amount_max_units)?;
+            if list.iter().any(|c| c.code == currency.code) {
+                return Err(format!("{code} is listed twice"));
+            }
+            list.push(currency);
+        }
+        if list.len() > Self::COUNT_MAX {
+            return Err(format!(
+                "{} currencies listed; at most {} are supported",
+                list.len(),
+                Self::COUNT_MAX
+            ));
+        }
+        Ok(Currencies(list))
+    }
+
+    /// The currency of a request that names none.
+    pub fn default_currency(&self) -> &Currency {
+        &self.0[0]
+    }
+
+    pub fn get(&self, code: &str) -> Option<&Currency> {
+        self.0.iter().find(|c| c.code == code)
+    }
+
+    /// The currency a request names (`None`: the default), or the message for its field.
+    pub fn resolve(&self, code: Option<&str>) -> Result<&Currency, String> {
+        match code {
+            None => Ok(self.default_currency()),
+            Some(code) => self.get(code).ok_or_else(|| {
+                let listed: Vec<&str> = self.0.iter().map(|c| c.code.as_str()).collect();
+                let shown: String = code.chars().take(16).collect();
+                format!(
+                    "{shown:?} is not a currency of this ledger; it has {}",
+                    listed.join(", ")
+                )
+            }),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Currency> {
+        self.0.iter()
     }
 }
 

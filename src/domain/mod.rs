@@ -6,7 +6,7 @@ mod staff;
 mod text;
 mod time;
 
-pub use amount::{Amount, AmountError, Currency, AMOUNT_TEXT_CHARS_MAX};
+pub use amount::{Amount, AmountError, Currencies, Currency, AMOUNT_TEXT_CHARS_MAX};
 pub use money::{MinorUnits, Money};
 pub use staff::{PayoutResolution, StaffReason, STAFF_REASON_CHARS_MAX};
 pub use text::{
@@ -73,6 +73,37 @@ impl EntryKind {
     /// Every kind's name, in `ALL`'s order, separated by ", ": for messages that list them.
     pub fn names() -> String {
         Self::ALL.map(EntryKind::as_str).join(", ")
+    }
+}
+
+/// The life of a hold: HELD until it is captured, voided or expired, exactly once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldStatus {
+    Held,
+    Captured,
+    Voided,
+    Expired,
+}
+
+impl HoldStatus {
+    pub const ALL: [HoldStatus; 4] = [
+        HoldStatus::Held,
+        HoldStatus::Captured,
+        HoldStatus::Voided,
+        HoldStatus::Expired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldStatus::Held => "HELD",
+            HoldStatus::Captured => "CAPTURED",
+            HoldStatus::Voided => "VOIDED",
+            HoldStatus::Expired => "EXPIRED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<HoldStatus> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
 }
 

@@ -150,6 +150,10 @@ pub fn parse_name(s: &str) -> Result<String, String> {
 /// Clients may not send references that begin with it.
 pub const OPERATOR_REFERENCE_PREFIX: &str = "admin:";
 
+/// The reference of a hold's capture entries: `hold:<hold id>`, reserved like `admin:`, so a
+/// capture never collides with the payer's own references.
+pub const HOLD_REFERENCE_PREFIX: &str = "hold:";
+
 /// A client's idempotency reference: 1–255 characters, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reference(String);
@@ -170,7 +174,17 @@ impl Reference {
                 "references beginning with {OPERATOR_REFERENCE_PREFIX:?} are reserved for operator credits"
             ));
         }
+        if s.starts_with(HOLD_REFERENCE_PREFIX) {
+            return Err(format!(
+                "references beginning with {HOLD_REFERENCE_PREFIX:?} are reserved for the captures of holds"
+            ));
+        }
         Ok(Reference(s.to_string()))
+    }
+
+    /// The reference of the entries that capture the hold `hold_id` (a UUID: always short).
+    pub fn for_hold(hold_id: &str) -> Reference {
+        Reference(format!("{HOLD_REFERENCE_PREFIX}{hold_id}"))
     }
 
     /// The reference an operator credit is stored under.

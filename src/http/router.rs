@@ -5,7 +5,7 @@ use std::ops::Deref;
 
 use tiny_http::Method;
 
-use super::handlers::{accounts, admin, operations, wallet, withdrawals, Params};
+use super::handlers::{accounts, admin, holds, operations, wallet, withdrawals, Params};
 use super::request::Incoming;
 use super::response::Reply;
 use crate::accounts::AuthUser;
@@ -128,6 +128,21 @@ pub fn route(path: &str, test_hooks: bool) -> Option<Matched> {
             "/api/wallets/me/withdrawals/{id}/cancel",
             on_post(User(withdrawals::cancel)),
         ),
+        ["api", "wallets", "me", "holds"] => (
+            "/api/wallets/me/holds",
+            (Some(User(holds::list)), Some(User(holds::create))),
+        ),
+        ["api", "wallets", "me", "holds", _] => {
+            ("/api/wallets/me/holds/{id}", on_get(User(holds::show)))
+        }
+        ["api", "wallets", "me", "holds", _, "capture"] => (
+            "/api/wallets/me/holds/{id}/capture",
+            on_post(User(holds::capture)),
+        ),
+        ["api", "wallets", "me", "holds", _, "void"] => (
+            "/api/wallets/me/holds/{id}/void",
+            on_post(User(holds::void)),
+        ),
         ["api", "admin", "users"] => ("/api/admin/users", on_get(Staff(admin::users))),
         ["api", "admin", "users", _] => ("/api/admin/users/{id}", on_get(Staff(admin::user))),
         ["api", "admin", "users", _, "wallet"] => {
@@ -144,6 +159,14 @@ pub fn route(path: &str, test_hooks: bool) -> Option<Matched> {
         ["api", "admin", "withdrawals", _, "resolve"] => (
             "/api/admin/withdrawals/{id}/resolve",
             on_post(Staff(admin::resolve_withdrawal)),
+        ),
+        ["api", "admin", "holds", _, "capture"] => (
+            "/api/admin/holds/{id}/capture",
+            on_post(Staff(holds::admin_capture)),
+        ),
+        ["api", "admin", "holds", _, "void"] => (
+            "/api/admin/holds/{id}/void",
+            on_post(Staff(holds::admin_void)),
         ),
         ["health"] => ("/health", on_get(Public(operations::health))),
         ["metrics"] => ("/metrics", on_get(Public(operations::metrics))),
@@ -205,12 +228,18 @@ pub const TEMPLATES: &[&str] = &[
     "/api/wallets/me/withdrawals",
     "/api/wallets/me/withdrawals/{id}",
     "/api/wallets/me/withdrawals/{id}/cancel",
+    "/api/wallets/me/holds",
+    "/api/wallets/me/holds/{id}",
+    "/api/wallets/me/holds/{id}/capture",
+    "/api/wallets/me/holds/{id}/void",
     "/api/admin/users",
     "/api/admin/users/{id}",
     "/api/admin/users/{id}/wallet",
     "/api/admin/users/{id}/transactions",
     "/api/admin/users/{id}/credit",
     "/api/admin/withdrawals/{id}/resolve",
+    "/api/admin/holds/{id}/capture",
+    "/api/admin/holds/{id}/void",
     "/health",
     "/metrics",
     "/openapi.json",

@@ -1,5 +1,6 @@
 //! Background threads: the nightly snapshot (`snapshot`) and the payout worker (`payout`).
 
+pub mod holds;
 pub mod payout;
 pub mod sealer;
 pub mod snapshot;

@@ -22,7 +22,7 @@ use serde_json::json;
 
 use crate::clock::{SharedClock, Wakeup};
 use crate::db::{self, Pool, Writer};
-use crate::domain::{Currency, Timestamp, WithdrawalStatus};
+use crate::domain::{Currencies, Timestamp, WithdrawalStatus};
 use crate::error::AppError;
 use crate::ledger::withdrawals::{self, Attempt, RetryPlan, Withdrawal};
 use crate::metrics::Metrics;
@@ -167,7 +167,7 @@ impl Drop for Claim<'_> {
 pub struct PayoutWorker {
     pub claims: Claims,
     pub settings: PayoutSettings,
-    pub currency: Currency,
+    pub currencies: Currencies,
     pub writer: Writer,
     pub pool: Pool,
     pub clock: SharedClock,
@@ -257,13 +257,13 @@ impl PayoutWorker {
         let mut w = w;
         let debited_now = w.status == WithdrawalStatus::Pending;
         if debited_now {
-            let (currency, id, complete) = (
-                self.currency.clone(),
+            let (currencies, id, complete) = (
+                self.currencies.clone(),
                 w.id.clone(),
                 self.settings.url.is_none(),
             );
             let begun = self.writer.execute(move |conn, now| {
-                withdrawals::begin_if_pending(conn, now, &currency, &id, complete)
+                withdrawals::begin_if_pending(conn, now, &currencies, &id, complete)
             })?;
             let Some(begun) = begun else {
                 // Cancelled, or begun by another process, since it was found due.
@@ -317,8 +317,8 @@ impl PayoutWorker {
         let body = json!({
             "withdrawal_id": w.id,
             "user_id": user_id,
-            "amount": self.currency.format(w.amount),
-            "currency": self.currency.code,
+            "amount": crate::ledger::currency_of(&self.currencies, &w.currency)?.format(w.amount),
+            "currency": w.currency,
             "reference": w.reference,
         });
         let attempt = self.call(agent, url, w, &body);
@@ -328,9 +328,9 @@ impl PayoutWorker {
             attempts_max: self.settings.attempts_max,
             window_ms: self.window_ms(),
         };
-        let (currency, id) = (self.currency.clone(), w.id.clone());
+        let (currencies, id) = (self.currencies.clone(), w.id.clone());
         let after = self.writer.execute(move |conn, now| {
-            withdrawals::record_attempt(conn, now, &currency, &id, &attempt, plan)
+            withdrawals::record_attempt(conn, now, &currencies, &id, &attempt, plan)
         })?;
         if after.status == WithdrawalStatus::Processing {
             let left_for_staff = after

@@ -91,6 +91,7 @@ fn seal_up_to(conn: &dyn Sql, horizon: i64) -> Result<usize, AppError> {
             &[],
         )?;
         let (mut seq, mut prev): (i64, [u8; 32]) = (head.get(0)?, head.get(1)?);
+        let currency_from = crate::ledger::entries::chain_currency_from(conn)?;
         // Every entry above the head is unsealed. A walk up the primary key from the head,
         // whatever plan PostgreSQL caches for the statement; the horizon is applied here.
         let rows = conn.query(
@@ -112,7 +113,7 @@ fn seal_up_to(conn: &dyn Sql, horizon: i64) -> Result<usize, AppError> {
                 break;
             }
             sealed += 1;
-            let hash = entry_hash(&prev, &entry);
+            let hash = entry_hash(&prev, &entry, currency_from);
             if !seqs.is_empty() {
                 seqs.push(',');
                 hashes.push(',');

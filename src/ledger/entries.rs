@@ -1,6 +1,8 @@
 //! Ledger rows: appending an entry (the only way a balance changes), reading entries back,
 //! and the hash chain that makes rewriting history detectable.
 
+use std::sync::LazyLock;
+
 use sha2::{Digest, Sha256};
 
 use super::kinds;
@@ -60,6 +62,8 @@ pub struct Entry {
     pub transfer_id: Option<String>,
     pub metadata: Metadata,
     pub created_at: Timestamp,
+    /// The code of the currency it moves.
+    pub currency: String,
 }
 
 /// The columns `entry_from_row` reads, to be selected `FROM {ENTRY_FROM}`.
@@ -71,7 +75,7 @@ pub const ENTRY_FROM: &str = entry_from!();
 macro_rules! entry_columns {
     () => {
         "e.seq, e.id, w.id, e.kind, e.amount, e.balance_after, e.reference, \
-         e.counterparty_user_id, e.transfer_id, e.metadata, e.created_at"
+         e.counterparty_user_id, e.transfer_id, e.metadata, e.created_at, e.currency"
     };
 }
 macro_rules! entry_from {
@@ -97,6 +101,7 @@ pub fn entry_from_row(r: &Row) -> Result<Entry, AppError> {
         transfer_id: r.get(8)?,
         metadata: Metadata::from_stored(r.get(9)?),
         created_at: Timestamp::from_stored(&created_at),
+        currency: r.get(11)?,
     })
 }
 
@@ -114,22 +119,32 @@ pub struct NewEntry<'a> {
     pub kind: EntryKind,
     /// Positive (an `Amount`), with the currency's scale for an `InsufficientFunds` error.
     pub amount: Money,
+    /// The code of the currency of `amount`: the balance it moves.
+    pub currency: &'a str,
     pub reference: &'a str,
     pub counterparty_user_id: Option<i64>,
     pub transfer_id: Option<&'a str>,
     pub metadata: &'a Metadata,
 }
 
-/// The newest entry of the chain: its position and hash.
-pub type ChainHead = (i64, [u8; 32]);
+/// The newest entry of the chain: its position and hash, and the first position whose entry
+/// has its currency in the chain (`settings.chain_currency_from`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainHead {
+    pub seq: i64,
+    pub hash: [u8; 32],
+    pub currency_from: i64,
+}
 
 /// The chain's starting point: the "previous hash" of the first entry.
 pub const GENESIS_HASH: [u8; 32] = [0; 32];
 
 /// SHA-256 over the previous entry's hash, then each field as a 4-byte big-endian length and
-/// its UTF-8 text (numbers in decimal, absent values empty). ARCHITECTURE.md documents it for
-/// auditors who recompute it with other tools.
-pub fn entry_hash(prev: &[u8], e: &Entry) -> [u8; 32] {
+/// its UTF-8 text (numbers in decimal, absent values empty), the currency last for entries at
+/// or after `currency_from` (`settings.chain_currency_from`: the ledger's entries before its
+/// upgrade to several currencies keep the bytes they were sealed with). ARCHITECTURE.md
+/// documents it for auditors who recompute it with other tools.
+pub fn entry_hash(prev: &[u8], e: &Entry, currency_from: i64) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(prev);
     let counterparty = e
@@ -149,7 +164,12 @@ pub fn entry_hash(prev: &[u8], e: &Entry) -> [u8; 32] {
         e.metadata.as_str(),
         &e.created_at.to_text(),
     ];
-    for f in fields {
+    let currency: &[&str] = if e.seq >= currency_from {
+        &[&e.currency]
+    } else {
+        &[]
+    };
+    for f in fields.iter().chain(currency) {
         h.update((f.len() as u32).to_be_bytes());
         h.update(f.as_bytes());
     }
@@ -179,18 +199,22 @@ pub fn append_after(
     if conn.engine() == Engine::Postgres {
         return Ok((append_unsealed(conn, now, &new, delta)?, None));
     }
-    let Some(balance_after) = move_balance(conn, new.wallet.key, delta)? else {
+    let Some(balance_after) = move_balance(conn, new.wallet.key, new.currency, delta, now)? else {
         return Err(refusal(conn, &new, delta)?);
     };
-    let (prev_seq, prev_hash) = match head {
+    let head = match head {
         Some(head) => head,
         None => chain_head(conn)?,
     };
-    let entry = new_entry(prev_seq + 1, balance_after, now, &new);
-    let hash = entry_hash(&prev_hash, &entry);
+    let entry = new_entry(head.seq + 1, balance_after, now, &new);
+    let hash = entry_hash(&head.hash, &entry, head.currency_from);
     insert(conn, new.wallet.key, &entry, &hash)?;
     assert!(balance_after >= MinorUnits::ZERO);
-    let head = (entry.seq, hash);
+    let head = ChainHead {
+        seq: entry.seq,
+        hash,
+        currency_from: head.currency_from,
+    };
     Ok((entry, Some(head)))
 }
 
@@ -207,6 +231,7 @@ fn new_entry(seq: i64, balance_after: MinorUnits, at: Timestamp, new: &NewEntry<
         transfer_id: new.transfer_id.map(str::to_string),
         metadata: new.metadata.clone(),
         created_at: at,
+        currency: new.currency.to_string(),
     }
 }
 
@@ -228,21 +253,13 @@ fn append_unsealed(
     // One statement, one round trip: the balance moves (or nothing happens, and no row comes
     // back) and the entry follows it. The trigger `entries_balance_follows` sees the moved
     // balance, as it would after two statements.
+    let sql = if delta > MinorUnits::ZERO {
+        &*PG_APPEND_CREDIT_SQL
+    } else {
+        &*PG_APPEND_DEBIT_SQL
+    };
     let Some(row) = conn.query_opt(
-        "WITH moved AS (
-             UPDATE wallets SET balance = balance + ?2,
-                 stamp_floor = GREATEST(CAST(?4 AS TEXT), to_char(
-                     (CAST(stamp_floor AS timestamptz) + interval '1 microsecond') AT TIME ZONE 'UTC',
-                     'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') COLLATE \"C\")
-             WHERE key = ?1 AND balance + ?2 >= 0 AND balance <= ?3
-             RETURNING key, balance, stamp_floor)
-         INSERT INTO entries (id, wallet_key, kind, amount, balance_after, reference,
-             counterparty_user_id, transfer_id, metadata, created_at)
-         SELECT CAST(?5 AS TEXT), moved.key, CAST(?6 AS TEXT), CAST(?7 AS BIGINT), moved.balance,
-             CAST(?8 AS TEXT), CAST(?9 AS BIGINT), CAST(?10 AS TEXT), CAST(?11 AS TEXT),
-             moved.stamp_floor
-         FROM moved
-         RETURNING seq, balance_after, created_at",
+        sql,
         &[
             &new.wallet.key,
             &delta,
@@ -255,6 +272,8 @@ fn append_unsealed(
             &entry.counterparty_user_id,
             &entry.transfer_id,
             &entry.metadata.as_str(),
+            &new.currency,
+            &snapshot_floor(now),
         ],
     )?
     else {
@@ -266,6 +285,48 @@ fn append_unsealed(
     assert!(entry.balance_after >= MinorUnits::ZERO);
     Ok(entry)
 }
+
+/// `append_unsealed`'s one statement: the wallet's row is locked first (its stamp floor moves),
+/// then its balance in the currency moves (a credit creates the row, a debit needs
+/// `balance - held` to cover it), then the entry follows with the new balance. Every path that
+/// changes a balance locks its wallet's row first, so two can never wait on each other.
+fn pg_append_sql(move_balance: &str) -> String {
+    format!(
+        "WITH stamped AS (
+             UPDATE wallets SET stamp_floor = GREATEST(CAST(?4 AS TEXT), to_char(
+                     (CAST(stamp_floor AS timestamptz) + interval '1 microsecond') AT TIME ZONE 'UTC',
+                     'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') COLLATE \"C\")
+             WHERE key = ?1
+             RETURNING key, stamp_floor),
+         moved AS ({move_balance})
+         INSERT INTO entries (id, wallet_key, kind, amount, balance_after, reference,
+             counterparty_user_id, transfer_id, metadata, created_at, currency)
+         SELECT CAST(?5 AS TEXT), stamped.key, CAST(?6 AS TEXT), CAST(?7 AS BIGINT), moved.balance,
+             CAST(?8 AS TEXT), CAST(?9 AS BIGINT), CAST(?10 AS TEXT), CAST(?11 AS TEXT),
+             stamped.stamp_floor, CAST(?12 AS TEXT)
+         FROM stamped, moved
+         RETURNING seq, balance_after, created_at"
+    )
+}
+
+static PG_APPEND_CREDIT_SQL: LazyLock<String> = LazyLock::new(|| {
+    pg_append_sql(
+        "INSERT INTO balances (wallet_key, currency, balance, last_balance_update)
+             SELECT stamped.key, CAST(?12 AS TEXT), CAST(?2 AS BIGINT), CAST(?13 AS TEXT) FROM stamped
+         ON CONFLICT (wallet_key, currency) DO UPDATE SET balance = balances.balance + EXCLUDED.balance
+             WHERE balances.balance <= ?3
+         RETURNING balance",
+    )
+});
+
+static PG_APPEND_DEBIT_SQL: LazyLock<String> = LazyLock::new(|| {
+    pg_append_sql(
+        "UPDATE balances b SET balance = b.balance + ?2 FROM stamped
+         WHERE b.wallet_key = stamped.key AND b.currency = ?12 AND b.balance - b.held + ?2 >= 0
+             AND CAST(?3 AS BIGINT) IS NOT NULL AND CAST(?13 AS TEXT) IS NOT NULL
+         RETURNING b.balance",
+    )
+});
 
 /// How an entry moves its wallet's balance: up by a credit, down by a debit.
 fn signed_delta(kind: EntryKind, amount: MinorUnits) -> Result<MinorUnits, AppError> {
@@ -286,27 +347,65 @@ fn signed_delta(kind: EntryKind, amount: MinorUnits) -> Result<MinorUnits, AppEr
 fn move_balance(
     conn: &dyn Sql,
     wallet_key: WalletKey,
+    currency: &str,
     delta: MinorUnits,
+    now: Timestamp,
 ) -> Result<Option<MinorUnits>, AppError> {
-    let balance_ceiling = i64::MAX - delta.get().max(0);
-    conn.query_opt(
-        "UPDATE wallets SET balance = balance + ?2
-         WHERE key = ?1 AND balance + ?2 >= 0 AND balance <= ?3
-         RETURNING balance",
-        &[&wallet_key, &delta, &balance_ceiling],
-    )?
-    .map(|r| r.get(0))
-    .transpose()
+    let row = if delta > MinorUnits::ZERO {
+        // A credit creates the wallet's balance in the currency the first time.
+        let balance_ceiling = i64::MAX - delta.get();
+        conn.query_opt(
+            "INSERT INTO balances (wallet_key, currency, balance, last_balance_update)
+                 VALUES (?1, ?2, ?3, ?5)
+             ON CONFLICT (wallet_key, currency) DO UPDATE SET balance = balance + excluded.balance
+                 WHERE balance <= ?4
+             RETURNING balance",
+            &[
+                &wallet_key,
+                &currency,
+                &delta,
+                &balance_ceiling,
+                &snapshot_floor(now),
+            ],
+        )?
+    } else {
+        // A debit takes only what no hold reserves.
+        conn.query_opt(
+            "UPDATE balances SET balance = balance + ?3
+             WHERE wallet_key = ?1 AND currency = ?2 AND balance - held + ?3 >= 0
+             RETURNING balance",
+            &[&wallet_key, &currency, &delta],
+        )?
+    };
+    row.map(|r| r.get(0)).transpose()
+}
+
+/// A new balance's "last snapshot": 0 just before its first entry, which is stamped at `now`
+/// or later, so the first real snapshot counts that entry.
+fn snapshot_floor(now: Timestamp) -> Timestamp {
+    now.plus_micros(-1)
+}
+
+/// A wallet's balance and what holds reserve of it, in one currency (zero before its first
+/// credit in it).
+pub fn balance_and_held(
+    conn: &dyn Sql,
+    wallet_key: WalletKey,
+    currency: &str,
+) -> Result<(MinorUnits, MinorUnits), AppError> {
+    match conn.query_opt(
+        "SELECT balance, held FROM balances WHERE wallet_key = ?1 AND currency = ?2",
+        &[&wallet_key, &currency],
+    )? {
+        Some(r) => Ok((r.get(0)?, r.get(1)?)),
+        None => Ok((MinorUnits::ZERO, MinorUnits::ZERO)),
+    }
 }
 
 /// Why `move_balance` refused: a credit past the ceiling, or a debit larger than the balance.
 fn refusal(conn: &dyn Sql, new: &NewEntry<'_>, delta: MinorUnits) -> Result<AppError, AppError> {
-    let balance: MinorUnits = conn
-        .query_one(
-            "SELECT balance FROM wallets WHERE key = ?1",
-            &[&new.wallet.key],
-        )?
-        .get(0)?;
+    let (balance, held) = balance_and_held(conn, new.wallet.key, new.currency)?;
+    let available = balance.checked_sub(held).unwrap_or(MinorUnits::ZERO);
     if delta > MinorUnits::ZERO {
         return Ok(AppError::field(
             "amount",
@@ -314,20 +413,40 @@ fn refusal(conn: &dyn Sql, new: &NewEntry<'_>, delta: MinorUnits) -> Result<AppE
         ));
     }
     Ok(AppError::InsufficientFunds {
-        available: balance.at_scale(new.amount.scale),
+        available: available.at_scale(new.amount.scale),
         required: new.amount,
     })
 }
 
-/// The newest entry's position and hash, or the genesis of an empty ledger.
-fn chain_head(conn: &dyn Sql) -> Result<(i64, [u8; 32]), AppError> {
-    match conn.query_opt(
-        "SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1",
+/// The newest entry's position and hash (the genesis of an empty ledger), and where the chain
+/// starts to cover currencies.
+fn chain_head(conn: &dyn Sql) -> Result<ChainHead, AppError> {
+    let r = conn.query_one(
+        "SELECT (SELECT seq FROM entries ORDER BY seq DESC LIMIT 1),
+                (SELECT hash FROM entries ORDER BY seq DESC LIMIT 1),
+                (SELECT chain_currency_from FROM settings WHERE id = 1)",
         &[],
-    )? {
-        Some(r) => Ok((r.get(0)?, r.get(1)?)),
-        None => Ok((0, GENESIS_HASH)),
-    }
+    )?;
+    let hash: Option<Vec<u8>> = r.get(1)?;
+    Ok(ChainHead {
+        seq: r.get::<Option<i64>>(0)?.unwrap_or(0),
+        hash: match hash {
+            Some(h) => h
+                .try_into()
+                .map_err(|_| AppError::internal("chain head", "a hash is not 32 bytes"))?,
+            None => GENESIS_HASH,
+        },
+        currency_from: r.get::<Option<i64>>(2)?.unwrap_or(1),
+    })
+}
+
+/// `settings.chain_currency_from`, for the tools that recompute the chain.
+pub fn chain_currency_from(conn: &dyn Sql) -> Result<i64, AppError> {
+    Ok(conn
+        .query_opt("SELECT chain_currency_from FROM settings WHERE id = 1", &[])?
+        .map(|r| r.get(0))
+        .transpose()?
+        .unwrap_or(1))
 }
 
 fn insert(
@@ -338,8 +457,8 @@ fn insert(
 ) -> Result<(), AppError> {
     conn.execute(
         "INSERT INTO entries (seq, id, wallet_key, kind, amount, balance_after, reference,
-             counterparty_user_id, transfer_id, metadata, created_at, hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+             counterparty_user_id, transfer_id, metadata, created_at, hash, currency)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         &[
             &entry.seq,
             &entry.id,
@@ -353,6 +472,7 @@ fn insert(
             &entry.metadata.as_str(),
             &entry.created_at,
             &&hash[..],
+            &entry.currency,
         ],
     )?;
     Ok(())
@@ -468,9 +588,13 @@ pub fn lock_reference(
 pub fn net_between(
     conn: &dyn Sql,
     wallet_key: WalletKey,
+    currency: &str,
     after: &str,
     upto: &str,
 ) -> Result<MinorUnits, AppError> {
-    conn.query_one(&kinds::NET_BETWEEN_SQL, &[&wallet_key, &after, &upto])?
-        .get(0)
+    conn.query_one(
+        &kinds::NET_BETWEEN_SQL,
+        &[&wallet_key, &after, &upto, &currency],
+    )?
+    .get(0)
 }

@@ -225,8 +225,8 @@ fn schema_limits_match_the_domain_types() {
     let reference = format!(
         "reference TEXT NOT NULL CHECK (length(reference) BETWEEN 1 AND {REFERENCE_CHARS_MAX})"
     );
-    // entries and withdrawals.
-    assert_eq!(schema.matches(&reference).count(), 2, "{reference:?}");
+    // entries, withdrawals and holds.
+    assert_eq!(schema.matches(&reference).count(), 3, "{reference:?}");
     let statuses = WithdrawalStatus::ALL
         .map(|s| format!("'{}'", s.as_str()))
         .join(", ");

@@ -37,7 +37,8 @@ pub fn unique_reference_condition(column: &str) -> String {
 pub static NET_BETWEEN_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT COALESCE(CAST(SUM(CASE WHEN {} THEN amount ELSE -amount END) AS BIGINT), 0)
-         FROM entries WHERE wallet_key = ?1 AND created_at > ?2 AND created_at <= ?3",
+         FROM entries WHERE wallet_key = ?1 AND created_at > ?2 AND created_at <= ?3
+             AND currency = ?4",
         any_of("kind", EntryKind::is_credit)
     )
 });
@@ -87,7 +88,7 @@ mod tests {
                 .join(" "),
             "SELECT COALESCE(CAST(SUM(CASE WHEN kind = 'DEPOSIT' OR kind = 'TRANSFER_IN' OR \
              kind = 'REFUND' THEN amount ELSE -amount END) AS BIGINT), 0) FROM entries WHERE \
-             wallet_key = ?1 AND created_at > ?2 AND created_at <= ?3"
+             wallet_key = ?1 AND created_at > ?2 AND created_at <= ?3 AND currency = ?4"
         );
         let sql = by_reference_sql(EntryKind::TransferOut).unwrap();
         assert!(sql.ends_with(

@@ -6,6 +6,7 @@
 //! is `ReferenceConflict`. A failed request rolls back its savepoint, so it consumes nothing.
 
 pub mod entries;
+pub mod holds;
 #[cfg(test)]
 mod invariants;
 pub mod kinds;
@@ -13,7 +14,9 @@ pub mod queries;
 pub mod snapshot;
 pub mod withdrawals;
 
-use crate::domain::{Amount, Currency, EntryKind, Metadata, Reference, Timestamp};
+use crate::domain::{
+    Amount, Currencies, Currency, EntryKind, Metadata, MinorUnits, Reference, Timestamp,
+};
 use crate::error::AppError;
 use crate::store::{Engine, Sql};
 use entries::NewEntry;
@@ -44,6 +47,8 @@ impl<T> Outcome<T> {
 /// A deposit, an immediate withdrawal, or an operator credit.
 #[derive(Debug, Clone)]
 pub struct Movement {
+    /// The currency of `amount` (parsed at its scale).
+    pub currency: Currency,
     pub amount: Amount,
     pub reference: Reference,
     pub metadata: Metadata,
@@ -67,7 +72,15 @@ pub struct TransferResult {
     pub transfer_in: Entry,
 }
 
-fn conflict(holder: impl std::fmt::Display) -> AppError {
+/// A stored currency code's settings. Start-up refuses to serve a database without every
+/// currency it holds money in (`db::check_currencies`), so this finds one for every row.
+pub fn currency_of<'a>(currencies: &'a Currencies, code: &str) -> Result<&'a Currency, AppError> {
+    currencies
+        .get(code)
+        .ok_or_else(|| AppError::internal("currency", format!("{code} is not configured")))
+}
+
+pub(crate) fn conflict(holder: impl std::fmt::Display) -> AppError {
     AppError::ReferenceConflict {
         holder: format!("already used by {holder}"),
     }
@@ -87,6 +100,7 @@ fn replay_of(
         None => Ok(None),
         Some(e)
             if e.amount == m.amount.units()
+                && e.currency == m.currency.code
                 && e.metadata == m.metadata
                 && e.counterparty_user_id == counterparty =>
         {
@@ -99,7 +113,6 @@ fn replay_of(
 pub fn deposit(
     conn: &dyn Sql,
     now: Timestamp,
-    currency: &Currency,
     wallet: &WalletRef,
     m: &Movement,
 ) -> Result<Outcome<Entry>, AppError> {
@@ -112,7 +125,8 @@ pub fn deposit(
         NewEntry {
             wallet,
             kind: EntryKind::Deposit,
-            amount: currency.money(m.amount.units()),
+            amount: m.currency.money(m.amount.units()),
+            currency: &m.currency.code,
             reference: m.reference.as_str(),
             counterparty_user_id: None,
             transfer_id: None,
@@ -125,7 +139,6 @@ pub fn deposit(
 pub fn withdraw_now(
     conn: &dyn Sql,
     now: Timestamp,
-    currency: &Currency,
     wallet: &WalletRef,
     m: &Movement,
 ) -> Result<Outcome<Entry>, AppError> {
@@ -143,7 +156,8 @@ pub fn withdraw_now(
         NewEntry {
             wallet,
             kind: EntryKind::Withdrawal,
-            amount: currency.money(m.amount.units()),
+            amount: m.currency.money(m.amount.units()),
+            currency: &m.currency.code,
             reference: m.reference.as_str(),
             counterparty_user_id: None,
             transfer_id: None,
@@ -154,7 +168,7 @@ pub fn withdraw_now(
 }
 
 /// The recipient's user id and wallet; unknown users and oneself are validation errors.
-fn resolve_recipient(
+pub(crate) fn resolve_recipient(
     conn: &dyn Sql,
     sender_user_id: i64,
     to: &Recipient,
@@ -198,7 +212,6 @@ fn resolve_recipient(
 pub fn transfer(
     conn: &dyn Sql,
     now: Timestamp,
-    currency: &Currency,
     sender: (i64, &WalletRef),
     req: &TransferRequest,
 ) -> Result<Outcome<TransferResult>, AppError> {
@@ -219,24 +232,54 @@ pub fn transfer(
             transfer_in,
         }));
     }
+    let moved = move_between(
+        conn,
+        now,
+        (sender_user_id, sender_wallet),
+        (to_user_id, &to_wallet),
+        &m.currency,
+        m.amount.units(),
+        m.reference.as_str(),
+        &m.metadata,
+    )?;
+    Ok(Outcome::new(moved))
+}
+
+/// A transfer's two entries, `TRANSFER_OUT` from `from` and `TRANSFER_IN` to `to`, with one
+/// transfer id: what a transfer and the capture of a hold with a recipient both write. The
+/// caller has dealt with references and replays.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn move_between(
+    conn: &dyn Sql,
+    now: Timestamp,
+    from: (i64, &WalletRef),
+    to: (i64, &WalletRef),
+    currency: &Currency,
+    amount: MinorUnits,
+    reference: &str,
+    metadata: &Metadata,
+) -> Result<TransferResult, AppError> {
+    let ((sender_user_id, sender_wallet), (to_user_id, to_wallet)) = (from, to);
     let transfer_id = uuid::Uuid::now_v7().to_string();
     let out = NewEntry {
         wallet: sender_wallet,
         kind: EntryKind::TransferOut,
-        amount: currency.money(m.amount.units()),
-        reference: m.reference.as_str(),
+        amount: currency.money(amount),
+        currency: &currency.code,
+        reference,
         counterparty_user_id: Some(to_user_id),
         transfer_id: Some(&transfer_id),
-        metadata: &m.metadata,
+        metadata,
     };
     let incoming = NewEntry {
-        wallet: &to_wallet,
+        wallet: to_wallet,
         kind: EntryKind::TransferIn,
-        amount: currency.money(m.amount.units()),
-        reference: m.reference.as_str(),
+        amount: currency.money(amount),
+        currency: &currency.code,
+        reference,
         counterparty_user_id: Some(sender_user_id),
         transfer_id: Some(&transfer_id),
-        metadata: &m.metadata,
+        metadata,
     };
     let (transfer_out, transfer_in) = match conn.engine() {
         Engine::Sqlite => {
@@ -265,10 +308,10 @@ pub fn transfer(
     if conn.engine() == Engine::Sqlite {
         assert_eq!(transfer_in.seq, transfer_out.seq + 1);
     }
-    Ok(Outcome::new(TransferResult {
+    Ok(TransferResult {
         transfer_out,
         transfer_in,
-    }))
+    })
 }
 
 #[cfg(test)]

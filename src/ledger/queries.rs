@@ -17,13 +17,53 @@ pub struct Wallet {
     pub key: WalletKey,
     pub id: String,
     pub user_id: i64,
+    pub created_at: Timestamp,
+    /// One per currency the wallet has had money in, by code.
+    pub balances: Vec<Balance>,
+}
+
+/// A wallet's money in one currency.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Balance {
+    pub currency: String,
     pub balance: MinorUnits,
+    /// What HELD holds reserve; `balance - held` is available to debits.
+    pub held: MinorUnits,
+    /// The last snapshot's balance, and its cut-off.
     pub last_balance: MinorUnits,
     pub last_balance_update: Timestamp,
-    pub created_at: Timestamp,
+}
+
+impl Balance {
+    /// A currency the wallet never had money in.
+    pub fn empty(currency: &str, since: Timestamp) -> Balance {
+        Balance {
+            currency: currency.to_string(),
+            balance: MinorUnits::ZERO,
+            held: MinorUnits::ZERO,
+            last_balance: MinorUnits::ZERO,
+            last_balance_update: since,
+        }
+    }
+
+    /// `balance - held`: never negative (the schema's `CHECK (held <= balance)`).
+    pub fn available(&self) -> MinorUnits {
+        self.balance
+            .checked_sub(self.held)
+            .unwrap_or(MinorUnits::ZERO)
+    }
 }
 
 impl Wallet {
+    /// The wallet's money in `currency` (all zero when it never had any).
+    pub fn balance_in(&self, currency: &str) -> Balance {
+        self.balances
+            .iter()
+            .find(|b| b.currency == currency)
+            .cloned()
+            .unwrap_or_else(|| Balance::empty(currency, self.created_at))
+    }
+
     pub fn wallet_ref(&self) -> WalletRef {
         WalletRef {
             key: self.key,
@@ -35,18 +75,34 @@ impl Wallet {
 pub fn wallet_of_user(conn: &dyn Sql, user_id: i64) -> Result<Wallet, AppError> {
     let r = conn
         .query_opt(
-            "SELECT key, id, user_id, balance, last_balance, last_balance_update, created_at FROM wallets WHERE user_id = ?1",
+            "SELECT key, id, user_id, created_at FROM wallets WHERE user_id = ?1",
             &[&user_id],
         )?
         .ok_or(AppError::NotFound("wallet"))?;
+    let key: WalletKey = r.get(0)?;
+    let balances = conn
+        .query(
+            "SELECT currency, balance, held, last_balance, last_balance_update FROM balances
+             WHERE wallet_key = ?1 ORDER BY currency",
+            &[&key],
+        )?
+        .iter()
+        .map(|b| {
+            Ok(Balance {
+                currency: b.get(0)?,
+                balance: b.get(1)?,
+                held: b.get(2)?,
+                last_balance: b.get(3)?,
+                last_balance_update: b.get(4)?,
+            })
+        })
+        .collect::<Result<Vec<_>, AppError>>()?;
     Ok(Wallet {
-        key: r.get(0)?,
+        key,
         id: r.get(1)?,
         user_id: r.get(2)?,
-        balance: r.get(3)?,
-        last_balance: r.get(4)?,
-        last_balance_update: r.get(5)?,
-        created_at: r.get(6)?,
+        created_at: r.get(3)?,
+        balances,
     })
 }
 
@@ -78,6 +134,8 @@ pub struct HistoryQuery {
     /// Only entries older than this position (from a previous page's `next_cursor`).
     pub before_seq: Option<i64>,
     pub kind: Option<EntryKind>,
+    /// Only entries in this currency (its code).
+    pub currency: Option<String>,
     pub from: Option<Timestamp>,
     pub to: Option<Timestamp>,
 }
@@ -102,13 +160,13 @@ pub fn history(
     macro_rules! filters {
         () => {
             "e.wallet_key = ?1 AND (CAST(?2 AS TEXT) IS NULL OR e.kind = ?2) AND (CAST(?3 AS TEXT) IS NULL OR e.created_at >= ?3)
-         AND (CAST(?4 AS TEXT) IS NULL OR e.created_at <= ?4)"
+         AND (CAST(?4 AS TEXT) IS NULL OR e.created_at <= ?4) AND (CAST(?5 AS TEXT) IS NULL OR e.currency = ?5)"
         };
     }
     let count: i64 = conn
         .query_one(
             concat!("SELECT count(*) FROM entries e WHERE ", filters!()),
-            &[&wallet_key, &kind, &from, &to],
+            &[&wallet_key, &kind, &from, &to, &q.currency],
         )?
         .get(0)?;
     // A cursor is an entry's seq; the page continues just below that entry in
@@ -135,14 +193,15 @@ pub fn history(
                 " WHERE ",
                 filters!(),
                 "
-                 AND (CAST(?5 AS TEXT) IS NULL OR (e.created_at, e.seq) < (?5, ?6))
-             ORDER BY e.created_at DESC, e.seq DESC LIMIT ?7 OFFSET ?8"
+                 AND (CAST(?6 AS TEXT) IS NULL OR (e.created_at, e.seq) < (?6, ?7))
+             ORDER BY e.created_at DESC, e.seq DESC LIMIT ?8 OFFSET ?9"
             ),
             &[
                 &wallet_key,
                 &kind,
                 &from,
                 &to,
+                &q.currency,
                 &cursor_time,
                 &q.before_seq,
                 &(q.limit + 1),
@@ -166,28 +225,32 @@ pub fn history(
     })
 }
 
-/// The running balance, read from the wallet row.
-pub fn balance_now(conn: &dyn Sql, wallet_key: WalletKey) -> Result<MinorUnits, AppError> {
-    conn.query_opt("SELECT balance FROM wallets WHERE key = ?1", &[&wallet_key])?
-        .ok_or(AppError::NotFound("wallet"))?
-        .get(0)
+/// The running balance in one currency (zero before its first credit).
+pub fn balance_now(
+    conn: &dyn Sql,
+    wallet_key: WalletKey,
+    currency: &str,
+) -> Result<MinorUnits, AppError> {
+    Ok(entries::balance_and_held(conn, wallet_key, currency)?.0)
 }
 
 /// The exact balance at `at`: the newest snapshot at or before it, plus the entries between.
 pub fn balance_at(
     conn: &dyn Sql,
     wallet: &WalletRef,
+    currency: &str,
     at: Timestamp,
 ) -> Result<MinorUnits, AppError> {
     let (base, since): (MinorUnits, String) = match conn.query_opt(
-        "SELECT balance, taken_at FROM balance_snapshots WHERE wallet_id = ?1 AND taken_at <= ?2
+        "SELECT balance, taken_at FROM balance_snapshots
+         WHERE wallet_id = ?1 AND currency = ?3 AND taken_at <= ?2
              ORDER BY taken_at DESC LIMIT 1",
-        &[&wallet.id, &at],
+        &[&wallet.id, &at, &currency],
     )? {
         Some(r) => (r.get(0)?, r.get(1)?),
         None => (MinorUnits::ZERO, String::new()),
     };
-    let net = entries::net_between(conn, wallet.key, &since, &at.to_text())?;
+    let net = entries::net_between(conn, wallet.key, currency, &since, &at.to_text())?;
     base.checked_add(net)
         .ok_or_else(|| AppError::internal("balance_at", "overflow"))
 }

@@ -21,6 +21,7 @@ const END_OF_TIME: &str = "9999-12-31T23:59:59.999999Z";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mismatch {
     pub wallet_id: String,
+    pub currency: String,
     /// last_balance + net of entries up to the cut-off.
     pub computed: i64,
     /// The running balance less the entries after the cut-off.
@@ -106,8 +107,8 @@ pub fn run_once(
         report.wallets += chunk.wallets;
         for m in &chunk.mismatches {
             crate::log::error(&format!(
-                "snapshot run {run_id}: wallet {} mismatch: computed {} from entries, running balance says {}",
-                m.wallet_id, m.computed, m.running
+                "snapshot run {run_id}: wallet {} {} mismatch: computed {} from entries, running balance says {}",
+                m.wallet_id, m.currency, m.computed, m.running
             ));
         }
         report.mismatches.extend(chunk.mismatches);
@@ -163,36 +164,64 @@ fn snapshot_chunk(
     // order, as every writer locks them) so that their balances hold still, and fenced past the
     // cut-off (`entries::fence_stamps`) so that no entry at or before it commits afterwards.
     let select = match conn.engine() {
-        Engine::Sqlite => "SELECT key, id, balance, last_balance, last_balance_update FROM wallets WHERE key > ?1 ORDER BY key LIMIT ?2",
-        Engine::Postgres => "SELECT key, id, balance, last_balance, last_balance_update FROM wallets WHERE key > ?1 ORDER BY key LIMIT ?2 FOR UPDATE",
+        Engine::Sqlite => "SELECT key, id FROM wallets WHERE key > ?1 ORDER BY key LIMIT ?2",
+        Engine::Postgres => {
+            "SELECT key, id FROM wallets WHERE key > ?1 ORDER BY key LIMIT ?2 FOR UPDATE"
+        }
     };
-    let wallets: Vec<(WalletKey, String, MinorUnits, MinorUnits, String)> = conn
+    let wallets: Vec<(WalletKey, String)> = conn
         .query(select, &[&after, &SNAPSHOT_CHUNK_WALLETS])?
         .iter()
-        .map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+        .map(|r| Ok((r.get(0)?, r.get(1)?)))
         .collect::<Result<_, AppError>>()?;
     let mut chunk = Chunk {
         last_wallet_key: wallets.last().map(|w| w.0),
         wallets: 0,
         mismatches: vec![],
     };
-    for (key, id, balance, last_balance, last_update) in wallets {
+    for (key, id) in wallets {
         fence_stamps(conn, key, cutoff)?;
+        chunk.wallets += 1;
+        snapshot_wallet(conn, run_id, &cut, key, &id, &mut chunk.mismatches)?;
+    }
+    Ok(chunk)
+}
+
+/// Snapshots one wallet's balance in each of its currencies.
+fn snapshot_wallet(
+    conn: &dyn Sql,
+    run_id: i64,
+    cut: &str,
+    key: WalletKey,
+    id: &str,
+    mismatches: &mut Vec<Mismatch>,
+) -> Result<(), AppError> {
+    let balances: Vec<(String, MinorUnits, MinorUnits, String)> = conn
+        .query(
+            "SELECT currency, balance, last_balance, last_balance_update FROM balances
+             WHERE wallet_key = ?1 ORDER BY currency",
+            &[&key],
+        )?
+        .iter()
+        .map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .collect::<Result<_, AppError>>()?;
+    for (currency, balance, last_balance, last_update) in balances {
+        let cut = cut.to_string();
         if last_update > cut {
             // A later snapshot already covers this wallet; never move it backwards.
             continue;
         }
         let overflow = || AppError::internal("snapshot", "balance arithmetic overflowed");
         let computed = last_balance
-            .checked_add(net_between(conn, key, &last_update, &cut)?)
+            .checked_add(net_between(conn, key, &currency, &last_update, &cut)?)
             .ok_or_else(overflow)?;
         let running = balance
-            .checked_sub(net_between(conn, key, &cut, END_OF_TIME)?)
+            .checked_sub(net_between(conn, key, &currency, &cut, END_OF_TIME)?)
             .ok_or_else(overflow)?;
-        chunk.wallets += 1;
         if computed != running {
-            chunk.mismatches.push(Mismatch {
-                wallet_id: id.clone(),
+            mismatches.push(Mismatch {
+                wallet_id: id.to_string(),
+                currency: currency.clone(),
                 computed: computed.get(),
                 running: running.get(),
             });
@@ -202,17 +231,19 @@ fn snapshot_chunk(
             continue;
         }
         conn.execute(
-            "UPDATE wallets SET last_balance = ?2, last_balance_update = ?3 WHERE key = ?1",
-            &[&key, &computed, &cut],
+            "UPDATE balances SET last_balance = ?2, last_balance_update = ?3
+             WHERE wallet_key = ?1 AND currency = ?4",
+            &[&key, &computed, &cut, &currency],
         )?;
         conn.execute(
-            "INSERT INTO balance_snapshots (wallet_id, taken_at, balance, running, run_id) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (wallet_id, taken_at) DO UPDATE SET balance = excluded.balance, running = excluded.running,
-                 run_id = excluded.run_id",
-            &[&id, &cut, &computed, &running, &run_id],
+            "INSERT INTO balance_snapshots (wallet_id, taken_at, balance, running, run_id, currency)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (wallet_id, currency, taken_at) DO UPDATE SET balance = excluded.balance,
+                 running = excluded.running, run_id = excluded.run_id",
+            &[&id, &cut, &computed, &running, &run_id, &currency],
         )?;
     }
-    Ok(chunk)
+    Ok(())
 }
 
 /// The cut-off of the newest run, if any.

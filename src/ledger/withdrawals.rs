@@ -14,7 +14,7 @@
 use super::entries::{self, NewEntry, WalletRef};
 use super::{conflict, Movement, Outcome};
 use crate::domain::{
-    Currency, EntryKind, Metadata, MinorUnits, PayoutResolution, Timestamp, WithdrawalStatus,
+    Currencies, EntryKind, Metadata, MinorUnits, PayoutResolution, Timestamp, WithdrawalStatus,
 };
 use crate::error::AppError;
 use crate::store::{Engine, Row, Sql};
@@ -40,12 +40,14 @@ pub struct Withdrawal {
     pub outcome_unknown_since: Option<Timestamp>,
     /// When the payout call under way started; set before each call, cleared with its outcome.
     pub payout_call_started_at: Option<Timestamp>,
+    /// The code of the currency it pays out.
+    pub currency: String,
 }
 
 const COLUMNS: &str =
     "id, wallet_id, amount, reference, metadata, status, scheduled_at, next_attempt_at, \
      attempts, error_message, created_at, updated_at, transaction_id, refund_transaction_id, \
-     outcome_unknown_since, payout_call_started_at";
+     outcome_unknown_since, payout_call_started_at, currency";
 
 fn from_row(r: &Row) -> Result<Withdrawal, AppError> {
     let status: String = r.get(5)?;
@@ -68,6 +70,7 @@ fn from_row(r: &Row) -> Result<Withdrawal, AppError> {
         refund_transaction_id: r.get(13)?,
         outcome_unknown_since: r.get(14)?,
         payout_call_started_at: r.get(15)?,
+        currency: r.get(16)?,
     })
 }
 
@@ -192,6 +195,7 @@ pub fn schedule(
     entries::lock_reference(conn, wallet.key, m.reference.as_str())?;
     if let Some(w) = find_by_reference(conn, wallet_id, m.reference.as_str())? {
         let same = w.amount == m.amount.units()
+            && w.currency == m.currency.code
             && w.metadata == m.metadata
             && w.scheduled_at == scheduled_at;
         return if same {
@@ -221,8 +225,8 @@ pub fn schedule(
     let id = uuid::Uuid::now_v7().to_string();
     conn.execute(
         "INSERT INTO withdrawals (id, wallet_id, amount, reference, metadata, status, scheduled_at,
-             next_attempt_at, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'PENDING', ?6, ?6, ?7, ?7)",
+             next_attempt_at, created_at, updated_at, currency)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'PENDING', ?6, ?6, ?7, ?7, ?8)",
         &[
             &id,
             &wallet_id,
@@ -231,6 +235,7 @@ pub fn schedule(
             &m.metadata.as_str(),
             &scheduled_at,
             &now,
+            &m.currency.code,
         ],
     )?;
     let w = find(conn, wallet_id, &id)?;
@@ -305,11 +310,11 @@ pub fn next_due_at(conn: &dyn Sql) -> Result<Option<Timestamp>, AppError> {
 pub fn begin(
     conn: &dyn Sql,
     now: Timestamp,
-    currency: &Currency,
+    currencies: &Currencies,
     id: &str,
     complete: bool,
 ) -> Result<Withdrawal, AppError> {
-    match begin_if_pending(conn, now, currency, id, complete)? {
+    match begin_if_pending(conn, now, currencies, id, complete)? {
         Some(w) => Ok(w),
         None => find_any(conn, id)?.ok_or(AppError::NotFound("withdrawal")),
     }
@@ -320,7 +325,7 @@ pub fn begin(
 pub fn begin_if_pending(
     conn: &dyn Sql,
     now: Timestamp,
-    currency: &Currency,
+    currencies: &Currencies,
     id: &str,
     complete: bool,
 ) -> Result<Option<Withdrawal>, AppError> {
@@ -336,7 +341,8 @@ pub fn begin_if_pending(
         NewEntry {
             wallet: &wallet,
             kind: EntryKind::Withdrawal,
-            amount: currency.money(w.amount),
+            amount: super::currency_of(currencies, &w.currency)?.money(w.amount),
+            currency: &w.currency,
             reference: &w.reference,
             counterparty_user_id: None,
             transfer_id: None,
@@ -428,7 +434,7 @@ pub const UNKNOWN_RECHECK_MS: i64 = 3_600_000;
 pub fn record_attempt(
     conn: &dyn Sql,
     now: Timestamp,
-    currency: &Currency,
+    currencies: &Currencies,
     id: &str,
     attempt: &Attempt,
     plan: RetryPlan,
@@ -453,7 +459,7 @@ pub fn record_attempt(
             )?;
             find_any(conn, id)?.ok_or(AppError::NotFound("withdrawal"))
         }
-        Decision::Refund(message) => fail_and_refund(conn, now, currency, &w, attempts, &message),
+        Decision::Refund(message) => fail_and_refund(conn, now, currencies, &w, attempts, &message),
         Decision::Retry { at, unknown_since } => {
             retry_later(conn, now, &w, attempts, attempt.error(), at, unknown_since)
         }
@@ -629,7 +635,7 @@ fn leave_for_staff(
 fn fail_and_refund(
     conn: &dyn Sql,
     now: Timestamp,
-    currency: &Currency,
+    currencies: &Currencies,
     w: &Withdrawal,
     attempts: u32,
     message: &str,
@@ -642,7 +648,8 @@ fn fail_and_refund(
         NewEntry {
             wallet: &wallet,
             kind: EntryKind::Refund,
-            amount: currency.money(w.amount),
+            amount: super::currency_of(currencies, &w.currency)?.money(w.amount),
+            currency: &w.currency,
             reference: &w.reference,
             counterparty_user_id: None,
             transfer_id: None,
@@ -669,7 +676,7 @@ pub fn owner_user_id(conn: &dyn Sql, w: &Withdrawal) -> Result<i64, AppError> {
 pub fn resolve(
     conn: &dyn Sql,
     now: Timestamp,
-    currency: &Currency,
+    currencies: &Currencies,
     w: &Withdrawal,
     resolution: PayoutResolution,
 ) -> Result<Withdrawal, AppError> {
@@ -692,7 +699,7 @@ pub fn resolve(
         PayoutResolution::Failed => fail_and_refund(
             conn,
             now,
-            currency,
+            currencies,
             w,
             w.attempts,
             "payout failed: resolved by staff after checking with the payout service",
@@ -782,14 +789,14 @@ mod tests {
         conn.execute_batch(
             "INSERT INTO users (id, username, username_key, email, email_key, password_hash, date_joined)
                  VALUES (1, 'a', 'a', 'a@example.com', 'a@example.com', 'x', '2026-03-01T00:00:00.000000Z');
-             INSERT INTO wallets (key, id, user_id, last_balance_update, created_at)
-                 VALUES (1, 'w', 1, '2026-03-01T00:00:00.000000Z', '2026-03-01T00:00:00.000000Z');",
+             INSERT INTO wallets (key, id, user_id, created_at)
+                 VALUES (1, 'w', 1, '2026-03-01T00:00:00.000000Z');",
         )
         .unwrap();
         conn.execute(
             "INSERT INTO withdrawals (id, wallet_id, amount, reference, status, scheduled_at,
-                 next_attempt_at, attempts, created_at, updated_at, outcome_unknown_since)
-             VALUES ('x', 'w', 100, 'r', 'PROCESSING', ?1, ?2, 2, ?1, ?1, ?3)",
+                 next_attempt_at, attempts, created_at, updated_at, outcome_unknown_since, currency)
+             VALUES ('x', 'w', 100, 'r', 'PROCESSING', ?1, ?2, 2, ?1, ?1, ?3, 'USD')",
             params![t(-60_000).to_text(), due.to_text(), since.to_text()],
         )
         .unwrap();

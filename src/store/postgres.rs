@@ -294,7 +294,10 @@ impl r2d2::ManageConnection for PgManager {
 
 /// The schema for a new PostgreSQL database (`postgres/schema.sql`), and its version.
 pub const SCHEMA: &str = include_str!("../../postgres/schema.sql");
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
+/// `MIGRATIONS[i]` takes a database from version `i + 1` to `i + 2`, in one transaction.
+const MIGRATIONS: &[&str] = &[include_str!("../../postgres/002_currencies_and_holds.sql")];
+const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION - 1);
 /// The advisory lock under which a process applies the schema, so that several processes
 /// starting at once apply it once.
 const SCHEMA_LOCK: i64 = 0x77_61_6c_6c_65_73;
@@ -340,6 +343,24 @@ pub fn migrate(conn: &PgConn) -> Result<(), String> {
             return Err(format!(
                 "the database has schema version {version}, newer than this binary's {SCHEMA_VERSION}; use a newer wallet"
             ));
+        }
+        if version < 1 {
+            return Err(format!(
+                "the database has schema version {version}, which no wallet ever wrote; is it another program's?"
+            ));
+        }
+        // All steps in one transaction: all of the upgrade or none of it. Other processes of
+        // the older version must be stopped first (README, "Upgrading").
+        let steps: String = MIGRATIONS[version as usize - 1..].concat();
+        if !steps.is_empty() {
+            conn.batch(&format!("BEGIN; {steps}; COMMIT;"))
+                .map_err(|e| {
+                    let _ = conn.batch("ROLLBACK");
+                    format!(
+                        "cannot migrate the database from schema version {version}: {}; the database is unchanged",
+                        fail(e)
+                    )
+                })?;
         }
         Ok(())
     })();

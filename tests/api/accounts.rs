@@ -435,10 +435,12 @@ fn a_tool_that_would_migrate_the_schema_under_a_running_server_is_refused() {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap()
     };
-    rusqlite::Connection::open(&db)
-        .unwrap()
-        .execute_batch("DROP TABLE storage_probe; PRAGMA user_version = 4;")
-        .unwrap();
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        crate::helpers::undo_schema_6(&conn);
+        conn.execute_batch("DROP TABLE storage_probe; PRAGMA user_version = 4;")
+            .unwrap();
+    }
     for tool in ["snapshot", "verify"] {
         let mut cmd = binary::wallet(&db);
         cmd.arg(tool);

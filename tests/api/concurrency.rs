@@ -122,7 +122,7 @@ fn concurrent_transfers_both_ways_conserve_money() {
     let mismatched: i64 = app
         .db()
         .query_one(
-            "SELECT count(*) FROM wallets w WHERE w.balance != (SELECT COALESCE(SUM(CASE WHEN kind IN ('DEPOSIT','TRANSFER_IN','REFUND') THEN amount ELSE -amount END), 0) FROM entries e WHERE e.wallet_key = w.key)",
+            "SELECT count(*) FROM balances b WHERE b.balance != (SELECT COALESCE(SUM(CASE WHEN kind IN ('DEPOSIT','TRANSFER_IN','REFUND') THEN amount ELSE -amount END), 0) FROM entries e WHERE e.wallet_key = b.wallet_key AND e.currency = b.currency)",
             &[],
         )
         .unwrap()

@@ -258,7 +258,7 @@ fn rows_of(report: &CopyReport, table: &str) -> u64 {
 }
 
 /// `tools/verify_chain.py` on a SQLite file: its output, or None without python3.
-fn verify_chain_py(path: &Path) -> Option<String> {
+pub fn verify_chain_py(path: &Path) -> Option<String> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/verify_chain.py");
     let out = std::process::Command::new("python3")
         .arg(script)
@@ -688,9 +688,10 @@ fn a_copy_into_postgres_refuses_a_database_in_use_and_leaves_a_failed_one_empty(
         .unwrap();
     conn.batch(
         "BEGIN;
-         UPDATE wallets SET balance = balance + 1 WHERE key = 1;
-         INSERT INTO entries (id, wallet_key, kind, amount, balance_after, reference, created_at)
-         SELECT 'unsealed', 1, 'DEPOSIT', 1, balance, 'unsealed', stamp_floor FROM wallets WHERE key = 1;
+         UPDATE balances SET balance = balance + 1 WHERE wallet_key = 1 AND currency = 'USD';
+         INSERT INTO entries (id, wallet_key, kind, amount, balance_after, reference, created_at, currency)
+         SELECT 'unsealed', 1, 'DEPOSIT', 1, b.balance, 'unsealed', w.stamp_floor, 'USD'
+         FROM wallets w JOIN balances b ON b.wallet_key = w.key AND b.currency = 'USD' WHERE w.key = 1;
          COMMIT;",
     )
     .unwrap();

@@ -319,9 +319,11 @@ fn check_ledger(db: &TestDb, users: &[Account], records: &[Record], round: usize
     // Each balance is the sum of its wallet's entries.
     let wallets: Vec<(String, i64, i64)> = conn
         .query(
-            "SELECT w.id, w.balance, CAST(coalesce(sum(CASE WHEN e.kind IN ('DEPOSIT', 'TRANSFER_IN', 'REFUND')
+            "SELECT w.id, b.balance, CAST(coalesce(sum(CASE WHEN e.kind IN ('DEPOSIT', 'TRANSFER_IN', 'REFUND')
                  THEN e.amount ELSE -e.amount END), 0) AS BIGINT)
-             FROM wallets w LEFT JOIN entries e ON e.wallet_key = w.key GROUP BY w.id, w.balance",
+             FROM wallets w JOIN balances b ON b.wallet_key = w.key
+             LEFT JOIN entries e ON e.wallet_key = w.key AND e.currency = b.currency
+             GROUP BY w.id, b.currency, b.balance",
             &[],
         )
         .unwrap()

@@ -411,7 +411,9 @@ fn a_balance_past_the_largest_amount_is_a_validation_error() {
     // 422 on `amount`, nothing moved, and the ledger still verifies.
     let app = TestApp::spawn_with(
         |c| {
-            c.currency = wallet::domain::Currency::new("USD", 2, i64::MAX / 100).unwrap();
+            c.currencies = wallet::domain::Currencies::single(
+                wallet::domain::Currency::new("USD", 2, i64::MAX / 100).unwrap(),
+            );
         },
         Arc::new(SystemClock),
     );

@@ -422,3 +422,47 @@ pub fn name(prefix: &str) -> String {
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     )
 }
+
+/// Takes a current SQLite database back to the shape of schema 5 (one currency, no holds), so
+/// that a test can build an older database from one the current server wrote. The entries'
+/// hashes keep their currency (schema 5 never hashed it): such a database is upgraded and
+/// served, not verified.
+pub fn undo_schema_6(db: &rusqlite::Connection) {
+    db.execute_batch(
+        "DROP TABLE holds;
+         DROP TRIGGER entries_balance_follows;
+         ALTER TABLE wallets ADD COLUMN balance INTEGER NOT NULL DEFAULT 0 CHECK (balance >= 0);
+         ALTER TABLE wallets ADD COLUMN last_balance INTEGER NOT NULL DEFAULT 0 CHECK (last_balance >= 0);
+         ALTER TABLE wallets ADD COLUMN last_balance_update TEXT NOT NULL DEFAULT '';
+         UPDATE wallets SET
+             balance = COALESCE((SELECT balance FROM balances b WHERE b.wallet_key = wallets.key), 0),
+             last_balance = COALESCE((SELECT last_balance FROM balances b WHERE b.wallet_key = wallets.key), 0),
+             last_balance_update = COALESCE(
+                 (SELECT last_balance_update FROM balances b WHERE b.wallet_key = wallets.key),
+                 created_at);
+         DROP TABLE balances;
+         DROP TABLE currencies;
+         CREATE TRIGGER entries_balance_follows BEFORE INSERT ON entries
+         WHEN NEW.balance_after IS NOT (SELECT balance FROM wallets WHERE key = NEW.wallet_key)
+         BEGIN
+             SELECT RAISE(ABORT, 'balance_after is not the wallet''s balance');
+         END;
+         ALTER TABLE entries DROP COLUMN currency;
+         ALTER TABLE withdrawals DROP COLUMN currency;
+         CREATE TABLE balance_snapshots_v5 (
+             wallet_id  TEXT    NOT NULL REFERENCES wallets (id),
+             taken_at   TEXT    NOT NULL,
+             balance    INTEGER NOT NULL CHECK (balance >= 0),
+             running    INTEGER NOT NULL,
+             run_id     INTEGER NOT NULL REFERENCES snapshot_runs (id),
+             PRIMARY KEY (wallet_id, taken_at)
+         ) STRICT;
+         INSERT INTO balance_snapshots_v5 SELECT wallet_id, taken_at, balance, running, run_id
+             FROM balance_snapshots;
+         DROP TABLE balance_snapshots;
+         ALTER TABLE balance_snapshots_v5 RENAME TO balance_snapshots;
+         ALTER TABLE settings DROP COLUMN chain_currency_from;
+         PRAGMA user_version = 5;",
+    )
+    .expect("take the database back to schema 5");
+}

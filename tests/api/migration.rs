@@ -182,6 +182,7 @@ fn schema_2_database_with_users(stored: &[&str]) -> (tempfile::TempDir, std::pat
             )
             .unwrap();
         }
+        crate::helpers::undo_schema_6(&db);
         db.execute_batch(
             "DROP TABLE storage_probe;
              ALTER TABLE withdrawals DROP COLUMN outcome_unknown_since;
@@ -356,7 +357,12 @@ fn an_upgrade_never_lets_the_worker_refund_a_payout_the_old_server_was_making() 
                  WHERE reference = 'retried';
              UPDATE withdrawals SET attempts = 0, error_message = NULL WHERE reference = 'cut-off';
              UPDATE withdrawals SET next_attempt_at = updated_at;
-             DROP TABLE storage_probe;
+             PRAGMA foreign_keys = OFF;",
+        )
+        .unwrap();
+        crate::helpers::undo_schema_6(&db);
+        db.execute_batch(
+            "DROP TABLE storage_probe;
              ALTER TABLE withdrawals DROP COLUMN outcome_unknown_since;
              ALTER TABLE withdrawals DROP COLUMN payout_call_started_at;
              PRAGMA user_version = 3;",
@@ -416,5 +422,146 @@ fn an_upgrade_never_lets_the_worker_refund_a_payout_the_old_server_was_making() 
                 .is_some_and(|m| m.starts_with("payout outcome unknown")),
             "{w}"
         );
+    }
+}
+
+const FIXTURE_V5: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/wallet-v5.db");
+
+#[test]
+fn a_schema_5_database_in_eur_keeps_its_money_in_eur_when_usd_becomes_the_default() {
+    // `wallet-v5.db` was written through the API by the last single-currency release, serving
+    // EUR (`tests/fixtures/make-wallet-v5.sh`; the same story as wallet-v1.db). It is upgraded
+    // by a server whose default is now USD: the old money stays EUR, every old hash still
+    // verifies, old references keep their meaning, and both currencies then move side by side.
+    if sqlite_only(SQLITE_SCHEMAS) {
+        return;
+    }
+    let app = TestApp::spawn_on(
+        Some(Path::new(FIXTURE_V5)),
+        |c| {
+            c.currencies = wallet::domain::Currencies::parse("USD:2,EUR:2", 1_000_000_000).unwrap();
+        },
+        Arc::new(SystemClock),
+    );
+    let db = sqlite(&app);
+    let version: i64 = db
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, i64::from(wallet::db::SCHEMA_VERSION));
+    let report = app.verify();
+    assert!(report.ok(), "{:?}", report.findings);
+    assert_eq!((report.entries, report.wallets), (8, 3));
+    let (currencies, from): (String, i64) = db
+        .query_row(
+            "SELECT (SELECT group_concat(code) FROM (SELECT code FROM currencies ORDER BY code)),
+                    chain_currency_from FROM settings",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((currencies.as_str(), from), ("EUR,USD", 9));
+
+    let alice = login(&app, "alice", 1);
+    let bob = login(&app, "bob", 2);
+    let me = app.get("/api/wallets/me", &alice.token);
+    assert_eq!(me.body["currency"], "USD", "{}", me.body);
+    assert_eq!(me.body["balance"], "0.00");
+    assert_eq!(
+        me.body["balances"],
+        json!([
+            {"currency": "EUR", "balance": "64.50", "held": "0.00", "available": "64.50"},
+            {"currency": "USD", "balance": "0.00", "held": "0.00", "available": "0.00"},
+        ])
+    );
+    let history = app.get("/api/wallets/me/transactions", &alice.token);
+    let results = history.body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 5);
+    assert!(
+        results.iter().all(|e| e["currency"] == "EUR"),
+        "{results:?}"
+    );
+    let eur_at_now = app.get("/api/wallets/me/balance?currency=EUR", &alice.token);
+    assert_eq!(eur_at_now.body["balance"], "64.50");
+    let withdrawals = app.get("/api/wallets/me/withdrawals", &alice.token);
+    let listed = withdrawals.body["results"].as_array().unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|w| w["currency"] == "EUR"), "{listed:?}");
+
+    // The old reference is EUR's: replayed when the request says EUR, a conflict when it
+    // says nothing (now USD).
+    let replay = app.post(
+        "/api/wallets/me/deposit",
+        &alice.token,
+        json!({"amount": "100.00", "currency": "EUR", "reference": "dep-1", "metadata": {"source": "card"}}),
+    );
+    assert_eq!(replay.status, 200, "{}", replay.body);
+    let clash = app.post(
+        "/api/wallets/me/deposit",
+        &alice.token,
+        json!({"amount": "100.00", "reference": "dep-1", "metadata": {"source": "card"}}),
+    );
+    assert_eq!(clash.status, 409, "{}", clash.body);
+
+    // Both currencies move; the chain goes on, now hashing each new entry's currency.
+    assert_eq!(app.deposit(&alice, "3.00", "usd-1").status, 201);
+    let sent = app.post(
+        "/api/wallets/me/transfer",
+        &alice.token,
+        json!({"to_user_id": bob.id, "amount": "4.50", "currency": "EUR", "reference": "after"}),
+    );
+    assert_eq!(sent.status, 201, "{}", sent.body);
+    assert_eq!(sent.body["transfer_in"]["currency"], "EUR");
+    let bob_me = app.get("/api/wallets/me", &bob.token);
+    assert_eq!(
+        bob_me.body["balances"][0]["balance"], "29.50",
+        "{}",
+        bob_me.body
+    );
+    assert_eq!(app.balance(&alice), "3.00");
+    let report = app.verify();
+    assert!(report.ok(), "{:?}", report.findings);
+    assert_eq!(report.entries, 11);
+    if let Some(out) = crate::copy::verify_chain_py(app.db_file()) {
+        assert!(out.starts_with("11 entries"), "{out}");
+    }
+    // A tampered old entry (hashed without its currency) and a new one are both caught.
+    db.execute_batch(
+        "DROP TRIGGER entries_no_update;
+         UPDATE entries SET currency = 'USD' WHERE seq = 1;",
+    )
+    .unwrap();
+    let report = app.verify();
+    assert!(!report.ok(), "a moved old entry went unnoticed");
+}
+
+#[test]
+fn a_currency_holding_money_can_not_be_dropped_or_rescaled() {
+    // Start-up errors that name the currency; the database is unchanged and serves again with
+    // the right list.
+    if sqlite_only(SQLITE_SCHEMAS) {
+        return;
+    }
+    let mut app = TestApp::spawn_on(
+        Some(Path::new(FIXTURE_V5)),
+        |c| {
+            c.currencies = wallet::domain::Currencies::parse("USD:2,EUR:2", 1_000_000_000).unwrap();
+        },
+        Arc::new(SystemClock),
+    );
+    app.stop();
+    let target = app.target().clone();
+    for (spec, named) in [("USD:2", "EUR"), ("USD:2,EUR:3", "EUR:2")] {
+        let mut config = wallet::config::Config::for_tests(target.clone());
+        config.currencies = wallet::domain::Currencies::parse(spec, 1_000_000_000).unwrap();
+        let refused = wallet::App::start_with(
+            config,
+            Arc::new(SystemClock),
+            wallet::startup::TestHooks::default(),
+        );
+        let Err(e) = refused else {
+            panic!("{spec} was served on a database holding EUR");
+        };
+        assert_eq!(e.exit_code(), 2, "{e}");
+        assert!(e.to_string().contains(named), "{spec}: {e}");
     }
 }

@@ -592,8 +592,8 @@ fn metrics_count_money_moved_exactly_and_carry_no_user_data() {
     };
     let lines: Vec<&str> = text.lines().collect();
     for line in [
-        "wallet_money_moved_minor_total{type=\"DEPOSIT\"} 11235",
-        "wallet_money_moved_minor_total{type=\"WITHDRAWAL\"} 500",
+        "wallet_money_moved_minor_total{currency=\"USD\",type=\"DEPOSIT\"} 11235",
+        "wallet_money_moved_minor_total{currency=\"USD\",type=\"WITHDRAWAL\"} 500",
     ] {
         assert!(lines.contains(&line), "no {line:?} in:\n{text}");
     }

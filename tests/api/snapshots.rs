@@ -269,7 +269,10 @@ fn tampered_running_balance_is_reported_as_a_mismatch() {
     clock.advance_ms(1000);
     let changed = app
         .db()
-        .execute("UPDATE wallets SET balance = 12345 WHERE id = ?1", &[&wa])
+        .execute(
+            "UPDATE balances SET balance = 12345 WHERE wallet_key = (SELECT key FROM wallets WHERE id = ?1)",
+            &[&wa],
+        )
         .unwrap();
     assert_eq!(changed, 1);
     let cut = clock.now();
@@ -281,6 +284,7 @@ fn tampered_running_balance_is_reported_as_a_mismatch() {
         report.mismatches,
         vec![Mismatch {
             wallet_id: wa.clone(),
+            currency: "USD".into(),
             computed: 10_000,
             running: 12_345,
         }]
@@ -579,7 +583,7 @@ fn balance_at_any_moment_agrees_with_a_replay_of_the_entries() {
         assert_eq!(r.status, 200, "at {}: {}", at.to_text(), r.body);
         assert_eq!(
             r.body,
-            json!({"balance": expected, "at": at.to_text()}),
+            json!({"balance": expected, "at": at.to_text(), "currency": "USD"}),
             "at {}",
             at.to_text()
         );
@@ -598,11 +602,14 @@ fn balance_at_any_moment_agrees_with_a_replay_of_the_entries() {
     assert_eq!(r.status, 200, "{offset}: {}", r.body);
     assert_eq!(
         r.body,
-        json!({"balance": "100.00", "at": t1.plus_millis(500).to_text()})
+        json!({"balance": "100.00", "at": t1.plus_millis(500).to_text(), "currency": "USD"})
     );
     // Without `at`: now.
     let r = app.get("/api/wallets/me/balance", &a.token);
-    assert_eq!(r.body, json!({"balance": "69.51", "at": now.to_text()}));
+    assert_eq!(
+        r.body,
+        json!({"balance": "69.51", "at": now.to_text(), "currency": "USD"})
+    );
     // The other wallet, across the same snapshot.
     for (at, expected) in [
         (t0, "100.00"),
@@ -692,7 +699,10 @@ fn snapshot_command_prints_its_run_and_exits_1_on_a_mismatch() {
 
     app.stop();
     app.db()
-        .execute("UPDATE wallets SET balance = 99999 WHERE id = ?1", &[&wa])
+        .execute(
+            "UPDATE balances SET balance = 99999 WHERE wallet_key = (SELECT key FROM wallets WHERE id = ?1)",
+            &[&wa],
+        )
         .unwrap();
     let (code, out, err) = run_cli(app.db_arg(), &["snapshot"]);
     assert_eq!(code, 1, "stdout {out}\nstderr {err}");

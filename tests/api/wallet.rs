@@ -436,20 +436,30 @@ fn ledger_rows_cannot_be_rewritten() {
     let del = db.execute("DELETE FROM entries", &[]);
     assert!(format!("{:?}", del.unwrap_err()).contains("immutable"));
     assert!(
-        db.execute("UPDATE wallets SET balance = -1", &[]).is_err(),
+        db.execute("UPDATE balances SET balance = -1", &[]).is_err(),
         "CHECK (balance >= 0)"
+    );
+    assert!(
+        db.execute("UPDATE balances SET held = balance + 1", &[])
+            .is_err(),
+        "CHECK (held <= balance)"
+    );
+    assert!(
+        db.execute("UPDATE balances SET held = -1", &[]).is_err(),
+        "CHECK (held >= 0)"
     );
     // An entry must carry its wallet's running balance.
     let insert = |amount: i64, balance_after: i64| {
         db.execute(
             "INSERT INTO entries (seq, id, wallet_key, kind, amount, balance_after, reference,
-                 created_at, hash)
+                 created_at, hash, currency)
              SELECT 99, 'forged', key, 'DEPOSIT', ?1, ?2, 'forged', '2099-01-01T00:00:00.000000Z',
-                 ?3 FROM wallets",
+                 ?3, 'USD' FROM wallets",
             &[&amount, &balance_after, &[0u8; 32]],
         )
     };
-    db.execute("UPDATE wallets SET balance = 501", &[]).unwrap();
+    db.execute("UPDATE balances SET balance = 501", &[])
+        .unwrap();
     let err = format!("{:?}", insert(1, 600).unwrap_err());
     assert!(err.contains("is not the wallet's balance"), "{err}");
     insert(1, 501).expect("an entry that carries the wallet's balance is accepted");

@@ -533,7 +533,7 @@ fn scheduling_replies_202_pending_and_follows_the_reference_rules() {
     assert_eq!(
         w,
         json!({
-            "id": id, "amount": "25.50", "reference": "ref-1", "metadata": {}, "status": "PENDING",
+            "id": id, "currency": "USD", "amount": "25.50", "reference": "ref-1", "metadata": {}, "status": "PENDING",
             "scheduled_at": at, "attempts": 0, "error_message": null, "created_at": created,
             "updated_at": created, "transaction_id": null, "refund_transaction_id": null,
         })
@@ -771,7 +771,7 @@ fn killed_mid_payout_the_withdrawal_completes_exactly_once_after_restart() {
         let row = db
             .sql()
             .query_one(
-                "SELECT w.status, (SELECT balance FROM wallets) FROM withdrawals w WHERE id = ?1",
+                "SELECT w.status, (SELECT balance FROM balances) FROM withdrawals w WHERE id = ?1",
                 &[&id],
             )
             .unwrap();

@@ -56,7 +56,7 @@ pub fn wallet(
     svc.audit_read(staff, "read_wallet", format!("user:{user_id}"))?;
     Ok(Reply::json(
         200,
-        wallet_json(&w, &recent, &svc.config.currency),
+        wallet_json(&w, &recent, &svc.config.currencies),
     ))
 }
 
@@ -79,13 +79,13 @@ pub fn credit(
     staff: &StaffUser,
 ) -> Result<Reply, AppError> {
     let user_id = path_user_id(params)?;
-    let body = parse_money_body(rq, MoneyRoute::Deposit, &svc.config.currency)?;
+    let body = parse_money_body(rq, MoneyRoute::Deposit, &svc.config.currencies)?;
     let m = body.movement;
     let out = svc.admin_credit(staff, user_id, m)?;
     Ok(Reply::created_or_replayed(
         201,
         out.replayed,
-        entry_json(&out.value, &svc.config.currency),
+        entry_json(&out.value, &svc.config.currencies),
     ))
 }
 
@@ -106,5 +106,8 @@ pub fn resolve_withdrawal(
         return Err(validated_but_missing());
     };
     let w = svc.admin_resolve_withdrawal(staff, &params[0], outcome, reason)?;
-    Ok(Reply::json(200, withdrawal_json(&w, &svc.config.currency)))
+    Ok(Reply::json(
+        200,
+        withdrawal_json(&w, &svc.config.currencies),
+    ))
 }

@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod holds;
 mod money_body;
 pub mod operations;
 pub mod wallet;
@@ -13,7 +14,7 @@ use serde_json::{json, Map, Value};
 
 use super::request::Incoming;
 use crate::accounts::{IssuedToken, User};
-use crate::domain::{Currency, Timestamp};
+use crate::domain::{Currencies, MinorUnits, Timestamp};
 use crate::error::AppError;
 use crate::ledger::queries::{Wallet, PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX};
 use crate::ledger::withdrawals::Withdrawal;
@@ -37,12 +38,21 @@ fn user_json(u: &User) -> Value {
     })
 }
 
-fn entry_json(e: &Entry, c: &Currency) -> Value {
+/// Minor units of the currency `code` as the API shows them: its scale's digits.
+fn money(cs: &Currencies, code: &str, minor: MinorUnits) -> String {
+    // Start-up refuses a database holding money in a currency it does not serve, so every
+    // stored code is found; the bare minor units are a last resort that never shows a 500.
+    cs.get(code)
+        .map_or_else(|| minor.to_string(), |c| c.format(minor))
+}
+
+fn entry_json(e: &Entry, cs: &Currencies) -> Value {
     json!({
         "id": e.id,
         "type": e.kind.as_str(),
-        "amount": c.format(e.amount),
-        "balance_after": c.format(e.balance_after),
+        "currency": e.currency,
+        "amount": money(cs, &e.currency, e.amount),
+        "balance_after": money(cs, &e.currency, e.balance_after),
         "reference": e.reference,
         "counterparty_user_id": e.counterparty_user_id,
         "created_at": e.created_at.to_text(),
@@ -50,22 +60,45 @@ fn entry_json(e: &Entry, c: &Currency) -> Value {
     })
 }
 
-fn wallet_json(w: &Wallet, recent: &[Entry], c: &Currency) -> Value {
+/// A wallet as part 1 showed it (its default currency's `balance`), with `balances`: one per
+/// currency it has had money in, plus the default, by code.
+fn wallet_json(w: &Wallet, recent: &[Entry], cs: &Currencies) -> Value {
+    let default = &cs.default_currency().code;
+    let main = w.balance_in(default);
+    let mut codes: Vec<&str> = w.balances.iter().map(|b| b.currency.as_str()).collect();
+    if !codes.contains(&default.as_str()) {
+        codes.push(default);
+        codes.sort_unstable();
+    }
+    let balances: Vec<Value> = codes
+        .into_iter()
+        .map(|code| {
+            let b = w.balance_in(code);
+            json!({
+                "currency": code,
+                "balance": money(cs, code, b.balance),
+                "held": money(cs, code, b.held),
+                "available": money(cs, code, b.available()),
+            })
+        })
+        .collect();
     json!({
         "id": w.id,
         "user_id": w.user_id,
-        "currency": c.code,
-        "balance": c.format(w.balance),
-        "last_balance": c.format(w.last_balance),
-        "last_balance_update": w.last_balance_update.to_text(),
-        "recent_transactions": recent.iter().map(|e| entry_json(e, c)).collect::<Vec<_>>(),
+        "currency": default,
+        "balance": money(cs, default, main.balance),
+        "last_balance": money(cs, default, main.last_balance),
+        "last_balance_update": main.last_balance_update.to_text(),
+        "balances": balances,
+        "recent_transactions": recent.iter().map(|e| entry_json(e, cs)).collect::<Vec<_>>(),
     })
 }
 
-fn withdrawal_json(w: &Withdrawal, c: &Currency) -> Value {
+fn withdrawal_json(w: &Withdrawal, cs: &Currencies) -> Value {
     json!({
         "id": w.id,
-        "amount": c.format(w.amount),
+        "currency": w.currency,
+        "amount": money(cs, &w.currency, w.amount),
         "reference": w.reference,
         "metadata": w.metadata.to_value(),
         "status": w.status.as_str(),

@@ -4,9 +4,10 @@
 use serde_json::Value;
 
 use super::validated_but_missing;
-use crate::domain::{Amount, Currency, Metadata, Reference, Timestamp};
+use crate::domain::{Amount, Currencies, Currency, Metadata, Reference, Timestamp};
 use crate::error::AppError;
 use crate::http::request::{Fields, Incoming};
+use crate::ledger::holds::Expiry;
 use crate::ledger::{Movement, Recipient};
 
 /// Which money route a body is for: each reads the common fields plus its own.
@@ -15,6 +16,8 @@ pub enum MoneyRoute {
     Deposit,
     Withdraw,
     Transfer,
+    /// A new hold: a recipient is optional, and it may say when it expires.
+    Hold,
 }
 
 /// A money route's body, parsed and validated.
@@ -25,6 +28,8 @@ pub struct MoneyBody {
     pub to: Option<Recipient>,
     /// Only for withdrawals.
     pub scheduled_at: Option<Timestamp>,
+    /// Only for holds: `expires_in_s` or `expires_at`, when given.
+    pub expiry: Option<Expiry>,
 }
 
 /// Parses the body of a deposit, withdrawal or transfer (and an operator credit, which reads
@@ -33,12 +38,19 @@ pub struct MoneyBody {
 pub fn parse_money_body(
     rq: &Incoming,
     route: MoneyRoute,
-    currency: &Currency,
+    currencies: &Currencies,
 ) -> Result<MoneyBody, AppError> {
     let body = rq.json()?;
     let mut f = Fields::new(&body);
-    let to = if route == MoneyRoute::Transfer {
-        recipient(&mut f)
+    let to = match route {
+        MoneyRoute::Transfer => recipient(&mut f),
+        MoneyRoute::Hold if f.raw("to_user_id").is_some() || f.raw("to_username").is_some() => {
+            recipient(&mut f)
+        }
+        _ => None,
+    };
+    let expiry = if route == MoneyRoute::Hold {
+        expiry(&mut f)
     } else {
         None
     };
@@ -51,7 +63,7 @@ pub fn parse_money_body(
     } else {
         None
     };
-    let m = movement(&mut f, rq, currency);
+    let m = movement(&mut f, rq, currencies);
     f.finish()?;
     let movement = m.ok_or_else(validated_but_missing)?;
     if route == MoneyRoute::Transfer && to.is_none() {
@@ -61,7 +73,43 @@ pub fn parse_money_body(
         movement,
         to,
         scheduled_at,
+        expiry,
     })
+}
+
+/// `expires_in_s` (whole seconds) or `expires_at` (a timestamp), at most one of them; the
+/// range is checked against the server's maximum by the use case.
+fn expiry(f: &mut Fields<'_>) -> Option<Expiry> {
+    match (f.raw("expires_in_s"), f.raw("expires_at")) {
+        (Some(_), Some(_)) => {
+            f.errors.add(
+                "expires_in_s",
+                "send either expires_in_s or expires_at, not both",
+            );
+            None
+        }
+        (Some(Value::Number(n)), None) => match n.as_u64() {
+            Some(s) => Some(Expiry::In(s)),
+            None => {
+                f.errors
+                    .add("expires_in_s", "must be a whole number of seconds");
+                None
+            }
+        },
+        (Some(_), None) => {
+            f.errors
+                .add("expires_in_s", "must be a whole number of seconds");
+            None
+        }
+        (None, Some(_)) => {
+            let at = f
+                .string("expires_at", false)
+                .map(Timestamp::parse)
+                .transpose();
+            f.errors.check("expires_at", at).flatten().map(Expiry::At)
+        }
+        (None, None) => None,
+    }
 }
 
 /// `to_user_id` (a positive whole number) or `to_username` (a string), exactly one of them.
@@ -100,14 +148,28 @@ fn recipient(f: &mut Fields<'_>) -> Option<Recipient> {
     }
 }
 
+/// The `currency` field: absent means the default; an unknown code is its field's error.
+pub fn currency_field<'c>(f: &mut Fields<'_>, currencies: &'c Currencies) -> Option<&'c Currency> {
+    match f.raw("currency") {
+        None => Some(currencies.default_currency()),
+        Some(_) => {
+            let code = f.string("currency", false)?;
+            f.errors.check("currency", currencies.resolve(Some(code)))
+        }
+    }
+}
+
 /// `amount`, `reference` (or the `Idempotency-Key` header) and `metadata`.
-fn movement(f: &mut Fields<'_>, rq: &Incoming, currency: &Currency) -> Option<Movement> {
-    let amount = match f.raw("amount") {
-        None => {
+fn movement(f: &mut Fields<'_>, rq: &Incoming, currencies: &Currencies) -> Option<Movement> {
+    let currency = currency_field(f, currencies);
+    let amount = match (f.raw("amount"), currency) {
+        (None, _) => {
             f.errors.add("amount", "this field is required");
             None
         }
-        Some(v) => f
+        // Its scale is the currency's: unknown until the currency is.
+        (Some(_), None) => None,
+        (Some(v), Some(currency)) => f
             .errors
             .check("amount", Amount::parse(v, currency).map_err(|e| e.0)),
     };
@@ -132,6 +194,7 @@ fn movement(f: &mut Fields<'_>, rq: &Incoming, currency: &Currency) -> Option<Mo
         .errors
         .check("metadata", Metadata::parse(f.raw("metadata")));
     Some(Movement {
+        currency: currency?.clone(),
         amount: amount?,
         reference: reference?,
         metadata: metadata?,

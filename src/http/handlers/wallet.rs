@@ -20,7 +20,7 @@ pub fn show(svc: &Service, _: &Incoming, _: &Params, user: &AuthUser) -> Result<
     let (w, recent) = svc.wallet(user.user_id)?;
     Ok(Reply::json(
         200,
-        wallet_json(&w, &recent, &svc.config.currency),
+        wallet_json(&w, &recent, &svc.config.currencies),
     ))
 }
 
@@ -30,12 +30,12 @@ pub fn deposit(
     _: &Params,
     user: &AuthUser,
 ) -> Result<Reply, AppError> {
-    let body = parse_money_body(rq, MoneyRoute::Deposit, &svc.config.currency)?;
+    let body = parse_money_body(rq, MoneyRoute::Deposit, &svc.config.currencies)?;
     let out = svc.deposit(user, body.movement)?;
     Ok(Reply::created_or_replayed(
         201,
         out.replayed,
-        entry_json(&out.value, &svc.config.currency),
+        entry_json(&out.value, &svc.config.currencies),
     ))
 }
 
@@ -45,9 +45,9 @@ pub fn withdraw(
     _: &Params,
     user: &AuthUser,
 ) -> Result<Reply, AppError> {
-    let body = parse_money_body(rq, MoneyRoute::Withdraw, &svc.config.currency)?;
+    let body = parse_money_body(rq, MoneyRoute::Withdraw, &svc.config.currencies)?;
     let out = svc.withdraw(user, body.movement, body.scheduled_at)?;
-    let c = &svc.config.currency;
+    let c = &svc.config.currencies;
     Ok(match out.value {
         WithdrawResult::Now(e) => Reply::created_or_replayed(201, out.replayed, entry_json(&e, c)),
         WithdrawResult::Scheduled(w) => {
@@ -62,10 +62,10 @@ pub fn transfer(
     _: &Params,
     user: &AuthUser,
 ) -> Result<Reply, AppError> {
-    let body = parse_money_body(rq, MoneyRoute::Transfer, &svc.config.currency)?;
+    let body = parse_money_body(rq, MoneyRoute::Transfer, &svc.config.currencies)?;
     let (to, movement) = (body.to.ok_or_else(validated_but_missing)?, body.movement);
     let out = svc.transfer(user, TransferRequest { to, movement })?;
-    let c = &svc.config.currency;
+    let c = &svc.config.currencies;
     let body = json!({
         "transfer_out": entry_json(&out.value.transfer_out, c),
         "transfer_in": entry_json(&out.value.transfer_in, c),
@@ -103,17 +103,27 @@ pub(super) fn history_reply(
     let to = rq
         .query("to")
         .and_then(|s| errors.check("to", query_time(s)));
+    let currency = rq.query("currency").and_then(|code| {
+        errors.check(
+            "currency",
+            svc.config
+                .currencies
+                .resolve(Some(code))
+                .map(|c| c.code.clone()),
+        )
+    });
     errors.into_result()?;
     let q = HistoryQuery {
         limit,
         offset,
         before_seq,
         kind,
+        currency,
         from,
         to,
     };
     let page = svc.history(wallet, &q)?;
-    let c = &svc.config.currency;
+    let c = &svc.config.currencies;
     Ok(Reply::json(
         200,
         json!({
@@ -141,13 +151,19 @@ pub fn balance(
     _: &Params,
     user: &AuthUser,
 ) -> Result<Reply, AppError> {
+    let mut errors = crate::error::FieldErrors::default();
     let at = rq
         .query("at")
-        .map(|s| query_time(s).map_err(|m| AppError::field("at", m)))
-        .transpose()?;
-    let (balance, at) = svc.balance_at(&user.wallet, at)?;
+        .and_then(|s| errors.check("at", query_time(s)));
+    let currency = errors.check(
+        "currency",
+        svc.config.currencies.resolve(rq.query("currency")),
+    );
+    errors.into_result()?;
+    let currency = currency.ok_or_else(validated_but_missing)?;
+    let (balance, at) = svc.balance_at(&user.wallet, &currency.code, at)?;
     Ok(Reply::json(
         200,
-        json!({"balance": svc.config.currency.format(balance), "at": at.to_text()}),
+        json!({"balance": currency.format(balance), "at": at.to_text(), "currency": currency.code}),
     ))
 }

@@ -24,7 +24,7 @@ pub fn list(svc: &Service, rq: &Incoming, _: &Params, user: &AuthUser) -> Result
         })
         .transpose()?;
     let (count, rows) = svc.withdrawals(&user.wallet, status, limit, offset)?;
-    let c = &svc.config.currency;
+    let c = &svc.config.currencies;
     Ok(Reply::json(
         200,
         json!({
@@ -41,7 +41,10 @@ pub fn show(
     user: &AuthUser,
 ) -> Result<Reply, AppError> {
     let w = svc.withdrawal(&user.wallet, &params[0])?;
-    Ok(Reply::json(200, withdrawal_json(&w, &svc.config.currency)))
+    Ok(Reply::json(
+        200,
+        withdrawal_json(&w, &svc.config.currencies),
+    ))
 }
 
 pub fn cancel(
@@ -51,5 +54,8 @@ pub fn cancel(
     user: &AuthUser,
 ) -> Result<Reply, AppError> {
     let w = svc.cancel_withdrawal(&user.wallet, &params[0])?;
-    Ok(Reply::json(200, withdrawal_json(&w, &svc.config.currency)))
+    Ok(Reply::json(
+        200,
+        withdrawal_json(&w, &svc.config.currencies),
+    ))
 }
