@@ -229,6 +229,16 @@ impl TestApp {
         if let Some(fixture) = fixture {
             std::fs::copy(fixture, store.file()).expect("copy the fixture database");
         }
+        TestApp::spawn_on_db(store, tune, clock)
+    }
+
+    /// Starts on `store`, a database the test has prepared.
+    pub fn spawn_on_db(
+        store: TestDb,
+        tune: impl FnOnce(&mut Config),
+        clock: SharedClock,
+    ) -> TestApp {
+        wallet::log::errors_only();
         let mut config = Config::for_tests(store.target.clone());
         if store.engine() == Engine::Postgres {
             config.serve.db_writers = TEST_DB_WRITERS;

@@ -565,3 +565,158 @@ fn a_currency_holding_money_can_not_be_dropped_or_rescaled() {
         assert!(e.to_string().contains(named), "{spec}: {e}");
     }
 }
+
+/// PostgreSQL's schema 1 (`tests/fixtures/postgres-schema-1.sql`, as the last single-currency
+/// release applied it).
+const POSTGRES_SCHEMA_1: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/postgres-schema-1.sql"
+));
+
+#[test]
+fn a_postgres_schema_1_ledger_is_upgraded_with_its_sealed_chain_intact() {
+    // A ledger as the single-currency release left it on PostgreSQL (in EUR): two wallets,
+    // a deposit and a transfer sealed into the chain with the bytes of that release, and a
+    // scheduled withdrawal. The upgrade keeps every row, the old hashes verify, the money
+    // stays EUR, and new entries go on in both currencies.
+    use wallet::ledger::entries::{entry_hash, Entry, GENESIS_HASH};
+    let store = crate::helpers::TestDb::new();
+    if store.engine() != wallet::store::Engine::Postgres {
+        eprintln!("not run: upgrades a PostgreSQL schema-1 database");
+        return;
+    }
+    let db = store.sql();
+    let wallet::store::Target::Postgres(url) = &store.target else {
+        unreachable!()
+    };
+    let conn = wallet::store::postgres::PgConn::connect(url).unwrap();
+    conn.batch(POSTGRES_SCHEMA_1).unwrap();
+    let t = |s: u32| format!("2026-11-01T10:00:0{s}.000000Z");
+    conn.batch(&format!(
+        "INSERT INTO settings (id, currency, scale) VALUES (1, 'EUR', 2);
+         INSERT INTO users (id, username, username_key, email, email_key, password_hash, date_joined)
+             VALUES (1, 'ann', 'ann', 'ann@example.com', 'ann@example.com', 'x', '{t0}'),
+                    (2, 'ben', 'ben', 'ben@example.com', 'ben@example.com', 'x', '{t0}');
+         INSERT INTO wallets (key, id, user_id, balance, last_balance, last_balance_update, created_at)
+             VALUES (1, 'w-ann', 1, 7450, 0, '{t0}', '{t0}'), (2, 'w-ben', 2, 2550, 0, '{t0}', '{t0}');
+         SELECT setval('users_id_seq', 2); SELECT setval('wallets_key_seq', 2);",
+        t0 = t(0)
+    ))
+    .unwrap();
+    let entry =
+        |seq: i64, wallet: &str, kind, amount, after, counterparty, transfer: Option<&str>| Entry {
+            seq,
+            id: format!("e{seq}"),
+            wallet_id: wallet.to_string(),
+            kind,
+            amount: wallet::domain::MinorUnits::new(amount),
+            balance_after: wallet::domain::MinorUnits::new(after),
+            reference: "r".into(),
+            counterparty_user_id: counterparty,
+            transfer_id: transfer.map(str::to_string),
+            metadata: wallet::domain::Metadata::empty(),
+            created_at: wallet::domain::Timestamp::parse(&t(seq as u32)).unwrap(),
+            currency: "EUR".into(),
+        };
+    use wallet::domain::EntryKind::*;
+    let entries = [
+        (1i64, entry(1, "w-ann", Deposit, 10_000, 10_000, None, None)),
+        (
+            1,
+            entry(2, "w-ann", TransferOut, 2_550, 7_450, Some(2), Some("t1")),
+        ),
+        (
+            2,
+            entry(3, "w-ben", TransferIn, 2_550, 2_550, Some(1), Some("t1")),
+        ),
+    ];
+    let mut prev = GENESIS_HASH;
+    conn.batch("ALTER TABLE entries DISABLE TRIGGER entries_balance_follows")
+        .unwrap();
+    for (key, e) in &entries {
+        // Schema 1 hashed eleven fields: no currency.
+        let hash = entry_hash(&prev, e, i64::MAX);
+        db.execute(
+            "INSERT INTO entries (seq, id, wallet_key, kind, amount, balance_after, reference,
+                 counterparty_user_id, transfer_id, metadata, created_at, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            &[
+                &e.seq,
+                &e.id,
+                key,
+                &e.kind.as_str(),
+                &e.amount,
+                &e.balance_after,
+                &e.reference,
+                &e.counterparty_user_id,
+                &e.transfer_id,
+                &e.metadata.as_str(),
+                &e.created_at,
+                &&hash[..],
+            ],
+        )
+        .unwrap();
+        prev = hash;
+    }
+    conn.batch("ALTER TABLE entries ENABLE TRIGGER entries_balance_follows; SELECT setval('entries_seq', 3);")
+        .unwrap();
+    db.execute(
+        "UPDATE chain_head SET seq = 3, hash = ?1 WHERE id = 1",
+        &[&&prev[..]],
+    )
+    .unwrap();
+    db.execute(
+        "INSERT INTO withdrawals (id, wallet_id, amount, reference, status, scheduled_at,
+             next_attempt_at, created_at, updated_at)
+         VALUES ('wd', 'w-ann', 500, 'later', 'PENDING', '2099-01-01T00:00:00.000000Z',
+             '2099-01-01T00:00:00.000000Z', ?1, ?1)",
+        &[&t(4)],
+    )
+    .unwrap();
+    drop(db);
+    drop(conn);
+
+    let app = TestApp::spawn_on_db(
+        store,
+        |c| {
+            c.currencies = wallet::domain::Currencies::parse("EUR:2,USD:2", 1_000_000_000).unwrap();
+        },
+        Arc::new(SystemClock),
+    );
+    let report = app.verify();
+    assert!(report.ok(), "{:?}", report.findings);
+    assert_eq!((report.entries, report.wallets), (3, 2));
+    let db = app.db();
+    let row = db
+        .query_one(
+            "SELECT (SELECT version FROM schema_version), (SELECT chain_currency_from FROM settings),
+                 (SELECT string_agg(currency || ':' || balance, ',' ORDER BY wallet_key) FROM balances),
+                 (SELECT string_agg(DISTINCT currency, ',') FROM entries),
+                 (SELECT currency FROM withdrawals WHERE id = 'wd')",
+            &[],
+        )
+        .unwrap();
+    let got: (i64, i64, String, String, String) = (
+        row.get(0).unwrap(),
+        row.get(1).unwrap(),
+        row.get(2).unwrap(),
+        row.get(3).unwrap(),
+        row.get(4).unwrap(),
+    );
+    assert_eq!(
+        got,
+        (2, 4, "EUR:7450,EUR:2550".into(), "EUR".into(), "EUR".into())
+    );
+    // New money in both currencies, hashed with its currency, after the old chain.
+    let c = app.register("carl");
+    assert_eq!(app.deposit(&c, "9.00", "eur").status, 201);
+    let usd = app.post(
+        "/api/wallets/me/deposit",
+        &c.token,
+        json!({"amount": "2.00", "currency": "USD", "reference": "usd"}),
+    );
+    assert_eq!(usd.status, 201, "{}", usd.body);
+    let report = app.verify();
+    assert!(report.ok(), "{:?}", report.findings);
+    assert_eq!(report.entries, 5);
+}
