@@ -352,22 +352,27 @@ fn move_balance(
     now: Timestamp,
 ) -> Result<Option<MinorUnits>, AppError> {
     let row = if delta > MinorUnits::ZERO {
-        // A credit creates the wallet's balance in the currency the first time.
         let balance_ceiling = i64::MAX - delta.get();
-        conn.query_opt(
-            "INSERT INTO balances (wallet_key, currency, balance, last_balance_update)
-                 VALUES (?1, ?2, ?3, ?5)
-             ON CONFLICT (wallet_key, currency) DO UPDATE SET balance = balance + excluded.balance
-                 WHERE balance <= ?4
+        let moved = conn.query_opt(
+            "UPDATE balances SET balance = balance + ?3
+             WHERE wallet_key = ?1 AND currency = ?2 AND balance <= ?4
              RETURNING balance",
-            &[
-                &wallet_key,
-                &currency,
-                &delta,
-                &balance_ceiling,
-                &snapshot_floor(now),
-            ],
-        )?
+            &[&wallet_key, &currency, &delta, &balance_ceiling],
+        )?;
+        match moved {
+            Some(row) => Some(row),
+            // The wallet's first credit in the currency creates its balance (or the balance
+            // is at its ceiling: then the row exists, nothing is inserted, and `None` says
+            // so). An upsert in one statement cost the writer more than this second
+            // statement on a first credit.
+            None => conn.query_opt(
+                "INSERT INTO balances (wallet_key, currency, balance, last_balance_update)
+                     VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (wallet_key, currency) DO NOTHING
+                 RETURNING balance",
+                &[&wallet_key, &currency, &delta, &snapshot_floor(now)],
+            )?,
+        }
     } else {
         // A debit takes only what no hold reserves.
         conn.query_opt(
@@ -421,23 +426,24 @@ fn refusal(conn: &dyn Sql, new: &NewEntry<'_>, delta: MinorUnits) -> Result<AppE
 /// The newest entry's position and hash (the genesis of an empty ledger), and where the chain
 /// starts to cover currencies.
 fn chain_head(conn: &dyn Sql) -> Result<ChainHead, AppError> {
-    let r = conn.query_one(
-        "SELECT (SELECT seq FROM entries ORDER BY seq DESC LIMIT 1),
-                (SELECT hash FROM entries ORDER BY seq DESC LIMIT 1),
-                (SELECT chain_currency_from FROM settings WHERE id = 1)",
+    // The newest entry by the primary key's last page, and the settings row by its key: one
+    // statement on every append.
+    match conn.query_opt(
+        "SELECT seq, hash, (SELECT chain_currency_from FROM settings WHERE id = 1)
+         FROM entries ORDER BY seq DESC LIMIT 1",
         &[],
-    )?;
-    let hash: Option<Vec<u8>> = r.get(1)?;
-    Ok(ChainHead {
-        seq: r.get::<Option<i64>>(0)?.unwrap_or(0),
-        hash: match hash {
-            Some(h) => h
-                .try_into()
-                .map_err(|_| AppError::internal("chain head", "a hash is not 32 bytes"))?,
-            None => GENESIS_HASH,
-        },
-        currency_from: r.get::<Option<i64>>(2)?.unwrap_or(1),
-    })
+    )? {
+        Some(r) => Ok(ChainHead {
+            seq: r.get(0)?,
+            hash: r.get(1)?,
+            currency_from: r.get::<Option<i64>>(2)?.unwrap_or(1),
+        }),
+        None => Ok(ChainHead {
+            seq: 0,
+            hash: GENESIS_HASH,
+            currency_from: chain_currency_from(conn)?,
+        }),
+    }
 }
 
 /// `settings.chain_currency_from`, for the tools that recompute the chain.
