@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser};
 
+use crate::accounts::Rate;
 use crate::db::Synchronous;
 use crate::domain::{Currencies, Currency};
 use crate::error::StartupError;
@@ -92,6 +93,16 @@ pub struct ServeArgs {
     /// throttling off.
     #[arg(long, env = "WALLET_LOGIN_FAILURES_MAX", default_value_t = 10)]
     pub login_failures_max: u32,
+
+    /// Requests per user (whatever token it sends), like `6000/min`, `10/s`, `1000/hour`;
+    /// `off` for none. Over it: 429 with `Retry-After`.
+    #[arg(long, env = "WALLET_RATE_LIMIT_USER", default_value = "6000/min", value_parser = parse_rate)]
+    pub rate_limit_user: RateLimit,
+
+    /// Requests per client address without a valid token (logins, registrations, public
+    /// routes), as `--rate-limit-user`.
+    #[arg(long, env = "WALLET_RATE_LIMIT_ANON", default_value = "600/min", value_parser = parse_rate)]
+    pub rate_limit_anon: RateLimit,
 
     /// The failed-login window.
     #[arg(long, env = "WALLET_LOGIN_WINDOW", default_value = "5m", value_parser = parse_duration)]
@@ -214,6 +225,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
+/// `--rate-limit-user`/`--rate-limit-anon`: a rate, or `None` for `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit(pub Option<Rate>);
+
+fn parse_rate(s: &str) -> Result<RateLimit, String> {
+    Rate::parse(s).map(RateLimit)
+}
+
 /// The checked, derived settings the server runs with.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -290,6 +309,9 @@ impl Config {
         serve.argon2_iterations = 1;
         serve.threads = 32;
         serve.snapshot_cron = "off".into();
+        // Many tests send more than a client would; the rate limit tests turn it on.
+        serve.rate_limit_user = RateLimit(None);
+        serve.rate_limit_anon = RateLimit(None);
         // Many test servers share one process and its threads: none may claim a CPU.
         serve.pin_writer = false;
         Config::from_args(db.into(), serve).expect("test defaults are valid")

@@ -100,6 +100,11 @@ impl FieldErrors {
             .push(message.into());
     }
 
+    /// Whether `field` has an error already.
+    pub fn has(&self, field: &str) -> bool {
+        self.0.contains_key(field)
+    }
+
     /// Records the error of `result` under `field`, returning the value when it parsed.
     pub fn check<T>(&mut self, field: &str, result: Result<T, String>) -> Option<T> {
         result.map_err(|m| self.add(field, m)).ok()

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use crate::accounts::{
-    self, AuthUser, IssuedToken, LoginThrottle, NewUser, PasswordGuard, TokenCache, User,
+    self, AuthUser, IssuedToken, LoginThrottle, NewUser, PasswordGuard, RateLimiter, TokenCache,
+    User,
 };
 use crate::clock::{ClockReport, GuardedClock, Wakeup, WALL_LEAP_MS_MAX};
 use crate::config::Config;
@@ -39,6 +40,9 @@ pub struct Service {
     pub payouts_in_flight: Arc<InFlight>,
     /// Wakes the hold expiry job when a new hold is made (it may expire before the next one).
     pub holds_wakeup: Arc<Wakeup>,
+    /// Requests per user, and per client address for anonymous requests.
+    pub user_rate: RateLimiter<i64>,
+    pub anon_rate: RateLimiter<String>,
 }
 
 /// What `/health` reports.
@@ -220,6 +224,13 @@ impl Service {
                     .money_moved(&e.currency, e.kind, e.amount.get());
             }
         }
+    }
+
+    /// One entry of `wallet`; another wallet's is "not found", as a missing one is.
+    pub fn transaction(&self, wallet: &WalletRef, id: &str) -> Result<Entry, AppError> {
+        entries::find_by_id(&*self.read()?, id)?
+            .filter(|e| e.wallet_id == wallet.id)
+            .ok_or(AppError::NotFound("transaction"))
     }
 
     pub fn history(&self, wallet: &WalletRef, q: &HistoryQuery) -> Result<HistoryPage, AppError> {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::accounts::{LoginThrottle, PasswordGuard, TokenCache};
+use crate::accounts::{LoginThrottle, PasswordGuard, RateLimiter, TokenCache};
 use crate::clock::{GuardedClock, SharedClock, SystemClock, Wakeup, WALL_LEAP_MS_MAX};
 use crate::config::Config;
 use crate::config::Target;
@@ -289,6 +289,8 @@ fn new_service(
         payout_wakeup: Arc::new(Wakeup::default()),
         payouts_in_flight: Arc::new(InFlight::default()),
         holds_wakeup: Arc::new(Wakeup::default()),
+        user_rate: RateLimiter::new(config.serve.rate_limit_user.0),
+        anon_rate: RateLimiter::new(config.serve.rate_limit_anon.0),
     }))
 }
 

@@ -2,11 +2,13 @@
 //! (argon2id behind a bounded gate, failed-login throttling). Nothing here knows about HTTP.
 
 mod passwords;
+mod rate_limit;
 mod throttle;
 mod tokens;
 mod users;
 
 pub use passwords::{PasswordGuard, HASH_WAITERS_MAX};
+pub use rate_limit::{Rate, RateLimiter, RATE_LIMIT_KEYS_MAX};
 pub use throttle::*;
 pub use tokens::*;
 pub use users::*;

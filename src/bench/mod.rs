@@ -434,6 +434,8 @@ impl ChildServer {
         }
         let child = command
             .args(["--snapshot-cron", "off", "--login-failures-max", "0"])
+            // A load generator is many clients from one address, far past a client's rate.
+            .args(["--rate-limit-user", "off", "--rate-limit-anon", "off"])
             .env("WALLET_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

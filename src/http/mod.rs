@@ -316,15 +316,42 @@ fn call(
     handler: Handler,
 ) -> Result<Reply, AppError> {
     match handler {
-        Handler::Public(run) => run(svc, rq, params),
+        Handler::Public(run) => {
+            anonymous_rate(svc, rq)?;
+            run(svc, rq, params)
+        }
         Handler::User(run) => run(svc, rq, params, &caller(svc, rq)?),
         Handler::Staff(run) => run(svc, rq, params, &StaffUser::check(caller(svc, rq)?)?),
     }
 }
 
 /// The user whose token the request carries: 401 without a token or with one that is not valid.
+/// Within the user's rate (429 past it); a request without a valid token counts against its
+/// address's anonymous rate, so guessing tokens is limited too.
 fn caller(svc: &Service, rq: &Incoming) -> Result<AuthUser, AppError> {
-    svc.authenticate(rq.token().ok_or(AppError::Unauthorized)?)
+    match rq
+        .token()
+        .ok_or(AppError::Unauthorized)
+        .and_then(|t| svc.authenticate(t))
+    {
+        Ok(user) => {
+            svc.user_rate
+                .check(&user.user_id, Instant::now())
+                .map_err(|retry_after_s| AppError::RateLimited { retry_after_s })?;
+            Ok(user)
+        }
+        Err(e) => {
+            anonymous_rate(svc, rq)?;
+            Err(e)
+        }
+    }
+}
+
+/// Counts a request against its client address's anonymous rate: 429 past it.
+fn anonymous_rate(svc: &Service, rq: &Incoming) -> Result<(), AppError> {
+    svc.anon_rate
+        .check(&rq.client, Instant::now())
+        .map_err(|retry_after_s| AppError::RateLimited { retry_after_s })
 }
 
 fn respond(rq: tiny_http::Request, reply: Reply, request_id: &str) {

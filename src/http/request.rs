@@ -399,10 +399,17 @@ pub fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Fields whose `null` means "not given": the ones whose type allows it (an object that
+/// defaults to `{}`, a moment that defaults to now or to a default). A `null` anywhere else,
+/// say for a name or a reference, is a client's mistake, 422 naming the field.
+pub const NULLABLE_FIELDS: [&str; 3] = ["metadata", "scheduled_at", "expires_at"];
+
 /// Reads the typed fields of a JSON object, collecting every problem before failing.
 pub struct Fields<'a> {
     map: &'a Map<String, Value>,
     pub errors: FieldErrors,
+    /// The fields read, whose `null`s `finish` refuses where the type does not allow one.
+    read: std::cell::RefCell<Vec<String>>,
 }
 
 impl<'a> Fields<'a> {
@@ -410,18 +417,22 @@ impl<'a> Fields<'a> {
         Fields {
             map,
             errors: FieldErrors::default(),
+            read: std::cell::RefCell::new(Vec::new()),
         }
     }
 
+    /// A field's value; `null` reads as absent here, and `finish` says whether it may be.
     pub fn raw(&self, name: &str) -> Option<&'a Value> {
+        self.read.borrow_mut().push(name.to_string());
         self.map.get(name).filter(|v| !v.is_null())
     }
 
     /// A string field; `required` adds "this field is required" when absent.
     pub fn string(&mut self, name: &str, required: bool) -> Option<&'a str> {
+        self.read.borrow_mut().push(name.to_string());
         match self.map.get(name) {
             None | Some(Value::Null) => {
-                if required {
+                if required && self.map.get(name).is_none() {
                     self.errors.add(name, "this field is required");
                 }
                 None
@@ -444,7 +455,14 @@ impl<'a> Fields<'a> {
         self.errors.check(name, parse(s))
     }
 
-    pub fn finish(self) -> Result<(), AppError> {
+    pub fn finish(mut self) -> Result<(), AppError> {
+        for name in self.read.take() {
+            let null = matches!(self.map.get(&name), Some(Value::Null));
+            if null && !NULLABLE_FIELDS.contains(&name.as_str()) && !self.errors.has(&name) {
+                self.errors
+                    .add(&name, "must not be null (leave the field out instead)");
+            }
+        }
         self.errors.into_result()
     }
 }

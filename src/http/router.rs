@@ -113,6 +113,10 @@ pub fn route(path: &str, test_hooks: bool) -> Option<Matched> {
             "/api/wallets/me/transactions",
             on_get(User(wallet::transactions)),
         ),
+        ["api", "wallets", "me", "transactions", _] => (
+            "/api/wallets/me/transactions/{id}",
+            on_get(User(wallet::transaction)),
+        ),
         ["api", "wallets", "me", "balance"] => {
             ("/api/wallets/me/balance", on_get(User(wallet::balance)))
         }
@@ -224,6 +228,7 @@ pub const TEMPLATES: &[&str] = &[
     "/api/wallets/me/withdraw",
     "/api/wallets/me/transfer",
     "/api/wallets/me/transactions",
+    "/api/wallets/me/transactions/{id}",
     "/api/wallets/me/balance",
     "/api/wallets/me/withdrawals",
     "/api/wallets/me/withdrawals/{id}",

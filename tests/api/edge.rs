@@ -171,3 +171,50 @@ fn every_post_body_must_be_json_even_where_none_is_read() {
     let r = app.raw("POST", "/api/auth/logout", Some(&a.token), None, None);
     assert_eq!(r.status, 200, "no body, no Content-Type: fine");
 }
+
+#[test]
+fn rate_limits_refuse_with_429_and_retry_after_per_user_and_per_address() {
+    // `--rate-limit-user 3/min`: a user's fourth request in a burst is 429 with Retry-After,
+    // whatever token it sends; another user is not affected. `--rate-limit-anon 4/min`:
+    // anonymous requests (and requests with a bad token) from one address are limited the
+    // same way. Within the limit nothing is refused.
+    let app = crate::helpers::TestApp::spawn_with(
+        |c| {
+            c.serve.rate_limit_user =
+                wallet::config::RateLimit(wallet::accounts::Rate::parse("3/min").unwrap());
+            c.serve.rate_limit_anon =
+                wallet::config::RateLimit(wallet::accounts::Rate::parse("4/min").unwrap());
+        },
+        std::sync::Arc::new(wallet::clock::SystemClock),
+    );
+    // Two registrations: two of the address's four anonymous requests.
+    let a = app.register(&crate::helpers::name("rla"));
+    let b = app.register(&crate::helpers::name("rlb"));
+    for i in 0..3 {
+        let r = app.get("/api/wallets/me", &a.token);
+        assert_eq!(r.status, 200, "request {i}: {}", r.body);
+    }
+    let r = app.get("/api/wallets/me", &a.token);
+    assert_eq!((r.status, r.code()), (429, "rate_limited"), "{}", r.body);
+    let retry: u64 = r.header("Retry-After").unwrap().parse().unwrap();
+    assert!((1..=20).contains(&retry), "Retry-After {retry}");
+    let deposit = app.post(
+        "/api/wallets/me/deposit",
+        &a.token,
+        serde_json::json!({"amount": "1.00", "reference": "limited"}),
+    );
+    assert_eq!(
+        deposit.status, 429,
+        "a refused request moves nothing: {}",
+        deposit.body
+    );
+    // b has its own allowance.
+    assert_eq!(app.get("/api/wallets/me", &b.token).status, 200);
+    // Two more anonymous requests are allowed (a bad token counts as anonymous), then 429.
+    assert_eq!(app.get("/health", "").status, 200);
+    assert_eq!(app.get("/api/wallets/me", "not-a-token").status, 401);
+    let r = app.get("/health", "");
+    assert_eq!((r.status, r.code()), (429, "rate_limited"), "{}", r.body);
+    assert!(r.header("Retry-After").is_some());
+    assert_eq!(app.balance(&b), "0.00");
+}

@@ -511,3 +511,96 @@ fn operator_credits_and_user_deposits_never_share_references() {
     );
     assert_eq!(app.balance(&user), "100.00");
 }
+
+#[test]
+fn one_transaction_by_id_for_its_owner_only() {
+    // `GET /api/wallets/me/transactions/{id}`: the caller's entry exactly as the list shows
+    // it; another wallet's entry, a missing one and a malformed id are all 404.
+    let app = TestApp::spawn();
+    let a = app.register(&name("txa"));
+    let b = app.register(&name("txb"));
+    let d = app.deposit(&a, "12.34", "one");
+    assert_eq!(d.status, 201, "{}", d.body);
+    let id = d.body["id"].as_str().unwrap();
+    let r = app.get(&format!("/api/wallets/me/transactions/{id}"), &a.token);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let listed = app.get("/api/wallets/me/transactions", &a.token);
+    assert_eq!(r.body, listed.body["results"][0]);
+    assert_eq!(r.body, d.body);
+    for (who, path) in [
+        (&b, format!("/api/wallets/me/transactions/{id}")),
+        (
+            &a,
+            format!("/api/wallets/me/transactions/{}", uuid::Uuid::new_v4()),
+        ),
+        (&a, "/api/wallets/me/transactions/not-a-uuid".to_string()),
+    ] {
+        let r = app.get(&path, &who.token);
+        assert_eq!(
+            (r.status, r.code()),
+            (404, "not_found"),
+            "{path}: {}",
+            r.body
+        );
+    }
+}
+
+#[test]
+fn null_is_absent_only_where_the_type_allows_it() {
+    // `metadata` and `scheduled_at` may be null (the same as leaving them out); a null name,
+    // reference or currency is 422 naming the field, and changes nothing.
+    let app = TestApp::spawn();
+    let u = app.register(&name("nul"));
+    let r = app.post(
+        "/api/wallets/me/deposit",
+        &u.token,
+        json!({"amount": "5.00", "reference": "n1", "metadata": null}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["metadata"], json!({}));
+    let r = app.post(
+        "/api/wallets/me/withdraw",
+        &u.token,
+        json!({"amount": "1.00", "reference": "n2", "scheduled_at": null}),
+    );
+    assert_eq!(r.status, 201, "an immediate withdrawal: {}", r.body);
+    for (body, field) in [
+        (json!({"amount": "1.00", "reference": null}), "reference"),
+        (
+            json!({"amount": "1.00", "reference": "n3", "currency": null}),
+            "currency",
+        ),
+        (json!({"amount": null, "reference": "n4"}), "amount"),
+    ] {
+        let r = app.post("/api/wallets/me/deposit", &u.token, body.clone());
+        assert_eq!(
+            (r.status, r.code()),
+            (422, "validation_error"),
+            "{body}: {}",
+            r.body
+        );
+        assert!(
+            r.body["error"]["fields"][field].is_array(),
+            "{body}: {}",
+            r.body
+        );
+    }
+    let r = app.post(
+        "/api/auth/register",
+        "",
+        json!({"username": name("nul2"), "email": "nul2@example.com", "password": "correct horse battery",
+               "password_confirm": "correct horse battery", "first_name": null}),
+    );
+    assert_eq!(
+        (r.status, r.code()),
+        (422, "validation_error"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body["error"]["fields"]["first_name"].is_array(),
+        "{}",
+        r.body
+    );
+    assert_eq!(app.balance(&u), "4.00");
+}

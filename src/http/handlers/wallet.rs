@@ -145,6 +145,17 @@ pub fn transactions(
     history_reply(svc, rq, &user.wallet)
 }
 
+/// One transaction of the caller's wallet; anyone else's is not found.
+pub fn transaction(
+    svc: &Service,
+    _: &Incoming,
+    params: &Params,
+    user: &AuthUser,
+) -> Result<Reply, AppError> {
+    let e = svc.transaction(&user.wallet, &params[0])?;
+    Ok(Reply::json(200, entry_json(&e, &svc.config.currencies)))
+}
+
 pub fn balance(
     svc: &Service,
     rq: &Incoming,
