@@ -59,8 +59,13 @@ CREATE TABLE wallets (
     key                 INTEGER PRIMARY KEY,
     id                  TEXT    NOT NULL UNIQUE,
     user_id             INTEGER NOT NULL UNIQUE REFERENCES users (id),
-    created_at          TEXT    NOT NULL
+    created_at          TEXT    NOT NULL,
+    frozen_at           TEXT,
+    frozen_reason       TEXT
 ) STRICT;
+-- `frozen_at`, `frozen_reason`: when staff froze the wallet, and why; NULL while it is not
+-- frozen (`balances.frozen` is what a debit checks). Comments stay outside the column list:
+-- SQLite edits that text to drop a column, and a comment there breaks it.
 
 -- A wallet's money in one currency: a row from the first credit in that currency on.
 -- `balance` is the running balance, kept in step with the entries by the writer and checked
@@ -74,8 +79,11 @@ CREATE TABLE balances (
     -- The balance as computed by the last snapshot, and that snapshot's cut-off time.
     last_balance        INTEGER NOT NULL DEFAULT 0 CHECK (last_balance >= 0),
     last_balance_update TEXT    NOT NULL,
+    frozen              INTEGER NOT NULL DEFAULT 0 CHECK (frozen IN (0, 1)),
     PRIMARY KEY (wallet_key, currency)
 ) STRICT, WITHOUT ROWID;
+-- `frozen`: 1 while the wallet is frozen; it receives but sends nothing (every debit's
+-- statement checks it, so a debit costs no extra read).
 
 -- The ledger: every movement of money, forever. The API calls these "transactions".
 --
@@ -247,8 +255,19 @@ CREATE TABLE audit_log (
     action        TEXT    NOT NULL,
     target        TEXT    NOT NULL,
     detail        TEXT    NOT NULL DEFAULT '{}',
-    created_at    TEXT    NOT NULL
+    created_at    TEXT    NOT NULL,
+    reason        TEXT
 ) STRICT;
+CREATE INDEX audit_log_staff ON audit_log (staff_user_id, id);
+CREATE INDEX audit_log_target ON audit_log (target, id);
+CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+BEGIN
+    SELECT RAISE(ABORT, 'the audit log is append-only');
+END;
+CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+BEGIN
+    SELECT RAISE(ABORT, 'the audit log is append-only');
+END;
 
 -- Always empty: while writes are refused for a storage fault, the writer inserts a row of a few
 -- KiB here and deletes it in the same transaction, at most once a second, to learn when the

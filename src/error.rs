@@ -14,6 +14,8 @@ pub enum AppError {
     Unauthorized,
     InvalidCredentials,
     Forbidden,
+    /// A debit from a wallet staff have frozen: it receives money but sends none.
+    WalletFrozen,
     NotFound(&'static str),
     MethodNotAllowed {
         allow: &'static str,

@@ -298,7 +298,12 @@ impl Service {
         staff: &AuthUser,
         user_id: i64,
         m: Movement,
+        reason: Option<StaffReason>,
     ) -> Result<Outcome<Entry>, AppError> {
+        if user_id == staff.user_id {
+            // No staff action on one's own wallet.
+            return Err(AppError::Forbidden);
+        }
         let wallet = queries::wallet_of_user(&*self.read()?, user_id)?.wallet_ref();
         let m = Movement {
             reference: m
@@ -324,6 +329,7 @@ impl Service {
                     "credit",
                     &format!("user:{user_id}"),
                     &detail,
+                    reason.as_ref().map(StaffReason::as_str),
                 )?;
             }
             Ok(out)
@@ -377,6 +383,7 @@ impl Service {
                 "resolve_withdrawal",
                 &format!("withdrawal:{id}"),
                 &detail,
+                Some(reason.as_str()),
             )?;
             Ok(w)
         })
@@ -472,6 +479,58 @@ impl Service {
         holds::get_any(&*self.read()?, id)
     }
 
+    /// Freezes (or unfreezes) a user's wallet: while frozen it receives money but sends none.
+    /// Audited with the reason; staff can't freeze or unfreeze their own wallet.
+    pub fn admin_freeze(
+        &self,
+        staff: &AuthUser,
+        user_id: i64,
+        frozen: bool,
+        reason: StaffReason,
+    ) -> Result<(User, Option<Timestamp>), AppError> {
+        if user_id == staff.user_id {
+            return Err(AppError::Forbidden);
+        }
+        let wallet = queries::wallet_of_user(&*self.read()?, user_id)?.wallet_ref();
+        let staff_id = staff.user_id;
+        let frozen_at = self.writer.execute(move |conn, now| {
+            let frozen_at =
+                ledger::set_frozen(conn, now, &wallet, frozen.then_some(reason.as_str()))?;
+            let (action, detail) = if frozen {
+                ("freeze", serde_json::json!({"frozen": true}))
+            } else {
+                ("unfreeze", serde_json::json!({"frozen": false}))
+            };
+            db::audit::record(
+                conn,
+                now,
+                staff_id,
+                action,
+                &format!("user:{user_id}"),
+                &detail.to_string(),
+                Some(reason.as_str()),
+            )?;
+            Ok(frozen_at)
+        })?;
+        Ok((self.user(user_id)?, frozen_at))
+    }
+
+    /// When and why the user's wallet was frozen, if it is.
+    pub fn frozen(&self, user_id: i64) -> Result<Option<(Timestamp, String)>, AppError> {
+        ledger::frozen_state(&*self.read()?, user_id)
+    }
+
+    /// The audit log, newest first.
+    pub fn audit_log(
+        &self,
+        staff_user_id: Option<i64>,
+        target: Option<&str>,
+        limit: u32,
+        offset: u32,
+    ) -> Result<(i64, Vec<db::audit::AuditEntry>), AppError> {
+        db::audit::list(&*self.read()?, staff_user_id, target, limit, offset)
+    }
+
     /// Withdrawals left for staff because their payout outcome is unknown, for `/metrics`.
     pub fn payouts_outcome_unknown(&self) -> Result<i64, AppError> {
         let window_ms = i64::try_from(self.config.serve.payout_retry_window.as_millis())
@@ -487,8 +546,9 @@ impl Service {
         target: String,
     ) -> Result<(), AppError> {
         let staff_id = staff.user_id;
-        self.writer
-            .execute(move |conn, now| db::audit::record(conn, now, staff_id, action, &target, "{}"))
+        self.writer.execute(move |conn, now| {
+            db::audit::record(conn, now, staff_id, action, &target, "{}", None)
+        })
     }
 
     /// `/health`: whether the database answers a query, takes writes, and the wall clock is
@@ -537,7 +597,6 @@ fn audit_hold(
     reason: Option<&StaffReason>,
 ) -> Result<(), AppError> {
     let detail = serde_json::json!({
-        "reason": reason.map(StaffReason::as_str),
         "status": h.status.as_str(),
         "captured_amount": h.captured_amount.map(MinorUnits::get),
         "currency": h.currency,
@@ -551,5 +610,6 @@ fn audit_hold(
         action,
         &format!("hold:{}", h.id),
         &detail,
+        reason.map(StaffReason::as_str),
     )
 }

@@ -23,7 +23,7 @@ pub use writer::{Writer, WriterStats};
 /// The schema, embedded so the binary is all a user needs.
 pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 /// `PRAGMA user_version` after `SCHEMA_SQL`; each migration bumps it by one.
-pub const SCHEMA_VERSION: i32 = 6;
+pub const SCHEMA_VERSION: i32 = 7;
 /// `MIGRATIONS[i]` takes a database from version `i + 1` to `i + 2`. A new database gets
 /// `SCHEMA_SQL` directly.
 const MIGRATIONS: &[migrations::Migration] = &[
@@ -46,6 +46,10 @@ const MIGRATIONS: &[migrations::Migration] = &[
     migrations::Migration {
         prepare: Some(migrations::currencies_v6),
         sql: include_str!("../../migrations/006_currencies_and_holds.sql"),
+    },
+    migrations::Migration {
+        prepare: None,
+        sql: include_str!("../../migrations/007_staff_tools.sql"),
     },
 ];
 const _: () = assert!(MIGRATIONS.len() as i32 == SCHEMA_VERSION - 1);

@@ -61,6 +61,7 @@ pub fn error_reply(e: &AppError) -> Reply {
         AppError::Unauthorized => (401, "unauthorized", "authentication required: send a valid, unexpired token as `Authorization: Token <token>`".into()),
         AppError::InvalidCredentials => (401, "invalid_credentials", "invalid username or password".into()),
         AppError::Forbidden => (403, "forbidden", "you are not allowed to do this".into()),
+        AppError::WalletFrozen => (403, "wallet_frozen", "this wallet is frozen: it receives money but sends none until staff unfreeze it".into()),
         AppError::NotFound(what) => (404, "not_found", format!("{what} not found")),
         AppError::MethodNotAllowed { allow } => (405, "method_not_allowed", format!("method not allowed here; allowed: {allow}")),
         AppError::ReferenceConflict { .. } => (409, "reference_conflict", "this reference was already used with a different request".into()),

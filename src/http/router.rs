@@ -160,6 +160,15 @@ pub fn route(path: &str, test_hooks: bool) -> Option<Matched> {
             "/api/admin/users/{id}/credit",
             on_post(Staff(admin::credit)),
         ),
+        ["api", "admin", "users", _, "freeze"] => (
+            "/api/admin/users/{id}/freeze",
+            on_post(Staff(admin::freeze)),
+        ),
+        ["api", "admin", "users", _, "unfreeze"] => (
+            "/api/admin/users/{id}/unfreeze",
+            on_post(Staff(admin::unfreeze)),
+        ),
+        ["api", "admin", "audit"] => ("/api/admin/audit", on_get(Staff(admin::audit))),
         ["api", "admin", "withdrawals", _, "resolve"] => (
             "/api/admin/withdrawals/{id}/resolve",
             on_post(Staff(admin::resolve_withdrawal)),
@@ -242,6 +251,9 @@ pub const TEMPLATES: &[&str] = &[
     "/api/admin/users/{id}/wallet",
     "/api/admin/users/{id}/transactions",
     "/api/admin/users/{id}/credit",
+    "/api/admin/users/{id}/freeze",
+    "/api/admin/users/{id}/unfreeze",
+    "/api/admin/audit",
     "/api/admin/withdrawals/{id}/resolve",
     "/api/admin/holds/{id}/capture",
     "/api/admin/holds/{id}/void",

@@ -297,7 +297,7 @@ fn pg_append_sql(move_balance: &str) -> String {
                      (CAST(stamp_floor AS timestamptz) + interval '1 microsecond') AT TIME ZONE 'UTC',
                      'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') COLLATE \"C\")
              WHERE key = ?1
-             RETURNING key, stamp_floor),
+             RETURNING key, stamp_floor, frozen_at),
          moved AS ({move_balance})
          INSERT INTO entries (id, wallet_key, kind, amount, balance_after, reference,
              counterparty_user_id, transfer_id, metadata, created_at, currency)
@@ -311,8 +311,9 @@ fn pg_append_sql(move_balance: &str) -> String {
 
 static PG_APPEND_CREDIT_SQL: LazyLock<String> = LazyLock::new(|| {
     pg_append_sql(
-        "INSERT INTO balances (wallet_key, currency, balance, last_balance_update)
-             SELECT stamped.key, CAST(?12 AS TEXT), CAST(?2 AS BIGINT), CAST(?13 AS TEXT) FROM stamped
+        "INSERT INTO balances (wallet_key, currency, balance, last_balance_update, frozen)
+             SELECT stamped.key, CAST(?12 AS TEXT), CAST(?2 AS BIGINT), CAST(?13 AS TEXT),
+                 CASE WHEN stamped.frozen_at IS NULL THEN 0 ELSE 1 END FROM stamped
          ON CONFLICT (wallet_key, currency) DO UPDATE SET balance = balances.balance + EXCLUDED.balance
              WHERE balances.balance <= ?3
          RETURNING balance",
@@ -323,6 +324,7 @@ static PG_APPEND_DEBIT_SQL: LazyLock<String> = LazyLock::new(|| {
     pg_append_sql(
         "UPDATE balances b SET balance = b.balance + ?2 FROM stamped
          WHERE b.wallet_key = stamped.key AND b.currency = ?12 AND b.balance - b.held + ?2 >= 0
+             AND b.frozen = 0
              AND CAST(?3 AS BIGINT) IS NOT NULL AND CAST(?13 AS TEXT) IS NOT NULL
          RETURNING b.balance",
     )
@@ -366,18 +368,19 @@ fn move_balance(
             // so). An upsert in one statement cost the writer more than this second
             // statement on a first credit.
             None => conn.query_opt(
-                "INSERT INTO balances (wallet_key, currency, balance, last_balance_update)
-                     VALUES (?1, ?2, ?3, ?4)
+                "INSERT INTO balances (wallet_key, currency, balance, last_balance_update, frozen)
+                     SELECT ?1, ?2, ?3, ?4, CASE WHEN frozen_at IS NULL THEN 0 ELSE 1 END
+                     FROM wallets WHERE key = ?1
                  ON CONFLICT (wallet_key, currency) DO NOTHING
                  RETURNING balance",
                 &[&wallet_key, &currency, &delta, &snapshot_floor(now)],
             )?,
         }
     } else {
-        // A debit takes only what no hold reserves.
+        // A debit takes only what no hold reserves, and nothing from a frozen wallet.
         conn.query_opt(
             "UPDATE balances SET balance = balance + ?3
-             WHERE wallet_key = ?1 AND currency = ?2 AND balance - held + ?3 >= 0
+             WHERE wallet_key = ?1 AND currency = ?2 AND balance - held + ?3 >= 0 AND frozen = 0
              RETURNING balance",
             &[&wallet_key, &currency, &delta],
         )?
@@ -389,6 +392,16 @@ fn move_balance(
 /// or later, so the first real snapshot counts that entry.
 fn snapshot_floor(now: Timestamp) -> Timestamp {
     now.plus_micros(-1)
+}
+
+/// Whether staff have frozen the wallet (it receives money but sends none).
+pub fn is_frozen(conn: &dyn Sql, wallet_key: WalletKey) -> Result<bool, AppError> {
+    Ok(conn
+        .query_opt(
+            "SELECT frozen_at FROM wallets WHERE key = ?1 AND frozen_at IS NOT NULL",
+            &[&wallet_key],
+        )?
+        .is_some())
 }
 
 /// A wallet's balance and what holds reserve of it, in one currency (zero before its first
@@ -409,6 +422,9 @@ pub fn balance_and_held(
 
 /// Why `move_balance` refused: a credit past the ceiling, or a debit larger than the balance.
 fn refusal(conn: &dyn Sql, new: &NewEntry<'_>, delta: MinorUnits) -> Result<AppError, AppError> {
+    if delta < MinorUnits::ZERO && is_frozen(conn, new.wallet.key)? {
+        return Ok(AppError::WalletFrozen);
+    }
     let (balance, held) = balance_and_held(conn, new.wallet.key, new.currency)?;
     let available = balance.checked_sub(held).unwrap_or(MinorUnits::ZERO);
     if delta > MinorUnits::ZERO {

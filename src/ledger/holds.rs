@@ -155,11 +155,14 @@ fn reserve(
 ) -> Result<(), AppError> {
     let moved = conn.execute(
         "UPDATE balances SET held = held + ?3
-         WHERE wallet_key = ?1 AND currency = ?2 AND balance - held >= ?3",
+         WHERE wallet_key = ?1 AND currency = ?2 AND balance - held >= ?3 AND frozen = 0",
         &[&wallet_key, &currency.code, &amount],
     )?;
     if moved == 1 {
         return Ok(());
+    }
+    if entries::is_frozen(conn, wallet_key)? {
+        return Err(AppError::WalletFrozen);
     }
     let (balance, held) = entries::balance_and_held(conn, wallet_key, &currency.code)?;
     Err(AppError::InsufficientFunds {

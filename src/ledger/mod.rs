@@ -72,6 +72,43 @@ pub struct TransferResult {
     pub transfer_in: Entry,
 }
 
+/// Freezes the wallet with `reason` (`Some`), or unfreezes it (`None`): while frozen, every
+/// debit it starts is refused (`AppError::WalletFrozen`) and credits still arrive. The flag is
+/// kept on each of its balances too, where the statement that takes money checks it; a
+/// balance created later copies the wallet's. Returns when it was frozen, if it is.
+pub fn set_frozen(
+    conn: &dyn Sql,
+    now: Timestamp,
+    wallet: &WalletRef,
+    reason: Option<&str>,
+) -> Result<Option<Timestamp>, AppError> {
+    let at = reason.map(|_| now);
+    // The wallet's row first, as every path that changes its balances locks it first.
+    conn.execute(
+        "UPDATE wallets SET frozen_at = ?2, frozen_reason = ?3 WHERE key = ?1",
+        &[&wallet.key, &at, &reason],
+    )?;
+    conn.execute(
+        "UPDATE balances SET frozen = ?2 WHERE wallet_key = ?1",
+        &[&wallet.key, &i64::from(reason.is_some())],
+    )?;
+    Ok(at)
+}
+
+/// When and why a user's wallet was frozen, if it is.
+pub fn frozen_state(conn: &dyn Sql, user_id: i64) -> Result<Option<(Timestamp, String)>, AppError> {
+    match conn.query_opt(
+        "SELECT frozen_at, frozen_reason FROM wallets WHERE user_id = ?1 AND frozen_at IS NOT NULL",
+        &[&user_id],
+    )? {
+        Some(r) => Ok(Some((
+            r.get(0)?,
+            r.get::<Option<String>>(1)?.unwrap_or_default(),
+        ))),
+        None => Ok(None),
+    }
+}
+
 /// A stored currency code's settings. Start-up refuses to serve a database without every
 /// currency it holds money in (`db::check_currencies`), so this finds one for every row.
 pub fn currency_of<'a>(currencies: &'a Currencies, code: &str) -> Result<&'a Currency, AppError> {

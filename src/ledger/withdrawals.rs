@@ -357,6 +357,10 @@ pub fn begin_if_pending(
             let message = format!("insufficient funds at the scheduled time: available {available}, required {required}");
             set_status(conn, now, &w, WithdrawalStatus::Failed, Some(&message))?;
         }
+        Err(AppError::WalletFrozen) => {
+            let message = "wallet_frozen: the wallet was frozen by staff at the scheduled time";
+            set_status(conn, now, &w, WithdrawalStatus::Failed, Some(message))?;
+        }
         Err(e) => return Err(e),
         Ok(entry) => {
             let status = if complete {

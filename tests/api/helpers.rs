@@ -433,13 +433,22 @@ pub fn name(prefix: &str) -> String {
     )
 }
 
-/// Takes a current SQLite database back to the shape of schema 5 (one currency, no holds), so
+/// Takes a current SQLite database back to the shape of schema 5 (one currency, no holds, no
+/// staff tools), so
 /// that a test can build an older database from one the current server wrote. The entries'
 /// hashes keep their currency (schema 5 never hashed it): such a database is upgraded and
 /// served, not verified.
 pub fn undo_schema_6(db: &rusqlite::Connection) {
     db.execute_batch(
-        "DROP TABLE holds;
+        "DROP TRIGGER audit_log_no_update;
+         DROP TRIGGER audit_log_no_delete;
+         DROP INDEX audit_log_staff;
+         DROP INDEX audit_log_target;
+         ALTER TABLE audit_log DROP COLUMN reason;
+         ALTER TABLE balances DROP COLUMN frozen;
+         ALTER TABLE wallets DROP COLUMN frozen_at;
+         ALTER TABLE wallets DROP COLUMN frozen_reason;
+         DROP TABLE holds;
          DROP TRIGGER entries_balance_follows;
          ALTER TABLE wallets ADD COLUMN balance INTEGER NOT NULL DEFAULT 0 CHECK (balance >= 0);
          ALTER TABLE wallets ADD COLUMN last_balance INTEGER NOT NULL DEFAULT 0 CHECK (last_balance >= 0);

@@ -20,5 +20,6 @@ mod migration;
 mod operations;
 mod properties;
 mod snapshots;
+mod staff;
 mod wallet;
 mod withdrawals;

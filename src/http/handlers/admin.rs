@@ -1,7 +1,7 @@
-//! Staff routes: any account read (and audited), operator credits, and settling a withdrawal
-//! whose payout outcome is unknown.
+//! Staff routes: any account read (and audited), operator credits, freezing a wallet, the
+//! audit log, and settling a withdrawal whose payout outcome is unknown.
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::{
     entry_json, page_params, parse_money_body, path_user_id, user_json, validated_but_missing,
@@ -42,7 +42,7 @@ pub fn user(
 ) -> Result<Reply, AppError> {
     let user = svc.user(path_user_id(params)?)?;
     svc.audit_read(staff, "read_user", format!("user:{}", user.id))?;
-    Ok(Reply::json(200, user_json(&user)))
+    Ok(Reply::json(200, staff_user_json(svc, &user)?))
 }
 
 pub fn wallet(
@@ -80,12 +80,103 @@ pub fn credit(
 ) -> Result<Reply, AppError> {
     let user_id = path_user_id(params)?;
     let body = parse_money_body(rq, MoneyRoute::Deposit, &svc.config.currencies)?;
-    let m = body.movement;
-    let out = svc.admin_credit(staff, user_id, m)?;
+    // Part 1's credit took no reason: optional here, recorded when given.
+    let json = rq.json()?;
+    let mut f = Fields::new(&json);
+    let reason = f
+        .string("reason", false)
+        .map(StaffReason::parse)
+        .transpose();
+    let reason = f.errors.check("reason", reason).flatten();
+    f.finish()?;
+    let out = svc.admin_credit(staff, user_id, body.movement, reason)?;
     Ok(Reply::created_or_replayed(
         201,
         out.replayed,
         entry_json(&out.value, &svc.config.currencies),
+    ))
+}
+
+/// `{reason}`: staff freeze a user's wallet (it receives money but sends none).
+pub fn freeze(
+    svc: &Service,
+    rq: &Incoming,
+    params: &Params,
+    staff: &StaffUser,
+) -> Result<Reply, AppError> {
+    set_frozen(svc, rq, params, staff, true)
+}
+
+/// `{reason}`: staff unfreeze a user's wallet.
+pub fn unfreeze(
+    svc: &Service,
+    rq: &Incoming,
+    params: &Params,
+    staff: &StaffUser,
+) -> Result<Reply, AppError> {
+    set_frozen(svc, rq, params, staff, false)
+}
+
+fn set_frozen(
+    svc: &Service,
+    rq: &Incoming,
+    params: &Params,
+    staff: &StaffUser,
+    frozen: bool,
+) -> Result<Reply, AppError> {
+    let user_id = path_user_id(params)?;
+    let body = rq.json()?;
+    let mut f = Fields::new(&body);
+    let reason = f.parsed("reason", StaffReason::parse);
+    f.finish()?;
+    let reason = reason.ok_or_else(validated_but_missing)?;
+    let (user, _) = svc.admin_freeze(staff, user_id, frozen, reason)?;
+    Ok(Reply::json(200, staff_user_json(svc, &user)?))
+}
+
+/// A user as staff see them: with whether, when and why their wallet is frozen.
+fn staff_user_json(svc: &Service, user: &crate::accounts::User) -> Result<Value, AppError> {
+    let mut v = user_json(user);
+    let frozen = svc.frozen(user.id)?;
+    v["frozen"] = json!(frozen.is_some());
+    v["frozen_at"] = json!(frozen.as_ref().map(|(at, _)| at.to_text()));
+    v["frozen_reason"] = json!(frozen.map(|(_, reason)| reason));
+    Ok(v)
+}
+
+/// `?limit=&offset=&staff_user_id=&target=`: the audit log, newest first.
+pub fn audit(svc: &Service, rq: &Incoming, _: &Params, _: &StaffUser) -> Result<Reply, AppError> {
+    let (limit, offset) = page_params(rq)?;
+    let mut errors = crate::error::FieldErrors::default();
+    let staff_user_id = rq.query("staff_user_id").and_then(|s| {
+        errors.check(
+            "staff_user_id",
+            s.parse::<i64>()
+                .ok()
+                .filter(|id| *id > 0)
+                .ok_or_else(|| "must be a positive whole number".to_string()),
+        )
+    });
+    let target = rq.query("target").filter(|t| !t.is_empty());
+    errors.into_result()?;
+    let (count, rows) = svc.audit_log(staff_user_id, target, limit, offset)?;
+    let results: Vec<Value> = rows
+        .iter()
+        .map(|a| {
+            json!({
+                "id": a.id,
+                "staff_user_id": a.staff_user_id,
+                "action": a.action,
+                "target": a.target,
+                "reason": a.reason,
+                "detail": serde_json::from_str::<Value>(&a.detail).unwrap_or(Value::Null),
+                "created_at": a.created_at.to_text(),
+            })
+        })
+        .collect();
+    Ok(Reply::json(
+        200,
+        json!({"count": count, "limit": limit, "offset": offset, "results": results}),
     ))
 }
 
