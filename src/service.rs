@@ -233,6 +233,20 @@ impl Service {
             .ok_or(AppError::NotFound("transaction"))
     }
 
+    /// Every entry of `wallet` matching `q`'s filters (its limit, offset and cursor ignored),
+    /// newest first, a page at a time: an export of any length in constant memory. Each page
+    /// is its own read, and the walk goes down the wallet's index from where the last page
+    /// ended, so entries that arrive meanwhile (newer) are not in it and none is read twice.
+    pub fn history_pages(&self, wallet: &WalletRef, q: &HistoryQuery) -> HistoryPages {
+        HistoryPages {
+            pool: self.pool.clone(),
+            wallet_key: wallet.key,
+            query: q.clone(),
+            upto: None,
+            done: false,
+        }
+    }
+
     pub fn history(&self, wallet: &WalletRef, q: &HistoryQuery) -> Result<HistoryPage, AppError> {
         queries::history(&*self.read()?, wallet.key, q)
     }
@@ -370,6 +384,7 @@ impl Service {
                 ));
             }
             let w = withdrawals::resolve(conn, now, &currencies, &w, resolution)?;
+            // The reason is in its own column; `detail` keeps it as it always did.
             let detail = serde_json::json!({
                 "outcome": resolution.as_str(),
                 "reason": reason.as_str(),
@@ -612,4 +627,56 @@ fn audit_hold(
         &detail,
         reason.map(StaffReason::as_str),
     )
+}
+
+/// Entries a page per read; see `Service::history_pages`.
+pub struct HistoryPages {
+    pool: Pool,
+    wallet_key: entries::WalletKey,
+    query: HistoryQuery,
+    /// The newest entry not yet read is strictly below this (time stamp, position).
+    upto: Option<(String, i64)>,
+    done: bool,
+}
+
+/// Entries per page of an export: a few hundred KiB of text at most.
+pub const EXPORT_PAGE_ENTRIES: u32 = 500;
+
+impl Iterator for HistoryPages {
+    type Item = Result<Vec<Entry>, AppError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let page = self.pool.get().map_err(AppError::from).and_then(|c| {
+            queries::history_rows(
+                &*c,
+                self.wallet_key,
+                &self.query,
+                self.upto.clone(),
+                EXPORT_PAGE_ENTRIES,
+                0,
+            )
+        });
+        match page {
+            Ok(rows) => {
+                if rows.len() < EXPORT_PAGE_ENTRIES as usize {
+                    self.done = true;
+                }
+                if let Some(last) = rows.last() {
+                    self.upto = Some((last.created_at.to_text(), last.seq));
+                }
+                if rows.is_empty() {
+                    None
+                } else {
+                    Some(Ok(rows))
+                }
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
 }

@@ -361,8 +361,26 @@ fn respond(rq: tiny_http::Request, reply: Reply, request_id: &str) {
             "application/json",
         ),
         Body::Text { content_type, text } => (text.into_bytes(), content_type),
+        Body::Stream {
+            content_type,
+            reader,
+        } => {
+            // No length: sent in chunks as the reader produces it.
+            let response = Response::new(reply.status.into(), Vec::new(), reader, None, None);
+            return send(rq, response, content_type, &reply.headers, request_id);
+        }
     };
-    let mut response = Response::from_data(bytes).with_status_code(reply.status);
+    let response = Response::from_data(bytes).with_status_code(reply.status);
+    send(rq, response, content_type, &reply.headers, request_id)
+}
+
+fn send<R: std::io::Read>(
+    rq: tiny_http::Request,
+    mut response: Response<R>,
+    content_type: &str,
+    extra: &[(&'static str, String)],
+    request_id: &str,
+) {
     let headers = [
         ("Content-Type", content_type),
         ("X-Request-Id", request_id),
@@ -370,7 +388,7 @@ fn respond(rq: tiny_http::Request, reply: Reply, request_id: &str) {
     ];
     for (name, value) in headers
         .into_iter()
-        .chain(reply.headers.iter().map(|(n, v)| (*n, v.as_str())))
+        .chain(extra.iter().map(|(n, v)| (*n, v.as_str())))
     {
         if let Ok(h) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
             response.add_header(h);

@@ -14,6 +14,12 @@ pub enum Body {
         content_type: &'static str,
         text: String,
     },
+    /// Sent as it is read, in chunks: an export of any length in constant memory. A read
+    /// error ends the connection without the last chunk, so the client sees it incomplete.
+    Stream {
+        content_type: &'static str,
+        reader: Box<dyn std::io::Read + Send>,
+    },
 }
 
 pub struct Reply {
@@ -35,6 +41,17 @@ impl Reply {
         Reply {
             status: 200,
             body: Body::Text { content_type, text },
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn stream(content_type: &'static str, reader: Box<dyn std::io::Read + Send>) -> Reply {
+        Reply {
+            status: 200,
+            body: Body::Stream {
+                content_type,
+                reader,
+            },
             headers: Vec::new(),
         }
     }

@@ -5,7 +5,7 @@ use std::ops::Deref;
 
 use tiny_http::Method;
 
-use super::handlers::{accounts, admin, holds, operations, wallet, withdrawals, Params};
+use super::handlers::{accounts, admin, export, holds, operations, wallet, withdrawals, Params};
 use super::request::Incoming;
 use super::response::Reply;
 use crate::accounts::AuthUser;
@@ -113,6 +113,10 @@ pub fn route(path: &str, test_hooks: bool) -> Option<Matched> {
             "/api/wallets/me/transactions",
             on_get(User(wallet::transactions)),
         ),
+        ["api", "wallets", "me", "transactions.csv"] => (
+            "/api/wallets/me/transactions.csv",
+            on_get(User(export::mine)),
+        ),
         ["api", "wallets", "me", "transactions", _] => (
             "/api/wallets/me/transactions/{id}",
             on_get(User(wallet::transaction)),
@@ -155,6 +159,10 @@ pub fn route(path: &str, test_hooks: bool) -> Option<Matched> {
         ["api", "admin", "users", _, "transactions"] => (
             "/api/admin/users/{id}/transactions",
             on_get(Staff(admin::transactions)),
+        ),
+        ["api", "admin", "users", _, "transactions.csv"] => (
+            "/api/admin/users/{id}/transactions.csv",
+            on_get(Staff(export::user)),
         ),
         ["api", "admin", "users", _, "credit"] => (
             "/api/admin/users/{id}/credit",
@@ -237,6 +245,7 @@ pub const TEMPLATES: &[&str] = &[
     "/api/wallets/me/withdraw",
     "/api/wallets/me/transfer",
     "/api/wallets/me/transactions",
+    "/api/wallets/me/transactions.csv",
     "/api/wallets/me/transactions/{id}",
     "/api/wallets/me/balance",
     "/api/wallets/me/withdrawals",
@@ -250,6 +259,7 @@ pub const TEMPLATES: &[&str] = &[
     "/api/admin/users/{id}",
     "/api/admin/users/{id}/wallet",
     "/api/admin/users/{id}/transactions",
+    "/api/admin/users/{id}/transactions.csv",
     "/api/admin/users/{id}/credit",
     "/api/admin/users/{id}/freeze",
     "/api/admin/users/{id}/unfreeze",

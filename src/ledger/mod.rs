@@ -83,11 +83,23 @@ pub fn set_frozen(
     reason: Option<&str>,
 ) -> Result<Option<Timestamp>, AppError> {
     let at = reason.map(|_| now);
-    // The wallet's row first, as every path that changes its balances locks it first.
-    conn.execute(
-        "UPDATE wallets SET frozen_at = ?2, frozen_reason = ?3 WHERE key = ?1",
+    // The wallet's row first, as every path that changes its balances locks it first. Only a
+    // change is made: freezing a frozen wallet would lose when and why it was frozen.
+    let changed = conn.execute(
+        "UPDATE wallets SET frozen_at = ?2, frozen_reason = ?3
+         WHERE key = ?1 AND (frozen_at IS NULL) = (CAST(?2 AS TEXT) IS NOT NULL)",
         &[&wallet.key, &at, &reason],
     )?;
+    if changed != 1 {
+        return Err(AppError::Conflict(
+            if reason.is_some() {
+                "the wallet is frozen already"
+            } else {
+                "the wallet is not frozen"
+            }
+            .into(),
+        ));
+    }
     conn.execute(
         "UPDATE balances SET frozen = ?2 WHERE wallet_key = ?1",
         &[&wallet.key, &i64::from(reason.is_some())],

@@ -147,6 +147,16 @@ pub struct HistoryPage {
     pub next_before_seq: Option<i64>,
 }
 
+/// The filters of a history query on `entries e`, with `?1` the wallet and `?2`–`?5` the
+/// kind, from, to and currency. Each parameter tested with IS NULL is also compared with a
+/// column, which gives it its type on PostgreSQL.
+macro_rules! history_filters {
+    () => {
+        "e.wallet_key = ?1 AND (CAST(?2 AS TEXT) IS NULL OR e.kind = ?2) AND (CAST(?3 AS TEXT) IS NULL OR e.created_at >= ?3)
+         AND (CAST(?4 AS TEXT) IS NULL OR e.created_at <= ?4) AND (CAST(?5 AS TEXT) IS NULL OR e.currency = ?5)"
+    };
+}
+
 /// Newest first. `count` is the number of entries matching the filters (all pages).
 pub fn history(
     conn: &dyn Sql,
@@ -155,17 +165,9 @@ pub fn history(
 ) -> Result<HistoryPage, AppError> {
     let kind = q.kind.map(EntryKind::as_str);
     let (from, to) = (q.from, q.to);
-    // Each parameter tested with IS NULL is also compared with a column, which gives it its
-    // type on PostgreSQL.
-    macro_rules! filters {
-        () => {
-            "e.wallet_key = ?1 AND (CAST(?2 AS TEXT) IS NULL OR e.kind = ?2) AND (CAST(?3 AS TEXT) IS NULL OR e.created_at >= ?3)
-         AND (CAST(?4 AS TEXT) IS NULL OR e.created_at <= ?4) AND (CAST(?5 AS TEXT) IS NULL OR e.currency = ?5)"
-        };
-    }
     let count: i64 = conn
         .query_one(
-            concat!("SELECT count(*) FROM entries e WHERE ", filters!()),
+            concat!("SELECT count(*) FROM entries e WHERE ", history_filters!()),
             &[&wallet_key, &kind, &from, &to, &q.currency],
         )?
         .get(0)?;
@@ -182,35 +184,9 @@ pub fn history(
             .get(0)?,
         ),
     };
+    let before = cursor_time.zip(q.before_seq);
     // One row more than asked tells whether another page follows.
-    let mut results = conn
-        .query(
-            concat!(
-                "SELECT ",
-                entry_columns!(),
-                " FROM ",
-                entry_from!(),
-                " WHERE ",
-                filters!(),
-                "
-                 AND (CAST(?6 AS TEXT) IS NULL OR (e.created_at, e.seq) < (?6, ?7))
-             ORDER BY e.created_at DESC, e.seq DESC LIMIT ?8 OFFSET ?9"
-            ),
-            &[
-                &wallet_key,
-                &kind,
-                &from,
-                &to,
-                &q.currency,
-                &cursor_time,
-                &q.before_seq,
-                &(q.limit + 1),
-                &q.offset,
-            ],
-        )?
-        .iter()
-        .map(entry_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut results = history_rows(conn, wallet_key, q, before, q.limit + 1, q.offset)?;
     let more = results.len() > q.limit as usize;
     results.truncate(q.limit as usize);
     let next_before_seq = if more {
@@ -223,6 +199,47 @@ pub fn history(
         results,
         next_before_seq,
     })
+}
+
+/// Up to `limit` entries matching `q`'s filters, newest first, strictly below `before` (an
+/// entry's time stamp and position) when given: a page of a walk down the wallet's index.
+pub fn history_rows(
+    conn: &dyn Sql,
+    wallet_key: WalletKey,
+    q: &HistoryQuery,
+    before: Option<(String, i64)>,
+    limit: u32,
+    offset: u32,
+) -> Result<Vec<Entry>, AppError> {
+    let kind = q.kind.map(EntryKind::as_str);
+    let (before_time, before_seq) = before.unzip();
+    conn.query(
+        concat!(
+            "SELECT ",
+            entry_columns!(),
+            " FROM ",
+            entry_from!(),
+            " WHERE ",
+            history_filters!(),
+            "
+             AND (CAST(?6 AS TEXT) IS NULL OR (e.created_at, e.seq) < (?6, ?7))
+             ORDER BY e.created_at DESC, e.seq DESC LIMIT ?8 OFFSET ?9"
+        ),
+        &[
+            &wallet_key,
+            &kind,
+            &q.from,
+            &q.to,
+            &q.currency,
+            &before_time,
+            &before_seq,
+            &limit,
+            &offset,
+        ],
+    )?
+    .iter()
+    .map(entry_from_row)
+    .collect()
 }
 
 /// The running balance in one currency (zero before its first credit).

@@ -215,6 +215,11 @@ pub fn schedule(
     if scheduled_at <= now {
         return Err(AppError::field("scheduled_at", "must be in the future"));
     }
+    // A withdrawal is a debit the wallet starts: refused at once while it is frozen (and, if
+    // it is frozen later, failed when it comes due).
+    if entries::is_frozen(conn, wallet.key)? {
+        return Err(AppError::WalletFrozen);
+    }
     if scheduled_at > latest {
         let days = (latest.micros() - now.micros()) / 86_400_000_000;
         return Err(AppError::field(

@@ -705,7 +705,13 @@ fn a_postgres_schema_1_ledger_is_upgraded_with_its_sealed_chain_intact() {
     );
     assert_eq!(
         got,
-        (2, 4, "EUR:7450,EUR:2550".into(), "EUR".into(), "EUR".into())
+        (
+            wallet::store::postgres::SCHEMA_VERSION,
+            4,
+            "EUR:7450,EUR:2550".into(),
+            "EUR".into(),
+            "EUR".into()
+        )
     );
     // New money in both currencies, hashed with its currency, after the old chain.
     let c = app.register("carl");

@@ -350,3 +350,171 @@ fn the_audit_log_records_every_staff_action_with_its_reason_and_is_append_only()
     assert!(db.execute("DELETE FROM audit_log", &[]).is_err());
     assert_eq!(audit(&app, &staff, "")["count"], 5);
 }
+
+/// The CSV body of a response, split into its CRLF-ended lines.
+fn csv_lines(r: &Resp) -> Vec<String> {
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.header("Content-Type")
+            .is_some_and(|t| t.starts_with("text/csv")),
+        "{:?}",
+        r.headers
+    );
+    let text = r.body.as_str().expect("a CSV body");
+    assert!(text.ends_with("\r\n"), "CRLF line ends");
+    assert!(!text.replace("\r\n", "").contains('\n'), "no bare LF");
+    text.split_terminator("\r\n").map(str::to_string).collect()
+}
+
+#[test]
+fn a_csv_export_has_every_row_newest_first_and_defuses_formulas() {
+    // More rows than one page of the stream (500), a reference a spreadsheet would run as a
+    // formula, and metadata with commas and quotes.
+    let app = TestApp::spawn();
+    let a = app.register(&name("csv"));
+    let b = app.register(&name("csvb"));
+    let first = app.post(
+        "/api/wallets/me/deposit",
+        &a.token,
+        json!({"amount": "7.00", "reference": "=HYPERLINK(\"http://evil\",\"x\")",
+               "metadata": {"note": "a, \"quoted\" note"}}),
+    );
+    assert_eq!(first.status, 201, "{}", first.body);
+    for i in 0..520 {
+        assert_eq!(app.deposit(&a, "0.01", &format!("d{i}")).status, 201);
+    }
+    let sent = app.post(
+        "/api/wallets/me/transfer",
+        &a.token,
+        json!({"amount": "1.00", "reference": "-5", "to_user_id": b.id}),
+    );
+    assert_eq!(sent.status, 201);
+    let lines = csv_lines(&app.get("/api/wallets/me/transactions.csv", &a.token));
+    assert_eq!(
+        lines[0],
+        "id,type,amount,currency,balance_after,reference,counterparty_user_id,created_at,metadata"
+    );
+    assert_eq!(lines.len(), 1 + 522, "header and every entry");
+    // Newest first, as the JSON list.
+    let newest = app.get("/api/wallets/me/transactions?limit=3", &a.token);
+    for (i, e) in newest.body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        assert!(
+            lines[1 + i].starts_with(e["id"].as_str().unwrap()),
+            "{}",
+            lines[1 + i]
+        );
+    }
+    // The transfer: its reference defused, the counterparty named.
+    assert_eq!(
+        lines[1],
+        format!(
+            "{},TRANSFER_OUT,1.00,USD,11.20,'-5,{},{},{{}}",
+            sent.body["transfer_out"]["id"].as_str().unwrap(),
+            b.id,
+            sent.body["transfer_out"]["created_at"].as_str().unwrap()
+        )
+    );
+    // The first deposit: formula defused inside its quotes, quotes doubled, commas quoted.
+    assert_eq!(
+        lines[522],
+        format!(
+            "{},DEPOSIT,7.00,USD,7.00,\"'=HYPERLINK(\"\"http://evil\"\",\"\"x\"\")\",,{},\"{{\"\"note\"\":\"\"a, \\\"\"quoted\\\"\" note\"\"}}\"",
+            first.body["id"].as_str().unwrap(),
+            first.body["created_at"].as_str().unwrap()
+        )
+    );
+    // The list's filters apply; paging parameters do not cut the export.
+    let transfers = csv_lines(&app.get(
+        "/api/wallets/me/transactions.csv?type=TRANSFER_OUT&limit=1",
+        &a.token,
+    ));
+    assert_eq!(transfers.len(), 2);
+    let bad = app.get("/api/wallets/me/transactions.csv?type=NOPE", &a.token);
+    assert_eq!(
+        (bad.status, bad.code()),
+        (422, "validation_error"),
+        "{}",
+        bad.body
+    );
+    // b sees only b's.
+    assert_eq!(
+        csv_lines(&app.get("/api/wallets/me/transactions.csv", &b.token)).len(),
+        2
+    );
+}
+
+#[test]
+fn staff_export_any_users_history_and_the_export_is_audited() {
+    let app = TestApp::spawn();
+    let staff = staff_user(&app);
+    let a = funded(&app, "exp", "3.00");
+    let path = format!("/api/admin/users/{}/transactions.csv", a.id);
+    let lines = csv_lines(&app.get(&path, &staff.token));
+    assert_eq!(lines.len(), 2);
+    assert!(
+        lines[1].contains(",DEPOSIT,3.00,USD,3.00,fund,"),
+        "{}",
+        lines[1]
+    );
+    let r = app.get(&path, &a.token);
+    assert_eq!((r.status, r.code()), (403, "forbidden"));
+    let log = audit(&app, &staff, &format!("?target=user:{}", a.id));
+    assert_eq!(log["results"][0]["action"], "export_transactions", "{log}");
+}
+
+#[test]
+fn a_frozen_wallet_cannot_schedule_and_a_freeze_is_not_repeated() {
+    let app = TestApp::spawn();
+    let staff = staff_user(&app);
+    let a = funded(&app, "twice", "10.00");
+    assert_eq!(
+        freeze(&app, &staff, &a, json!({"reason": "one"})).status,
+        200
+    );
+    let again = freeze(&app, &staff, &a, json!({"reason": "two"}));
+    assert_eq!(
+        (again.status, again.code()),
+        (409, "conflict"),
+        "{}",
+        again.body
+    );
+    let user = app.get(&format!("/api/admin/users/{}", a.id), &staff.token);
+    assert_eq!(
+        user.body["frozen_reason"], "one",
+        "the first freeze is kept: {}",
+        user.body
+    );
+    let at =
+        wallet::domain::Timestamp::from_micros(app.clock().now().micros() + 3_600_000_000).unwrap();
+    let w = app.post(
+        "/api/wallets/me/withdraw",
+        &a.token,
+        json!({"amount": "1.00", "reference": "later", "scheduled_at": at.to_text()}),
+    );
+    assert_frozen_error(&w, "a scheduled withdrawal");
+    assert_eq!(
+        unfreeze(&app, &staff, &a, json!({"reason": "ok"})).status,
+        200
+    );
+    let again = unfreeze(&app, &staff, &a, json!({"reason": "ok"}));
+    assert_eq!(
+        (again.status, again.code()),
+        (409, "conflict"),
+        "{}",
+        again.body
+    );
+    // Audited once each: the refused repeats wrote nothing.
+    let log = audit(&app, &staff, &format!("?target=user:{}", a.id));
+    let actions: Vec<&str> = log["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["unfreeze", "read_user", "freeze"], "{log}");
+}

@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod export;
 pub mod holds;
 mod money_body;
 pub mod operations;

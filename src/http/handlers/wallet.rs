@@ -89,6 +89,34 @@ pub(super) fn history_reply(
                 .ok_or_else(|| "is not a cursor from next_cursor".to_string()),
         )
     });
+    let filters = history_filters(svc, rq, &mut errors);
+    errors.into_result()?;
+    let q = HistoryQuery {
+        limit,
+        offset,
+        before_seq,
+        ..filters
+    };
+    let page = svc.history(wallet, &q)?;
+    let c = &svc.config.currencies;
+    Ok(Reply::json(
+        200,
+        json!({
+            "count": page.count,
+            "limit": limit,
+            "offset": offset,
+            "results": page.results.iter().map(|e| entry_json(e, c)).collect::<Vec<_>>(),
+            "next_cursor": page.next_before_seq.map(|s| s.to_string()),
+        }),
+    ))
+}
+
+/// The filters of a history (`type`, `from`, `to`, `currency`), their errors in `errors`.
+pub(super) fn history_filters(
+    svc: &Service,
+    rq: &Incoming,
+    errors: &mut crate::error::FieldErrors,
+) -> HistoryQuery {
     let kind = rq.query("type").and_then(|s| {
         errors.check(
             "type",
@@ -112,28 +140,13 @@ pub(super) fn history_reply(
                 .map(|c| c.code.clone()),
         )
     });
-    errors.into_result()?;
-    let q = HistoryQuery {
-        limit,
-        offset,
-        before_seq,
+    HistoryQuery {
         kind,
         currency,
         from,
         to,
-    };
-    let page = svc.history(wallet, &q)?;
-    let c = &svc.config.currencies;
-    Ok(Reply::json(
-        200,
-        json!({
-            "count": page.count,
-            "limit": limit,
-            "offset": offset,
-            "results": page.results.iter().map(|e| entry_json(e, c)).collect::<Vec<_>>(),
-            "next_cursor": page.next_before_seq.map(|s| s.to_string()),
-        }),
-    ))
+        ..HistoryQuery::default()
+    }
 }
 
 pub fn transactions(
