@@ -25,7 +25,7 @@ ALTER TABLE settings ADD COLUMN chain_currency_from BIGINT NOT NULL DEFAULT 1
 -- sequence, so the next one is past every position drawn, committed or not.
 UPDATE settings SET chain_currency_from =
     GREATEST((SELECT COALESCE(max(seq), 0) FROM entries),
-             (SELECT last_value FROM entries_seq)) + 1;
+             (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM entries_seq)) + 1;
 
 CREATE TABLE currencies (
     code            TEXT COLLATE "C" PRIMARY KEY CHECK (length(code) BETWEEN 3 AND 8),

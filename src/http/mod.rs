@@ -403,6 +403,38 @@ mod tests {
     use super::hashes_password;
 
     #[test]
+    fn a_stream_cut_short_never_looks_complete() {
+        // A streamed body whose reader fails after its first bytes: the response is not ended
+        // with the last chunk, so the client sees it incomplete; one read whole is ended.
+        struct Pages(u8);
+        impl std::io::Read for Pages {
+            fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+                self.0 += 1;
+                match self.0 {
+                    1 => {
+                        out[..5].copy_from_slice(b"a,b\r\n");
+                        Ok(5)
+                    }
+                    _ => Err(std::io::Error::other("the second page could not be read")),
+                }
+            }
+        }
+        let print = |reader: Box<dyn std::io::Read>| {
+            let mut out = Vec::new();
+            let result = tiny_http::Response::new(200.into(), Vec::new(), reader, None, None)
+                .raw_print(&mut out, tiny_http::HTTPVersion(1, 1), &[], false, None);
+            (result.is_ok(), String::from_utf8_lossy(&out).into_owned())
+        };
+        let (ok, cut) = print(Box::new(Pages(0)));
+        assert!(!ok);
+        assert!(cut.contains("Transfer-Encoding: chunked"), "{cut}");
+        assert!(!cut.ends_with("0\r\n\r\n"), "{cut:?}");
+        let (ok, whole) = print(Box::new(std::io::Cursor::new(b"a,b\r\n".to_vec())));
+        assert!(ok);
+        assert!(whole.ends_with("0\r\n\r\n"), "{whole:?}");
+    }
+
+    #[test]
     fn every_spelling_of_the_login_path_takes_the_login_gate() {
         for url in [
             "/api/auth/login",

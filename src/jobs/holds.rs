@@ -15,6 +15,8 @@ use crate::ledger::holds;
 
 /// How long to wait before trying again after an error (the database away, say).
 const ERROR_BACKOFF_MS: u64 = 1_000;
+/// The pause when a due hold is being decided by another process.
+const BUSY_PAUSE_MS: u64 = 50;
 /// The longest sleep when no hold is HELD; a nudge ends it sooner.
 const IDLE_MS: i64 = 60_000;
 
@@ -36,8 +38,16 @@ impl HoldExpiry {
     fn run(self) {
         while !self.wakeup.is_stopping() {
             match self.step() {
-                Ok(true) => {}
-                Ok(false) => {
+                Ok(n) if n == holds::EXPIRE_BATCH_MAX as usize => {}
+                Ok(n) => {
+                    // Nothing expired, yet a hold may be due: one another process has locked
+                    // (capturing or expiring it). A short pause, not a spin.
+                    if n == 0
+                        && self.next_expiry() <= self.clock.now()
+                        && !self.wakeup.sleep(Duration::from_millis(BUSY_PAUSE_MS))
+                    {
+                        return;
+                    }
                     if !self.sleep_until_next() {
                         return;
                     }
@@ -89,9 +99,8 @@ impl HoldExpiry {
         }
     }
 
-    /// Expires one batch of due holds; true when a full batch was taken (more may be due).
-    fn step(&self) -> Result<bool, AppError> {
-        let expired = self.writer.execute(holds::expire_due)?;
-        Ok(expired == holds::EXPIRE_BATCH_MAX as usize)
+    /// Expires one batch of due holds; how many (a full batch: more may be due).
+    fn step(&self) -> Result<usize, AppError> {
+        self.writer.execute(holds::expire_due)
     }
 }

@@ -454,15 +454,20 @@ pub fn expire_due(conn: &dyn Sql, now: Timestamp) -> Result<usize, AppError> {
         .iter()
         .map(|r| r.get(0))
         .collect::<Result<_, _>>()?;
+    let mut due = Vec::with_capacity(ids.len());
     for id in &ids {
-        let Some(h) = find_by_id(conn, id)? else {
-            continue;
-        };
-        lock_wallets(conn, &[h.wallet_key])?;
-        release(conn, &h)?;
-        settle(conn, now, &h, HoldStatus::Expired, None)?;
+        due.extend(find_by_id(conn, id)?);
     }
-    Ok(ids.len())
+    // Every payer's wallet at once, in key order, as transfers and captures lock them: one
+    // by one in expiry order, a batch could hold one wallet and wait for another that a
+    // transfer holding the second is waiting to take from the first.
+    let keys: Vec<WalletKey> = due.iter().map(|h| h.wallet_key).collect();
+    lock_wallets(conn, &keys)?;
+    for h in &due {
+        release(conn, h)?;
+        settle(conn, now, h, HoldStatus::Expired, None)?;
+    }
+    Ok(due.len())
 }
 
 /// When the next HELD hold expires.

@@ -428,13 +428,19 @@ impl Request {
             response
         };
 
-        Self::ignore_client_closing_errors(response.raw_print(
+        let printed = response.raw_print(
             writer.by_ref(),
             self.http_version.clone(),
             &self.headers,
             do_not_send_body,
             None,
-        ))?;
+        );
+        if printed.is_err() {
+            // A response cut short (its body's reader failed): the connection can't carry
+            // another response after it.
+            self.must_close.store(true, Ordering::Release);
+        }
+        Self::ignore_client_closing_errors(printed)?;
 
         Self::ignore_client_closing_errors(writer.flush())
     }

@@ -443,8 +443,12 @@ where
                 Some(TransferEncoding::Chunked) => {
                     use chunked_transfer::Encoder;
 
-                    let mut writer = Encoder::new(writer);
-                    io::copy(&mut reader, &mut writer)?;
+                    // The encoder writes the last chunk when dropped. After a read error it
+                    // must not: a body cut short would look complete to the client. So it is
+                    // dropped only on success (on an error its small buffer is leaked).
+                    let mut writer = std::mem::ManuallyDrop::new(Encoder::new(writer));
+                    io::copy(&mut reader, &mut *writer)?;
+                    drop(std::mem::ManuallyDrop::into_inner(writer));
                 }
 
                 Some(TransferEncoding::Identity) => {
