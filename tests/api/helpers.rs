@@ -485,3 +485,24 @@ pub fn undo_schema_6(db: &rusqlite::Connection) {
     )
     .expect("take the database back to schema 5");
 }
+
+/// A staff user: registered, made staff in the database, then logged in again for a token
+/// whose user is staff.
+pub fn staff_user(app: &TestApp) -> User {
+    let u = app.register(&name("staff"));
+    app.db()
+        .execute("UPDATE users SET is_staff = 1 WHERE id = ?1", &[&u.id])
+        .unwrap();
+    let r = app.request(
+        "POST",
+        "/api/auth/login",
+        None,
+        Some(&serde_json::json!({"username": u.username, "password": "correct horse battery"})),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["user"]["is_staff"], true);
+    User {
+        token: r.body["token"].as_str().unwrap().to_string(),
+        ..u
+    }
+}

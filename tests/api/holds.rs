@@ -13,7 +13,7 @@ use ::wallet::domain::{Currencies, Timestamp};
 use ::wallet::startup::{App, TestHooks};
 use serde_json::{json, Value};
 
-use crate::helpers::{name, Resp, TestApp, User};
+use crate::helpers::{name, staff_user, Resp, TestApp, User};
 
 const DAY_MICROS: i64 = 86_400 * 1_000_000;
 
@@ -174,26 +174,6 @@ fn assert_error(r: &Resp, status: u16, code: &str, what: &str) {
 fn assert_verified(app: &TestApp) {
     let report = app.verify();
     assert!(report.ok(), "{:?}", report.findings);
-}
-
-/// A staff user (made staff in the database, then logged in for a token that says so).
-fn staff_user(app: &TestApp) -> User {
-    let u = app.register(&name("staff"));
-    app.db()
-        .execute("UPDATE users SET is_staff = 1 WHERE id = ?1", &[&u.id])
-        .unwrap();
-    let r = app.request(
-        "POST",
-        "/api/auth/login",
-        None,
-        Some(&json!({"username": u.username, "password": "correct horse battery"})),
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.body["user"]["is_staff"], true);
-    User {
-        token: r.body["token"].as_str().unwrap().to_string(),
-        ..u
-    }
 }
 
 /// Polls the hold (as `u`) until it is no longer HELD, for at most `within`.

@@ -5,26 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{name, Resp, TestApp, User};
-
-/// A user made staff in the database, logged in again so the token's user is staff.
-fn staff_user(app: &TestApp) -> User {
-    let u = app.register(&name("staff"));
-    app.db()
-        .execute("UPDATE users SET is_staff = 1 WHERE id = ?1", &[&u.id])
-        .unwrap();
-    let r = app.request(
-        "POST",
-        "/api/auth/login",
-        None,
-        Some(&json!({"username": u.username, "password": "correct horse battery"})),
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
-    User {
-        token: r.body["token"].as_str().unwrap().to_string(),
-        ..u
-    }
-}
+use crate::helpers::{name, staff_user, Resp, TestApp, User};
 
 fn funded(app: &TestApp, prefix: &str, amount: &str) -> User {
     let u = app.register(&name(prefix));

@@ -16,7 +16,7 @@ use ::wallet::clock::{Clock, ManualClock, SystemClock};
 use ::wallet::domain::Timestamp;
 use serde_json::{json, Value};
 
-use crate::helpers::{name, Resp, TestApp, TestDb, User};
+use crate::helpers::{name, staff_user, Resp, TestApp, TestDb, User};
 
 // ---- The fake payout service --------------------------------------------------------------
 
@@ -1356,26 +1356,6 @@ fn a_payout_timing_out_after_the_request_was_sent_is_never_refunded() {
         "PROCESSING"
     );
     assert_verified(&m.app);
-}
-
-/// A staff user (made staff in the database, then logged in for a token that says so).
-fn staff_user(app: &TestApp) -> User {
-    let u = app.register(&name("staff"));
-    app.db()
-        .execute("UPDATE users SET is_staff = 1 WHERE id = ?1", &[&u.id])
-        .unwrap();
-    let r = app.request(
-        "POST",
-        "/api/auth/login",
-        None,
-        Some(&json!({"username": u.username, "password": "correct horse battery"})),
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.body["user"]["is_staff"], true);
-    User {
-        token: r.body["token"].as_str().unwrap().to_string(),
-        ..u
-    }
 }
 
 fn resolve(app: &TestApp, token: Option<&str>, id: &str, body: Value) -> Resp {
