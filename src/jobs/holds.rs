@@ -38,7 +38,7 @@ impl HoldExpiry {
     fn run(self) {
         while !self.wakeup.is_stopping() {
             match self.step() {
-                Ok(n) if n == holds::EXPIRE_BATCH_MAX as usize => {}
+                Ok(n) if n == holds::EXPIRE_BATCH_HOLDS_MAX as usize => {}
                 Ok(n) => {
                     // Nothing expired, yet a hold may be due: one another process has locked
                     // (capturing or expiring it). A short pause, not a spin.

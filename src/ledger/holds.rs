@@ -26,7 +26,7 @@ use crate::store::{lock_for_transaction, Engine, LockClass, Row, Sql};
 pub const HOLD_EXPIRY_DEFAULT_S: u64 = 7 * 86_400;
 /// Holds expired per write transaction by `expire_due`: a short job, so a burst of expiries
 /// never keeps money-moving requests waiting long.
-pub const EXPIRE_BATCH_MAX: u32 = 256;
+pub const EXPIRE_BATCH_HOLDS_MAX: u32 = 256;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hold {
@@ -435,7 +435,7 @@ fn wallet_id(conn: &dyn Sql, key: WalletKey) -> Result<String, AppError> {
         .get(0)
 }
 
-/// Expires HELD holds whose time has come, oldest first, at most `EXPIRE_BATCH_MAX`; returns
+/// Expires HELD holds whose time has come, oldest first, at most `EXPIRE_BATCH_HOLDS_MAX`; returns
 /// how many. On PostgreSQL a hold another process is capturing or expiring right now is
 /// skipped (`SKIP LOCKED`): that one decides it.
 pub fn expire_due(conn: &dyn Sql, now: Timestamp) -> Result<usize, AppError> {
@@ -450,7 +450,7 @@ pub fn expire_due(conn: &dyn Sql, now: Timestamp) -> Result<usize, AppError> {
         }
     };
     let ids: Vec<String> = conn
-        .query(sql, &[&now, &EXPIRE_BATCH_MAX])?
+        .query(sql, &[&now, &EXPIRE_BATCH_HOLDS_MAX])?
         .iter()
         .map(|r| r.get(0))
         .collect::<Result<_, _>>()?;

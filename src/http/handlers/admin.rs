@@ -125,11 +125,7 @@ fn set_frozen(
     frozen: bool,
 ) -> Result<Reply, AppError> {
     let user_id = path_user_id(params)?;
-    let body = rq.json()?;
-    let mut f = Fields::new(&body);
-    let reason = f.parsed("reason", StaffReason::parse);
-    f.finish()?;
-    let reason = reason.ok_or_else(validated_but_missing)?;
+    let reason = super::reason_body(rq)?;
     let (user, _) = svc.admin_freeze(staff, user_id, frozen, reason)?;
     Ok(Reply::json(200, staff_user_json(svc, &user)?))
 }

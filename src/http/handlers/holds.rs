@@ -177,11 +177,7 @@ pub fn admin_void(
     params: &Params,
     staff: &StaffUser,
 ) -> Result<Reply, AppError> {
-    let body = rq.json()?;
-    let mut f = Fields::new(&body);
-    let reason = f.parsed("reason", StaffReason::parse);
-    f.finish()?;
-    let reason = reason.ok_or_else(validated_but_missing)?;
+    let reason = super::reason_body(rq)?;
     let h = svc.void_hold(Actor::Staff(staff.user_id), &params[0], Some(reason))?;
     Ok(Reply::json(200, hold_json(&h, &svc.config.currencies)))
 }

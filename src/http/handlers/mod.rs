@@ -152,6 +152,15 @@ fn query_time(s: &str) -> Result<Timestamp, String> {
     Timestamp::parse(&s.replace(' ', "+"))
 }
 
+/// A staff action's body that is only `{reason}` (required, 1–500 characters, not blank).
+fn reason_body(rq: &Incoming) -> Result<crate::domain::StaffReason, AppError> {
+    let body = rq.json()?;
+    let mut f = crate::http::request::Fields::new(&body);
+    let reason = f.parsed("reason", crate::domain::StaffReason::parse);
+    f.finish()?;
+    reason.ok_or_else(validated_but_missing)
+}
+
 /// A field that passed validation yet is absent: a bug in a handler, never the client's fault.
 fn validated_but_missing() -> AppError {
     AppError::Internal("a field passed validation but is missing".into())
