@@ -11,7 +11,14 @@ if ! command -v chromium > /dev/null; then
   apt-get install -y -qq chromium > /dev/null
 fi
 TMP="$(mktemp -d)"
-trap 'kill "$PID" 2>/dev/null || true; rm -rf "$TMP"' EXIT
+PID=""
+# The server is waited for before its directory goes: a server still shutting down can write its
+# database's -wal file back while rm walks the directory. Cleanup never changes the exit status.
+cleanup() {
+  if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi
+  rm -rf "$TMP" 2>/dev/null || true
+}
+trap cleanup EXIT
 WALLET_LOG=off "$BIN" --db "$TMP/w.db" --listen 127.0.0.1:0 > "$TMP/out" 2>&1 &
 PID=$!
 for _ in $(seq 1 100); do grep -q "listening on" "$TMP/out" 2>/dev/null && break; sleep 0.1; done

@@ -5,7 +5,14 @@
 set -euo pipefail
 BIN="${1:-target/release/wallet}"
 TMP="$(mktemp -d)"
-trap 'kill "$PID" 2>/dev/null || true; rm -rf "$TMP"' EXIT
+PID=""
+# The server is waited for before its directory goes: a server still shutting down can write its
+# database's -wal file back while rm walks the directory. Cleanup never changes the exit status.
+cleanup() {
+  if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi
+  rm -rf "$TMP" 2>/dev/null || true
+}
+trap cleanup EXIT
 WALLET_LOG=off WALLET_ARGON2_MEMORY_KIB=64 WALLET_ARGON2_ITERATIONS=1 \
   "$BIN" --db "$TMP/w.db" --listen 127.0.0.1:0 > "$TMP/out" 2>&1 &
 PID=$!

@@ -47,7 +47,7 @@ cleanup() {
         echo "---- last lines of the server log ----" >&2
         tail -n 40 "$SERVER_LOG" >&2 || true
     fi
-    rm -rf "$TMP"
+    rm -rf "$TMP" 2>/dev/null || true
     exit "$status"
 }
 trap cleanup EXIT

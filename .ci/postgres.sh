@@ -54,7 +54,7 @@ stop)
     dir=${2:?usage: postgres.sh stop DIR}
     bin=$(pg_bin)
     as_owner "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null || true
-    rm -rf "$dir"
+    rm -rf "$dir" 2>/dev/null || true
     ;;
 *)
     echo "usage: postgres.sh start | stop DIR" >&2

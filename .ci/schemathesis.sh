@@ -24,7 +24,7 @@ cleanup() {
     kill "$SERVER_PID" 2>/dev/null || true
     wait "$SERVER_PID" 2>/dev/null || true
   fi
-  rm -rf "$TMP"
+  rm -rf "$TMP" 2>/dev/null || true
 }
 trap cleanup EXIT INT TERM
 
