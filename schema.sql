@@ -52,6 +52,18 @@ CREATE TABLE tokens (
 ) STRICT;
 CREATE INDEX tokens_user ON tokens (user_id);
 
+-- The web console's sessions: apart from API tokens, so the API can never accept a console
+-- cookie. Only a hash of the cookie's secret is stored.
+CREATE TABLE console_sessions (
+    id              INTEGER PRIMARY KEY,
+    user_id         INTEGER NOT NULL REFERENCES users (id),
+    session_hash    BLOB    NOT NULL UNIQUE CHECK (length(session_hash) = 32),
+    created_at      TEXT    NOT NULL,
+    expires_at      TEXT    NOT NULL,
+    revoked_at      TEXT
+) STRICT;
+CREATE INDEX console_sessions_user ON console_sessions (user_id);
+
 -- Each user has exactly one wallet, with a balance per currency (`balances`).
 CREATE TABLE wallets (
     -- Internal key: ledger rows name their wallet by this integer, so the hot path looks

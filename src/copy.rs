@@ -106,6 +106,18 @@ const TOKENS: Table = Table {
         ("revoked_at", Text),
     ],
 };
+const CONSOLE_SESSIONS: Table = Table {
+    name: "console_sessions",
+    key: &["id"],
+    columns: &[
+        ("id", Int),
+        ("user_id", Int),
+        ("session_hash", Blob),
+        ("created_at", Text),
+        ("expires_at", Text),
+        ("revoked_at", Text),
+    ],
+};
 const WALLETS: Table = Table {
     name: "wallets",
     key: &["key"],
@@ -242,11 +254,12 @@ const AUDIT_LOG: Table = Table {
 
 /// Every table copied, in an order that satisfies the foreign keys: a row is written after
 /// the rows it refers to.
-const TABLES: [&Table; 12] = [
+const TABLES: [&Table; 13] = [
     &SETTINGS,
     &CURRENCIES,
     &USERS,
     &TOKENS,
+    &CONSOLE_SESSIONS,
     &WALLETS,
     &BALANCES,
     &ENTRIES,
@@ -267,9 +280,10 @@ const POSTGRES_ONLY_COLUMNS: [(&str, &str); 1] = [("wallets", "stamp_floor")];
 
 /// The columns of `table` with an identity (PostgreSQL), whose sequence is set past the
 /// largest value copied.
-const IDENTITIES: [(&str, &str); 7] = [
+const IDENTITIES: [(&str, &str); 8] = [
     ("users", "id"),
     ("tokens", "id"),
+    ("console_sessions", "id"),
     ("wallets", "key"),
     ("holds", "key"),
     ("snapshot_runs", "id"),

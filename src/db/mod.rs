@@ -23,7 +23,7 @@ pub use writer::{Writer, WriterStats};
 /// The schema, embedded so the binary is all a user needs.
 pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 /// `PRAGMA user_version` after `SCHEMA_SQL`; each migration bumps it by one.
-pub const SCHEMA_VERSION: i32 = 7;
+pub const SCHEMA_VERSION: i32 = 8;
 /// `MIGRATIONS[i]` takes a database from version `i + 1` to `i + 2`. A new database gets
 /// `SCHEMA_SQL` directly.
 const MIGRATIONS: &[migrations::Migration] = &[
@@ -50,6 +50,10 @@ const MIGRATIONS: &[migrations::Migration] = &[
     migrations::Migration {
         prepare: None,
         sql: include_str!("../../migrations/007_staff_tools.sql"),
+    },
+    migrations::Migration {
+        prepare: None,
+        sql: include_str!("../../migrations/008_console_sessions.sql"),
     },
 ];
 const _: () = assert!(MIGRATIONS.len() as i32 == SCHEMA_VERSION - 1);

@@ -434,13 +434,14 @@ pub fn name(prefix: &str) -> String {
 }
 
 /// Takes a current SQLite database back to the shape of schema 5 (one currency, no holds, no
-/// staff tools), so
+/// staff tools, no console sessions), so
 /// that a test can build an older database from one the current server wrote. The entries'
 /// hashes keep their currency (schema 5 never hashed it): such a database is upgraded and
 /// served, not verified.
 pub fn undo_schema_6(db: &rusqlite::Connection) {
     db.execute_batch(
-        "DROP TRIGGER audit_log_no_update;
+        "DROP TABLE console_sessions;
+         DROP TRIGGER audit_log_no_update;
          DROP TRIGGER audit_log_no_delete;
          DROP INDEX audit_log_staff;
          DROP INDEX audit_log_target;
