@@ -111,7 +111,7 @@ CREATE TABLE entries (
     wallet_key           INTEGER NOT NULL REFERENCES wallets (key),
     kind                 TEXT    NOT NULL
         CHECK (kind = 'DEPOSIT' OR kind = 'WITHDRAWAL' OR kind = 'TRANSFER_IN' OR kind = 'TRANSFER_OUT'
-               OR kind = 'REFUND'),
+               OR kind = 'REFUND' OR kind = 'REVERSAL_OUT' OR kind = 'REVERSAL_IN'),
     amount               INTEGER NOT NULL CHECK (amount > 0),
     balance_after        INTEGER NOT NULL CHECK (balance_after >= 0),
     reference            TEXT    NOT NULL CHECK (length(reference) BETWEEN 1 AND 255),
@@ -124,7 +124,9 @@ CREATE TABLE entries (
     -- SHA-256 over the previous entry's hash and this entry's content, with the wallet named
     -- by its public id (ARCHITECTURE.md).
     hash                 BLOB    NOT NULL CHECK (length(hash) = 32),
-    currency             TEXT    NOT NULL
+    currency             TEXT    NOT NULL,
+    reverses             TEXT    REFERENCES entries (id)
+        CHECK ((reverses IS NULL) = (kind <> 'REVERSAL_OUT' AND kind <> 'REVERSAL_IN'))
 ) STRICT;
 -- `currency` is the balance an entry moves. It is the last column because an upgraded
 -- database adds it there (with its old currency as the value of the rows before).
@@ -137,6 +139,8 @@ CREATE INDEX entries_wallet_time ON entries (wallet_key, created_at);
 -- carry the sender's reference, and a refund its withdrawal's, so they are not unique.
 CREATE UNIQUE INDEX entries_reference ON entries (wallet_key, kind, reference)
     WHERE kind = 'DEPOSIT' OR kind = 'WITHDRAWAL' OR kind = 'TRANSFER_OUT';
+-- A reversal names the entry it undoes, and an entry is reversed at most once.
+CREATE UNIQUE INDEX entries_reverses ON entries (reverses) WHERE reverses IS NOT NULL;
 
 CREATE TRIGGER entries_no_update BEFORE UPDATE ON entries
 BEGIN

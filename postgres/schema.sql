@@ -96,7 +96,7 @@ CREATE TABLE entries (
     wallet_key           BIGINT  NOT NULL REFERENCES wallets (key),
     kind                 TEXT COLLATE "C" NOT NULL
         CHECK (kind = 'DEPOSIT' OR kind = 'WITHDRAWAL' OR kind = 'TRANSFER_IN' OR kind = 'TRANSFER_OUT'
-               OR kind = 'REFUND'),
+               OR kind = 'REFUND' OR kind = 'REVERSAL_OUT' OR kind = 'REVERSAL_IN'),
     amount               BIGINT  NOT NULL CHECK (amount > 0),
     balance_after        BIGINT  NOT NULL CHECK (balance_after >= 0),
     reference            TEXT COLLATE "C" NOT NULL CHECK (length(reference) BETWEEN 1 AND 255),
@@ -107,7 +107,9 @@ CREATE TABLE entries (
     -- NULL until the sealer has chained the entry (`jobs::sealer`). Every entry above
     -- `chain_head.seq` is unsealed, every one at or below it sealed.
     hash                 BYTEA   CHECK (hash IS NULL OR length(hash) = 32),
-    currency             TEXT COLLATE "C" NOT NULL
+    currency             TEXT COLLATE "C" NOT NULL,
+    reverses             TEXT COLLATE "C" REFERENCES entries (id)
+        CHECK ((reverses IS NULL) = (kind <> 'REVERSAL_OUT' AND kind <> 'REVERSAL_IN'))
 )
 -- Room in each page for the sealed version of its rows: the seal sets only `hash`, which no
 -- index covers, so the new version stays on its page without touching any index (a HOT
@@ -118,6 +120,8 @@ ALTER SEQUENCE entries_seq OWNED BY entries.seq;
 CREATE INDEX entries_wallet_time ON entries (wallet_key, created_at);
 CREATE UNIQUE INDEX entries_reference ON entries (wallet_key, kind, reference)
     WHERE kind = 'DEPOSIT' OR kind = 'WITHDRAWAL' OR kind = 'TRANSFER_OUT';
+-- A reversal names the entry it undoes, and an entry is reversed at most once.
+CREATE UNIQUE INDEX entries_reverses ON entries (reverses) WHERE reverses IS NOT NULL;
 -- A transfer's halves are not neighbours here (other processes' entries come between), so a
 -- replay finds the incoming half by its transfer id.
 CREATE INDEX entries_transfer ON entries (transfer_id) WHERE transfer_id IS NOT NULL;
@@ -129,11 +133,11 @@ BEGIN
     IF TG_OP = 'UPDATE' AND OLD.hash IS NULL AND NEW.hash IS NOT NULL
         AND (OLD.seq, OLD.id, OLD.wallet_key, OLD.kind, OLD.amount, OLD.balance_after,
              OLD.reference, OLD.counterparty_user_id, OLD.transfer_id, OLD.metadata,
-             OLD.created_at, OLD.currency)
+             OLD.created_at, OLD.currency, OLD.reverses)
             IS NOT DISTINCT FROM
             (NEW.seq, NEW.id, NEW.wallet_key, NEW.kind, NEW.amount, NEW.balance_after,
              NEW.reference, NEW.counterparty_user_id, NEW.transfer_id, NEW.metadata,
-             NEW.created_at, NEW.currency)
+             NEW.created_at, NEW.currency, NEW.reverses)
     THEN
         RETURN NEW;
     END IF;
@@ -278,4 +282,4 @@ CREATE TABLE storage_probe (
     filler BYTEA  NOT NULL
 );
 
-INSERT INTO schema_version (version) VALUES (4);
+INSERT INTO schema_version (version) VALUES (5);

@@ -163,6 +163,7 @@ const ENTRIES: Table = Table {
         ("created_at", Text),
         ("hash", Blob),
         ("currency", Text),
+        ("reverses", Text),
     ],
 };
 /// The positions of `wallet_key`, `balance_after`, `hash` and `currency` in `ENTRIES.columns`.

@@ -11,14 +11,15 @@ use crate::clock::{ClockReport, GuardedClock, Wakeup, WALL_LEAP_MS_MAX};
 use crate::config::Config;
 use crate::db::{self, Pool, Writer};
 use crate::domain::{
-    Amount, Email, EntryKind, HoldStatus, MinorUnits, Password, PayoutResolution, StaffReason,
-    Timestamp, Username, WithdrawalStatus,
+    Amount, Email, EntryKind, HoldStatus, MinorUnits, Password, PayoutResolution, Reference,
+    StaffReason, Timestamp, Username, WithdrawalStatus,
 };
 use crate::error::{AppError, StorageFault};
 use crate::jobs::payout::InFlight;
 use crate::ledger::entries;
 use crate::ledger::holds::{self, Actor, Hold, HoldRequest};
 use crate::ledger::queries::{self, HistoryPage, HistoryQuery, Wallet};
+use crate::ledger::reversals::{self, Reversal};
 use crate::ledger::withdrawals::{self, Withdrawal};
 use crate::ledger::{self, Entry, Movement, Outcome, TransferRequest, TransferResult, WalletRef};
 use crate::metrics::Metrics;
@@ -528,6 +529,47 @@ impl Service {
             Ok(frozen_at)
         })?;
         Ok((self.user(user_id)?, frozen_at))
+    }
+
+    /// Staff undo a deposit, a paid withdrawal or a transfer with new entries that name it
+    /// (`ledger::reversals`). Audited with the reason; a replay (the same reference) writes
+    /// nothing and is not audited again.
+    pub fn admin_reverse(
+        &self,
+        staff: &AuthUser,
+        id: &str,
+        reference: Reference,
+        reason: StaffReason,
+    ) -> Result<Outcome<Reversal>, AppError> {
+        let staff_id = staff.user_id;
+        let currencies = self.config.currencies.clone();
+        let id = id.to_string();
+        let out = self.writer.execute(move |conn, now| {
+            let out = reversals::reverse(conn, now, &currencies, staff_id, &id, &reference)?;
+            if !out.replayed {
+                let written: Vec<&str> = out.value.entries().iter().map(|e| e.id.as_str()).collect();
+                let first = out.value.entries()[0];
+                let detail = serde_json::json!({
+                    "entry_ids": written,
+                    "amount": first.amount.get(),
+                    "currency": first.currency,
+                    "reference": reference.as_str(),
+                })
+                .to_string();
+                db::audit::record(
+                    conn,
+                    now,
+                    staff_id,
+                    "reverse",
+                    &format!("transaction:{id}"),
+                    &detail,
+                    Some(reason.as_str()),
+                )?;
+            }
+            Ok(out)
+        })?;
+        self.count_money(&out, |r| r.entries().into_iter().cloned().collect());
+        Ok(out)
     }
 
     /// When and why the user's wallet was frozen, if it is.

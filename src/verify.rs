@@ -87,12 +87,13 @@ pub fn verify_target(target: &Target) -> Result<VerifyReport, AppError> {
 
 /// Every check of the ledger itself, in the caller's read transaction: entries without a
 /// wallet, the hash chain and positions, each balance against its entries, conservation of
-/// money, and refunds.
+/// money, reversals, and refunds.
 pub fn check_ledger(conn: &dyn Sql, report: &mut VerifyReport) -> Result<(), AppError> {
     find_entries_without_wallet(conn, report)?;
     let sums = check_chain(conn, report)?;
     let total_balances = check_balances(conn, &sums.running, report)?;
     check_conservation(&sums, &total_balances, report);
+    check_reversals(conn, report)?;
     check_refunds(conn, report)
 }
 
@@ -140,6 +141,8 @@ struct KindSums {
     refunds: i128,
     outs: i128,
     ins: i128,
+    reversals_out: i128,
+    reversals_in: i128,
 }
 
 /// Where the chain pass stands between two entries.
@@ -217,7 +220,7 @@ impl Chain {
     /// The next entry of the chain: its position, its hash, and its balance.
     fn check(&mut self, row: &Row, report: &mut VerifyReport) -> Result<(), AppError> {
         let e = entry_from_row(row)?;
-        let stored: Option<Vec<u8>> = row.get(12)?;
+        let stored: Option<Vec<u8>> = row.get(crate::ledger::entries::ENTRY_COLUMNS_COUNT)?;
         report.entries += 1;
         // Positions increase along the chain but may skip numbers: on PostgreSQL a transaction
         // that rolled back used its position. A removed row breaks the next entry's hash.
@@ -270,6 +273,8 @@ impl Chain {
             Refund => sums.refunds += a,
             TransferOut => sums.outs += a,
             TransferIn => sums.ins += a,
+            ReversalOut => sums.reversals_out += a,
+            ReversalIn => sums.reversals_in += a,
         }
         Ok(())
     }
@@ -346,7 +351,9 @@ fn check_balances(
 }
 
 /// Per currency: transfers out equal transfers in, and the balances sum to deposits + refunds
-/// − withdrawals. There is no conversion: each currency's money is conserved on its own.
+/// + reversals in − withdrawals − reversals out (a transfer's reversal moves money between
+/// two wallets, one of each). There is no conversion: each currency's money is conserved on
+/// its own.
 fn check_conservation(
     sums: &Sums,
     total_balances: &BTreeMap<String, i128>,
@@ -367,13 +374,45 @@ fn check_conservation(
                 sums.outs, sums.ins
             ));
         }
-        let expected_total = sums.deposits + sums.refunds - sums.withdrawals;
+        let expected_total = sums.deposits + sums.refunds + sums.reversals_in
+            - sums.withdrawals
+            - sums.reversals_out;
         if total_balance != expected_total {
             report.find(format!(
-                "conservation in {currency}: balances sum to {total_balance} but deposits + refunds - withdrawals = {expected_total}"
+                "conservation in {currency}: balances sum to {total_balance} but deposits + refunds + reversals in - withdrawals - reversals out = {expected_total}"
             ));
         }
     }
+}
+
+/// Each reversal undoes one entry of its own wallet, of the kind it may reverse, for the same
+/// amount in the same currency; and it is that entry's only reversal (the unique index
+/// `entries_reverses` says so too).
+fn check_reversals(conn: &dyn Sql, report: &mut VerifyReport) -> Result<(), AppError> {
+    let wrong: i64 = conn
+        .query_one(
+            "SELECT count(*) FROM entries r LEFT JOIN entries o ON o.id = r.reverses
+             WHERE r.reverses IS NOT NULL AND (o.id IS NULL OR o.wallet_key <> r.wallet_key
+                 OR o.amount <> r.amount OR o.currency <> r.currency
+                 OR NOT ((r.kind = 'REVERSAL_OUT' AND (o.kind = 'DEPOSIT' OR o.kind = 'TRANSFER_IN'))
+                      OR (r.kind = 'REVERSAL_IN' AND (o.kind = 'WITHDRAWAL' OR o.kind = 'TRANSFER_OUT'))))",
+            &[],
+        )?
+        .get(0)?;
+    let unnamed: i64 = conn
+        .query_one(
+            "SELECT count(*) FROM entries
+             WHERE (kind = 'REVERSAL_OUT' OR kind = 'REVERSAL_IN') AND reverses IS NULL",
+            &[],
+        )?
+        .get(0)?;
+    if wrong + unnamed > 0 {
+        report.find(format!(
+            "{} reversals do not undo an entry of their own wallet for the same amount",
+            wrong + unnamed
+        ));
+    }
+    Ok(())
 }
 
 /// A failed withdrawal that took money has its refund.

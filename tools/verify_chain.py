@@ -34,16 +34,22 @@ def main(path: str) -> int:
     currency_from = row[0] if row and row[0] is not None else None
     # Entries name their wallet by an integer key; the chain covers its public id. A LEFT JOIN,
     # so that an entry whose wallet is missing is reported, not skipped.
+    # A reversal (schema 9) has the id of the entry it undoes hashed after the currency; every
+    # other entry has nothing there.
     rows = db.execute(
         "SELECT e.seq, e.id, w.id, e.kind, e.amount, e.balance_after, e.reference,"
         " e.counterparty_user_id, e.transfer_id, e.metadata, e.created_at, e.hash, "
         + ("e.currency" if currency_from is not None else "NULL")
+        + ", "
+        + ("e.reverses" if has_column(db, "entries", "reverses") else "NULL")
         + " FROM entries e LEFT JOIN wallets w ON w.key = e.wallet_key ORDER BY e.seq"
     )
     for row in rows:
-        *values, stored, currency = row
+        *values, stored, currency, reverses = row
         if currency_from is not None and values[0] >= currency_from:
             values.append(currency)
+        if reverses is not None:
+            values.append(reverses)
         if values[2] is None:
             print(f"entry seq {values[0]}: its wallet does not exist")
             return 1

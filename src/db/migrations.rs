@@ -119,3 +119,50 @@ pub fn currencies_v6(tx: &Connection) -> Result<(), String> {
     ))
     .map_err(sql_err)
 }
+
+/// The `CHECK` on `entries.kind` as every schema from 2 to 8 wrote it, and as schema 9 does.
+const KINDS_BEFORE_V9: &str = "OR kind = 'REFUND')";
+const KINDS_FROM_V9: &str = "OR kind = 'REFUND' OR kind = 'REVERSAL_OUT' OR kind = 'REVERSAL_IN')";
+
+/// Schema 8 → 9: lets `entries.kind` be `REVERSAL_OUT` and `REVERSAL_IN`, before
+/// `009_reversals.sql` runs. SQLite can't alter a `CHECK`, and rebuilding the ledger's largest
+/// table (and its triggers and indexes) would rewrite every page. A `CHECK` that allows more
+/// values holds for every row already stored, so the table's definition is edited in place, as
+/// SQLite's documentation describes for exactly this change ("ALTER TABLE", section 7): the
+/// definition is checked to be the one schema 2 to 8 wrote (anything else stops the migration),
+/// and the schema's version cookie is bumped so every connection re-reads it.
+pub fn reversal_kinds_v9(tx: &Connection) -> Result<(), String> {
+    let sql_err = |e: rusqlite::Error| e.to_string();
+    let table: String = tx
+        .query_row(
+            "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = 'entries'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sql_err)?;
+    if table.matches(KINDS_BEFORE_V9).count() != 1 || table.contains("REVERSAL") {
+        return Err(
+            "the table entries is not as schema 8 defines it (its CHECK on kind differs); \
+             it was changed by hand, so this migration does not edit it"
+                .into(),
+        );
+    }
+    let cookie: i64 = tx
+        .query_row("PRAGMA schema_version", [], |r| r.get(0))
+        .map_err(sql_err)?;
+    tx.execute_batch("PRAGMA writable_schema = ON")
+        .map_err(sql_err)?;
+    let edited = tx
+        .execute(
+            "UPDATE sqlite_schema SET sql = ?1 WHERE type = 'table' AND name = 'entries'",
+            [table.replace(KINDS_BEFORE_V9, KINDS_FROM_V9)],
+        )
+        .map_err(sql_err);
+    // Off again whatever happened, before anything else runs on this connection.
+    let off = tx.execute_batch(&format!(
+        "PRAGMA schema_version = {}; PRAGMA writable_schema = OFF",
+        cookie + 1
+    ));
+    edited?;
+    off.map_err(sql_err)
+}

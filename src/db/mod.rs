@@ -23,7 +23,7 @@ pub use writer::{Writer, WriterStats};
 /// The schema, embedded so the binary is all a user needs.
 pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 /// `PRAGMA user_version` after `SCHEMA_SQL`; each migration bumps it by one.
-pub const SCHEMA_VERSION: i32 = 8;
+pub const SCHEMA_VERSION: i32 = 9;
 /// `MIGRATIONS[i]` takes a database from version `i + 1` to `i + 2`. A new database gets
 /// `SCHEMA_SQL` directly.
 const MIGRATIONS: &[migrations::Migration] = &[
@@ -54,6 +54,10 @@ const MIGRATIONS: &[migrations::Migration] = &[
     migrations::Migration {
         prepare: None,
         sql: include_str!("../../migrations/008_console_sessions.sql"),
+    },
+    migrations::Migration {
+        prepare: Some(migrations::reversal_kinds_v9),
+        sql: include_str!("../../migrations/009_reversals.sql"),
     },
 ];
 const _: () = assert!(MIGRATIONS.len() as i32 == SCHEMA_VERSION - 1);

@@ -27,15 +27,21 @@ pub enum EntryKind {
     TransferIn,
     TransferOut,
     Refund,
+    /// Staff took back money an entry gave: a deposit, or a transfer's incoming half.
+    ReversalOut,
+    /// Staff gave back money an entry took: a paid withdrawal, or a transfer's outgoing half.
+    ReversalIn,
 }
 
 impl EntryKind {
-    pub const ALL: [EntryKind; 5] = [
+    pub const ALL: [EntryKind; 7] = [
         EntryKind::Deposit,
         EntryKind::Withdrawal,
         EntryKind::TransferIn,
         EntryKind::TransferOut,
         EntryKind::Refund,
+        EntryKind::ReversalOut,
+        EntryKind::ReversalIn,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -45,6 +51,8 @@ impl EntryKind {
             EntryKind::TransferIn => "TRANSFER_IN",
             EntryKind::TransferOut => "TRANSFER_OUT",
             EntryKind::Refund => "REFUND",
+            EntryKind::ReversalOut => "REVERSAL_OUT",
+            EntryKind::ReversalIn => "REVERSAL_IN",
         }
     }
 
@@ -56,8 +64,30 @@ impl EntryKind {
     pub const fn is_credit(self) -> bool {
         matches!(
             self,
-            EntryKind::Deposit | EntryKind::TransferIn | EntryKind::Refund
+            EntryKind::Deposit | EntryKind::TransferIn | EntryKind::Refund | EntryKind::ReversalIn
         )
+    }
+
+    /// An entry staff made to undo another (it names that entry in `reverses`).
+    pub const fn is_reversal(self) -> bool {
+        matches!(self, EntryKind::ReversalOut | EntryKind::ReversalIn)
+    }
+
+    /// A debit the wallet's owner starts, refused while the wallet is frozen. Staff taking
+    /// money back (`REVERSAL_OUT`) is not one: freezing a wallet and reversing what it
+    /// received is what staff do about fraud.
+    pub const fn is_owners_debit(self) -> bool {
+        !self.is_credit() && !matches!(self, EntryKind::ReversalOut)
+    }
+
+    /// The kind of entry that undoes one of this kind, or `None` when staff may not reverse
+    /// it: a refund (its withdrawal is what would be reversed) or a reversal.
+    pub const fn reversed_by(self) -> Option<EntryKind> {
+        match self {
+            EntryKind::Deposit | EntryKind::TransferIn => Some(EntryKind::ReversalOut),
+            EntryKind::Withdrawal | EntryKind::TransferOut => Some(EntryKind::ReversalIn),
+            EntryKind::Refund | EntryKind::ReversalOut | EntryKind::ReversalIn => None,
+        }
     }
 
     /// The kinds whose reference a client chose, unique per wallet and kind (the partial index
@@ -220,7 +250,7 @@ mod tests {
         }
         assert_eq!(
             EntryKind::names(),
-            "DEPOSIT, WITHDRAWAL, TRANSFER_IN, TRANSFER_OUT, REFUND"
+            "DEPOSIT, WITHDRAWAL, TRANSFER_IN, TRANSFER_OUT, REFUND, REVERSAL_OUT, REVERSAL_IN"
         );
     }
 }

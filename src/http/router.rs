@@ -177,6 +177,10 @@ pub fn route(path: &str, test_hooks: bool) -> Option<Matched> {
             on_post(Staff(admin::unfreeze)),
         ),
         ["api", "admin", "audit"] => ("/api/admin/audit", on_get(Staff(admin::audit))),
+        ["api", "admin", "transactions", _, "reverse"] => (
+            "/api/admin/transactions/{id}/reverse",
+            on_post(Staff(admin::reverse)),
+        ),
         ["api", "admin", "withdrawals", _, "resolve"] => (
             "/api/admin/withdrawals/{id}/resolve",
             on_post(Staff(admin::resolve_withdrawal)),
@@ -264,6 +268,7 @@ pub const TEMPLATES: &[&str] = &[
     "/api/admin/users/{id}/freeze",
     "/api/admin/users/{id}/unfreeze",
     "/api/admin/audit",
+    "/api/admin/transactions/{id}/reverse",
     "/api/admin/withdrawals/{id}/resolve",
     "/api/admin/holds/{id}/capture",
     "/api/admin/holds/{id}/void",

@@ -64,10 +64,15 @@ pub struct Entry {
     pub created_at: Timestamp,
     /// The code of the currency it moves.
     pub currency: String,
+    /// The entry a reversal undoes (`REVERSAL_OUT`, `REVERSAL_IN`); `None` on every other kind.
+    pub reverses: Option<String>,
 }
 
 /// The columns `entry_from_row` reads, to be selected `FROM {ENTRY_FROM}`.
 pub const ENTRY_COLUMNS: &str = entry_columns!();
+/// How many columns `ENTRY_COLUMNS` names: a query that selects more after them (the hash)
+/// reads the first of those at this index.
+pub const ENTRY_COLUMNS_COUNT: usize = 13;
 /// Entries name their wallet by its integer key; the API and the hash chain by its public id.
 pub const ENTRY_FROM: &str = entry_from!();
 
@@ -75,7 +80,7 @@ pub const ENTRY_FROM: &str = entry_from!();
 macro_rules! entry_columns {
     () => {
         "e.seq, e.id, w.id, e.kind, e.amount, e.balance_after, e.reference, \
-         e.counterparty_user_id, e.transfer_id, e.metadata, e.created_at, e.currency"
+         e.counterparty_user_id, e.transfer_id, e.metadata, e.created_at, e.currency, e.reverses"
     };
 }
 macro_rules! entry_from {
@@ -102,6 +107,7 @@ pub fn entry_from_row(r: &Row) -> Result<Entry, AppError> {
         metadata: Metadata::from_stored(r.get(9)?),
         created_at: Timestamp::from_stored(&created_at),
         currency: r.get(11)?,
+        reverses: r.get(12)?,
     })
 }
 
@@ -125,6 +131,8 @@ pub struct NewEntry<'a> {
     pub counterparty_user_id: Option<i64>,
     pub transfer_id: Option<&'a str>,
     pub metadata: &'a Metadata,
+    /// The entry a reversal undoes.
+    pub reverses: Option<&'a str>,
 }
 
 /// The newest entry of the chain: its position and hash, and the first position whose entry
@@ -140,10 +148,12 @@ pub struct ChainHead {
 pub const GENESIS_HASH: [u8; 32] = [0; 32];
 
 /// SHA-256 over the previous entry's hash, then each field as a 4-byte big-endian length and
-/// its UTF-8 text (numbers in decimal, absent values empty), the currency last for entries at
+/// its UTF-8 text (numbers in decimal, absent values empty), then the currency for entries at
 /// or after `currency_from` (`settings.chain_currency_from`: the ledger's entries before its
-/// upgrade to several currencies keep the bytes they were sealed with). ARCHITECTURE.md
-/// documents it for auditors who recompute it with other tools.
+/// upgrade to several currencies keep the bytes they were sealed with), then, for a reversal
+/// only, the id of the entry it reverses (every other entry keeps the bytes it had before
+/// reversals existed). ARCHITECTURE.md documents it for auditors who recompute it with other
+/// tools.
 pub fn entry_hash(prev: &[u8], e: &Entry, currency_from: i64) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(prev);
@@ -169,7 +179,11 @@ pub fn entry_hash(prev: &[u8], e: &Entry, currency_from: i64) -> [u8; 32] {
     } else {
         &[]
     };
-    for f in fields.iter().chain(currency) {
+    let reverses: &[&str] = match &e.reverses {
+        Some(id) => &[id],
+        None => &[],
+    };
+    for f in fields.iter().chain(currency).chain(reverses) {
         h.update((f.len() as u32).to_be_bytes());
         h.update(f.as_bytes());
     }
@@ -199,7 +213,7 @@ pub fn append_after(
     if conn.engine() == Engine::Postgres {
         return Ok((append_unsealed(conn, now, &new, delta)?, None));
     }
-    let Some(balance_after) = move_balance(conn, new.wallet.key, new.currency, delta, now)? else {
+    let Some(balance_after) = move_balance(conn, &new, delta, now)? else {
         return Err(refusal(conn, &new, delta)?);
     };
     let head = match head {
@@ -232,6 +246,7 @@ fn new_entry(seq: i64, balance_after: MinorUnits, at: Timestamp, new: &NewEntry<
         metadata: new.metadata.clone(),
         created_at: at,
         currency: new.currency.to_string(),
+        reverses: new.reverses.map(str::to_string),
     }
 }
 
@@ -255,8 +270,10 @@ fn append_unsealed(
     // balance, as it would after two statements.
     let sql = if delta > MinorUnits::ZERO {
         &*PG_APPEND_CREDIT_SQL
-    } else {
+    } else if new.kind.is_owners_debit() {
         &*PG_APPEND_DEBIT_SQL
+    } else {
+        &*PG_APPEND_STAFF_DEBIT_SQL
     };
     let Some(row) = conn.query_opt(
         sql,
@@ -274,6 +291,7 @@ fn append_unsealed(
             &entry.metadata.as_str(),
             &new.currency,
             &snapshot_floor(now),
+            &entry.reverses,
         ],
     )?
     else {
@@ -300,10 +318,10 @@ fn pg_append_sql(move_balance: &str) -> String {
              RETURNING key, stamp_floor, frozen_at),
          moved AS ({move_balance})
          INSERT INTO entries (id, wallet_key, kind, amount, balance_after, reference,
-             counterparty_user_id, transfer_id, metadata, created_at, currency)
+             counterparty_user_id, transfer_id, metadata, created_at, currency, reverses)
          SELECT CAST(?5 AS TEXT), stamped.key, CAST(?6 AS TEXT), CAST(?7 AS BIGINT), moved.balance,
              CAST(?8 AS TEXT), CAST(?9 AS BIGINT), CAST(?10 AS TEXT), CAST(?11 AS TEXT),
-             stamped.stamp_floor, CAST(?12 AS TEXT)
+             stamped.stamp_floor, CAST(?12 AS TEXT), CAST(?14 AS TEXT)
          FROM stamped, moved
          RETURNING seq, balance_after, created_at"
     )
@@ -330,6 +348,17 @@ static PG_APPEND_DEBIT_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// `PG_APPEND_DEBIT_SQL` for a debit staff make (`EntryKind::is_owners_debit` is false): it
+/// takes money from a frozen wallet too.
+static PG_APPEND_STAFF_DEBIT_SQL: LazyLock<String> = LazyLock::new(|| {
+    pg_append_sql(
+        "UPDATE balances b SET balance = b.balance + ?2 FROM stamped
+         WHERE b.wallet_key = stamped.key AND b.currency = ?12 AND b.balance - b.held + ?2 >= 0
+             AND CAST(?3 AS BIGINT) IS NOT NULL AND CAST(?13 AS TEXT) IS NOT NULL
+         RETURNING b.balance",
+    )
+});
+
 /// How an entry moves its wallet's balance: up by a credit, down by a debit.
 fn signed_delta(kind: EntryKind, amount: MinorUnits) -> Result<MinorUnits, AppError> {
     if kind.is_credit() {
@@ -348,11 +377,11 @@ fn signed_delta(kind: EntryKind, amount: MinorUnits) -> Result<MinorUnits, AppEr
 /// itself (a sum beyond i64 would otherwise become a REAL that the STRICT table refuses: a 500).
 fn move_balance(
     conn: &dyn Sql,
-    wallet_key: WalletKey,
-    currency: &str,
+    new: &NewEntry<'_>,
     delta: MinorUnits,
     now: Timestamp,
 ) -> Result<Option<MinorUnits>, AppError> {
+    let (wallet_key, currency) = (new.wallet.key, new.currency);
     let row = if delta > MinorUnits::ZERO {
         let balance_ceiling = i64::MAX - delta.get();
         let moved = conn.query_opt(
@@ -376,11 +405,19 @@ fn move_balance(
                 &[&wallet_key, &currency, &delta, &snapshot_floor(now)],
             )?,
         }
-    } else {
+    } else if new.kind.is_owners_debit() {
         // A debit takes only what no hold reserves, and nothing from a frozen wallet.
         conn.query_opt(
             "UPDATE balances SET balance = balance + ?3
              WHERE wallet_key = ?1 AND currency = ?2 AND balance - held + ?3 >= 0 AND frozen = 0
+             RETURNING balance",
+            &[&wallet_key, &currency, &delta],
+        )?
+    } else {
+        // Staff taking money back: from a frozen wallet too, but never what a hold reserves.
+        conn.query_opt(
+            "UPDATE balances SET balance = balance + ?3
+             WHERE wallet_key = ?1 AND currency = ?2 AND balance - held + ?3 >= 0
              RETURNING balance",
             &[&wallet_key, &currency, &delta],
         )?
@@ -422,7 +459,7 @@ pub fn balance_and_held(
 
 /// Why `move_balance` refused: a credit past the ceiling, or a debit larger than the balance.
 fn refusal(conn: &dyn Sql, new: &NewEntry<'_>, delta: MinorUnits) -> Result<AppError, AppError> {
-    if delta < MinorUnits::ZERO && is_frozen(conn, new.wallet.key)? {
+    if delta < MinorUnits::ZERO && new.kind.is_owners_debit() && is_frozen(conn, new.wallet.key)? {
         return Ok(AppError::WalletFrozen);
     }
     let (balance, held) = balance_and_held(conn, new.wallet.key, new.currency)?;
@@ -479,8 +516,8 @@ fn insert(
 ) -> Result<(), AppError> {
     conn.execute(
         "INSERT INTO entries (seq, id, wallet_key, kind, amount, balance_after, reference,
-             counterparty_user_id, transfer_id, metadata, created_at, hash, currency)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+             counterparty_user_id, transfer_id, metadata, created_at, hash, currency, reverses)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         &[
             &entry.seq,
             &entry.id,
@@ -495,6 +532,7 @@ fn insert(
             &entry.created_at,
             &&hash[..],
             &entry.currency,
+            &entry.reverses,
         ],
     )?;
     Ok(())

@@ -373,6 +373,7 @@ pub fn capture(
                     counterparty_user_id: None,
                     transfer_id: None,
                     metadata: &h.metadata,
+                    reverses: None,
                 },
             )?;
             (out.id, None)

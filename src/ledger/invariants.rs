@@ -36,14 +36,22 @@ fn schema_lists_exactly_the_entry_kinds() {
         kinds::unique_reference_condition("kind")
     );
     assert!(schema.contains(&index), "schema.sql lacks {index:?}");
-    // No other list of kinds hides in the schema: every mention of one is in those two.
+    let reverses = format!(
+        "CHECK ((reverses IS NULL) = ({}))",
+        kinds::not_a_reversal("kind")
+    );
+    assert!(schema.contains(&reverses), "schema.sql lacks {reverses:?}");
+    // No other list of kinds hides in the schema: every mention of one is in those three.
     let mentions = |s: &str| {
         kind_names()
             .iter()
             .map(|k| s.matches(&format!("'{k}'")).count())
             .sum::<usize>()
     };
-    assert_eq!(mentions(&schema), mentions(&check) + mentions(&index));
+    assert_eq!(
+        mentions(&schema),
+        mentions(&check) + mentions(&index) + mentions(&reverses)
+    );
 }
 
 #[test]
@@ -132,6 +140,16 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
         }
     }
     found
+}
+
+#[test]
+fn entry_columns_count_is_the_number_of_entry_columns() {
+    // Queries select more after `ENTRY_COLUMNS` (the hash) and read it at this index: a column
+    // added to the list without the count read a reversal's `reverses` as the hash.
+    assert_eq!(
+        crate::ledger::entries::ENTRY_COLUMNS.split(',').count(),
+        crate::ledger::entries::ENTRY_COLUMNS_COUNT
+    );
 }
 
 #[test]

@@ -26,6 +26,17 @@ pub fn kind_check() -> String {
     any_of("kind", |_| true)
 }
 
+/// The kinds that are not reversals, as `entries.reverses`'s `CHECK` in schema.sql names
+/// them: `column <> 'A' AND column <> 'B'` for each reversal kind.
+pub fn not_a_reversal(column: &str) -> String {
+    EntryKind::ALL
+        .into_iter()
+        .filter(|k| k.is_reversal())
+        .map(|k| format!("{column} <> '{}'", k.as_str()))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
 /// The `WHERE` of the partial index `entries_reference` in schema.sql.
 pub fn unique_reference_condition(column: &str) -> String {
     any_of(column, EntryKind::has_unique_reference)
@@ -87,7 +98,8 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join(" "),
             "SELECT COALESCE(CAST(SUM(CASE WHEN kind = 'DEPOSIT' OR kind = 'TRANSFER_IN' OR \
-             kind = 'REFUND' THEN amount ELSE -amount END) AS BIGINT), 0) FROM entries WHERE \
+             kind = 'REFUND' OR kind = 'REVERSAL_IN' THEN amount ELSE -amount END) AS BIGINT), 0) \
+             FROM entries WHERE \
              wallet_key = ?1 AND created_at > ?2 AND created_at <= ?3 AND currency = ?4"
         );
         let sql = by_reference_sql(EntryKind::TransferOut).unwrap();

@@ -11,6 +11,7 @@ pub mod holds;
 mod invariants;
 pub mod kinds;
 pub mod queries;
+pub mod reversals;
 pub mod snapshot;
 pub mod withdrawals;
 
@@ -180,6 +181,7 @@ pub fn deposit(
             counterparty_user_id: None,
             transfer_id: None,
             metadata: &m.metadata,
+            reverses: None,
         },
     )?;
     Ok(Outcome::new(entry))
@@ -211,6 +213,7 @@ pub fn withdraw_now(
             counterparty_user_id: None,
             transfer_id: None,
             metadata: &m.metadata,
+            reverses: None,
         },
     )?;
     Ok(Outcome::new(entry))
@@ -319,6 +322,7 @@ pub(crate) fn move_between(
         counterparty_user_id: Some(to_user_id),
         transfer_id: Some(&transfer_id),
         metadata,
+        reverses: None,
     };
     let incoming = NewEntry {
         wallet: to_wallet,
@@ -329,6 +333,7 @@ pub(crate) fn move_between(
         counterparty_user_id: Some(sender_user_id),
         transfer_id: Some(&transfer_id),
         metadata,
+        reverses: None,
     };
     let (transfer_out, transfer_in) = match conn.engine() {
         Engine::Sqlite => {

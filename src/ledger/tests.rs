@@ -208,7 +208,7 @@ fn entries_chain_their_hashes() {
             )
             .unwrap();
         let e = entries::entry_from_row(&r).unwrap();
-        let stored: Vec<u8> = r.get(12).unwrap();
+        let stored: Vec<u8> = r.get(entries::ENTRY_COLUMNS_COUNT).unwrap();
         // A ledger created with currencies has them in the chain from its first entry.
         assert_eq!(
             entries::entry_hash(&prev, &e, 1)[..],

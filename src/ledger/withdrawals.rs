@@ -352,6 +352,7 @@ pub fn begin_if_pending(
             counterparty_user_id: None,
             transfer_id: None,
             metadata: &w.metadata,
+            reverses: None,
         },
     );
     match appended {
@@ -663,6 +664,7 @@ fn fail_and_refund(
             counterparty_user_id: None,
             transfer_id: None,
             metadata: &w.metadata,
+            reverses: None,
         },
     )?;
     conn.execute(

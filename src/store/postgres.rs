@@ -294,12 +294,13 @@ impl r2d2::ManageConnection for PgManager {
 
 /// The schema for a new PostgreSQL database (`postgres/schema.sql`), and its version.
 pub const SCHEMA: &str = include_str!("../../postgres/schema.sql");
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 /// `MIGRATIONS[i]` takes a database from version `i + 1` to `i + 2`, in one transaction.
 const MIGRATIONS: &[&str] = &[
     include_str!("../../postgres/002_currencies_and_holds.sql"),
     include_str!("../../postgres/003_staff_tools.sql"),
     include_str!("../../postgres/004_console_sessions.sql"),
+    include_str!("../../postgres/005_reversals.sql"),
 ];
 const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION - 1);
 /// The advisory lock under which a process applies the schema, so that several processes

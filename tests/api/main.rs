@@ -19,6 +19,7 @@ mod layering;
 mod migration;
 mod operations;
 mod properties;
+mod reversals;
 mod snapshots;
 mod staff;
 mod wallet;

@@ -617,6 +617,7 @@ fn a_postgres_schema_1_ledger_is_upgraded_with_its_sealed_chain_intact() {
             metadata: wallet::domain::Metadata::empty(),
             created_at: wallet::domain::Timestamp::parse(&t(seq as u32)).unwrap(),
             currency: "EUR".into(),
+            reverses: None,
         };
     use wallet::domain::EntryKind::*;
     let entries = [

@@ -1764,3 +1764,49 @@ fn killed_mid_payout_then_unreachable_the_withdrawal_is_left_for_staff_not_refun
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+// ---- Reversals of scheduled withdrawals (issue 15) ---------------------------------------
+
+fn reverse_entry(app: &TestApp, staff: &User, id: &Value, reference: &str) -> Resp {
+    app.post(
+        &format!("/api/admin/transactions/{}/reverse", id.as_str().unwrap()),
+        &staff.token,
+        json!({"reason": "customer dispute", "reference": reference}),
+    )
+}
+
+#[test]
+fn only_a_paid_scheduled_withdrawal_is_reversed_never_a_failed_one_or_its_refund() {
+    // A refused payout (400) is FAILED and refunded: giving its WITHDRAWAL back again, or its
+    // REFUND, would create money. A paid one (200) is given back once.
+    let fake = FakePayout::start(&[Step::Reply(400)], Step::Reply(200));
+    let app = app_with_payout(&fake);
+    let staff = crate::helpers::staff_user(&app);
+    let u = funded(&app);
+    let failed = schedule_ok(&app, &u, "30.00", "refused");
+    let failed = wait_final(&app, &u, &failed);
+    assert_eq!(failed["status"], "FAILED", "{failed}");
+    for (what, id) in [
+        ("the failed withdrawal's entry", &failed["transaction_id"]),
+        ("its refund", &failed["refund_transaction_id"]),
+    ] {
+        let r = reverse_entry(&app, &staff, id, what);
+        assert_eq!((r.status, r.code()), (422, "validation_error"), "{what}: {}", r.body);
+    }
+    assert_eq!(app.balance(&u), "100.00");
+
+    let paid = schedule_ok(&app, &u, "40.00", "paid");
+    let paid = wait_final(&app, &u, &paid);
+    assert_eq!(paid["status"], "SUCCEEDED", "{paid}");
+    assert_eq!(app.balance(&u), "60.00");
+    let r = reverse_entry(&app, &staff, &paid["transaction_id"], "give-back");
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(
+        (&r.body["type"], &r.body["reverses"]),
+        (&json!("REVERSAL_IN"), &paid["transaction_id"]),
+        "{}",
+        r.body
+    );
+    assert_eq!(app.balance(&u), "100.00");
+    assert_verified(&app);
+}

@@ -1,5 +1,6 @@
-//! Staff routes: any account read (and audited), operator credits, freezing a wallet, the
-//! audit log, and settling a withdrawal whose payout outcome is unknown.
+//! Staff routes: any account read (and audited), operator credits, freezing a wallet,
+//! reversing a transaction, the audit log, and settling a withdrawal whose payout outcome is
+//! unknown.
 
 use serde_json::{json, Value};
 
@@ -7,11 +8,12 @@ use super::{
     entry_json, page_params, parse_money_body, path_user_id, user_json, validated_but_missing,
     wallet_json, withdrawal_json, MoneyRoute, Params,
 };
-use crate::domain::{PayoutResolution, StaffReason};
+use crate::domain::{PayoutResolution, Reference, StaffReason};
 use crate::error::AppError;
 use crate::http::request::{Fields, Incoming};
 use crate::http::response::Reply;
 use crate::http::router::StaffUser;
+use crate::ledger::reversals::Reversal;
 use crate::service::Service;
 
 pub fn users(
@@ -128,6 +130,54 @@ fn set_frozen(
     let reason = super::reason_body(rq)?;
     let (user, _) = svc.admin_freeze(staff, user_id, frozen, reason)?;
     Ok(Reply::json(200, staff_user_json(svc, &user)?))
+}
+
+/// `{reason, reference}` (or the `Idempotency-Key` header for the reference): staff reverse a
+/// deposit, a paid withdrawal or a transfer. 201 with the reversal entry, or
+/// `{reversal_out, reversal_in}` for a transfer; the same reference again replays it.
+pub fn reverse(
+    svc: &Service,
+    rq: &Incoming,
+    params: &Params,
+    staff: &StaffUser,
+) -> Result<Reply, AppError> {
+    let body = rq.json()?;
+    let mut f = Fields::new(&body);
+    let reason = f.parsed("reason", StaffReason::parse);
+    let reference = match (f.string("reference", false), rq.idempotency_key.as_deref()) {
+        (Some(body), Some(header)) if body != header => {
+            f.errors.add(
+                "reference",
+                "differs from the Idempotency-Key header; send one or make them equal",
+            );
+            None
+        }
+        (Some(r), _) | (None, Some(r)) => f.errors.check("reference", Reference::parse(r)),
+        (None, None) => {
+            f.errors.add(
+                "reference",
+                "this field (or the Idempotency-Key header) is required",
+            );
+            None
+        }
+    };
+    f.finish()?;
+    let (Some(reason), Some(reference)) = (reason, reference) else {
+        return Err(validated_but_missing());
+    };
+    let out = svc.admin_reverse(staff, &params[0], reference, reason)?;
+    let cs = &svc.config.currencies;
+    let body = match &out.value {
+        Reversal::One(e) => entry_json(e, cs),
+        Reversal::Transfer {
+            reversal_out,
+            reversal_in,
+        } => json!({
+            "reversal_out": entry_json(reversal_out, cs),
+            "reversal_in": entry_json(reversal_in, cs),
+        }),
+    };
+    Ok(Reply::created_or_replayed(201, out.replayed, body))
 }
 
 /// A user as staff see them: with whether, when and why their wallet is frozen.

@@ -47,8 +47,10 @@ fn money(cs: &Currencies, code: &str, minor: MinorUnits) -> String {
         .map_or_else(|| minor.to_string(), |c| c.format(minor))
 }
 
+/// An entry as the API shows it. `reverses` appears on reversals only, so every other entry
+/// has the shape part 1 gave it.
 fn entry_json(e: &Entry, cs: &Currencies) -> Value {
-    json!({
+    let mut v = json!({
         "id": e.id,
         "type": e.kind.as_str(),
         "currency": e.currency,
@@ -58,7 +60,11 @@ fn entry_json(e: &Entry, cs: &Currencies) -> Value {
         "counterparty_user_id": e.counterparty_user_id,
         "created_at": e.created_at.to_text(),
         "metadata": e.metadata.to_value(),
-    })
+    });
+    if let Some(id) = &e.reverses {
+        v["reverses"] = json!(id);
+    }
+    v
 }
 
 /// A wallet as part 1 showed it (its default currency's `balance`), with `balances`: one per

@@ -121,7 +121,7 @@ pub(super) fn history_filters(
         errors.check(
             "type",
             EntryKind::parse(s).ok_or_else(|| {
-                "must be one of DEPOSIT, WITHDRAWAL, TRANSFER_IN, TRANSFER_OUT, REFUND".to_string()
+                format!("must be one of {}", EntryKind::names())
             }),
         )
     });
