@@ -547,7 +547,8 @@ impl Service {
         let out = self.writer.execute(move |conn, now| {
             let out = reversals::reverse(conn, now, &currencies, staff_id, &id, &reference)?;
             if !out.replayed {
-                let written: Vec<&str> = out.value.entries().iter().map(|e| e.id.as_str()).collect();
+                let written: Vec<&str> =
+                    out.value.entries().iter().map(|e| e.id.as_str()).collect();
                 let first = out.value.entries()[0];
                 let detail = serde_json::json!({
                     "entry_ids": written,

@@ -350,10 +350,10 @@ fn check_balances(
     Ok(totals)
 }
 
-/// Per currency: transfers out equal transfers in, and the balances sum to deposits + refunds
-/// + reversals in − withdrawals − reversals out (a transfer's reversal moves money between
-/// two wallets, one of each). There is no conversion: each currency's money is conserved on
-/// its own.
+/// Per currency: transfers out equal transfers in, and the balances sum to deposits, refunds
+/// and reversals in, less withdrawals and reversals out (a transfer's reversal moves money
+/// between two wallets, one of each). There is no conversion: each currency's money is
+/// conserved on its own.
 fn check_conservation(
     sums: &Sums,
     total_balances: &BTreeMap<String, i128>,
@@ -469,6 +469,52 @@ mod tests {
         }
         tx.commit().unwrap();
         conn
+    }
+
+    #[test]
+    fn a_reversal_that_does_not_match_its_entry_is_found() {
+        // A reversal made by the ledger verifies; one edited behind the triggers' back to name
+        // another wallet's entry is found, even though every balance still adds up.
+        let mut conn = ledger(2);
+        let currencies = crate::domain::Currencies::parse("USD:2", 1_000_000_000).unwrap();
+        let now = Timestamp::parse("2026-03-02T10:00:00Z").unwrap();
+        let ids: Vec<String> = conn
+            .prepare("SELECT id FROM entries ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let tx = conn.transaction().unwrap();
+        let staff_user_id = 999;
+        let reference = Reference::parse("rv").unwrap();
+        crate::ledger::reversals::reverse(
+            &*tx,
+            now,
+            &currencies,
+            staff_user_id,
+            &ids[0],
+            &reference,
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        let report = verify(&mut conn).unwrap();
+        assert!(report.ok(), "{:?}", report.findings);
+        conn.execute_batch(&format!(
+            "DROP TRIGGER entries_no_update;
+             UPDATE entries SET reverses = '{}' WHERE reverses = '{}';",
+            ids[1], ids[0]
+        ))
+        .unwrap();
+        let report = verify(&mut conn).unwrap();
+        assert!(
+            report
+                .findings
+                .iter()
+                .any(|f| f.contains("reversals do not undo an entry of their own wallet")),
+            "{:?}",
+            report.findings
+        );
     }
 
     #[test]

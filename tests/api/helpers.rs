@@ -433,12 +433,44 @@ pub fn name(prefix: &str) -> String {
     )
 }
 
+/// Takes a current SQLite database back to the shape of schema 8: no `reverses`, and the
+/// kind `CHECK` as schemas 2 to 8 wrote it (edited back in place, as schema 9 edited it).
+pub fn undo_schema_9(db: &rusqlite::Connection) {
+    db.execute_batch(
+        "DROP INDEX entries_reverses;
+         ALTER TABLE entries DROP COLUMN reverses;",
+    )
+    .expect("drop reverses");
+    let table: String = db
+        .query_row(
+            "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = 'entries'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let cookie: i64 = db
+        .query_row("PRAGMA schema_version", [], |r| r.get(0))
+        .unwrap();
+    db.execute_batch("PRAGMA writable_schema = ON").unwrap();
+    db.execute(
+        "UPDATE sqlite_schema SET sql = ?1 WHERE type = 'table' AND name = 'entries'",
+        [table.replace(" OR kind = 'REVERSAL_OUT' OR kind = 'REVERSAL_IN')", ")")],
+    )
+    .unwrap();
+    db.execute_batch(&format!(
+        "PRAGMA schema_version = {}; PRAGMA writable_schema = OFF; PRAGMA user_version = 8;",
+        cookie + 1
+    ))
+    .unwrap();
+}
+
 /// Takes a current SQLite database back to the shape of schema 5 (one currency, no holds, no
 /// staff tools, no console sessions), so
 /// that a test can build an older database from one the current server wrote. The entries'
 /// hashes keep their currency (schema 5 never hashed it): such a database is upgraded and
 /// served, not verified.
 pub fn undo_schema_6(db: &rusqlite::Connection) {
+    undo_schema_9(db);
     db.execute_batch(
         "DROP TABLE console_sessions;
          DROP TRIGGER audit_log_no_update;

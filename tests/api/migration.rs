@@ -460,6 +460,36 @@ fn a_schema_5_database_in_eur_keeps_its_money_in_eur_when_usd_becomes_the_defaul
         )
         .unwrap();
     assert_eq!((currencies.as_str(), from), ("EUR,USD", 9));
+    // Schema 9 widened the kind CHECK in place: the table's definition names the reversal
+    // kinds, SQLite still finds the file sound, and the CHECK refuses what it refused before.
+    let (definition, integrity): (String, String) = db
+        .query_row(
+            "SELECT (SELECT sql FROM sqlite_schema WHERE name = 'entries'),
+                    (SELECT integrity_check FROM pragma_integrity_check)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(
+        definition.contains("OR kind = 'REFUND' OR kind = 'REVERSAL_OUT' OR kind = 'REVERSAL_IN')"),
+        "{definition}"
+    );
+    assert_eq!(integrity, "ok");
+    // Without the trigger that would refuse the row first, in a transaction rolled back.
+    db.execute_batch("BEGIN IMMEDIATE; DROP TRIGGER entries_balance_follows;")
+        .unwrap();
+    let refused = db.execute_batch(
+        "INSERT INTO entries (seq, id, wallet_key, kind, amount, balance_after, reference, metadata,
+             created_at, hash, currency)
+         VALUES (100, 'x', 1, 'BONUS', 1, 1, 'r', '{}', '2026-01-01T00:00:00Z', zeroblob(32), 'EUR')",
+    );
+    db.execute_batch("ROLLBACK").unwrap();
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("CHECK constraint failed")),
+        "{refused:?}"
+    );
 
     let alice = login(&app, "alice", 1);
     let bob = login(&app, "bob", 2);

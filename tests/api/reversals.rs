@@ -91,7 +91,12 @@ fn reversals_of_a_deposit_take_it_back_once_and_replay() {
     assert_eq!(again.header("Idempotent-Replayed"), Some("true"));
     assert_eq!(again.body["id"], r.body["id"]);
     let other = reverse(&app, &staff, &deposit, reason("rv-2"));
-    assert_eq!((other.status, other.code()), (409, "conflict"), "{}", other.body);
+    assert_eq!(
+        (other.status, other.code()),
+        (409, "conflict"),
+        "{}",
+        other.body
+    );
     assert_eq!(app.balance(&u), "0.00");
     assert_eq!(history(&app, &u).len(), 2);
 
@@ -119,18 +124,41 @@ fn reversals_of_a_transfer_move_it_back_whichever_half_is_named() {
     assert_eq!(r.status, 201, "{}", r.body);
     let (out, inn) = (&r.body["reversal_out"], &r.body["reversal_in"]);
     assert_eq!(
-        (&out["type"], &out["amount"], &out["reverses"], &out["counterparty_user_id"]),
-        (&json!("REVERSAL_OUT"), &json!("30.00"), &json!(incoming), &json!(a.id)),
+        (
+            &out["type"],
+            &out["amount"],
+            &out["reverses"],
+            &out["counterparty_user_id"]
+        ),
+        (
+            &json!("REVERSAL_OUT"),
+            &json!("30.00"),
+            &json!(incoming),
+            &json!(a.id)
+        ),
         "{}",
         r.body
     );
     assert_eq!(
-        (&inn["type"], &inn["amount"], &inn["reverses"], &inn["counterparty_user_id"]),
-        (&json!("REVERSAL_IN"), &json!("30.00"), &json!(outgoing), &json!(b.id)),
+        (
+            &inn["type"],
+            &inn["amount"],
+            &inn["reverses"],
+            &inn["counterparty_user_id"]
+        ),
+        (
+            &json!("REVERSAL_IN"),
+            &json!("30.00"),
+            &json!(outgoing),
+            &json!(b.id)
+        ),
         "{}",
         r.body
     );
-    assert_eq!((app.balance(&a), app.balance(&b)), ("100.00".into(), "5.00".into()));
+    assert_eq!(
+        (app.balance(&a), app.balance(&b)),
+        ("100.00".into(), "5.00".into())
+    );
 
     // The other half names the same transfer: replayed with the reference, else 409.
     let again = reverse(&app, &staff, &outgoing, reason("rv-t"));
@@ -138,8 +166,16 @@ fn reversals_of_a_transfer_move_it_back_whichever_half_is_named() {
     assert_eq!(again.body["reversal_out"]["id"], out["id"]);
     assert_eq!(again.body["reversal_in"]["id"], inn["id"]);
     let other = reverse(&app, &staff, &outgoing, reason("rv-t2"));
-    assert_eq!((other.status, other.code()), (409, "conflict"), "{}", other.body);
-    assert_eq!((app.balance(&a), app.balance(&b)), ("100.00".into(), "5.00".into()));
+    assert_eq!(
+        (other.status, other.code()),
+        (409, "conflict"),
+        "{}",
+        other.body
+    );
+    assert_eq!(
+        (app.balance(&a), app.balance(&b)),
+        ("100.00".into(), "5.00".into())
+    );
     assert_verified(&app);
 }
 
@@ -157,7 +193,11 @@ fn reversals_of_an_immediate_withdrawal_give_it_back() {
     let r = reverse(&app, &staff, w.body["id"].as_str().unwrap(), reason("rv-w"));
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(
-        (&r.body["type"], &r.body["balance_after"], &r.body["reverses"]),
+        (
+            &r.body["type"],
+            &r.body["balance_after"],
+            &r.body["reverses"]
+        ),
         (&json!("REVERSAL_IN"), &json!("50.00"), &w.body["id"]),
         "{}",
         r.body
@@ -182,12 +222,20 @@ fn reversals_never_overdraw_and_reach_a_frozen_wallet() {
     assert_eq!(hold.status, 201, "{}", hold.body);
     let incoming = entry_id(&app, &b, "TRANSFER_IN");
     let r = reverse(&app, &staff, &incoming, reason("rv-o"));
-    assert_eq!((r.status, r.code()), (422, "insufficient_funds"), "{}", r.body);
+    assert_eq!(
+        (r.status, r.code()),
+        (422, "insufficient_funds"),
+        "{}",
+        r.body
+    );
     assert_eq!(
         r.body["error"]["message"],
         "insufficient funds: available 35.00, required 40.00"
     );
-    assert_eq!((app.balance(&a), app.balance(&b)), ("60.00".into(), "50.00".into()));
+    assert_eq!(
+        (app.balance(&a), app.balance(&b)),
+        ("60.00".into(), "50.00".into())
+    );
     assert!(audit_rows(&app, &staff, &format!("transaction:{incoming}")).is_empty());
 
     // Frozen, `b` sends nothing itself, but staff still take back what it can spare.
@@ -215,19 +263,42 @@ fn reversals_refuse_what_would_create_money_or_serve_oneself() {
 
     // A reversal can't be reversed.
     let twice = reverse(&app, &staff, r.body["id"].as_str().unwrap(), reason("rv-x"));
-    assert_eq!((twice.status, twice.code()), (422, "validation_error"), "{}", twice.body);
-    assert!(twice.body["error"]["fields"]["id"].is_array(), "{}", twice.body);
+    assert_eq!(
+        (twice.status, twice.code()),
+        (422, "validation_error"),
+        "{}",
+        twice.body
+    );
+    assert!(
+        twice.body["error"]["fields"]["id"].is_array(),
+        "{}",
+        twice.body
+    );
 
     // Not staff: 403. Unknown transaction: 404. No reason or reference: 422.
     let r = reverse(&app, &u, &deposit, reason("rv-u"));
     assert_eq!((r.status, r.code()), (403, "forbidden"), "{}", r.body);
-    let r = reverse(&app, &staff, &uuid::Uuid::new_v4().to_string(), reason("rv-n"));
+    let r = reverse(
+        &app,
+        &staff,
+        &uuid::Uuid::new_v4().to_string(),
+        reason("rv-n"),
+    );
     assert_eq!((r.status, r.code()), (404, "not_found"), "{}", r.body);
     let other = funded(&app, "rvr2", "10.00");
     let d2 = entry_id(&app, &other, "DEPOSIT");
-    for body in [json!({"reference": "r"}), json!({"reason": "why"}), json!({"reason": " ", "reference": "r"})] {
+    for body in [
+        json!({"reference": "r"}),
+        json!({"reason": "why"}),
+        json!({"reason": " ", "reference": "r"}),
+    ] {
         let r = reverse(&app, &staff, &d2, body.clone());
-        assert_eq!((r.status, r.code()), (422, "validation_error"), "{body}: {}", r.body);
+        assert_eq!(
+            (r.status, r.code()),
+            (422, "validation_error"),
+            "{body}: {}",
+            r.body
+        );
     }
 
     // Staff can't reverse their own deposit, nor a transfer they sent or received.
@@ -235,11 +306,17 @@ fn reversals_refuse_what_would_create_money_or_serve_oneself() {
     let own = entry_id(&app, &staff, "DEPOSIT");
     let r = reverse(&app, &staff, &own, reason("rv-own"));
     assert_eq!((r.status, r.code()), (403, "forbidden"), "{}", r.body);
-    assert_eq!(transfer(&app, &other, &staff, "5.00", "to-staff").status, 201);
+    assert_eq!(
+        transfer(&app, &other, &staff, "5.00", "to-staff").status,
+        201
+    );
     let sent = entry_id(&app, &other, "TRANSFER_OUT");
     let r = reverse(&app, &staff, &sent, reason("rv-mine"));
     assert_eq!((r.status, r.code()), (403, "forbidden"), "{}", r.body);
-    assert_eq!((app.balance(&other), app.balance(&staff)), ("5.00".into(), "15.00".into()));
+    assert_eq!(
+        (app.balance(&other), app.balance(&staff)),
+        ("5.00".into(), "15.00".into())
+    );
     assert_verified(&app);
 }
 
@@ -260,8 +337,16 @@ fn reversals_at_once_of_one_transaction_reverse_it_once() {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 7, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        7,
+        "{statuses:?}"
+    );
     assert_eq!(app.balance(&u), "0.00");
     assert_verified(&app);
 }

@@ -1791,7 +1791,12 @@ fn only_a_paid_scheduled_withdrawal_is_reversed_never_a_failed_one_or_its_refund
         ("its refund", &failed["refund_transaction_id"]),
     ] {
         let r = reverse_entry(&app, &staff, id, what);
-        assert_eq!((r.status, r.code()), (422, "validation_error"), "{what}: {}", r.body);
+        assert_eq!(
+            (r.status, r.code()),
+            (422, "validation_error"),
+            "{what}: {}",
+            r.body
+        );
     }
     assert_eq!(app.balance(&u), "100.00");
 

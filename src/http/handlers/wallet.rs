@@ -120,9 +120,7 @@ pub(super) fn history_filters(
     let kind = rq.query("type").and_then(|s| {
         errors.check(
             "type",
-            EntryKind::parse(s).ok_or_else(|| {
-                format!("must be one of {}", EntryKind::names())
-            }),
+            EntryKind::parse(s).ok_or_else(|| format!("must be one of {}", EntryKind::names())),
         )
     });
     let from = rq
