@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Moves money through a live server, then checks that tools/verify_chain.py (Python's standard
+# Moves money through a live server (with two staff reversals), then checks that tools/verify_chain.py (Python's standard
 # library only) and `wallet verify` agree that the ledger's hash chain is intact, and that both
 # catch an entry edited behind the triggers' back.
 set -euo pipefail
@@ -13,6 +13,8 @@ cleanup() {
   rm -rf "$TMP" 2>/dev/null || true
 }
 trap cleanup EXIT
+printf '%s\n' 'chain staff pass 1' | WALLET_ARGON2_MEMORY_KIB=64 WALLET_ARGON2_ITERATIONS=1 \
+  "$BIN" createsuperuser --db "$TMP/w.db" --username chainstaff --email chainstaff@example.com > /dev/null
 WALLET_LOG=off WALLET_ARGON2_MEMORY_KIB=64 WALLET_ARGON2_ITERATIONS=1 \
   "$BIN" --db "$TMP/w.db" --listen 127.0.0.1:0 > "$TMP/out" 2>&1 &
 PID=$!
@@ -24,6 +26,14 @@ TA="$(reg chaina)"; reg chainb > /dev/null
 for i in 1 2 3 4 5; do
   curl -sf -XPOST "$B/api/wallets/me/deposit" -H "$J" -H "Authorization: Token $TA" -d "{\"amount\":\"1$i.25\",\"reference\":\"d$i\",\"metadata\":{\"note\":\"é ✓ $i\"}}" > /dev/null
   curl -sf -XPOST "$B/api/wallets/me/transfer" -H "$J" -H "Authorization: Token $TA" -d "{\"to_username\":\"chainb\",\"amount\":\"$i\",\"reference\":\"t|$i\"}" > /dev/null
+done
+# A staff reversal of a deposit and of a transfer: their entries hash `reverses` too.
+login() { curl -sf -XPOST "$B/api/auth/login" -H "$J" -d "{\"username\":\"$1\",\"password\":\"$2\"}" | python3 -c 'import sys,json; print(json.load(sys.stdin)["token"])'; }
+TS="$(login chainstaff 'chain staff pass 1')"
+tx_of() { curl -sf "$B/api/wallets/me/transactions?type=$1&limit=1" -H "Authorization: Token $TA" | python3 -c 'import sys,json; print(json.load(sys.stdin)["results"][0]["id"])'; }
+for kind in DEPOSIT TRANSFER_OUT; do
+  curl -sf -XPOST "$B/api/admin/transactions/$(tx_of $kind)/reverse" -H "$J" -H "Authorization: Token $TS" \
+    -d "{\"reason\":\"chain check\",\"reference\":\"rv-$kind\"}" > /dev/null
 done
 python3 tools/verify_chain.py "$TMP/w.db"
 "$BIN" --db "$TMP/w.db" verify
