@@ -532,8 +532,9 @@ impl Service {
     }
 
     /// Staff undo a deposit, a paid withdrawal or a transfer with new entries that name it
-    /// (`ledger::reversals`). Audited with the reason; a replay (the same reference) writes
-    /// nothing and is not audited again.
+    /// (`ledger::reversals`). Audited with the reason, under the transaction reversed (a
+    /// transfer by its outgoing half); a replay (the same reference) writes nothing and is not
+    /// audited again.
     pub fn admin_reverse(
         &self,
         staff: &AuthUser,
@@ -555,6 +556,7 @@ impl Service {
                     "amount": first.amount.get(),
                     "currency": first.currency,
                     "reference": reference.as_str(),
+                    "requested": id,
                 })
                 .to_string();
                 db::audit::record(
@@ -562,7 +564,7 @@ impl Service {
                     now,
                     staff_id,
                     "reverse",
-                    &format!("transaction:{id}"),
+                    &format!("transaction:{}", out.value.reversed_id()),
                     &detail,
                     Some(reason.as_str()),
                 )?;

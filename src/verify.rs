@@ -412,6 +412,40 @@ fn check_reversals(conn: &dyn Sql, report: &mut VerifyReport) -> Result<(), AppE
             wrong + unnamed
         ));
     }
+    // A transfer is reversed whole: each half's reversal has its partner's. The partner is
+    // found among the counterparty's entries (indexed by wallet), by transfer id.
+    let lone: i64 = conn
+        .query_one(
+            "SELECT count(*) FROM entries r JOIN entries o ON o.id = r.reverses
+             WHERE (o.kind = 'TRANSFER_OUT' OR o.kind = 'TRANSFER_IN')
+               AND NOT EXISTS (SELECT 1 FROM entries p JOIN entries pr ON pr.reverses = p.id
+                   WHERE p.wallet_key = (SELECT key FROM wallets WHERE user_id = o.counterparty_user_id)
+                     AND p.transfer_id = o.transfer_id AND p.kind <> o.kind
+                     AND (p.kind = 'TRANSFER_OUT' OR p.kind = 'TRANSFER_IN'))",
+            &[],
+        )?
+        .get(0)?;
+    if lone > 0 {
+        report.find(format!(
+            "{lone} transfer halves are reversed without the other half"
+        ));
+    }
+    // Only a paid withdrawal is given back: one still under way, or failed and refunded, would
+    // be given back twice.
+    let unpaid: i64 = conn
+        .query_one(
+            "SELECT count(*) FROM entries r JOIN entries o ON o.id = r.reverses
+                 JOIN wallets ow ON ow.key = o.wallet_key
+                 JOIN withdrawals w ON w.wallet_id = ow.id AND w.reference = o.reference
+             WHERE o.kind = 'WITHDRAWAL' AND w.transaction_id = o.id AND w.status <> 'SUCCEEDED'",
+            &[],
+        )?
+        .get(0)?;
+    if unpaid > 0 {
+        report.find(format!(
+            "{unpaid} reversals give back a scheduled withdrawal that was not paid"
+        ));
+    }
     Ok(())
 }
 
@@ -514,6 +548,53 @@ mod tests {
                 .any(|f| f.contains("reversals do not undo an entry of their own wallet")),
             "{:?}",
             report.findings
+        );
+    }
+
+    #[test]
+    fn a_transfer_reversed_on_one_side_only_is_found() {
+        // Each reversal alone matches its entry, and every balance adds up, yet money was made:
+        // the sender got its transfer back while the recipient kept it.
+        let mut conn = ledger(2);
+        let usd = Currency::new("USD", 2, 1_000_000_000).unwrap();
+        let now = Timestamp::parse("2026-03-02T10:00:00Z").unwrap();
+        let tx = conn.transaction().unwrap();
+        let sender = queries::wallet_of_user(&*tx, 1).unwrap().wallet_ref();
+        let req = crate::ledger::TransferRequest {
+            to: crate::ledger::Recipient::UserId(2),
+            movement: Movement {
+                currency: usd.clone(),
+                amount: Amount::parse_text("0.50", &usd).unwrap(),
+                reference: Reference::parse("t").unwrap(),
+                metadata: Metadata::empty(),
+            },
+        };
+        let out = crate::ledger::transfer(&*tx, now, (1, &sender), &req)
+            .unwrap()
+            .value
+            .transfer_out;
+        let metadata = Metadata::empty();
+        crate::ledger::entries::append(
+            &*tx,
+            now,
+            crate::ledger::entries::NewEntry {
+                wallet: &sender,
+                kind: crate::domain::EntryKind::ReversalIn,
+                amount: usd.money(out.amount),
+                currency: "USD",
+                reference: "half",
+                counterparty_user_id: Some(2),
+                transfer_id: None,
+                metadata: &metadata,
+                reverses: Some(&out.id),
+            },
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        let report = verify(&mut conn).unwrap();
+        assert_eq!(
+            report.findings,
+            vec!["1 transfer halves are reversed without the other half".to_string()]
         );
     }
 

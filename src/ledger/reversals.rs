@@ -27,6 +27,16 @@ pub enum Reversal {
 }
 
 impl Reversal {
+    /// The transaction reversed, as the audit log names it: a transfer by its outgoing half,
+    /// whichever half the request named.
+    pub fn reversed_id(&self) -> &str {
+        let undone = match self {
+            Reversal::One(e) => e,
+            Reversal::Transfer { reversal_in, .. } => reversal_in,
+        };
+        undone.reverses.as_deref().unwrap_or_default()
+    }
+
     pub fn entries(&self) -> Vec<&Entry> {
         match self {
             Reversal::One(e) => vec![e],
@@ -82,6 +92,16 @@ pub fn reverse(
         }
         _ => vec![target(conn, original)?],
     };
+    if let [a, b] = &targets[..] {
+        // A transfer's halves move one amount of one currency; anything else was written
+        // behind the ledger's back, and reversing it would move two different sums.
+        if (a.entry.amount, &a.entry.currency) != (b.entry.amount, &b.entry.currency) {
+            return Err(AppError::internal(
+                "reversal",
+                format!("transfer halves {} and {} differ", a.entry.id, b.entry.id),
+            ));
+        }
+    }
     if targets.iter().any(|t| t.user_id == staff_user_id) {
         // No staff action on one's own wallet, nor on money one sent or received.
         return Err(AppError::Forbidden);
