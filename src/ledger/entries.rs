@@ -570,13 +570,23 @@ pub fn find_by_id(conn: &dyn Sql, id: &str) -> Result<Option<Entry>, AppError> {
     .transpose()
 }
 
-/// The incoming half of a transfer: always appended right after its outgoing half, so it is
-/// found by position (no index needed) and checked by transfer id.
+/// The incoming half of a transfer whose outgoing half is `out`.
 pub fn find_transfer_in(conn: &dyn Sql, out: &Entry) -> Result<Option<Entry>, AppError> {
-    let is_in = |e: &Entry| e.kind == EntryKind::TransferIn && e.transfer_id == out.transfer_id;
+    find_other_half(conn, out)
+}
+
+/// The other half of the transfer `half` belongs to (`None` for an entry of another kind). On
+/// SQLite a transfer's halves are appended next to each other, outgoing first: found by
+/// position, no index needed, and checked by transfer id.
+pub fn find_other_half(conn: &dyn Sql, half: &Entry) -> Result<Option<Entry>, AppError> {
+    let (kind, next_to) = match half.kind {
+        EntryKind::TransferOut => (EntryKind::TransferIn, half.seq + 1),
+        EntryKind::TransferIn => (EntryKind::TransferOut, half.seq - 1),
+        _ => return Ok(None),
+    };
+    let is_other = |e: &Entry| e.kind == kind && e.transfer_id == half.transfer_id;
     if conn.engine() == Engine::Sqlite {
-        // Appended right after its outgoing half: found by position, no index needed.
-        let next = conn
+        let neighbour = conn
             .query_opt(
                 concat!(
                     "SELECT ",
@@ -585,18 +595,18 @@ pub fn find_transfer_in(conn: &dyn Sql, out: &Entry) -> Result<Option<Entry>, Ap
                     entry_from!(),
                     " WHERE e.seq = ?1"
                 ),
-                &[&(out.seq + 1)],
+                &[&next_to],
             )?
             .map(|r| entry_from_row(&r))
             .transpose()?;
-        if let Some(found) = next.filter(is_in) {
+        if let Some(found) = neighbour.filter(is_other) {
             return Ok(Some(found));
         }
         // Not there in a ledger written on PostgreSQL and copied to SQLite: below.
     }
-    // Other processes' entries may sit between the halves, in either order: the incoming
-    // half is found among the recipient's entries by transfer id (indexed on PostgreSQL; on
-    // SQLite a walk of the recipient's entries, for copied ledgers only).
+    // Other processes' entries may sit between the halves, in either order: the other half is
+    // found among the counterparty's entries by transfer id (indexed on PostgreSQL; on SQLite
+    // a walk of the counterparty's entries, for copied ledgers only).
     let found = conn
         .query_opt(
             concat!(
@@ -604,14 +614,18 @@ pub fn find_transfer_in(conn: &dyn Sql, out: &Entry) -> Result<Option<Entry>, Ap
                 entry_columns!(),
                 " FROM ",
                 entry_from!(),
-                " WHERE e.transfer_id = ?1 AND e.kind = 'TRANSFER_IN'
+                " WHERE e.transfer_id = ?1 AND e.kind = ?3
                    AND e.wallet_key = (SELECT key FROM wallets WHERE user_id = ?2)"
             ),
-            &[&out.transfer_id, &out.counterparty_user_id],
+            &[
+                &half.transfer_id,
+                &half.counterparty_user_id,
+                &kind.as_str(),
+            ],
         )?
         .map(|r| entry_from_row(&r))
         .transpose()?;
-    Ok(found.filter(is_in))
+    Ok(found.filter(is_other))
 }
 
 /// Makes sure no entry of the wallet committed from now on is stamped at or before `at`, so

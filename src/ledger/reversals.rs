@@ -81,12 +81,12 @@ pub fn reverse(
     // A transfer is undone whole, from its outgoing half (the one the lock and replay use).
     let targets = match original.kind {
         EntryKind::TransferOut => {
-            let incoming = entries::find_transfer_in(conn, &original)?
+            let incoming = entries::find_other_half(conn, &original)?
                 .ok_or_else(|| AppError::internal("reversal", "incoming half missing"))?;
             vec![target(conn, original)?, target(conn, incoming)?]
         }
         EntryKind::TransferIn => {
-            let outgoing = find_transfer_out(conn, &original)?
+            let outgoing = entries::find_other_half(conn, &original)?
                 .ok_or_else(|| AppError::internal("reversal", "outgoing half missing"))?;
             vec![target(conn, outgoing)?, target(conn, original)?]
         }
@@ -220,46 +220,6 @@ pub fn find_reversal(conn: &dyn Sql, id: &str) -> Result<Option<Entry>, AppError
     )?
     .map(|r| entries::entry_from_row(&r))
     .transpose()
-}
-
-/// The outgoing half of the transfer whose incoming half is `incoming`: the entry just before
-/// it on SQLite, else found among the sender's entries by transfer id.
-fn find_transfer_out(conn: &dyn Sql, incoming: &Entry) -> Result<Option<Entry>, AppError> {
-    let is_out =
-        |e: &Entry| e.kind == EntryKind::TransferOut && e.transfer_id == incoming.transfer_id;
-    if conn.engine() == Engine::Sqlite {
-        let before = conn
-            .query_opt(
-                concat!(
-                    "SELECT ",
-                    entries::entry_columns!(),
-                    " FROM ",
-                    entries::entry_from!(),
-                    " WHERE e.seq = ?1"
-                ),
-                &[&(incoming.seq - 1)],
-            )?
-            .map(|r| entries::entry_from_row(&r))
-            .transpose()?;
-        if let Some(found) = before.filter(is_out) {
-            return Ok(Some(found));
-        }
-    }
-    let found = conn
-        .query_opt(
-            concat!(
-                "SELECT ",
-                entries::entry_columns!(),
-                " FROM ",
-                entries::entry_from!(),
-                " WHERE e.transfer_id = ?1 AND e.kind = 'TRANSFER_OUT'
-                   AND e.wallet_key = (SELECT key FROM wallets WHERE user_id = ?2)"
-            ),
-            &[&incoming.transfer_id, &incoming.counterparty_user_id],
-        )?
-        .map(|r| entries::entry_from_row(&r))
-        .transpose()?;
-    Ok(found.filter(is_out))
 }
 
 /// A withdrawal entry of a scheduled withdrawal may be reversed only once it is paid

@@ -8,7 +8,7 @@ use super::{
     entry_json, page_params, parse_money_body, path_user_id, user_json, validated_but_missing,
     wallet_json, withdrawal_json, MoneyRoute, Params,
 };
-use crate::domain::{PayoutResolution, Reference, StaffReason};
+use crate::domain::{PayoutResolution, StaffReason};
 use crate::error::AppError;
 use crate::http::request::{Fields, Incoming};
 use crate::http::response::Reply;
@@ -144,23 +144,7 @@ pub fn reverse(
     let body = rq.json()?;
     let mut f = Fields::new(&body);
     let reason = f.parsed("reason", StaffReason::parse);
-    let reference = match (f.string("reference", false), rq.idempotency_key.as_deref()) {
-        (Some(body), Some(header)) if body != header => {
-            f.errors.add(
-                "reference",
-                "differs from the Idempotency-Key header; send one or make them equal",
-            );
-            None
-        }
-        (Some(r), _) | (None, Some(r)) => f.errors.check("reference", Reference::parse(r)),
-        (None, None) => {
-            f.errors.add(
-                "reference",
-                "this field (or the Idempotency-Key header) is required",
-            );
-            None
-        }
-    };
+    let reference = super::money_body::reference_field(&mut f, rq);
     f.finish()?;
     let (Some(reason), Some(reference)) = (reason, reference) else {
         return Err(validated_but_missing());

@@ -159,21 +159,9 @@ pub fn currency_field<'c>(f: &mut Fields<'_>, currencies: &'c Currencies) -> Opt
     }
 }
 
-/// `amount`, `reference` (or the `Idempotency-Key` header) and `metadata`.
-fn movement(f: &mut Fields<'_>, rq: &Incoming, currencies: &Currencies) -> Option<Movement> {
-    let currency = currency_field(f, currencies);
-    let amount = match (f.raw("amount"), currency) {
-        (None, _) => {
-            f.errors.add("amount", "this field is required");
-            None
-        }
-        // Its scale is the currency's: unknown until the currency is.
-        (Some(_), None) => None,
-        (Some(v), Some(currency)) => f
-            .errors
-            .check("amount", Amount::parse(v, currency).map_err(|e| e.0)),
-    };
-    let reference = match (f.string("reference", false), rq.idempotency_key.as_deref()) {
+/// `reference`, or the `Idempotency-Key` header (equal to it when both are sent).
+pub(super) fn reference_field(f: &mut Fields<'_>, rq: &Incoming) -> Option<Reference> {
+    match (f.string("reference", false), rq.idempotency_key.as_deref()) {
         (Some(body), Some(header)) if body != header => {
             f.errors.add(
                 "reference",
@@ -189,7 +177,24 @@ fn movement(f: &mut Fields<'_>, rq: &Incoming, currencies: &Currencies) -> Optio
             );
             None
         }
+    }
+}
+
+/// `amount`, `reference` (or the `Idempotency-Key` header) and `metadata`.
+fn movement(f: &mut Fields<'_>, rq: &Incoming, currencies: &Currencies) -> Option<Movement> {
+    let currency = currency_field(f, currencies);
+    let amount = match (f.raw("amount"), currency) {
+        (None, _) => {
+            f.errors.add("amount", "this field is required");
+            None
+        }
+        // Its scale is the currency's: unknown until the currency is.
+        (Some(_), None) => None,
+        (Some(v), Some(currency)) => f
+            .errors
+            .check("amount", Amount::parse(v, currency).map_err(|e| e.0)),
     };
+    let reference = reference_field(f, rq);
     let metadata = f
         .errors
         .check("metadata", Metadata::parse(f.raw("metadata")));
