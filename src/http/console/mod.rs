@@ -361,7 +361,9 @@ fn same_origin(svc: &Service, rq: &Incoming) -> bool {
             return false;
         }
     }
-    let Some(origin) = b.origin.as_deref() else {
+    // Under `Referrer-Policy: no-referrer` a browser sends `Origin: null` with its own forms,
+    // so `null` tells nothing: `Sec-Fetch-Site` (above) and the CSRF token decide then.
+    let Some(origin) = b.origin.as_deref().filter(|o| *o != "null") else {
         return true;
     };
     match (&svc.config.serve.public_url, b.host.as_deref()) {

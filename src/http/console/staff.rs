@@ -83,7 +83,7 @@ pub fn users(ctx: &Ctx, s: &Session) -> Answer {
                 }
             }
             div.pager {
-                span { (count) " users" }
+                span { (count) @if count == 1 { " user" } @else { " users" } }
                 span {
                     @if offset > 0 {
                         a href={ "/console/staff/users?offset=" (offset.saturating_sub(USERS_PAGE_ROWS)) (query) } { "← Previous" } " "
