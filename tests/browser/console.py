@@ -105,7 +105,20 @@ class WebDriver:
         self.call("POST", self.s(f"/element/{el}/value"), {"text": text})
 
     def click(self, css):
+        """Clicks a link or a submit button and waits for the page it loads: the old
+        document is marked first, and the wait ends when a complete document lacks the mark."""
+        self.execute("document.documentElement.setAttribute('data-left', '1');")
         self.call("POST", self.s(f"/element/{self.find(css)}/click"), {})
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                if self.execute("return document.readyState === 'complete' && "
+                                "!document.documentElement.hasAttribute('data-left');"):
+                    return
+            except Failure:
+                pass  # the document is being replaced
+            time.sleep(0.05)
+        raise Failure(f"clicking {css!r} loaded no new page within 10 s")
 
     def execute(self, script, args=None):
         return self.call("POST", self.s("/execute/sync"), {"script": script, "args": args or []})
@@ -180,7 +193,12 @@ class Run:
         print(f"ok - {what}")
 
     def page_has(self, text, what):
+        # The page a click loads may still be arriving: look again for up to 5 s.
+        deadline = time.time() + 5
         src = self.driver.source()
+        while text not in src and time.time() < deadline:
+            time.sleep(0.1)
+            src = self.driver.source()
         if text not in src:
             start = src.find("<main")
             raise Failure(f"{what}: {text!r} is not on {self.driver.current_url()}; "
@@ -241,6 +259,7 @@ class Run:
         self.shot("dashboard")
 
         d.click("header nav a[href='/console/history']")
+        self.page_has("<td>TRANSFER_OUT</td>", "the history page is shown")
         src = d.source()
         self.check("<td>TRANSFER_OUT</td>" in src and "<td>DEPOSIT</td>" in src,
                    "the history lists the deposit and the transfer")
