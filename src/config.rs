@@ -168,6 +168,12 @@ pub struct ServeArgs {
     #[arg(long, env = "WALLET_TRUSTED_PROXY")]
     pub trusted_proxy: Option<std::net::IpAddr>,
 
+    /// The address users reach the server at (`https://wallet.example.com`), as a reverse
+    /// proxy serves it. With `https://`, console cookies are marked `Secure`; its origin is the
+    /// one console forms may be posted from.
+    #[arg(long, env = "WALLET_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
     /// How long in-flight requests may take to finish at shutdown, in ms.
     #[arg(long, env = "WALLET_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
@@ -274,6 +280,18 @@ impl Config {
                         "{url:?} must be an http:// URL (TLS is not built in; \
                          for an https service, point this at a local TLS-terminating relay)"
                     ),
+                ));
+            }
+        }
+        if let Some(url) = &serve.public_url {
+            let origin = url.trim_end_matches('/');
+            let host = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"));
+            if host.is_none_or(|h| h.is_empty() || h.contains(['/', '?', '#', ' '])) {
+                return Err(StartupError::setting(
+                    "--public-url/WALLET_PUBLIC_URL",
+                    format!("{url:?} must be an http:// or https:// origin such as https://wallet.example.com"),
                 ));
             }
         }

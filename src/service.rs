@@ -114,6 +114,57 @@ impl Service {
         password: &str,
         client: &str,
     ) -> Result<(User, IssuedToken), AppError> {
+        let user = self.check_password(username, password, client)?;
+        let ttl = self.config.serve.token_ttl;
+        let user_id = user.id;
+        let token = self.writer.execute(move |conn, now| {
+            let token = accounts::new_token(now, ttl);
+            accounts::store_token(conn, now, user_id, &token)?;
+            Ok(token)
+        })?;
+        Ok((user, token))
+    }
+
+    /// A console login: the same throttle and password check as `login`, and a console
+    /// session (its own table, made and expiring like a token) instead of an API token.
+    pub fn console_login(
+        &self,
+        username: &str,
+        password: &str,
+        client: &str,
+    ) -> Result<(User, IssuedToken), AppError> {
+        let user = self.check_password(username, password, client)?;
+        let ttl = self.config.serve.token_ttl;
+        let user_id = user.id;
+        let session = self.writer.execute(move |conn, now| {
+            let session = accounts::new_token(now, ttl);
+            accounts::store_console_session(conn, now, user_id, &session)?;
+            Ok(session)
+        })?;
+        Ok((user, session))
+    }
+
+    /// The user of a console session that is valid now (`Unauthorized` otherwise).
+    pub fn console_session(&self, secret: &str) -> Result<AuthUser, AppError> {
+        let hash = accounts::hash_token(secret);
+        accounts::authenticate_console_session(&*self.read()?, self.now(), &hash)
+    }
+
+    /// Revokes the console session `user` came with.
+    pub fn console_logout(&self, user: &AuthUser) -> Result<(), AppError> {
+        let hash = user.token_hash;
+        self.writer
+            .execute(move |conn, now| accounts::revoke_console_session(conn, now, &hash))
+    }
+
+    /// The one password check of every login, API or console: throttled, and the same error
+    /// after the same work for an unknown user and a wrong password.
+    fn check_password(
+        &self,
+        username: &str,
+        password: &str,
+        client: &str,
+    ) -> Result<User, AppError> {
         let user_key = accounts::throttle_key_for_username(username);
         let keys = [user_key.clone(), format!("ip:{client}")];
         // Reserved before the hash: a burst of guesses can't all pass a check made before any
@@ -132,14 +183,7 @@ impl Service {
             }
         };
         attempt.succeeded(&user_key);
-        let ttl = self.config.serve.token_ttl;
-        let user_id = user.id;
-        let token = self.writer.execute(move |conn, now| {
-            let token = accounts::new_token(now, ttl);
-            accounts::store_token(conn, now, user_id, &token)?;
-            Ok(token)
-        })?;
-        Ok((user, token))
+        Ok(user)
     }
 
     pub fn logout(&self, auth: &AuthUser) -> Result<(), AppError> {

@@ -1,6 +1,7 @@
 //! The HTTP edge: each request is read, routed and handled on its connection's thread (a panic
 //! becomes a 500 for that request only), with one log line and the metrics.
 
+pub mod console;
 pub mod docs;
 mod gate;
 pub mod handlers;
@@ -51,11 +52,14 @@ const REFUSAL_DELAY_MS: u64 = 100;
 
 /// Whether a request's route hashes a password, decided by the router itself so that no
 /// spelling of the path (`//api/auth/login/?x`) reaches a login past its gate.
+/// The console's login form is one of them.
 fn hashes_password(url: &str) -> bool {
-    matches!(
-        router::route(request::path_of(url), false).map(|m| m.template),
-        Some("/api/auth/login" | "/api/auth/register")
-    )
+    let path = request::path_of(url);
+    console::hashes_password(path)
+        || matches!(
+            router::route(path, false).map(|m| m.template),
+            Some("/api/auth/login" | "/api/auth/register")
+        )
 }
 
 impl HttpServer {
@@ -189,7 +193,8 @@ impl Intake {
             rq.close_connection();
         }
         let Some(place) = self.place_for(rq.url()) else {
-            return refuse_login(rq, &incoming.request_id);
+            let console = console::owns(&incoming.path);
+            return refuse_login(rq, &incoming.request_id, console);
         };
         // A stop that began while this request was read or waited its turn waits for it (it
         // is in flight), up to the grace period.
@@ -229,9 +234,13 @@ fn shutting_down(rq: tiny_http::Request) {
 /// The answer to a login or registration that found the password gate full. It is held back
 /// a little (the thread sleeps, using no CPU), so a client that ignores `Retry-After` cannot
 /// turn cheap refusals into a flood that takes the CPU from money movements.
-fn refuse_login(rq: tiny_http::Request, request_id: &str) {
+fn refuse_login(rq: tiny_http::Request, request_id: &str, console: bool) {
     std::thread::sleep(Duration::from_millis(REFUSAL_DELAY_MS));
-    let reply = error_reply(&AppError::Unavailable("too many logins at once; try again"));
+    let reply = if console {
+        console::busy_page()
+    } else {
+        error_reply(&AppError::Unavailable("too many logins at once; try again"))
+    };
     respond(rq, reply, request_id);
 }
 
@@ -257,16 +266,12 @@ fn handle(
         read_error,
         started,
     } = request;
-    // Any POST body must be JSON, including on routes that take none (the contract's 415).
-    let read_error = read_error.or_else(|| incoming.json_content_type_error());
-    let matched = router::route(&incoming.path, test_hooks);
-    let template = matched.as_ref().map_or("unmatched", |m| m.template);
-    let result = match (matched, read_error) {
-        (_, Some(e)) => Err(e),
-        (None, None) => Err(AppError::NotFound("route")),
-        (Some(m), None) => run(svc, &incoming, &m),
+    let (template, reply) = if console::owns(&incoming.path) {
+        // The console answers in HTML, errors included, and authenticates by its cookie.
+        console::answer(svc, &incoming, read_error)
+    } else {
+        api_answer(svc, &incoming, read_error, test_hooks)
     };
-    let reply = result.unwrap_or_else(|e| error_answer(svc, &incoming, template, &e));
     let status = reply.status;
     incoming.body = Vec::new();
     drop(held);
@@ -283,6 +288,27 @@ fn handle(
     }
 }
 
+/// The API's answer to a request: its route's template and its reply. The API authenticates
+/// by the `Authorization` header only, never by a cookie.
+fn api_answer(
+    svc: &Service,
+    incoming: &Incoming,
+    read_error: Option<AppError>,
+    test_hooks: bool,
+) -> (&'static str, Reply) {
+    // Any POST body must be JSON, including on routes that take none (the contract's 415).
+    let read_error = read_error.or_else(|| incoming.json_content_type_error());
+    let matched = router::route(&incoming.path, test_hooks);
+    let template = matched.as_ref().map_or("unmatched", |m| m.template);
+    let result = match (matched, read_error) {
+        (_, Some(e)) => Err(e),
+        (None, None) => Err(AppError::NotFound("route")),
+        (Some(m), None) => run(svc, incoming, &m),
+    };
+    let reply = result.unwrap_or_else(|e| error_answer(svc, incoming, template, &e));
+    (template, reply)
+}
+
 /// Runs the route's handler for the request's method (405 if it has none); a panic in it is
 /// a 500 for this request only.
 fn run(svc: &Service, rq: &Incoming, m: &router::Matched) -> Result<Reply, AppError> {
@@ -296,6 +322,12 @@ fn run(svc: &Service, rq: &Incoming, m: &router::Matched) -> Result<Reply, AppEr
 /// The reply to an error, once its cause is logged (an internal error) or counted (a refusal
 /// for want of capacity or storage).
 fn error_answer(svc: &Service, rq: &Incoming, template: &str, e: &AppError) -> Reply {
+    note_error(svc, rq, template, e);
+    error_reply(e)
+}
+
+/// Logs an internal error's cause, or counts a refusal for want of capacity or storage.
+pub(crate) fn note_error(svc: &Service, rq: &Incoming, template: &str, e: &AppError) {
     match e {
         AppError::Internal(cause) => crate::log::error(&format!(
             "request {} {} {template}: {cause}",
@@ -304,7 +336,6 @@ fn error_answer(svc: &Service, rq: &Incoming, template: &str, e: &AppError) -> R
         AppError::Unavailable(_) | AppError::Storage(_) => svc.metrics.unavailable.inc(),
         _ => {}
     }
-    error_reply(e)
 }
 
 /// Runs a route's handler once its caller is who the route allows: the one place a request is
@@ -348,7 +379,7 @@ fn caller(svc: &Service, rq: &Incoming) -> Result<AuthUser, AppError> {
 }
 
 /// Counts a request against its client address's anonymous rate: 429 past it.
-fn anonymous_rate(svc: &Service, rq: &Incoming) -> Result<(), AppError> {
+pub(crate) fn anonymous_rate(svc: &Service, rq: &Incoming) -> Result<(), AppError> {
     svc.anon_rate
         .check(&rq.client, Instant::now())
         .map_err(|retry_after_s| AppError::RateLimited { retry_after_s })
@@ -381,13 +412,16 @@ fn send<R: std::io::Read>(
     extra: &[(&'static str, String)],
     request_id: &str,
 ) {
-    let headers = [
-        ("Content-Type", content_type),
-        ("X-Request-Id", request_id),
-        ("Cache-Control", "no-store"),
-    ];
+    // A reply may choose its own caching (the console's style sheet); by default none.
+    let cache = if extra.iter().any(|(n, _)| *n == "Cache-Control") {
+        None
+    } else {
+        Some(("Cache-Control", "no-store"))
+    };
+    let headers = [("Content-Type", content_type), ("X-Request-Id", request_id)];
     for (name, value) in headers
         .into_iter()
+        .chain(cache)
         .chain(extra.iter().map(|(n, v)| (*n, v.as_str())))
     {
         if let Ok(h) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
@@ -442,6 +476,8 @@ mod tests {
             "//api/auth/login",
             "/api/auth/login?next=1",
             "/api/auth/register/",
+            "/console/login",
+            "/console/login/",
         ] {
             assert!(hashes_password(url), "{url}");
         }

@@ -22,6 +22,18 @@ pub struct Incoming {
     pub request_id: String,
     pub client: String,
     pub body: Vec<u8>,
+    /// What the web console reads besides the body: `Cookie`, `Host`, `Origin` and
+    /// `Sec-Fetch-Site`. Only `http::console` reads it; the API never does.
+    pub browser: Browser,
+}
+
+/// The headers only a browser's request to the console needs.
+#[derive(Default)]
+pub struct Browser {
+    pub cookie: Option<String>,
+    pub host: Option<String>,
+    pub origin: Option<String>,
+    pub sec_fetch_site: Option<String>,
 }
 
 impl Incoming {
@@ -61,6 +73,12 @@ impl Incoming {
                 trusted_proxy,
             ),
             body: Vec::new(),
+            browser: Browser {
+                cookie: header("Cookie"),
+                host: header("Host"),
+                origin: header("Origin"),
+                sec_fetch_site: header("Sec-Fetch-Site"),
+            },
         }
     }
 
@@ -130,6 +148,7 @@ impl Incoming {
             request_id: "fuzz".into(),
             client: String::new(),
             body,
+            browser: Browser::default(),
         }
     }
 

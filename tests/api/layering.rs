@@ -60,3 +60,73 @@ fn no_file_under_src_http_holds_sql() {
         found.join("\n")
     );
 }
+
+/// The lines of code (comments left out) of the Rust files under `dir`, with where they are.
+fn code_lines(dir: &Path) -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    rust_files(dir, &mut files);
+    let mut lines = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("read a source file");
+        for (n, line) in text.lines().enumerate() {
+            if !line.trim_start().starts_with("//") {
+                lines.push((format!("{}:{}", file.display(), n + 1), line.to_string()));
+            }
+        }
+    }
+    lines
+}
+
+/// Proves the API never reads a cookie: the request's browser headers (`Incoming::browser`,
+/// which holds `Cookie`) are read only under `src/http/console/`, and no other file of the
+/// edge names the header.
+#[test]
+fn only_the_console_reads_a_cookie() {
+    let http = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/http");
+    let found: Vec<String> = code_lines(&http)
+        .into_iter()
+        .filter(|(at, _)| !at.contains("/src/http/console/") && !at.contains("request.rs"))
+        .filter(|(_, line)| line.contains(".browser") || line.contains("Cookie"))
+        .map(|(at, line)| format!("{at}: {line}"))
+        .collect();
+    assert!(
+        found.is_empty(),
+        "cookies read outside the console:\n{}",
+        found.join("\n")
+    );
+}
+
+/// Proves the console's pages call the use cases of `Service` and never the money rules or the
+/// storage: no file under `src/http/console/` names `db::`, `store::` or `accounts::` functions,
+/// and it takes only types from `ledger` (in `use` lines and type paths, never a call).
+#[test]
+fn console_pages_call_the_service_never_the_ledger_or_the_database() {
+    let console = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/http/console");
+    let lines = code_lines(&console);
+    assert!(lines.len() > 300, "read the console's files");
+    let mut found = Vec::new();
+    for (at, line) in &lines {
+        for marker in ["crate::db", "crate::store", "rusqlite", "postgres::"] {
+            if line.contains(marker) {
+                found.push(format!("{at}: {line}"));
+            }
+        }
+        // A call into the ledger: `ledger::something(` or `ledger::module::something(`.
+        if let Some(i) = line.find("ledger::") {
+            let rest = &line[i..];
+            let path_end = rest
+                .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+                .unwrap_or(rest.len());
+            let last = rest[..path_end].rsplit("::").next().unwrap_or("");
+            let called = rest[path_end..].starts_with('(');
+            if called && last.starts_with(|c: char| c.is_lowercase()) {
+                found.push(format!("{at}: {line}"));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "the console reaches past Service:\n{}",
+        found.join("\n")
+    );
+}

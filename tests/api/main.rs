@@ -6,6 +6,7 @@ mod accounts;
 mod binary;
 mod cluster;
 mod concurrency;
+mod console;
 mod copy;
 mod crash;
 mod currencies;

@@ -24,7 +24,7 @@ pub fn mine(svc: &Service, rq: &Incoming, _: &Params, user: &AuthUser) -> Result
     let mut errors = crate::error::FieldErrors::default();
     let q = super::wallet::history_filters(svc, rq, &mut errors);
     errors.into_result()?;
-    csv(svc, svc.history_pages(&user.wallet, &q))
+    csv_reply(svc, svc.history_pages(&user.wallet, &q))
 }
 
 /// `GET /api/admin/users/{id}/transactions.csv`: any user's, for staff; the export is in the
@@ -41,12 +41,12 @@ pub fn user(
     errors.into_result()?;
     let (w, _) = svc.wallet(user_id)?;
     svc.audit_read(staff, "export_transactions", format!("user:{user_id}"))?;
-    csv(svc, svc.history_pages(&w.wallet_ref(), &q))
+    csv_reply(svc, svc.history_pages(&w.wallet_ref(), &q))
 }
 
 /// The reply: its first page read now (a database that can't be read is an error reply, not
-/// a broken stream), the rest as the client reads.
-fn csv(svc: &Service, mut pages: HistoryPages) -> Result<Reply, AppError> {
+/// a broken stream), the rest as the client reads. The console's exports are this reply too.
+pub fn csv_reply(svc: &Service, mut pages: HistoryPages) -> Result<Reply, AppError> {
     let first = pages.next().transpose()?.unwrap_or_default();
     let mut text = String::from(CSV_HEADER);
     rows(&mut text, &first, &svc.config.currencies);

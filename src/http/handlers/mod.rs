@@ -40,7 +40,7 @@ fn user_json(u: &User) -> Value {
 }
 
 /// Minor units of the currency `code` as the API shows them: its scale's digits.
-fn money(cs: &Currencies, code: &str, minor: MinorUnits) -> String {
+pub(crate) fn money(cs: &Currencies, code: &str, minor: MinorUnits) -> String {
     // Start-up refuses a database holding money in a currency it does not serve, so every
     // stored code is found; the bare minor units are a last resort that never shows a 500.
     cs.get(code)
