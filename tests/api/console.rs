@@ -879,3 +879,80 @@ fn holds_are_made_captured_and_voided_from_the_holds_page() {
         overview.body
     );
 }
+
+#[test]
+fn staff_reverse_a_transaction_from_its_history_row_once() {
+    // The staff page links each reversible entry to the reversal form; the form reverses it
+    // through the same use case as the API, once, and names what it can't reverse beside the
+    // field.
+    let app = TestApp::spawn();
+    let staff = staff_user(&app);
+    let u = funded(&app, "rvc", "30.00");
+    let other = funded(&app, "rvo", "5.00");
+    let deposit = app
+        .get("/api/wallets/me/transactions?type=DEPOSIT", &u.token)
+        .body["results"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let foreign = app.get("/api/wallets/me/transactions", &other.token).body["results"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut s = Browser::logged_in(&app, &staff);
+    let page = format!("/console/staff/users/{}", u.id);
+    let shown = s.get(&page);
+    assert!(
+        shown
+            .body
+            .contains(&format!("href=\"{page}?reverse={deposit}#reverse\"")),
+        "{}",
+        shown.body
+    );
+    let form = format!("{page}?reverse={deposit}");
+    assert!(s.get(&form).body.contains(&format!("value=\"{deposit}\"")));
+
+    // Another wallet's transaction is not reversed from this page.
+    let r = s.submit(
+        &form,
+        &format!("{page}/reverse"),
+        &[("id", &foreign), ("reason", "wrong page")],
+    );
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(
+        r.body.contains("no transaction of this wallet has this id"),
+        "{}",
+        r.body
+    );
+    assert_eq!(app.balance(&other), "5.00");
+
+    let r = s.submit(
+        &form,
+        &format!("{page}/reverse"),
+        &[("id", &deposit), ("reason", "deposit made in error")],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(app.balance(&u), "0.00");
+    let shown = s.get(&format!("{page}?notice=reverse"));
+    assert!(
+        shown.body.contains("Transaction reversed."),
+        "{}",
+        shown.body
+    );
+    assert!(shown.body.contains("REVERSAL_OUT"), "{}", shown.body);
+
+    // A second reversal, from a fresh form (a new reference), is refused and moves nothing.
+    let r = s.submit(
+        &form,
+        &format!("{page}/reverse"),
+        &[("id", &deposit), ("reason", "again")],
+    );
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body.contains("reversed already"), "{}", r.body);
+    assert_eq!(app.balance(&u), "0.00");
+    let audit = app.get(
+        &format!("/api/admin/audit?target=transaction:{deposit}"),
+        &staff.token,
+    );
+    assert_eq!(audit.body["count"], 1, "{}", audit.body);
+}

@@ -168,6 +168,11 @@ pub fn route(path: &str) -> Option<Route> {
             None,
             Some(Staff(staff::unfreeze)),
         ),
+        ["console", "staff", "users", _, "reverse"] => (
+            "/console/staff/users/{id}/reverse",
+            None,
+            Some(Staff(staff::reverse)),
+        ),
         ["console", "staff", "audit"] => ("/console/staff/audit", Some(Staff(staff::audit)), None),
         _ => return None,
     };
@@ -208,6 +213,7 @@ pub const TEMPLATES: &[&str] = &[
     "/console/staff/users/{id}/credit",
     "/console/staff/users/{id}/freeze",
     "/console/staff/users/{id}/unfreeze",
+    "/console/staff/users/{id}/reverse",
     "/console/staff/audit",
 ];
 

@@ -8,7 +8,7 @@ use maud::html;
 use super::user::{self, done, history_card, money_body, notice, refill};
 use super::views::{self, amount, badge, when, Filled, FormView, Nav};
 use super::{html, Answer, Ctx, Problem, Session};
-use crate::domain::{StaffReason, Timestamp};
+use crate::domain::{Reference, StaffReason, Timestamp};
 use crate::error::AppError;
 use crate::http::handlers::{export as csv, MoneyRoute};
 
@@ -119,11 +119,23 @@ fn user_page(ctx: &Ctx, s: &Session, filled: Option<&Filled>) -> Answer {
     let wallet_ref = wallet.wallet_ref();
     let (at_result, at_errors) = balance_at(ctx, s, id, &wallet_ref)?;
     let base = format!("/console/staff/users/{id}");
-    let (history, history_status) =
-        history_card(ctx, &wallet_ref, &base, &format!("{base}/transactions.csv"))?;
+    let own = id == s.user.user_id;
+    let (history, history_status) = history_card(
+        ctx,
+        &wallet_ref,
+        &base,
+        &format!("{base}/transactions.csv"),
+        (!own).then_some(base.as_str()),
+    )?;
     let credit = FormView::new("credit", filled);
     let freeze = FormView::new("freeze", filled);
-    let own = id == s.user.user_id;
+    let reverse = FormView::new("reverse", filled);
+    // The transaction to reverse: as posted when the form failed, else as a history row's
+    // "Reverse…" link names it.
+    let reverse_id = match reverse.value("id") {
+        posted if !posted.is_empty() => posted,
+        _ => ctx.rq.query("reverse").unwrap_or_default().to_string(),
+    };
     let chosen_currency = ctx.rq.query("at_currency").unwrap_or_default().to_string();
     let content = html! {
         div.card {
@@ -165,7 +177,7 @@ fn user_page(ctx: &Ctx, s: &Session, filled: Option<&Filled>) -> Answer {
             }
         }
         @if own {
-            div.alert.warn { "This is your own wallet: staff can't credit, freeze or unfreeze their own." }
+            div.alert.warn { "This is your own wallet: staff can't credit, freeze, unfreeze or reverse their own." }
         }
         div.grid {
             div.card {
@@ -199,9 +211,26 @@ fn user_page(ctx: &Ctx, s: &Session, filled: Option<&Filled>) -> Answer {
                     }
                 }
             }
-            // TODO(reversal): the form to reverse a transaction of this wallet (reason and
-            // transaction id, posted to /console/staff/users/{id}/reverse through the
-            // reversal use case of `Service`) goes here, beside credit and freeze.
+            div.card id="reverse" {
+                h2 { "Reverse a transaction" }
+                p.muted {
+                    "Undoes a deposit, a paid withdrawal or a transfer of this wallet with new entries; "
+                    "a transfer is moved back from its recipient to its sender. Pick one with "
+                    "“Reverse…” in the history below."
+                }
+                form method="post" action={ (base) "/reverse" } {
+                    (reverse.hidden(s))
+                    (reverse.alert(&["id", "reason"]))
+                    @let id_errors = reverse.messages("id");
+                    label for="reverse-id" { "Transaction id" }
+                    input.mono id="reverse-id" name="id" type="text" value=(reverse_id)
+                        class=[(!id_errors.is_empty()).then_some("invalid")]
+                        aria-invalid=[(!id_errors.is_empty()).then_some("true")];
+                    @for m in &id_errors { p.field-error role="alert" { (m) } }
+                    (reverse.input("reason", "Reason", "text", Some("(recorded in the audit log)")))
+                    div.actions { button.danger type="submit" { "Reverse transaction" } }
+                }
+            }
         }
         div.card {
             h2 { "History" }
@@ -315,6 +344,50 @@ fn set_frozen(ctx: &Ctx, s: &Session, frozen: bool) -> Answer {
         ),
         Err(e) => refill(ctx, s, "freeze", e, user_page),
     }
+}
+
+/// Reverses a transaction of this user's wallet (`Service::admin_reverse`): one that belongs
+/// to another wallet is "not found" here, so a mistyped id never reverses someone else's.
+pub fn reverse(ctx: &Ctx, s: &Session) -> Answer {
+    let id = user_id(ctx)?;
+    let out = both(
+        both(transaction_of(ctx, id), reason(ctx)),
+        form_reference(ctx),
+    )
+    .and_then(|((tx, r), reference)| ctx.svc.admin_reverse(&s.user, &tx, reference, r));
+    match out {
+        Ok(out) => done(
+            &format!("/console/staff/users/{id}"),
+            "reverse",
+            out.replayed,
+        ),
+        Err(e) => refill(ctx, s, "reverse", e, user_page),
+    }
+}
+
+/// The form's transaction id, checked to be an entry of user `id`'s wallet.
+fn transaction_of(ctx: &Ctx, id: i64) -> Result<String, AppError> {
+    let tx = ctx
+        .form
+        .get("id")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| AppError::field("id", "this field is required"))?;
+    let (w, _) = ctx.svc.wallet(id)?;
+    match ctx.svc.transaction(&w.wallet_ref(), tx) {
+        Ok(e) => Ok(e.id),
+        Err(AppError::NotFound(_)) => Err(AppError::field(
+            "id",
+            "no transaction of this wallet has this id",
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+/// The idempotency reference the form carries.
+fn form_reference(ctx: &Ctx) -> Result<Reference, AppError> {
+    let text = ctx.form.get("reference").unwrap_or_default();
+    Reference::parse(text).map_err(|m| AppError::field("reference", m))
 }
 
 /// A user's history as CSV, through the API's CSV writer; audited as the API's export is.

@@ -39,6 +39,7 @@ pub fn notice(rq: &Incoming) -> Option<&'static str> {
         "credit" => "Credit recorded.",
         "freeze" => "Wallet frozen.",
         "unfreeze" => "Wallet unfrozen.",
+        "reverse" => "Transaction reversed.",
         "replayed" => "That form had already been sent: nothing was done twice.",
         "logged_out" => "You are logged out.",
         _ => return None,
@@ -196,7 +197,7 @@ fn overview_page(ctx: &Ctx, s: &Session, filled: Option<&Filled>) -> Answer {
         }
         div.card {
             h2 { "Recent activity" }
-            (entries_table(&recent, cs))
+            (entries_table(&recent, cs, None))
             p { a href="/console/history" { "All history →" } }
         }
     };
@@ -409,6 +410,7 @@ pub fn history_card(
     wallet: &WalletRef,
     base: &str,
     csv_path: &str,
+    reverse_base: Option<&str>,
 ) -> Result<(Markup, u16), AppError> {
     let (q, errors) = history_query(ctx);
     let problem = errors.into_result().err().map(|e| Problem::of(&e));
@@ -468,7 +470,7 @@ pub fn history_card(
         }
         @for m in errs("cursor") { p.field-error { (m) } }
         @if let Some(page) = &page {
-            (entries_table(&page.results, cs))
+            (entries_table(&page.results, cs, reverse_base))
             div.pager {
                 span { (page.count) " matching " @if page.count == 1 { "entry" } @else { "entries" } }
                 span {
@@ -485,8 +487,13 @@ pub fn history_card(
     Ok((markup, status))
 }
 
-/// Entries, newest first: amounts signed and aligned right.
-pub fn entries_table(entries: &[Entry], cs: &crate::domain::Currencies) -> Markup {
+/// Entries, newest first: amounts signed and aligned right. With `reverse_base` (a staff
+/// page), each entry staff may reverse links to that page with the reversal form filled in.
+pub fn entries_table(
+    entries: &[Entry],
+    cs: &crate::domain::Currencies,
+    reverse_base: Option<&str>,
+) -> Markup {
     html! {
         @if entries.is_empty() {
             p.empty { "No transactions yet." }
@@ -495,6 +502,7 @@ pub fn entries_table(entries: &[Entry], cs: &crate::domain::Currencies) -> Marku
                 thead { tr {
                     th { "When" } th { "Type" } th.num { "Amount" } th.num { "Balance after" }
                     th { "Reference" } th { "Counterparty" } th { "Note" }
+                    @if reverse_base.is_some() { th { "" } }
                 } }
                 tbody {
                     @for e in entries {
@@ -508,7 +516,17 @@ pub fn entries_table(entries: &[Entry], cs: &crate::domain::Currencies) -> Marku
                             td.num { (amount(cs, &e.currency, e.balance_after)) }
                             td.mono { (e.reference) }
                             td { @if let Some(id) = e.counterparty_user_id { "user " (id) } }
-                            td { (views::metadata_text(&e.metadata)) }
+                            td {
+                                (views::metadata_text(&e.metadata))
+                                @if let Some(undone) = &e.reverses { span.hint { "reverses " span.mono { (undone) } } }
+                            }
+                            @if let Some(base) = reverse_base {
+                                td {
+                                    @if e.kind.reversed_by().is_some() {
+                                        a href={ (base) "?reverse=" (e.id) "#reverse" } { "Reverse…" }
+                                    }
+                                }
+                            }
                         }
                     }
                 }
@@ -523,6 +541,7 @@ pub fn history(ctx: &Ctx, s: &Session) -> Answer {
         &s.user.wallet,
         "/console/history",
         "/console/transactions.csv",
+        None,
     )?;
     let content = html! { div.card { (card) } };
     Ok(html(

@@ -157,7 +157,7 @@ impl<'a> FormView<'a> {
             .to_string()
     }
 
-    fn messages(&self, field: &str) -> Vec<String> {
+    pub fn messages(&self, field: &str) -> Vec<String> {
         let Some(f) = self.filled else {
             return Vec::new();
         };
