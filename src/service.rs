@@ -114,15 +114,7 @@ impl Service {
         password: &str,
         client: &str,
     ) -> Result<(User, IssuedToken), AppError> {
-        let user = self.check_password(username, password, client)?;
-        let ttl = self.config.serve.token_ttl;
-        let user_id = user.id;
-        let token = self.writer.execute(move |conn, now| {
-            let token = accounts::new_token(now, ttl);
-            accounts::store_token(conn, now, user_id, &token)?;
-            Ok(token)
-        })?;
-        Ok((user, token))
+        self.sign_in(username, password, client, accounts::store_token)
     }
 
     /// A console login: the same throttle and password check as `login`, and a console
@@ -133,15 +125,27 @@ impl Service {
         password: &str,
         client: &str,
     ) -> Result<(User, IssuedToken), AppError> {
+        self.sign_in(username, password, client, accounts::store_console_session)
+    }
+
+    /// Checks the password (throttled), then issues a secret that expires after `--token-ttl`
+    /// and stores its hash with `store`: an API token or a console session.
+    fn sign_in(
+        &self,
+        username: &str,
+        password: &str,
+        client: &str,
+        store: fn(&dyn crate::store::Sql, Timestamp, i64, &IssuedToken) -> Result<(), AppError>,
+    ) -> Result<(User, IssuedToken), AppError> {
         let user = self.check_password(username, password, client)?;
         let ttl = self.config.serve.token_ttl;
         let user_id = user.id;
-        let session = self.writer.execute(move |conn, now| {
-            let session = accounts::new_token(now, ttl);
-            accounts::store_console_session(conn, now, user_id, &session)?;
-            Ok(session)
+        let issued = self.writer.execute(move |conn, now| {
+            let issued = accounts::new_token(now, ttl);
+            store(conn, now, user_id, &issued)?;
+            Ok(issued)
         })?;
-        Ok((user, session))
+        Ok((user, issued))
     }
 
     /// The user of a console session that is valid now (`Unauthorized` otherwise).
