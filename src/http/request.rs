@@ -74,7 +74,17 @@ impl Incoming {
             ),
             body: Vec::new(),
             browser: Browser {
-                cookie: header("Cookie"),
+                // A client (or an HTTP/2 proxy) may split cookies over several fields; they
+                // are one list (RFC 6265, section 5.4).
+                cookie: {
+                    let parts: Vec<&str> = rq
+                        .headers()
+                        .iter()
+                        .filter(|h| h.field.equiv("Cookie"))
+                        .map(|h| h.value.as_str())
+                        .collect();
+                    (!parts.is_empty()).then(|| parts.join("; "))
+                },
                 host: header("Host"),
                 origin: header("Origin"),
                 sec_fetch_site: header("Sec-Fetch-Site"),

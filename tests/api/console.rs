@@ -551,7 +551,52 @@ fn a_bad_amount_and_short_funds_are_shown_beside_the_field() {
         "{}",
         r.body
     );
+    // A note too long for the metadata limit is shown under the note, and a currency this
+    // deployment lacks (it has one, so no picker is drawn) is still said on the page.
+    let long = "y".repeat(8_000);
+    let r = b.submit(
+        "/console/",
+        "/console/deposit",
+        &[("amount", "1.00"), ("note", &long)],
+    );
+    assert_eq!(r.status, 422, "{}", r.body);
+    let note = r.body.find("id=\"deposit-note\"").expect("the note input");
+    assert!(
+        r.body[note..].contains("field-error"),
+        "{}",
+        &r.body[note..]
+    );
+    let r = b.submit(
+        "/console/",
+        "/console/deposit",
+        &[("amount", "1.00"), ("currency", "EUR")],
+    );
+    assert_eq!(r.status, 422, "{}", r.body);
+    let currency_error = r.body.matches("field-error").count();
+    assert!(currency_error >= 1 && r.body.contains("EUR"), "{}", r.body);
     assert_eq!(app.balance(&u), "10.00");
+}
+
+#[test]
+fn cookies_split_over_several_header_fields_are_one_list() {
+    // RFC 6265 lets a client (or an HTTP/2 proxy) send its cookies in several fields: the
+    // session is found in the second.
+    let app = TestApp::spawn();
+    let u = funded(&app, "split", "1.00");
+    let b = Browser::logged_in(&app, &u);
+    let session = b.cookie("wallet_session").expect("a session cookie");
+    let mut fresh = Browser::new(&app);
+    let r = fresh.send(
+        "GET",
+        "/console/",
+        None,
+        &[
+            ("Cookie", "theme=dark"),
+            ("Cookie", &format!("wallet_session={session}")),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains(&u.username), "{}", r.body);
 }
 
 #[test]

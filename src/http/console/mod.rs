@@ -373,13 +373,27 @@ fn same_origin(svc: &Service, rq: &Incoming) -> bool {
         return true;
     };
     match (&svc.config.serve.public_url, b.host.as_deref()) {
-        (Some(public), _) => origin == public.trim_end_matches('/'),
+        (Some(public), _) => origin_key(origin) == origin_key(public),
         (None, Some(host)) => {
             origin.strip_prefix("http://") == Some(host)
                 || origin.strip_prefix("https://") == Some(host)
         }
         (None, None) => false,
     }
+}
+
+/// An origin as browsers compare them: scheme and host in lower case, without a trailing `/`
+/// or the scheme's default port (`https://Wallet.example.com:443/` is `https://wallet.example.com`).
+fn origin_key(origin: &str) -> String {
+    let o = origin.trim_end_matches('/').to_ascii_lowercase();
+    for (scheme, port) in [("https://", ":443"), ("http://", ":80")] {
+        if o.starts_with(scheme) {
+            if let Some(bare) = o.strip_suffix(port) {
+                return bare.to_string();
+            }
+        }
+    }
+    o
 }
 
 /// A value of the request's `Cookie` header, if it is one our cookies could hold (64 hex
@@ -573,6 +587,24 @@ pub fn busy_page() -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origins_compare_as_browsers_send_them() {
+        // A --public-url with capitals, a default port or a trailing slash still matches the
+        // Origin a browser sends; another scheme, host or port does not.
+        let public = "https://Wallet.Example.com:443/";
+        assert_eq!(origin_key(public), origin_key("https://wallet.example.com"));
+        assert_eq!(origin_key("http://h:80"), "http://h");
+        assert_ne!(origin_key(public), origin_key("http://wallet.example.com"));
+        assert_ne!(
+            origin_key(public),
+            origin_key("https://wallet.example.com:8443")
+        );
+        assert_ne!(
+            origin_key(public),
+            origin_key("https://wallet.example.com.evil.net")
+        );
+    }
 
     #[test]
     fn the_route_list_names_every_arm_and_every_page_is_declared() {

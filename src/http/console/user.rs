@@ -174,7 +174,7 @@ fn overview_page(ctx: &Ctx, s: &Session, filled: Option<&Filled>) -> Answer {
                 h2 { "Withdraw" }
                 form method="post" action="/console/withdraw" {
                     (withdraw.hidden(s))
-                    (withdraw.alert(&["amount", "currency", "scheduled_at"]))
+                    (withdraw.alert(&["amount", "currency", "scheduled_at", "metadata"]))
                     (withdraw.input("amount", "Amount", "text", None))
                     (withdraw.currency(cs))
                     (withdraw.input("scheduled_at", "Pay out at", "datetime-local", Some("(UTC; empty for now)")))
@@ -186,7 +186,7 @@ fn overview_page(ctx: &Ctx, s: &Session, filled: Option<&Filled>) -> Answer {
                 h2 { "Transfer" }
                 form method="post" action="/console/transfer" {
                     (transfer.hidden(s))
-                    (transfer.alert(&["to_username", "to_user_id", "amount", "currency"]))
+                    (transfer.alert(&["to_username", "to_user_id", "amount", "currency", "metadata"]))
                     (transfer.input("to_username", "To (username)", "text", None))
                     (transfer.input("amount", "Amount", "text", None))
                     (transfer.currency(cs))
@@ -577,7 +577,7 @@ fn holds_page(ctx: &Ctx, s: &Session, filled: Option<&Filled>) -> Answer {
                 p.muted { "Reserves money without moving it. Its recipient (or you, without one) captures or voids it before it expires." }
                 form method="post" action="/console/holds" {
                     (create.hidden(s))
-                    (create.alert(&["amount", "currency", "to_username", "to_user_id", "expires_at"]))
+                    (create.alert(&["amount", "currency", "to_username", "to_user_id", "expires_at", "metadata"]))
                     (create.input("amount", "Amount", "text", None))
                     (create.currency(cs))
                     (create.input("to_username", "Recipient (username)", "text", Some("(optional)")))

@@ -162,6 +162,16 @@ impl<'a> FormView<'a> {
             return Vec::new();
         };
         let mut list = f.problem.fields.get(field).cloned().unwrap_or_default();
+        // A form's note is the API's `metadata`: its errors are the note's.
+        if field == "note" {
+            list.extend(
+                f.problem
+                    .fields
+                    .get("metadata")
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+        }
         if field == "amount" && f.problem.code == "insufficient_funds" {
             list.push(f.problem.message.clone());
         }
@@ -183,7 +193,7 @@ impl<'a> FormView<'a> {
         }
     }
 
-    /// A currency picker (shown only when the deployment has more than one).
+    /// A currency picker (shown only when the deployment has more than one), with its errors.
     pub fn currency(&self, cs: &Currencies) -> Markup {
         let chosen = self.value("currency");
         let id = format!("{}-currency", self.name);
@@ -197,8 +207,9 @@ impl<'a> FormView<'a> {
                         option value=(code) selected[*code == chosen] { (code) }
                     }
                 }
-                @for m in &messages { p.field-error role="alert" { (m) } }
             }
+            // With one currency there is no picker, but a posted currency can still be wrong.
+            @for m in &messages { p.field-error role="alert" { (m) } }
         }
     }
 
