@@ -156,7 +156,16 @@ impl Service {
 
     /// Revokes the console session `user` came with.
     pub fn console_logout(&self, user: &AuthUser) -> Result<(), AppError> {
-        let hash = user.token_hash;
+        self.revoke_console_secret(user.token_hash)
+    }
+
+    /// Revokes the console session whose secret a browser sent, if it is one: a new login
+    /// replaces the session the browser had.
+    pub fn console_replace(&self, secret: &str) -> Result<(), AppError> {
+        self.revoke_console_secret(accounts::hash_token(secret))
+    }
+
+    fn revoke_console_secret(&self, hash: [u8; 32]) -> Result<(), AppError> {
         self.writer
             .execute(move |conn, now| accounts::revoke_console_session(conn, now, &hash))
     }

@@ -10,6 +10,13 @@ use crate::store::Sql;
 
 use super::{AuthUser, IssuedToken};
 
+/// Console sessions a user may have open at once; a login past it revokes the oldest.
+pub const CONSOLE_SESSIONS_PER_USER_MAX: i64 = 20;
+
+/// Stores a new session of `user_id`. The user's expired and revoked sessions go (nothing
+/// needs them: a cookie naming one is refused either way), and the oldest open ones past
+/// `CONSOLE_SESSIONS_PER_USER_MAX` are revoked, so the table holds a bounded number of rows
+/// per user however often they log in.
 pub fn store_console_session(
     conn: &dyn Sql,
     now: Timestamp,
@@ -17,9 +24,21 @@ pub fn store_console_session(
     s: &IssuedToken,
 ) -> Result<(), AppError> {
     conn.execute(
+        "DELETE FROM console_sessions
+         WHERE user_id = ?1 AND (revoked_at IS NOT NULL OR expires_at <= ?2)",
+        &[&user_id, &now],
+    )?;
+    conn.execute(
         "INSERT INTO console_sessions (user_id, session_hash, created_at, expires_at)
          VALUES (?1, ?2, ?3, ?4)",
         &[&user_id, &s.hash, &now, &s.expires_at],
+    )?;
+    conn.execute(
+        "UPDATE console_sessions SET revoked_at = ?2
+         WHERE user_id = ?1 AND revoked_at IS NULL AND id NOT IN (
+             SELECT id FROM console_sessions WHERE user_id = ?1 AND revoked_at IS NULL
+             ORDER BY id DESC LIMIT ?3)",
+        &[&user_id, &now, &CONSOLE_SESSIONS_PER_USER_MAX],
     )?;
     Ok(())
 }

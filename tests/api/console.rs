@@ -1001,3 +1001,50 @@ fn staff_reverse_a_transaction_from_its_history_row_once() {
     );
     assert_eq!(audit.body["count"], 1, "{}", audit.body);
 }
+
+#[test]
+fn a_new_login_replaces_the_browsers_session_and_open_sessions_are_bounded() {
+    // Logging in again from the same browser ends its previous session; a user logging in
+    // from many browsers keeps at most CONSOLE_SESSIONS_PER_USER_MAX open, and ended ones
+    // are removed rather than kept forever.
+    let app = TestApp::spawn();
+    let u = app.register(&name("many"));
+    let mut b = Browser::logged_in(&app, &u);
+    let first = b.cookie("wallet_session").unwrap();
+    // Another tab of the same browser still shows the login form it opened before.
+    b.cookies.retain(|(n, _)| n != "wallet_session");
+    let form = b.get("/console/login");
+    let csrf = form.hidden("csrf");
+    b.cookies.push(("wallet_session".into(), first.clone()));
+    let r = b.post(
+        "/console/login",
+        &[
+            ("csrf", &csrf),
+            ("username", &u.username),
+            ("password", "correct horse battery"),
+        ],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_ne!(b.cookie("wallet_session").unwrap(), first);
+    let mut old = Browser::new(&app);
+    old.cookies.push(("wallet_session".into(), first));
+    assert_eq!(
+        old.get("/console/").header("Location"),
+        Some("/console/login")
+    );
+    assert_eq!(b.get("/console/").status, 200);
+
+    let max = wallet::accounts::CONSOLE_SESSIONS_PER_USER_MAX;
+    let browsers: Vec<Browser> = (0..max + 2).map(|_| Browser::logged_in(&app, &u)).collect();
+    let count = |sql: &str| -> i64 { app.db().query_one(sql, &[&u.id]).unwrap().get(0).unwrap() };
+    assert_eq!(
+        count("SELECT count(*) FROM console_sessions WHERE user_id = ?1 AND revoked_at IS NULL"),
+        max
+    );
+    assert!(count("SELECT count(*) FROM console_sessions WHERE user_id = ?1") <= max + 2);
+    // The newest are the ones still open.
+    let mut newest = Browser::new(&app);
+    let last = browsers.last().unwrap().cookie("wallet_session").unwrap();
+    newest.cookies.push(("wallet_session".into(), last));
+    assert_eq!(newest.get("/console/").status, 200);
+}

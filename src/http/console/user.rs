@@ -116,9 +116,15 @@ pub fn login(ctx: &Ctx) -> Answer {
         return Ok(again(422, "Enter your username and your password."));
     }
     match ctx.svc.console_login(username, password, &ctx.rq.client) {
-        Ok((_, session)) => Ok(redirect("/console/")
-            .header("Set-Cookie", session_cookie(ctx.svc, &session.secret))
-            .header("Set-Cookie", clear_cookie(ctx.svc, LOGIN_COOKIE))),
+        Ok((_, session)) => {
+            // The browser's previous session, if it had one, ends with this login.
+            if let Some(previous) = cookie(ctx.rq, SESSION_COOKIE) {
+                ctx.svc.console_replace(previous)?;
+            }
+            Ok(redirect("/console/")
+                .header("Set-Cookie", session_cookie(ctx.svc, &session.secret))
+                .header("Set-Cookie", clear_cookie(ctx.svc, LOGIN_COOKIE)))
+        }
         Err(AppError::InvalidCredentials) => Ok(again(401, "Invalid username or password.")),
         Err(AppError::RateLimited { retry_after_s }) => Ok(again(
             429,
