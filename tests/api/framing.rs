@@ -196,6 +196,16 @@ fn a_huge_head_is_refused_with_431_and_never_buffered() {
     let text = read_all(&mut s);
     assert_eq!(statuses(&text), vec![431], "after {sent} bytes: {text}");
     assert!(text.contains("request_header_fields_too_large"), "{text}");
+    // Refused before any handler (or the console) saw it, it still carries the headers that
+    // keep a browser from sniffing or framing it.
+    assert!(
+        text.contains("X-Content-Type-Options: nosniff\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Content-Security-Policy: default-src 'none'; frame-ancestors 'none'\r\n"),
+        "{text}"
+    );
 
     // The bound is exact: a head of 16 KiB (blank line included) is served, one byte more is
     // refused.

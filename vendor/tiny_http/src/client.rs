@@ -309,13 +309,16 @@ impl ClientConnection {
 
     /// wallet patch: answers a request that cannot be read with a JSON error in the API's
     /// shape, and says that the connection closes.
+    /// wallet patch: a refusal made before any handler saw the request (so before the app
+    /// could add its headers) still says it is JSON only: never sniffed, framed or run as a
+    /// page, whatever path it was for.
     fn refuse(&mut self, status: u16, code: &str, message: &str) {
         let mut writer = self.sink.next().unwrap();
         let body = format!("{{\"error\":{{\"code\":\"{code}\",\"message\":\"{message}\"}}}}");
         let reason = crate::common::StatusCode(status).default_reason_phrase();
         let _ = write!(
             writer,
-            "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nContent-Security-Policy: default-src 'none'; frame-ancestors 'none'\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
         let _ = writer.flush();
