@@ -9,6 +9,7 @@ use crate::accounts::{
 };
 use crate::clock::{ClockReport, GuardedClock, Wakeup, WALL_LEAP_MS_MAX};
 use crate::config::Config;
+use crate::db::grouped::{Grouped, Grouping};
 use crate::db::{self, Pool, Writer};
 use crate::domain::{
     Amount, Email, EntryKind, HoldStatus, MinorUnits, Password, PayoutResolution, Reference,
@@ -16,6 +17,7 @@ use crate::domain::{
 };
 use crate::error::{AppError, StorageFault};
 use crate::jobs::payout::InFlight;
+use crate::ledger::batch::{self, TransferItem};
 use crate::ledger::entries;
 use crate::ledger::holds::{self, Actor, Hold, HoldRequest};
 use crate::ledger::queries::{self, HistoryPage, HistoryQuery, Wallet};
@@ -44,6 +46,8 @@ pub struct Service {
     /// Requests per user, and per client address for anonymous requests.
     pub user_rate: RateLimiter<i64>,
     pub anon_rate: RateLimiter<String>,
+    /// PostgreSQL: transfers written in groups (`ledger::batch`); `None` writes each alone.
+    pub transfer_groups: Option<Grouped<TransferItem, Outcome<TransferResult>>>,
 }
 
 /// What `/health` reports.
@@ -267,10 +271,25 @@ impl Service {
         auth: &AuthUser,
         req: TransferRequest,
     ) -> Result<Outcome<TransferResult>, AppError> {
-        let (wallet, user_id) = (auth.wallet.clone(), auth.user_id);
+        let item = TransferItem {
+            sender_user_id: auth.user_id,
+            sender: auth.wallet.clone(),
+            req,
+        };
+        let item = match &self.transfer_groups {
+            None => item,
+            Some(groups) => match groups.submit(item) {
+                Grouping::Done(out) => {
+                    let out = out?;
+                    self.count_money(&out, |t| vec![t.transfer_out]);
+                    return Ok(out);
+                }
+                Grouping::Alone(item) => item,
+            },
+        };
         let out = self
             .writer
-            .execute(move |conn, now| ledger::transfer(conn, now, (user_id, &wallet), &req))?;
+            .execute(move |conn, now| batch::transfer_one(conn, now, &item))?;
         self.count_money(&out, |t| vec![t.transfer_out]);
         Ok(out)
     }

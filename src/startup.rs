@@ -11,6 +11,7 @@ use crate::accounts::{LoginThrottle, PasswordGuard, RateLimiter, TokenCache};
 use crate::clock::{GuardedClock, SharedClock, SystemClock, Wakeup, WALL_LEAP_MS_MAX};
 use crate::config::Config;
 use crate::config::Target;
+use crate::db::grouped::Grouped;
 use crate::db::pg_writer::PgWriter;
 use crate::db::{self, Writer};
 use crate::domain::Timestamp;
@@ -273,6 +274,7 @@ fn new_service(
         config.hash_threads,
     )
     .map_err(StartupError::failed)?;
+    let (writer_engine, transfer_writer) = (writer.engine(), writer.clone());
     Ok(Arc::new(Service {
         throttle: LoginThrottle::new(
             config.serve.login_failures_max,
@@ -291,6 +293,19 @@ fn new_service(
         holds_wakeup: Arc::new(Wakeup::default()),
         user_rate: RateLimiter::new(config.serve.rate_limit_user.0),
         anon_rate: RateLimiter::new(config.serve.rate_limit_anon.0),
+        transfer_groups: (writer_engine == crate::store::Engine::Postgres
+            && config.serve.db_transfer_group_max > 1)
+            .then(|| {
+                Grouped::start(
+                    "transfer-group",
+                    transfer_writer,
+                    (
+                        usize::from(config.serve.db_transfer_group_max),
+                        config.serve.write_queue_max as usize,
+                    ),
+                    crate::ledger::batch::transfers,
+                )
+            }),
     }))
 }
 

@@ -387,7 +387,9 @@ fn check_conservation(
 
 /// Each reversal undoes one entry of its own wallet, of the kind it may reverse, for the same
 /// amount in the same currency; and it is that entry's only reversal (the unique index
-/// `entries_reverses` says so too).
+/// `entries_reverses` says so too). Each query starts from the reversals, named by
+/// `reverses IS NOT NULL` so that both engines read them from that index: joined from every
+/// entry instead, a 50,000-entry ledger took PostgreSQL past its statement timeout.
 fn check_reversals(conn: &dyn Sql, report: &mut VerifyReport) -> Result<(), AppError> {
     let wrong: i64 = conn
         .query_one(
@@ -417,7 +419,7 @@ fn check_reversals(conn: &dyn Sql, report: &mut VerifyReport) -> Result<(), AppE
     let lone: i64 = conn
         .query_one(
             "SELECT count(*) FROM entries r JOIN entries o ON o.id = r.reverses
-             WHERE (o.kind = 'TRANSFER_OUT' OR o.kind = 'TRANSFER_IN')
+             WHERE r.reverses IS NOT NULL AND (o.kind = 'TRANSFER_OUT' OR o.kind = 'TRANSFER_IN')
                AND NOT EXISTS (SELECT 1 FROM entries p JOIN entries pr ON pr.reverses = p.id
                    WHERE p.wallet_key = (SELECT key FROM wallets WHERE user_id = o.counterparty_user_id)
                      AND p.transfer_id = o.transfer_id AND p.kind <> o.kind
@@ -437,7 +439,8 @@ fn check_reversals(conn: &dyn Sql, report: &mut VerifyReport) -> Result<(), AppE
             "SELECT count(*) FROM entries r JOIN entries o ON o.id = r.reverses
                  JOIN wallets ow ON ow.key = o.wallet_key
                  JOIN withdrawals w ON w.wallet_id = ow.id AND w.reference = o.reference
-             WHERE o.kind = 'WITHDRAWAL' AND w.transaction_id = o.id AND w.status <> 'SUCCEEDED'",
+             WHERE r.reverses IS NOT NULL AND o.kind = 'WITHDRAWAL' AND w.transaction_id = o.id
+                 AND w.status <> 'SUCCEEDED'",
             &[],
         )?
         .get(0)?;

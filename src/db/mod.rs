@@ -2,6 +2,7 @@
 
 pub mod audit;
 mod error;
+pub mod grouped;
 pub mod health;
 mod migrations;
 pub mod payouts;

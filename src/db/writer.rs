@@ -187,6 +187,14 @@ impl Writer {
         }
     }
 
+    /// Which engine the writes go to.
+    pub fn engine(&self) -> crate::store::Engine {
+        match self.engine {
+            Engine::Sqlite(_) => crate::store::Engine::Sqlite,
+            Engine::Postgres(_) => crate::store::Engine::Postgres,
+        }
+    }
+
     /// A moment up to which every entry is committed, when a batch is being written: entries
     /// stamped before that batch's time were committed by earlier batches. `None` between
     /// batches, when everything written is committed.

@@ -654,8 +654,13 @@ pub fn lock_reference(
     lock_for_transaction(
         conn,
         LockClass::Reference,
-        &format!("{wallet_key}:{reference}"),
+        &reference_lock_name(wallet_key, reference),
     )
+}
+
+/// The name `lock_reference` locks (a group of transfers locks the same names together).
+pub fn reference_lock_name(wallet_key: WalletKey, reference: &str) -> String {
+    format!("{wallet_key}:{reference}")
 }
 
 /// Signed sum of a wallet's entries in `(after, upto]`, by creation time.

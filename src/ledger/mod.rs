@@ -5,6 +5,7 @@
 //! out). The same kind, reference and payload replays the original result; a different payload
 //! is `ReferenceConflict`. A failed request rolls back its savepoint, so it consumes nothing.
 
+pub mod batch;
 pub mod entries;
 pub mod holds;
 #[cfg(test)]

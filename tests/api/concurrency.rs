@@ -132,3 +132,158 @@ fn concurrent_transfers_both_ways_conserve_money() {
     let report = app.verify();
     assert!(report.ok(), "{:?}", report.findings);
 }
+
+/// Runs `n` requests at once, like `burst`, and returns the whole replies.
+fn burst_replies(
+    app: &Arc<TestApp>,
+    n: usize,
+    make: impl Fn(usize) -> (String, String, serde_json::Value) + Send + Sync + 'static,
+) -> Vec<crate::helpers::Resp> {
+    let barrier = Arc::new(Barrier::new(n));
+    let make = Arc::new(make);
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let (app, barrier, make) = (app.clone(), barrier.clone(), make.clone());
+            std::thread::spawn(move || {
+                let (path, token, body) = make(i);
+                barrier.wait();
+                app.post(&path, &token, body)
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("client thread"))
+        .collect()
+}
+
+#[test]
+fn transfers_sent_together_each_get_the_answer_they_would_get_alone() {
+    // On PostgreSQL transfers arriving together are written as a group (`ledger::batch`),
+    // which leaves every case but the plain one to the transfer alone. 96 at once, 12 of each
+    // case, so that groups mix them: plain ones, one request repeated (one 201, replays of
+    // it), one reference with different amounts (one 201, conflicts), oneself, an unknown
+    // user, a wallet that can pay only one of its transfers, a recipient named by username,
+    // and a frozen sender.
+    let app = Arc::new(TestApp::spawn());
+    let users: Vec<_> = ["a", "b", "c", "d", "e", "f"]
+        .iter()
+        .map(|n| app.register(&name(n)))
+        .collect();
+    for (u, amount) in users.iter().zip(["50", "50", "50", "50", "50", "10"]) {
+        app.deposit(u, amount, "fund");
+    }
+    let staff = crate::helpers::staff_user(&app);
+    let frozen = app.post(
+        &format!("/api/admin/users/{}/freeze", users[5].id),
+        &staff.token,
+        json!({"reason": "test"}),
+    );
+    assert_eq!(frozen.status, 200, "{:?}", frozen.body);
+    let u = users.clone();
+    let replies = burst_replies(&app, 96, move |i| {
+        let (from, body) = match i % 8 {
+            0 => (
+                0,
+                json!({"to_user_id": u[1].id, "amount": "1", "reference": format!("p{i}")}),
+            ),
+            1 => (
+                2,
+                json!({"to_user_id": u[3].id, "amount": "2", "reference": "dup"}),
+            ),
+            2 => (
+                3,
+                json!({"to_user_id": u[0].id, "amount": format!("{}", 1 + i / 8), "reference": "conf"}),
+            ),
+            3 => (
+                0,
+                json!({"to_user_id": u[0].id, "amount": "1", "reference": format!("s{i}")}),
+            ),
+            4 => (
+                1,
+                json!({"to_username": "nobody-at-all", "amount": "1", "reference": format!("n{i}")}),
+            ),
+            5 => (
+                4,
+                json!({"to_user_id": u[0].id, "amount": "30", "reference": format!("o{i}")}),
+            ),
+            6 => (
+                1,
+                json!({"to_username": u[2].username, "amount": "1", "reference": format!("u{i}")}),
+            ),
+            _ => (
+                5,
+                json!({"to_user_id": u[0].id, "amount": "1", "reference": format!("f{i}")}),
+            ),
+        };
+        (
+            "/api/wallets/me/transfer".into(),
+            u[from].token.clone(),
+            body,
+        )
+    });
+    let case = |k: usize| -> Vec<&crate::helpers::Resp> {
+        replies
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 8 == k)
+            .map(|(_, r)| r)
+            .collect()
+    };
+    let statuses = |k: usize| -> Vec<u16> {
+        let mut s: Vec<u16> = case(k).iter().map(|r| r.status).collect();
+        s.sort_unstable();
+        s
+    };
+    assert_eq!(statuses(0), [201; 12]);
+    // The repeated request: one 201, eleven replays naming the same transfer.
+    assert_eq!(statuses(1), [[200; 11].as_slice(), &[201]].concat());
+    let ids: std::collections::HashSet<_> = case(1)
+        .iter()
+        .map(|r| r.body["transfer_out"]["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 1, "replays name one transfer");
+    assert!(case(1)
+        .iter()
+        .filter(|r| r.status == 200)
+        .all(|r| r.header("idempotent-replayed") == Some("true")));
+    assert_eq!(statuses(2), [[201].as_slice(), &[409; 11]].concat());
+    for (k, code) in [(3, "validation_error"), (4, "validation_error")] {
+        assert_eq!(statuses(k), [422; 12]);
+        assert!(case(k).iter().all(|r| r.code() == code));
+    }
+    assert_eq!(statuses(5), [[201].as_slice(), &[422; 11]].concat());
+    assert!(case(5)
+        .iter()
+        .filter(|r| r.status == 422)
+        .all(|r| r.code() == "insufficient_funds"));
+    assert_eq!(statuses(6), [201; 12]);
+    assert_eq!(statuses(7), [403; 12]);
+    assert!(case(7).iter().all(|r| r.code() == "wallet_frozen"));
+    // What moved, wallet by wallet: a sends 12, gets the conflict's winner, the overdraw's
+    // one 30; b gets 12 and sends 12; c sends one 2 and gets 12; d gets 2, sends the winner.
+    let won: i64 = case(2)
+        .iter()
+        .find(|r| r.status == 201)
+        .map(|r| {
+            r.body["transfer_out"]["amount"]
+                .as_str()
+                .unwrap()
+                .parse::<f64>()
+                .unwrap() as i64
+        })
+        .unwrap();
+    let expected = [
+        50 - 12 + won + 30,
+        50,
+        50 - 2 + 12,
+        50 + 2 - won,
+        50 - 30,
+        10,
+    ];
+    for (u, want) in users.iter().zip(expected) {
+        assert_eq!(app.balance(u), format!("{want}.00"), "{}", u.username);
+    }
+    let report = app.verify();
+    assert!(report.ok(), "{:?}", report.findings);
+}

@@ -1,0 +1,182 @@
+//! The group's plan, without a database: which transfers it writes, and what their entries say.
+
+use super::*;
+use crate::domain::{Amount, Currency, Metadata, Reference};
+use crate::ledger::Movement;
+
+fn usd() -> Currency {
+    Currency {
+        code: "USD".into(),
+        scale: 0,
+        amount_minor_max: i64::MAX,
+    }
+}
+
+fn wallet(key: i64) -> WalletRef {
+    WalletRef {
+        key: WalletKey::from_storage(key),
+        id: format!("w{key}"),
+    }
+}
+
+fn item(from: i64, to: i64, amount: i64, reference: &str) -> TransferItem {
+    TransferItem {
+        sender_user_id: from,
+        sender: wallet(from),
+        req: TransferRequest {
+            to: Recipient::UserId(to),
+            movement: Movement {
+                currency: usd(),
+                amount: Amount::parse_text(&amount.to_string(), &usd()).unwrap(),
+                reference: Reference::parse(reference).unwrap(),
+                metadata: Metadata::empty(),
+            },
+        },
+    }
+}
+
+fn now() -> Timestamp {
+    Timestamp::parse("2026-11-30T12:00:00Z").unwrap()
+}
+
+/// Wallets 1..=n (user i owns wallet i), each with `balance` and nothing held.
+fn found(n: i64, balance: i64) -> Found {
+    Found {
+        floors: (1..=n)
+            .map(|k| {
+                (
+                    WalletKey::from_storage(k),
+                    Timestamp::from_micros(0).unwrap(),
+                )
+            })
+            .collect(),
+        balances: (1..=n)
+            .map(|k| {
+                (
+                    (WalletKey::from_storage(k), "USD".to_string()),
+                    Balance {
+                        balance: MinorUnits::new(balance),
+                        held: MinorUnits::ZERO,
+                        frozen: false,
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+fn recipients(items: &[TransferItem]) -> Vec<Option<(i64, WalletRef)>> {
+    items
+        .iter()
+        .map(|i| match i.req.to {
+            Recipient::UserId(id) => Some((id, wallet(id))),
+            Recipient::Username(_) => None,
+        })
+        .collect()
+}
+
+fn run(items: &[TransferItem], found: Found) -> Plan {
+    plan(now(), items, &recipients(items), &HashSet::new(), found)
+}
+
+#[test]
+fn a_wallet_in_several_transfers_gets_running_balances_and_one_entry_per_round() {
+    let items = [item(1, 2, 30, "a"), item(1, 3, 50, "b"), item(2, 1, 5, "c")];
+    let plan = run(&items, found(3, 100));
+    let r: Vec<_> = plan.results.iter().map(|r| r.clone().unwrap()).collect();
+    assert_eq!(r[0].transfer_out.balance_after, MinorUnits::new(70));
+    assert_eq!(r[1].transfer_out.balance_after, MinorUnits::new(20));
+    assert_eq!(r[2].transfer_in.balance_after, MinorUnits::new(25));
+    assert_eq!(r[2].transfer_out.balance_after, MinorUnits::new(125));
+    // Wallet 1 has three entries: one in each of three rounds, in order.
+    assert_eq!(plan.rounds.len(), 3);
+    for round in &plan.rounds {
+        let mut keys: Vec<_> = round.iter().map(|p| p.wallet_key).collect();
+        let all = keys.len();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), all, "a wallet twice in one round");
+    }
+    // Each wallet's stamps increase strictly, from `now`.
+    assert_eq!(r[0].transfer_out.created_at, now());
+    assert_eq!(r[1].transfer_out.created_at, now().plus_micros(1));
+    assert_eq!(r[2].transfer_in.created_at, now().plus_micros(2));
+    assert_eq!(r[0].transfer_out.transfer_id, r[0].transfer_in.transfer_id);
+    assert_ne!(r[0].transfer_id(), r[1].transfer_id());
+}
+
+impl TransferResult {
+    fn transfer_id(&self) -> Option<String> {
+        self.transfer_out.transfer_id.clone()
+    }
+}
+
+#[test]
+fn what_is_not_plain_is_left_to_the_transfer_alone() {
+    let mut f = found(4, 100);
+    // Wallet 4 is frozen; wallet 3 has 40 of its 100 held.
+    f.balances
+        .get_mut(&(WalletKey::from_storage(4), "USD".into()))
+        .unwrap()
+        .frozen = true;
+    f.balances
+        .get_mut(&(WalletKey::from_storage(3), "USD".into()))
+        .unwrap()
+        .held = MinorUnits::new(40);
+    let items = [
+        item(1, 2, 100, "all"),     // written: exactly the balance
+        item(1, 2, 1, "empty"),     // nothing left
+        item(2, 1, 1, "all"),       // another wallet's reference: written
+        item(2, 2, 1, "self"),      // to oneself
+        item(3, 1, 61, "held"),     // 60 available
+        item(4, 1, 1, "frozen"),    // frozen sender
+        item(1, 4, 1, "to-frozen"), // a frozen wallet receives (wallet 1 got 1 back above)
+        item(2, 1, 1, "all"),       // the same reference again in the group
+        item(2, 9, 1, "unknown"),   // no such recipient
+    ];
+    let mut rec = recipients(&items);
+    rec[8] = None;
+    let taken: HashSet<_> = HashSet::new();
+    let plan = plan(now(), &items, &rec, &taken, f);
+    let written: Vec<bool> = plan.results.iter().map(Option::is_some).collect();
+    assert_eq!(
+        written,
+        [true, false, true, false, false, false, true, false, false]
+    );
+}
+
+#[test]
+fn a_stored_reference_or_a_missing_balance_is_left_alone() {
+    let items = [
+        item(1, 2, 1, "old"),
+        item(1, 2, 1, "new"),
+        item(1, 3, 1, "x"),
+    ];
+    let taken: HashSet<_> = [(WalletKey::from_storage(1), "old".to_string())].into();
+    // Wallet 3 has no balance in USD yet: its first credit creates it, alone.
+    let plan = plan(now(), &items, &recipients(&items), &taken, found(2, 10));
+    let written: Vec<bool> = plan.results.iter().map(Option::is_some).collect();
+    assert_eq!(written, [false, true, false]);
+}
+
+#[test]
+fn a_credit_past_the_largest_balance_is_left_alone() {
+    let mut f = found(2, 10);
+    f.balances
+        .get_mut(&(WalletKey::from_storage(2), "USD".into()))
+        .unwrap()
+        .balance = MinorUnits::new(i64::MAX);
+    let items = [item(1, 2, 1, "x")];
+    assert!(run(&items, f).results[0].is_none());
+}
+
+#[test]
+fn a_stamp_floor_ahead_of_now_pushes_the_stamps_after_it() {
+    let mut f = found(2, 10);
+    let ahead = now().plus_micros(500);
+    f.floors.insert(WalletKey::from_storage(2), ahead);
+    let items = [item(1, 2, 1, "x")];
+    let r = run(&items, f).results[0].clone().unwrap();
+    assert_eq!(r.transfer_out.created_at, now());
+    assert_eq!(r.transfer_in.created_at, ahead.plus_micros(1));
+}
