@@ -73,7 +73,8 @@ pub struct ServeArgs {
     pub db_batch_max: u16,
 
     /// PostgreSQL only: most transfers written together in one transaction, a statement per
-    /// step rather than per transfer (1: each transfer in a transaction of its own).
+    /// step rather than per transfer (1: each transfer in a transaction of its own; off while
+    /// `--db-batch-max` is above 1).
     #[arg(long, env = "WALLET_DB_TRANSFER_GROUP_MAX", default_value_t = DB_TRANSFER_GROUP_MAX_DEFAULT, value_parser = clap::value_parser!(u16).range(1..=DB_TRANSFER_GROUP_MAX_CEILING as i64))]
     pub db_transfer_group_max: u16,
 

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::clock::ClockReport;
+use crate::db::grouped::GroupStats;
 use crate::db::WriterStats;
 use crate::domain::EntryKind;
 
@@ -96,7 +97,7 @@ impl Metrics {
         writer: &WriterStats,
         clock: &ClockReport,
         stamps_ahead_micros: i64,
-        left_for_staff: Option<i64>,
+        (left_for_staff, groups): (Option<i64>, Option<&GroupStats>),
     ) -> String {
         let mut out = String::new();
         self.render_requests(&mut out);
@@ -114,6 +115,19 @@ impl Metrics {
                 out,
                 "# HELP {name} Scheduled withdrawals left PROCESSING for staff to resolve: whether they were paid is unknown and their retry window is over.\n# TYPE {name} gauge\n{name} {n}"
             );
+        }
+        if let Some(g) = groups {
+            for (name, help, v) in [
+                ("wallet_transfer_groups_total", "Groups of transfers committed (PostgreSQL).", &g.groups),
+                ("wallet_transfers_grouped_total", "Transfers written by a group.", &g.written),
+                ("wallet_transfers_handed_back_total", "Transfers sent to a group and written alone (not the plain case, or the group failed).", &g.handed_back),
+            ] {
+                let v = v.load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+                );
+            }
         }
         render_storage(&mut out, writer);
         render_clock(&mut out, clock, stamps_ahead_micros);

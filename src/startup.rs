@@ -293,8 +293,11 @@ fn new_service(
         holds_wakeup: Arc::new(Wakeup::default()),
         user_rate: RateLimiter::new(config.serve.rate_limit_user.0),
         anon_rate: RateLimiter::new(config.serve.rate_limit_anon.0),
+        // Not beside `--db-batch-max`: a batch holds its other requests' wallets while a
+        // group in it waits for its locks, which could close a cycle with another batch.
         transfer_groups: (writer_engine == crate::store::Engine::Postgres
-            && config.serve.db_transfer_group_max > 1)
+            && config.serve.db_transfer_group_max > 1
+            && config.serve.db_batch_max == 1)
             .then(|| {
                 Grouped::start(
                     "transfer-group",

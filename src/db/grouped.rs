@@ -6,7 +6,8 @@
 //! job on the writer, so a group forms by itself under load and is a single request when
 //! idle: no request waits for others to arrive.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
@@ -35,6 +36,18 @@ struct Pending<I, O> {
 #[derive(Clone)]
 pub struct Grouped<I, O> {
     queue: SyncSender<Pending<I, O>>,
+    stats: Arc<GroupStats>,
+}
+
+/// What the lanes did, for `/metrics`.
+#[derive(Default)]
+pub struct GroupStats {
+    /// Groups committed.
+    pub groups: AtomicU64,
+    /// Requests written by a committed group.
+    pub written: AtomicU64,
+    /// Requests handed back to be written alone.
+    pub handed_back: AtomicU64,
 }
 
 /// Lane threads per group kind. One: while its group commits, the next one gathers in the
@@ -57,14 +70,19 @@ where
         assert!(group_max >= 1 && queue_max >= 1);
         let (queue, rx) = sync_channel::<Pending<I, O>>(queue_max);
         let rx = Arc::new(Mutex::new(rx));
+        let stats = Arc::new(GroupStats::default());
         for i in 0..GROUP_LANES {
-            let (rx, writer) = (rx.clone(), writer.clone());
+            let (rx, writer, stats) = (rx.clone(), writer.clone(), stats.clone());
             std::thread::Builder::new()
                 .name(format!("{name}-{i}"))
-                .spawn(move || run(&writer, &rx, group_max, many))
+                .spawn(move || run(&writer, &rx, (group_max, &stats), many))
                 .expect("spawn a group lane");
         }
-        Grouped { queue }
+        Grouped { queue, stats }
+    }
+
+    pub fn stats(&self) -> &GroupStats {
+        &self.stats
     }
 
     /// Sends `item` to be written with a group, and waits for what became of it. When the
@@ -84,7 +102,7 @@ where
 fn run<I, O>(
     writer: &Writer,
     rx: &Mutex<Receiver<Pending<I, O>>>,
-    group_max: usize,
+    (group_max, stats): (usize, &GroupStats),
     many: Many<I, O>,
 ) where
     I: Clone + Send + Sync + 'static,
@@ -112,16 +130,34 @@ fn run<I, O>(
         let written = {
             let (items, failed_inside) = (items.clone(), failed_inside.clone());
             writer.execute(move |conn, now| {
-                many(conn, now, &items).inspect_err(|_| failed_inside.store(true, Ordering::SeqCst))
+                // A panic or a result per request missing fails the group inside its own
+                // transaction, which rolls back: every request is then written alone.
+                let written = catch_unwind(AssertUnwindSafe(|| many(conn, now, &items)))
+                    .unwrap_or_else(|_| Err(AppError::internal("a group of writes", "panicked")))
+                    .and_then(|results| match results.len() == items.len() {
+                        true => Ok(results),
+                        false => Err(AppError::internal(
+                            "a group of writes",
+                            "a result per request",
+                        )),
+                    });
+                written.inspect_err(|_| failed_inside.store(true, Ordering::SeqCst))
             })
         };
         let items = Arc::try_unwrap(items).unwrap_or_else(|shared| (*shared).clone());
         match written {
-            Ok(results) if results.len() == items.len() => {
+            Ok(results) => {
+                stats.groups.fetch_add(1, Ordering::Relaxed);
                 for ((item, answer), result) in items.into_iter().zip(answers).zip(results) {
                     let _ = answer.send(match result {
-                        Some(done) => Grouping::Done(Ok(done)),
-                        None => Grouping::Alone(item),
+                        Some(done) => {
+                            stats.written.fetch_add(1, Ordering::Relaxed);
+                            Grouping::Done(Ok(done))
+                        }
+                        None => {
+                            stats.handed_back.fetch_add(1, Ordering::Relaxed);
+                            Grouping::Alone(item)
+                        }
                     });
                 }
             }
@@ -129,15 +165,12 @@ fn run<I, O>(
             // would have had without the group.
             Err(_) if failed_inside.load(Ordering::SeqCst) => {
                 for (item, answer) in items.into_iter().zip(answers) {
+                    stats.handed_back.fetch_add(1, Ordering::Relaxed);
                     let _ = answer.send(Grouping::Alone(item));
                 }
             }
             // Not run (no room, no database), or the commit failed: that is every one's answer.
-            written => {
-                let e = match written {
-                    Err(e) => e,
-                    Ok(_) => AppError::internal("a group of writes", "a result per request"),
-                };
+            Err(e) => {
                 for answer in answers {
                     let _ = answer.send(Grouping::Done(Err(e.clone())));
                 }

@@ -7,7 +7,9 @@
 //! takes the same steps together: the recipients in one statement, the references' locks in
 //! one, their lookups in one, the wallets' row locks in one (in key order, as every writer
 //! takes them), the balances in one, then one statement per round of entries (a wallet has at
-//! most one entry in a round: `plan`), then one commit.
+//! most one entry in a round: `plan`), then one commit. It waits for a lock at most
+//! `GROUP_LOCK_WAIT_MS_MAX`, so a row held elsewhere for long holds up only the transfers
+//! that need it (each then written alone), not the whole group.
 //!
 //! The group does only the plain case: a new reference, a known recipient, a balance in the
 //! currency on both sides, and money available. Every other transfer (a replay, a conflict,
@@ -27,6 +29,10 @@ use super::{Outcome, Recipient, TransferRequest, TransferResult};
 use crate::domain::{EntryKind, MinorUnits, Timestamp};
 use crate::error::AppError;
 use crate::store::{Engine, LockClass, Sql};
+
+/// How long a group waits for one lock, in milliseconds: longer than another group holds its
+/// wallets under load (tens of milliseconds), far shorter than the statement timeout.
+pub const GROUP_LOCK_WAIT_MS_MAX: u32 = 250;
 
 /// One transfer of a group: who sends, and what they asked for.
 #[derive(Debug, Clone)]
@@ -55,6 +61,13 @@ pub fn transfers(
     if conn.engine() != Engine::Postgres || items.is_empty() {
         return Ok(items.iter().map(|_| None).collect());
     }
+    // A group waits for its locks only so long: a lock held elsewhere for longer (a stuck
+    // client's transaction) fails the group, and each of its transfers then waits alone,
+    // instead of every transfer queued behind the group waiting with it.
+    conn.execute(
+        &format!("SET LOCAL lock_timeout = {GROUP_LOCK_WAIT_MS_MAX}"),
+        &[],
+    )?;
     let recipients = recipients(conn, items)?;
     lock_references(conn, items)?;
     let taken = references_taken(conn, items)?;
@@ -178,7 +191,9 @@ fn references_taken(
         .collect()
 }
 
-/// Locks the wallets' rows in key order and returns each one's stamp floor.
+/// Locks the wallets' rows in key order and returns each one's stamp floor (`NO KEY UPDATE`,
+/// the lock an `UPDATE` of a wallet takes: it does not block other tables' foreign-key checks
+/// on the wallet).
 fn lock_wallets(
     conn: &dyn Sql,
     keys: &[WalletKey],
@@ -187,7 +202,7 @@ fn lock_wallets(
     let rows = conn.query(
         "SELECT key, stamp_floor FROM wallets
          WHERE key IN (SELECT CAST(value AS BIGINT) FROM jsonb_array_elements_text(CAST(CAST(?1 AS TEXT) AS jsonb)))
-         ORDER BY key FOR UPDATE",
+         ORDER BY key FOR NO KEY UPDATE",
         &[&Value::from(keys).to_string()],
     )?;
     rows.into_iter()

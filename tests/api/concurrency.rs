@@ -160,12 +160,44 @@ fn burst_replies(
 #[test]
 fn transfers_sent_together_each_get_the_answer_they_would_get_alone() {
     // On PostgreSQL transfers arriving together are written as a group (`ledger::batch`),
-    // which leaves every case but the plain one to the transfer alone. 96 at once, 12 of each
-    // case, so that groups mix them: plain ones, one request repeated (one 201, replays of
-    // it), one reference with different amounts (one 201, conflicts), oneself, an unknown
-    // user, a wallet that can pay only one of its transfers, a recipient named by username,
-    // and a frozen sender.
+    // which leaves every case but the plain one to the transfer alone.
     let app = Arc::new(TestApp::spawn());
+    mixed_transfers_at_once(&app);
+    if app.on_postgres() {
+        // Groups did form, and wrote several transfers each.
+        let metrics = app.raw("GET", "/metrics", None, None, None);
+        let counter = |name: &str| -> u64 {
+            metrics
+                .body
+                .as_str()
+                .unwrap_or("")
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in /metrics"))
+        };
+        let (groups, grouped) = (
+            counter("wallet_transfer_groups_total"),
+            counter("wallet_transfers_grouped_total"),
+        );
+        assert!(grouped > groups, "{grouped} transfers in {groups} groups");
+    }
+}
+
+#[test]
+fn transfers_sent_together_get_the_same_answers_when_each_is_written_alone() {
+    let app = Arc::new(TestApp::spawn_with(
+        |c| c.serve.db_transfer_group_max = 1,
+        Arc::new(wallet::clock::SystemClock),
+    ));
+    mixed_transfers_at_once(&app);
+}
+
+/// 96 transfers at once, 12 of each case, so that groups mix them: plain ones, one request
+/// repeated (one 201, replays of it), one reference with different amounts (one 201,
+/// conflicts), oneself, an unknown user, a wallet that can pay only one of its transfers, a
+/// recipient named by username, and a frozen sender. Checks every answer and every balance.
+fn mixed_transfers_at_once(app: &Arc<TestApp>) {
     let users: Vec<_> = ["a", "b", "c", "d", "e", "f"]
         .iter()
         .map(|n| app.register(&name(n)))
@@ -173,7 +205,7 @@ fn transfers_sent_together_each_get_the_answer_they_would_get_alone() {
     for (u, amount) in users.iter().zip(["50", "50", "50", "50", "50", "10"]) {
         app.deposit(u, amount, "fund");
     }
-    let staff = crate::helpers::staff_user(&app);
+    let staff = crate::helpers::staff_user(app);
     let frozen = app.post(
         &format!("/api/admin/users/{}/freeze", users[5].id),
         &staff.token,
@@ -181,7 +213,7 @@ fn transfers_sent_together_each_get_the_answer_they_would_get_alone() {
     );
     assert_eq!(frozen.status, 200, "{:?}", frozen.body);
     let u = users.clone();
-    let replies = burst_replies(&app, 96, move |i| {
+    let replies = burst_replies(app, 96, move |i| {
         let (from, body) = match i % 8 {
             0 => (
                 0,
@@ -284,6 +316,78 @@ fn transfers_sent_together_each_get_the_answer_they_would_get_alone() {
     for (u, want) in users.iter().zip(expected) {
         assert_eq!(app.balance(u), format!("{want}.00"), "{}", u.username);
     }
+    let report = app.verify();
+    assert!(report.ok(), "{:?}", report.findings);
+}
+
+#[test]
+fn a_wallet_locked_elsewhere_holds_up_only_its_own_transfers() {
+    // A transaction outside the server holds wallet a's row (a stuck client, an operator's
+    // session). A group that waits for it gives up after `GROUP_LOCK_WAIT_MS_MAX` and hands its
+    // transfers back: the ones that don't touch a are written while a is still held; a's own
+    // wait alone and are written once it is released. (Each of those holds a writer
+    // connection while it waits, so the server gets more writers than there are of them.)
+    let app = Arc::new(TestApp::spawn_with(
+        |c| c.serve.db_writers = 8,
+        Arc::new(wallet::clock::SystemClock),
+    ));
+    if !app.on_postgres() {
+        eprintln!("not run: PostgreSQL only (SQLite has one writer: a held write lock holds all)");
+        return;
+    }
+    let users: Vec<_> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|n| app.register(&name(n)))
+        .collect();
+    for u in &users {
+        app.deposit(u, "10", "fund");
+    }
+    let holder = app.db();
+    holder.execute("BEGIN", &[]).unwrap();
+    holder
+        .query(
+            "SELECT key FROM wallets WHERE user_id = ?1 FOR NO KEY UPDATE",
+            &[&users[0].id],
+        )
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for i in 0..12 {
+        let (app, tx) = (app.clone(), tx.clone());
+        let (from, to) = match i % 3 {
+            0 => (users[0].clone(), users[1].clone()),
+            _ => (users[2].clone(), users[3].clone()),
+        };
+        std::thread::spawn(move || {
+            let r = app.post(
+                "/api/wallets/me/transfer",
+                &from.token,
+                json!({"to_user_id": to.id, "amount": "0.10", "reference": format!("t{i}")}),
+            );
+            let _ = tx.send((i, r.status));
+        });
+    }
+    // The eight that don't touch a arrive while it is held (well within the 30 s statement
+    // timeout that a's own wait for).
+    let mut done = Vec::new();
+    while done.len() < 8 {
+        let (i, status) = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("transfers that don't touch the held wallet are written meanwhile");
+        assert_ne!(
+            i % 3,
+            0,
+            "a transfer from the held wallet finished while it was held"
+        );
+        assert_eq!(status, 201);
+        done.push(i);
+    }
+    holder.execute("ROLLBACK", &[]).unwrap();
+    for _ in 0..4 {
+        let (i, status) = rx.recv_timeout(std::time::Duration::from_secs(20)).unwrap();
+        assert_eq!((i % 3, status), (0, 201));
+    }
+    assert_eq!(app.balance(&users[0]), "9.60");
+    assert_eq!(app.balance(&users[3]), "10.80");
     let report = app.verify();
     assert!(report.ok(), "{:?}", report.findings);
 }

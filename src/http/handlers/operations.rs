@@ -79,7 +79,10 @@ pub fn metrics(svc: &Service, _: &Incoming, _: &Params) -> Result<Reply, AppErro
             &svc.writer.stats,
             &svc.clock.report(),
             stamps_ahead_micros,
-            left_for_staff,
+            (
+                left_for_staff,
+                svc.transfer_groups.as_ref().map(|g| g.stats()),
+            ),
         ),
     ))
 }
