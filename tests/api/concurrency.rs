@@ -12,21 +12,9 @@ fn burst(
     n: usize,
     make: impl Fn(usize) -> (String, String, serde_json::Value) + Send + Sync + 'static,
 ) -> Vec<u16> {
-    let barrier = Arc::new(Barrier::new(n));
-    let make = Arc::new(make);
-    let handles: Vec<_> = (0..n)
-        .map(|i| {
-            let (app, barrier, make) = (app.clone(), barrier.clone(), make.clone());
-            std::thread::spawn(move || {
-                let (path, token, body) = make(i);
-                barrier.wait();
-                app.post(&path, &token, body).status
-            })
-        })
-        .collect();
-    handles
+    burst_replies(app, n, make)
         .into_iter()
-        .map(|h| h.join().expect("client thread"))
+        .map(|r| r.status)
         .collect()
 }
 
@@ -133,7 +121,7 @@ fn concurrent_transfers_both_ways_conserve_money() {
     assert!(report.ok(), "{:?}", report.findings);
 }
 
-/// Runs `n` requests at once, like `burst`, and returns the whole replies.
+/// Runs `n` requests at once (released together by a barrier) and returns their replies.
 fn burst_replies(
     app: &Arc<TestApp>,
     n: usize,
