@@ -180,3 +180,37 @@ fn a_stamp_floor_ahead_of_now_pushes_the_stamps_after_it() {
     assert_eq!(r.transfer_out.created_at, now());
     assert_eq!(r.transfer_in.created_at, ahead.plus_micros(1));
 }
+
+#[test]
+fn a_wallet_moving_two_currencies_in_one_group_keeps_each_balance_and_one_entry_per_round() {
+    let eur = Currency {
+        code: "EUR".into(),
+        ..usd()
+    };
+    let mut f = found(2, 100);
+    for k in 1..=2 {
+        f.balances.insert(
+            (WalletKey::from_storage(k), "EUR".into()),
+            Balance {
+                balance: MinorUnits::new(7),
+                held: MinorUnits::ZERO,
+                frozen: false,
+            },
+        );
+    }
+    let mut in_eur = item(1, 2, 5, "e");
+    in_eur.req.movement.currency = eur.clone();
+    in_eur.req.movement.amount = Amount::parse_text("5", &eur).unwrap();
+    let items = [item(1, 2, 30, "u"), in_eur, item(1, 2, 70, "all")];
+    let plan = run(&items, f);
+    let r: Vec<_> = plan.results.iter().map(|r| r.clone().unwrap()).collect();
+    assert_eq!(r[0].transfer_out.balance_after, MinorUnits::new(70));
+    assert_eq!(r[1].transfer_out.balance_after, MinorUnits::new(2));
+    assert_eq!(r[1].transfer_in.balance_after, MinorUnits::new(12));
+    assert_eq!(r[1].transfer_out.currency, "EUR");
+    // USD is untouched by the EUR transfer between them: its 70 is all there is.
+    assert_eq!(r[2].transfer_out.balance_after, MinorUnits::ZERO);
+    // Three entries per wallet, whatever their currencies: three rounds.
+    assert_eq!(plan.rounds.len(), 3);
+    assert!(plan.rounds.iter().all(|round| round.len() == 2));
+}
