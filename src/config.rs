@@ -72,11 +72,11 @@ pub struct ServeArgs {
     #[arg(long, env = "WALLET_DB_BATCH_MAX", default_value_t = DB_BATCH_MAX_DEFAULT, value_parser = clap::value_parser!(u16).range(1..=WRITE_BATCH_MAX_CEILING as i64))]
     pub db_batch_max: u16,
 
-    /// PostgreSQL only: most transfers written together in one transaction, a statement per
-    /// step rather than per transfer (1: each transfer in a transaction of its own; off while
-    /// `--db-batch-max` is above 1).
-    #[arg(long, env = "WALLET_DB_TRANSFER_GROUP_MAX", default_value_t = DB_TRANSFER_GROUP_MAX_DEFAULT, value_parser = clap::value_parser!(u16).range(1..=DB_TRANSFER_GROUP_MAX_CEILING as i64))]
-    pub db_transfer_group_max: u16,
+    /// PostgreSQL only: most transfers and deposits written together in one transaction, a
+    /// statement per step rather than per request (1: each in a transaction of its own; off
+    /// while `--db-batch-max` is above 1).
+    #[arg(long, env = "WALLET_DB_GROUP_MAX", default_value_t = DB_GROUP_MAX_DEFAULT, value_parser = clap::value_parser!(u16).range(1..=DB_GROUP_MAX_CEILING as i64))]
+    pub db_group_max: u16,
 
     /// Most writes waiting for the writer; beyond it requests get 503 instead of queueing forever.
     #[arg(long, env = "WALLET_WRITE_QUEUE_MAX", default_value_t = WRITE_QUEUE_MAX_DEFAULT, value_parser = clap::value_parser!(u32).range(1..=WRITE_QUEUE_MAX_CEILING as i64))]
@@ -364,11 +364,11 @@ pub const DB_WRITERS_CEILING: u16 = 256;
 /// The default `--db-batch-max` (README, "Performance": one transaction per request against
 /// batches, measured).
 pub const DB_BATCH_MAX_DEFAULT: u16 = 1;
-/// The default and the largest `--db-transfer-group-max` (README, "On PostgreSQL": transfers
-/// alone against groups, measured). A group holds its wallets' row locks until it commits, so
+/// The default and the largest `--db-group-max` (README, "On PostgreSQL": transfers and
+/// deposits alone against groups, measured). A group holds its wallets' row locks until it commits, so
 /// a larger one makes other writes to those wallets wait longer.
-pub const DB_TRANSFER_GROUP_MAX_DEFAULT: u16 = 64;
-pub const DB_TRANSFER_GROUP_MAX_CEILING: u16 = 1000;
+pub const DB_GROUP_MAX_DEFAULT: u16 = 64;
+pub const DB_GROUP_MAX_CEILING: u16 = 1000;
 const _: () = assert!(DB_WRITERS_DEFAULT >= 1 && DB_WRITERS_DEFAULT <= DB_WRITERS_CEILING);
 
 /// The default and the smallest `--request-body-bytes-max`.

@@ -118,9 +118,9 @@ impl Metrics {
         }
         if let Some(g) = groups {
             for (name, help, v) in [
-                ("wallet_transfer_groups_total", "Groups of transfers committed (PostgreSQL).", &g.groups),
-                ("wallet_transfers_grouped_total", "Transfers written by a group.", &g.written),
-                ("wallet_transfers_handed_back_total", "Transfers sent to a group and written alone (not the plain case, or the group failed).", &g.handed_back),
+                ("wallet_write_groups_total", "Groups of transfers and deposits committed (PostgreSQL).", &g.groups),
+                ("wallet_writes_grouped_total", "Transfers and deposits written by a group.", &g.written),
+                ("wallet_writes_handed_back_total", "Transfers and deposits sent to a group and written alone (not the plain case, or the group failed).", &g.handed_back),
             ] {
                 let v = v.load(Ordering::Relaxed);
                 let _ = writeln!(

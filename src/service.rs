@@ -17,7 +17,7 @@ use crate::domain::{
 };
 use crate::error::{AppError, StorageFault};
 use crate::jobs::payout::InFlight;
-use crate::ledger::batch::{self, TransferItem};
+use crate::ledger::batch::{self, DepositItem, GroupItem, TransferItem, Written};
 use crate::ledger::entries;
 use crate::ledger::holds::{self, Actor, Hold, HoldRequest};
 use crate::ledger::queries::{self, HistoryPage, HistoryQuery, Wallet};
@@ -46,8 +46,9 @@ pub struct Service {
     /// Requests per user, and per client address for anonymous requests.
     pub user_rate: RateLimiter<i64>,
     pub anon_rate: RateLimiter<String>,
-    /// PostgreSQL: transfers written in groups (`ledger::batch`); `None` writes each alone.
-    pub transfer_groups: Option<Grouped<TransferItem, Outcome<TransferResult>>>,
+    /// PostgreSQL: transfers and deposits written in groups (`ledger::batch`); `None` writes
+    /// each alone.
+    pub write_groups: Option<Grouped<GroupItem, Outcome<Written>>>,
 }
 
 /// What `/health` reports.
@@ -229,10 +230,14 @@ impl Service {
     }
 
     pub fn deposit(&self, auth: &AuthUser, m: Movement) -> Result<Outcome<Entry>, AppError> {
-        let wallet = auth.wallet.clone();
-        let out = self
-            .writer
-            .execute(move |conn, now| ledger::deposit(conn, now, &wallet, &m))?;
+        let out = self.write(GroupItem::Deposit(DepositItem {
+            wallet: auth.wallet.clone(),
+            movement: m,
+        }))?;
+        let out = Outcome {
+            value: out.value.into_deposit()?,
+            replayed: out.replayed,
+        };
         self.count_money(&out, |e| vec![e]);
         Ok(out)
     }
@@ -271,27 +276,31 @@ impl Service {
         auth: &AuthUser,
         req: TransferRequest,
     ) -> Result<Outcome<TransferResult>, AppError> {
-        let item = TransferItem {
+        let out = self.write(GroupItem::Transfer(TransferItem {
             sender_user_id: auth.user_id,
             sender: auth.wallet.clone(),
             req,
+        }))?;
+        let out = Outcome {
+            value: out.value.into_transfer()?,
+            replayed: out.replayed,
         };
-        let item = match &self.transfer_groups {
+        self.count_money(&out, |t| vec![t.transfer_out]);
+        Ok(out)
+    }
+
+    /// A transfer or a deposit: with a group when there are groups, else (or when the group
+    /// hands it back) alone.
+    fn write(&self, item: GroupItem) -> Result<Outcome<Written>, AppError> {
+        let item = match &self.write_groups {
             None => item,
             Some(groups) => match groups.submit(item) {
-                Grouping::Done(out) => {
-                    let out = out?;
-                    self.count_money(&out, |t| vec![t.transfer_out]);
-                    return Ok(out);
-                }
+                Grouping::Done(out) => return out,
                 Grouping::Alone(item) => item,
             },
         };
-        let out = self
-            .writer
-            .execute(move |conn, now| batch::transfer_one(conn, now, &item))?;
-        self.count_money(&out, |t| vec![t.transfer_out]);
-        Ok(out)
+        self.writer
+            .execute(move |conn, now| batch::write_one(conn, now, &item))
     }
 
     fn count_money<T: Clone>(&self, out: &Outcome<T>, entries: impl Fn(T) -> Vec<Entry>) {

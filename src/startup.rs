@@ -274,7 +274,7 @@ fn new_service(
         config.hash_threads,
     )
     .map_err(StartupError::failed)?;
-    let (writer_engine, transfer_writer) = (writer.engine(), writer.clone());
+    let (writer_engine, group_writer) = (writer.engine(), writer.clone());
     Ok(Arc::new(Service {
         throttle: LoginThrottle::new(
             config.serve.login_failures_max,
@@ -295,18 +295,18 @@ fn new_service(
         anon_rate: RateLimiter::new(config.serve.rate_limit_anon.0),
         // Not beside `--db-batch-max`: a batch holds its other requests' wallets while a
         // group in it waits for its locks, which could close a cycle with another batch.
-        transfer_groups: (writer_engine == crate::store::Engine::Postgres
-            && config.serve.db_transfer_group_max > 1
+        write_groups: (writer_engine == crate::store::Engine::Postgres
+            && config.serve.db_group_max > 1
             && config.serve.db_batch_max == 1)
             .then(|| {
                 Grouped::start(
-                    "transfer-group",
-                    transfer_writer,
+                    "write-group",
+                    group_writer,
                     (
-                        usize::from(config.serve.db_transfer_group_max),
+                        usize::from(config.serve.db_group_max),
                         config.serve.write_queue_max as usize,
                     ),
-                    crate::ledger::batch::transfers,
+                    crate::ledger::batch::writes,
                 )
             }),
     }))

@@ -1,6 +1,6 @@
 -- What PostgreSQL itself allows for one transfer's statements, with no wallet server in the
 -- way: the same seven round trips `wallet` sends for a transfer written alone
--- (`--db-transfer-group-max 1`; see README "On PostgreSQL"), run by pgbench. Set up a database
+-- (`--db-group-max 1`; see README "On PostgreSQL"), run by pgbench. Set up a database
 -- with postgres/schema.sql and 200 funded wallets, then:
 --
 --   psql -d pgw -f postgres/schema.sql

@@ -24,8 +24,8 @@ use serde_json::{json, Value};
 
 use wallet::clock::SystemClock;
 use wallet::config::{
-    DB_BATCH_MAX_DEFAULT, DB_TRANSFER_GROUP_MAX_CEILING, DB_TRANSFER_GROUP_MAX_DEFAULT,
-    DB_WRITERS_CEILING, DB_WRITERS_DEFAULT, WRITE_BATCH_MAX_CEILING,
+    DB_BATCH_MAX_DEFAULT, DB_GROUP_MAX_CEILING, DB_GROUP_MAX_DEFAULT, DB_WRITERS_CEILING,
+    DB_WRITERS_DEFAULT, WRITE_BATCH_MAX_CEILING,
 };
 use wallet::db::{self, Synchronous, Writer};
 use wallet::domain::{Amount, Currency, Metadata, Reference};
@@ -59,10 +59,10 @@ pub struct BenchArgs {
     /// PostgreSQL only: `--db-batch-max` of each child server (requests per transaction).
     #[arg(long, default_value_t = DB_BATCH_MAX_DEFAULT, value_parser = clap::value_parser!(u16).range(1..=WRITE_BATCH_MAX_CEILING as i64))]
     pub db_batch_max: u16,
-    /// PostgreSQL only: `--db-transfer-group-max` of each child server (transfers written
-    /// together; 1: each alone).
-    #[arg(long, default_value_t = DB_TRANSFER_GROUP_MAX_DEFAULT, value_parser = clap::value_parser!(u16).range(1..=DB_TRANSFER_GROUP_MAX_CEILING as i64))]
-    pub db_transfer_group_max: u16,
+    /// PostgreSQL only: `--db-group-max` of each child server (transfers and deposits
+    /// written together; 1: each alone).
+    #[arg(long, default_value_t = DB_GROUP_MAX_DEFAULT, value_parser = clap::value_parser!(u16).range(1..=DB_GROUP_MAX_CEILING as i64))]
+    pub db_group_max: u16,
     /// Users to register and fund.
     #[arg(long, default_value_t = 200)]
     pub users: u32,
@@ -436,10 +436,7 @@ impl ChildServer {
         if let Target::Postgres(_) = target {
             command.args(["--db-writers", &args.db_writers.to_string()]);
             command.args(["--db-batch-max", &args.db_batch_max.to_string()]);
-            command.args([
-                "--db-transfer-group-max",
-                &args.db_transfer_group_max.to_string(),
-            ]);
+            command.args(["--db-group-max", &args.db_group_max.to_string()]);
         }
         let child = command
             .args(["--snapshot-cron", "off", "--login-failures-max", "0"])
@@ -950,7 +947,7 @@ fn report_json(
         "write_batch_max": (!postgres).then_some(args.write_batch_max),
         "db_writers": postgres.then_some(args.db_writers),
         "db_batch_max": postgres.then_some(args.db_batch_max),
-        "db_transfer_group_max": postgres.then_some(args.db_transfer_group_max),
+        "db_group_max": postgres.then_some(args.db_group_max),
         "transfers_per_s": transfers["per_s"], "p50_ms": transfers["p50_ms"], "p99_ms": transfers["p99_ms"],
         "raw_transfers_per_s": raw.map(f64::round),
         "http_to_raw_ratio": raw.map(|r| (transfers["per_s"].as_f64().unwrap_or(0.0) / r * 1000.0).round() / 1000.0),
@@ -1019,8 +1016,8 @@ fn table_heading(r: &Value) -> String {
         )
     } else {
         format!(
-            "db_writers={}, db_batch_max={}, db_transfer_group_max={}",
-            r["db_writers"], r["db_batch_max"], r["db_transfer_group_max"]
+            "db_writers={}, db_batch_max={}, db_group_max={}",
+            r["db_writers"], r["db_batch_max"], r["db_group_max"]
         )
     };
     format!(

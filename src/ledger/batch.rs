@@ -1,31 +1,32 @@
-//! Transfers written many to a transaction on PostgreSQL, with a statement per step rather
-//! than per transfer.
+//! Transfers and deposits written many to a transaction on PostgreSQL, with a statement per
+//! step rather than per request.
 //!
 //! One transfer alone (`ledger::transfer`) is seven round trips and seven statements, each
-//! planned, locked and logged by PostgreSQL for two entries: at a few thousand a second the
-//! server's cores go to that overhead (README, "On PostgreSQL"). Here a group of transfers
-//! takes the same steps together: the recipients in one statement, the references' locks in
-//! one, their lookups in one, the wallets' row locks in one (in key order, as every writer
-//! takes them), the balances in one, then one statement per round of entries (a wallet has at
-//! most one entry in a round: `plan`), then one commit. It waits for a lock at most
-//! `GROUP_LOCK_WAIT_MS_MAX`, so a row held elsewhere for long holds up only the transfers
-//! that need it (each then written alone), not the whole group.
+//! planned, locked and logged by PostgreSQL for two entries, and a deposit alone is a
+//! transaction and a commit of its own for one entry: at a few thousand a second the server's
+//! cores go to that overhead (README, "On PostgreSQL"). Here a group of them takes the same
+//! steps together: the recipients in one statement, the references' locks in one, their
+//! lookups in one, the wallets' row locks in one (in key order, as every writer takes them),
+//! the balances in one, then one statement per round of entries (a wallet has at most one
+//! entry in a round: `plan`), then one commit. It waits for a lock at most
+//! `GROUP_LOCK_WAIT_MS_MAX`, so a row held elsewhere for long holds up only the requests that
+//! need it (each then written alone), not the whole group.
 //!
 //! The group does only the plain case: a new reference, a known recipient, a balance in the
-//! currency on both sides, and money available. Every other transfer (a replay, a conflict,
+//! currency on every side, and money available. Every other request (a replay, a conflict,
 //! an unknown recipient, a refusal, a first credit in a currency, a second use of a reference
-//! in the same group) is left to `ledger::transfer`, alone, after the group commits, which
-//! gives it exactly the answer it would have had on its own. The decision to take money is
-//! made here from the balances read under the row locks, and the statement that moves each
-//! balance checks it again (`b.balance + d = after`, `after >= held`, not frozen): if the two
-//! ever disagree, nothing of the group is kept and each transfer runs alone.
+//! in the same group) is left to `write_one`, alone, after the group commits, which gives it
+//! exactly the answer it would have had on its own. The decision to take money is made here
+//! from the balances read under the row locks, and the statement that moves each balance
+//! checks it again (`b.balance + d = after`, `after >= held`, not frozen): if the two ever
+//! disagree, nothing of the group is kept and each request runs alone.
 
 use std::collections::{HashMap, HashSet};
 
 use serde_json::{json, Value};
 
 use super::entries::{self, Entry, WalletKey, WalletRef};
-use super::{Outcome, Recipient, TransferRequest, TransferResult};
+use super::{Movement, Outcome, Recipient, TransferRequest, TransferResult};
 use crate::domain::{EntryKind, MinorUnits, Timestamp};
 use crate::error::AppError;
 use crate::store::{Engine, LockClass, Sql};
@@ -34,7 +35,14 @@ use crate::store::{Engine, LockClass, Sql};
 /// wallets under load (tens of milliseconds), far shorter than the statement timeout.
 pub const GROUP_LOCK_WAIT_MS_MAX: u32 = 250;
 
-/// One transfer of a group: who sends, and what they asked for.
+/// One request of a group.
+#[derive(Debug, Clone)]
+pub enum GroupItem {
+    Transfer(TransferItem),
+    Deposit(DepositItem),
+}
+
+/// A transfer: who sends, and what they asked for.
 #[derive(Debug, Clone)]
 pub struct TransferItem {
     pub sender_user_id: i64,
@@ -42,28 +50,87 @@ pub struct TransferItem {
     pub req: TransferRequest,
 }
 
-/// `ledger::transfer` for one item, alone in its transaction.
-pub fn transfer_one(
-    conn: &dyn Sql,
-    now: Timestamp,
-    item: &TransferItem,
-) -> Result<Outcome<TransferResult>, AppError> {
-    super::transfer(conn, now, (item.sender_user_id, &item.sender), &item.req)
+/// A deposit into `wallet`.
+#[derive(Debug, Clone)]
+pub struct DepositItem {
+    pub wallet: WalletRef,
+    pub movement: Movement,
 }
 
-/// Writes the plain transfers of `items` in the caller's transaction. Returns, in `items`'
-/// order, the result of each one written, and `None` for each left to `transfer_one`.
-pub fn transfers(
+/// What a request of a group wrote. (One per request, handed over once: not worth a box.)
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
+pub enum Written {
+    Transfer(TransferResult),
+    Deposit(Entry),
+}
+
+impl GroupItem {
+    /// The wallet whose reference the request uses, and what it asked for.
+    fn parts(&self) -> (&WalletRef, &Movement) {
+        match self {
+            GroupItem::Transfer(t) => (&t.sender, &t.req.movement),
+            GroupItem::Deposit(d) => (&d.wallet, &d.movement),
+        }
+    }
+
+    /// The kind of entry that holds the request's reference.
+    fn reference_kind(&self) -> EntryKind {
+        match self {
+            GroupItem::Transfer(_) => EntryKind::TransferOut,
+            GroupItem::Deposit(_) => EntryKind::Deposit,
+        }
+    }
+}
+
+impl Written {
+    pub fn into_transfer(self) -> Result<TransferResult, AppError> {
+        match self {
+            Written::Transfer(t) => Ok(t),
+            Written::Deposit(_) => Err(AppError::internal("a group", "a deposit for a transfer")),
+        }
+    }
+
+    pub fn into_deposit(self) -> Result<Entry, AppError> {
+        match self {
+            Written::Deposit(e) => Ok(e),
+            Written::Transfer(_) => Err(AppError::internal("a group", "a transfer for a deposit")),
+        }
+    }
+}
+
+/// One request alone in its transaction: `ledger::transfer` or `ledger::deposit`.
+pub fn write_one(
     conn: &dyn Sql,
     now: Timestamp,
-    items: &[TransferItem],
-) -> Result<Vec<Option<Outcome<TransferResult>>>, AppError> {
+    item: &GroupItem,
+) -> Result<Outcome<Written>, AppError> {
+    let (value, replayed) = match item {
+        GroupItem::Transfer(t) => {
+            let out = super::transfer(conn, now, (t.sender_user_id, &t.sender), &t.req)?;
+            (Written::Transfer(out.value), out.replayed)
+        }
+        GroupItem::Deposit(d) => {
+            let out = super::deposit(conn, now, &d.wallet, &d.movement)?;
+            (Written::Deposit(out.value), out.replayed)
+        }
+    };
+    Ok(Outcome { value, replayed })
+}
+
+/// Writes the plain requests of `items` in the caller's transaction. Returns, in `items`'
+/// order, the result of each one written, and `None` for each left to `write_one`.
+pub fn writes(
+    conn: &dyn Sql,
+    now: Timestamp,
+    items: &[GroupItem],
+) -> Result<Vec<Option<Outcome<Written>>>, AppError> {
     if conn.engine() != Engine::Postgres || items.is_empty() {
         return Ok(items.iter().map(|_| None).collect());
     }
     // A group waits for its locks only so long: a lock held elsewhere for longer (a stuck
-    // client's transaction) fails the group, and each of its transfers then waits alone,
-    // instead of every transfer queued behind the group waiting with it.
+    // client's transaction) fails the group, and each of its requests then waits alone,
+    // instead of every request queued behind the group waiting with it.
     conn.execute(
         &format!("SET LOCAL lock_timeout = {GROUP_LOCK_WAIT_MS_MAX}"),
         &[],
@@ -71,7 +138,7 @@ pub fn transfers(
     let recipients = recipients(conn, items)?;
     lock_references(conn, items)?;
     let taken = references_taken(conn, items)?;
-    let mut keys: Vec<WalletKey> = items.iter().map(|i| i.sender.key).collect();
+    let mut keys: Vec<WalletKey> = items.iter().map(|i| i.parts().0.key).collect();
     keys.extend(recipients.iter().flatten().map(|(_, w)| w.key));
     let floors = lock_wallets(conn, &keys)?;
     let balances = read_balances(conn, items, &recipients)?;
@@ -83,34 +150,42 @@ pub fn transfers(
     let mut seq_of = |e: &mut Entry| -> Result<(), AppError> {
         e.seq = seqs
             .remove(&e.id)
-            .ok_or_else(|| AppError::internal("transfer group", "an entry was not written"))?;
+            .ok_or_else(|| AppError::internal("a group", "an entry was not written"))?;
         Ok(())
     };
     plan.results
         .into_iter()
         .map(|r| {
-            r.map(|mut t| {
-                seq_of(&mut t.transfer_out)?;
-                seq_of(&mut t.transfer_in)?;
-                Ok(Outcome::new(t))
+            r.map(|mut w| {
+                match &mut w {
+                    Written::Transfer(t) => {
+                        seq_of(&mut t.transfer_out)?;
+                        seq_of(&mut t.transfer_in)?;
+                    }
+                    Written::Deposit(e) => seq_of(e)?,
+                }
+                Ok(Outcome::new(w))
             })
             .transpose()
         })
         .collect()
 }
 
-/// Each item's recipient as `(user id, wallet)`, `None` when unknown (then `transfer_one`
-/// says so).
+/// Each transfer's recipient as `(user id, wallet)`, `None` when unknown (then `write_one`
+/// says so) and for a deposit.
 fn recipients(
     conn: &dyn Sql,
-    items: &[TransferItem],
+    items: &[GroupItem],
 ) -> Result<Vec<Option<(i64, WalletRef)>>, AppError> {
     let mut ids = Vec::new();
     let mut names = Vec::new();
     for item in items {
-        match &item.req.to {
-            Recipient::UserId(id) => ids.push(*id),
-            Recipient::Username(name) => names.push(crate::domain::username_key(name)),
+        match item {
+            GroupItem::Transfer(t) => match &t.req.to {
+                Recipient::UserId(id) => ids.push(*id),
+                Recipient::Username(name) => names.push(crate::domain::username_key(name)),
+            },
+            GroupItem::Deposit(_) => {}
         }
     }
     let rows = conn.query(
@@ -138,20 +213,28 @@ fn recipients(
     }
     Ok(items
         .iter()
-        .map(|item| match &item.req.to {
-            Recipient::UserId(id) => by_id.get(id).cloned(),
-            Recipient::Username(name) => by_name.get(&crate::domain::username_key(name)).cloned(),
+        .map(|item| match item {
+            GroupItem::Transfer(t) => match &t.req.to {
+                Recipient::UserId(id) => by_id.get(id).cloned(),
+                Recipient::Username(name) => {
+                    by_name.get(&crate::domain::username_key(name)).cloned()
+                }
+            },
+            GroupItem::Deposit(_) => None,
         })
         .collect())
 }
 
-/// The lock `ledger::transfer` takes on each reference, taken here in one statement and in
-/// the order of the locks' keys, so two groups never wait on each other in a cycle (a
-/// transfer alone takes one such lock, and every writer takes wallet locks only after them).
-fn lock_references(conn: &dyn Sql, items: &[TransferItem]) -> Result<(), AppError> {
+/// The lock `write_one` takes on each reference, taken here in one statement and in the
+/// order of the locks' keys, so two groups never wait on each other in a cycle (a request
+/// alone takes one such lock, and every writer takes wallet locks only after them).
+fn lock_references(conn: &dyn Sql, items: &[GroupItem]) -> Result<(), AppError> {
     let names: Vec<String> = items
         .iter()
-        .map(|i| entries::reference_lock_name(i.sender.key, i.req.movement.reference.as_str()))
+        .map(|i| {
+            let (wallet, m) = i.parts();
+            entries::reference_lock_name(wallet.key, m.reference.as_str())
+        })
         .collect();
     conn.query(
         "SELECT pg_advisory_xact_lock(CAST(?1 AS INTEGER), h)
@@ -166,23 +249,29 @@ fn lock_references(conn: &dyn Sql, items: &[TransferItem]) -> Result<(), AppErro
     Ok(())
 }
 
-/// The `(sender's wallet, reference)` pairs of `items` that a stored transfer already holds.
+/// The `(wallet, reference)` pairs of `items` that a stored entry of the item's kind already
+/// holds (a transfer's outgoing half, or a deposit).
 fn references_taken(
     conn: &dyn Sql,
-    items: &[TransferItem],
+    items: &[GroupItem],
 ) -> Result<HashSet<(WalletKey, String)>, AppError> {
     let wanted: Vec<Value> = items
         .iter()
-        .map(|i| json!({"k": i.sender.key.get(), "r": i.req.movement.reference.as_str()}))
+        .map(|i| {
+            let (wallet, m) = i.parts();
+            json!({"k": wallet.key.get(), "r": m.reference.as_str(), "kind": i.reference_kind().as_str()})
+        })
         .collect();
     let rows = conn.query(
-        // One index probe per reference (`entries_reference`), whatever the planner would
-        // guess of a JSON list's length: a join chose to scan the ledger instead.
+        // One index probe per reference (`entries_reference`, whose predicate the kinds
+        // named here imply), whatever the planner would guess of a JSON list's length: a
+        // join chose to scan the ledger instead.
         "SELECT v.k, v.r
-         FROM jsonb_to_recordset(CAST(CAST(?1 AS TEXT) AS jsonb)) AS v(k BIGINT, r TEXT)
+         FROM jsonb_to_recordset(CAST(CAST(?1 AS TEXT) AS jsonb)) AS v(k BIGINT, r TEXT, kind TEXT)
          CROSS JOIN LATERAL (
              SELECT 1 FROM entries e
-             WHERE e.wallet_key = v.k AND e.kind = 'TRANSFER_OUT' AND e.reference = v.r COLLATE \"C\"
+             WHERE e.wallet_key = v.k AND (e.kind = 'TRANSFER_OUT' OR e.kind = 'DEPOSIT')
+                 AND e.kind = v.kind COLLATE \"C\" AND e.reference = v.r COLLATE \"C\"
              LIMIT 1) AS e",
         &[&Value::from(wanted).to_string()],
     )?;
@@ -225,13 +314,14 @@ type BalanceKey = (WalletKey, String);
 
 fn read_balances(
     conn: &dyn Sql,
-    items: &[TransferItem],
+    items: &[GroupItem],
     recipients: &[Option<(i64, WalletRef)>],
 ) -> Result<HashMap<BalanceKey, Balance>, AppError> {
     let mut wanted = Vec::new();
     for (item, to) in items.iter().zip(recipients) {
-        let code = item.req.movement.currency.code.as_str();
-        wanted.push(json!({"k": item.sender.key.get(), "c": code}));
+        let (wallet, m) = item.parts();
+        let code = m.currency.code.as_str();
+        wanted.push(json!({"k": wallet.key.get(), "c": code}));
         if let Some((_, w)) = to {
             wanted.push(json!({"k": w.key.get(), "c": code}));
         }
@@ -271,115 +361,188 @@ pub(crate) struct Planned {
 }
 
 pub(crate) struct Plan {
-    /// Per item, its two entries when the group writes it.
-    pub results: Vec<Option<TransferResult>>,
+    /// Per item, what the group writes for it, `None` when it is left alone.
+    pub results: Vec<Option<Written>>,
     /// The entries in the order they are written: a wallet has at most one entry per round,
     /// and its entries are in its rounds in the order the group made them.
     pub rounds: Vec<Vec<Planned>>,
 }
 
-/// Decides, in `items`' order, which transfers the group writes and what their entries say.
-/// A transfer is written only when its reference is new (stored or earlier in the group), its
-/// recipient is another known user, both wallets have a balance in its currency, the sender's
-/// balance is not frozen and `balance - held` covers the amount (the same rule as the one
-/// statement that moves a balance alone), and the recipient's balance stays within i64.
-/// Each entry is stamped just after its wallet's previous one, and no earlier than `now`.
+/// Decides, in `items`' order, which requests the group writes and what their entries say.
+/// A request is written only when its reference is new (stored or earlier in the group),
+/// every wallet it moves has a balance in its currency, and each credited balance stays
+/// within i64. A transfer also needs a recipient who is another known user, a sender whose
+/// balance is not frozen and whose `balance - held` covers the amount (the same rule as the
+/// one statement that moves a balance alone). Each entry is stamped just after its wallet's
+/// previous one, and no earlier than `now`.
 pub(crate) fn plan(
     now: Timestamp,
-    items: &[TransferItem],
+    items: &[GroupItem],
     recipients: &[Option<(i64, WalletRef)>],
     taken: &HashSet<(WalletKey, String)>,
     found: Found,
 ) -> Plan {
-    let Found {
-        mut floors,
-        mut balances,
-    } = found;
-    let mut seen: HashSet<(WalletKey, String)> = HashSet::new();
-    let mut entries_of: HashMap<WalletKey, usize> = HashMap::new();
-    let mut results = Vec::with_capacity(items.len());
-    let mut rounds: Vec<Vec<Planned>> = Vec::new();
-    for (item, to) in items.iter().zip(recipients) {
+    let mut planner = Planner {
+        now,
+        found,
+        seen: HashSet::new(),
+        entries_of: HashMap::new(),
+        rounds: Vec::new(),
+    };
+    let results = items
+        .iter()
+        .zip(recipients)
+        .map(|(item, to)| {
+            let (wallet, m) = item.parts();
+            let reference = (wallet.key, m.reference.as_str().to_string());
+            if taken.contains(&reference) || planner.seen.contains(&reference) {
+                return None;
+            }
+            let written = match item {
+                GroupItem::Transfer(t) => planner.transfer(t, to.as_ref()?).map(Written::Transfer),
+                GroupItem::Deposit(d) => planner.deposit(d).map(Written::Deposit),
+            };
+            if written.is_some() {
+                planner.seen.insert(reference);
+            }
+            written
+        })
+        .collect();
+    Plan {
+        results,
+        rounds: planner.rounds,
+    }
+}
+
+/// The running state of a plan: balances and stamp floors as the entries so far leave them.
+struct Planner {
+    now: Timestamp,
+    found: Found,
+    /// References written by the group so far.
+    seen: HashSet<(WalletKey, String)>,
+    /// How many entries each wallet has in the group so far: the round of its next one.
+    entries_of: HashMap<WalletKey, usize>,
+    rounds: Vec<Vec<Planned>>,
+}
+
+impl Planner {
+    fn transfer(&mut self, item: &TransferItem, to: &(i64, WalletRef)) -> Option<TransferResult> {
+        let (to_user_id, to_wallet) = to;
         let m = &item.req.movement;
-        let reference = (item.sender.key, m.reference.as_str().to_string());
-        let Some((to_user_id, to_wallet)) = to else {
-            results.push(None);
-            continue;
-        };
         let amount = m.amount.units();
         let from_key = (item.sender.key, m.currency.code.clone());
         let to_key = (to_wallet.key, m.currency.code.clone());
-        let (Some(from), Some(into)) = (balances.get(&from_key), balances.get(&to_key)) else {
-            results.push(None);
-            continue;
-        };
+        let balances = &self.found.balances;
+        let (from, into) = (balances.get(&from_key)?, balances.get(&to_key)?);
         let debited = from
             .balance
             .checked_sub(amount)
-            .filter(|after| !from.frozen && after >= &from.held);
-        let credited = into.balance.checked_add(amount);
-        let plain = *to_user_id != item.sender_user_id
-            && !taken.contains(&reference)
-            && !seen.contains(&reference)
-            && floors.contains_key(&item.sender.key)
-            && floors.contains_key(&to_wallet.key);
-        let (true, Some(debited), Some(credited)) = (plain, debited, credited) else {
-            results.push(None);
-            continue;
+            .filter(|after| !from.frozen && after >= &from.held)?;
+        let credited = into.balance.checked_add(amount)?;
+        let floors = &self.found.floors;
+        if *to_user_id == item.sender_user_id
+            || !floors.contains_key(&item.sender.key)
+            || !floors.contains_key(&to_wallet.key)
+        {
+            return None;
+        }
+        self.set_balance(from_key, debited);
+        self.set_balance(to_key, credited);
+        let transfer_id = Some(uuid::Uuid::now_v7().to_string());
+        let out = Half {
+            kind: EntryKind::TransferOut,
+            after: debited,
+            counterparty: Some(*to_user_id),
+            transfer_id: transfer_id.clone(),
         };
-        seen.insert(reference);
-        balances.entry(from_key).and_modify(|b| b.balance = debited);
-        balances.entry(to_key).and_modify(|b| b.balance = credited);
-        let transfer_id = uuid::Uuid::now_v7().to_string();
-        let mut half = |wallet: &WalletRef, kind, after, counterparty| {
-            let floor = floors.entry(wallet.key).or_insert(now);
-            let at = now.max(floor.plus_micros(1));
-            *floor = at;
-            let round = entries_of.entry(wallet.key).or_insert(0);
-            let entry = Entry {
-                seq: 0,
-                id: uuid::Uuid::now_v7().to_string(),
-                wallet_id: wallet.id.clone(),
-                kind,
-                amount,
-                balance_after: after,
-                reference: m.reference.as_str().to_string(),
-                counterparty_user_id: Some(counterparty),
-                transfer_id: Some(transfer_id.clone()),
-                metadata: m.metadata.clone(),
-                created_at: at,
-                currency: m.currency.code.clone(),
-                reverses: None,
-            };
-            if rounds.len() <= *round {
-                rounds.push(Vec::new());
-            }
-            let delta = if kind.is_credit() {
-                amount
-            } else {
-                MinorUnits::new(-amount.get())
-            };
-            rounds[*round].push(Planned {
-                wallet_key: wallet.key,
-                delta,
-                entry: entry.clone(),
-            });
-            *round += 1;
-            entry
+        let transfer_out = self.entry(&item.sender, m, out);
+        let into = Half {
+            kind: EntryKind::TransferIn,
+            after: credited,
+            counterparty: Some(item.sender_user_id),
+            transfer_id,
         };
-        let transfer_out = half(&item.sender, EntryKind::TransferOut, debited, *to_user_id);
-        let transfer_in = half(
-            to_wallet,
-            EntryKind::TransferIn,
-            credited,
-            item.sender_user_id,
-        );
-        results.push(Some(TransferResult {
+        let transfer_in = self.entry(to_wallet, m, into);
+        Some(TransferResult {
             transfer_out,
             transfer_in,
-        }));
+        })
     }
-    Plan { results, rounds }
+
+    fn deposit(&mut self, item: &DepositItem) -> Option<Entry> {
+        let m = &item.movement;
+        let key = (item.wallet.key, m.currency.code.clone());
+        let credited = self
+            .found
+            .balances
+            .get(&key)?
+            .balance
+            .checked_add(m.amount.units())?;
+        if !self.found.floors.contains_key(&item.wallet.key) {
+            return None;
+        }
+        self.set_balance(key, credited);
+        let half = Half {
+            kind: EntryKind::Deposit,
+            after: credited,
+            counterparty: None,
+            transfer_id: None,
+        };
+        Some(self.entry(&item.wallet, m, half))
+    }
+
+    fn set_balance(&mut self, key: BalanceKey, after: MinorUnits) {
+        if let Some(b) = self.found.balances.get_mut(&key) {
+            b.balance = after;
+        }
+    }
+
+    /// The wallet's next entry, stamped just after its previous one, in its next round.
+    fn entry(&mut self, wallet: &WalletRef, m: &Movement, half: Half) -> Entry {
+        let floor = self.found.floors.entry(wallet.key).or_insert(self.now);
+        let at = self.now.max(floor.plus_micros(1));
+        *floor = at;
+        let amount = m.amount.units();
+        let entry = Entry {
+            seq: 0,
+            id: uuid::Uuid::now_v7().to_string(),
+            wallet_id: wallet.id.clone(),
+            kind: half.kind,
+            amount,
+            balance_after: half.after,
+            reference: m.reference.as_str().to_string(),
+            counterparty_user_id: half.counterparty,
+            transfer_id: half.transfer_id,
+            metadata: m.metadata.clone(),
+            created_at: at,
+            currency: m.currency.code.clone(),
+            reverses: None,
+        };
+        let round = self.entries_of.entry(wallet.key).or_insert(0);
+        if self.rounds.len() <= *round {
+            self.rounds.push(Vec::new());
+        }
+        let delta = if half.kind.is_credit() {
+            amount
+        } else {
+            MinorUnits::new(-amount.get())
+        };
+        self.rounds[*round].push(Planned {
+            wallet_key: wallet.key,
+            delta,
+            entry: entry.clone(),
+        });
+        *round += 1;
+        entry
+    }
+}
+
+/// What differs between the entries a plan makes.
+struct Half {
+    kind: EntryKind,
+    after: MinorUnits,
+    counterparty: Option<i64>,
+    transfer_id: Option<String>,
 }
 
 /// One round in one statement: each wallet's stamp floor moves to its entry's stamp, each

@@ -146,13 +146,13 @@ fn burst_replies(
 }
 
 #[test]
-fn transfers_sent_together_each_get_the_answer_they_would_get_alone() {
-    // On PostgreSQL transfers arriving together are written as a group (`ledger::batch`),
-    // which leaves every case but the plain one to the transfer alone.
+fn transfers_and_deposits_sent_together_each_get_the_answer_they_would_get_alone() {
+    // On PostgreSQL transfers and deposits arriving together are written as a group
+    // (`ledger::batch`), which leaves every case but the plain one to the request alone.
     let app = Arc::new(TestApp::spawn());
-    mixed_transfers_at_once(&app);
+    mixed_writes_at_once(&app);
     if app.on_postgres() {
-        // Groups did form, and wrote several transfers each.
+        // Groups did form, and wrote several requests each.
         let metrics = app.raw("GET", "/metrics", None, None, None);
         let counter = |name: &str| -> u64 {
             metrics
@@ -165,27 +165,34 @@ fn transfers_sent_together_each_get_the_answer_they_would_get_alone() {
                 .unwrap_or_else(|| panic!("no {name} in /metrics"))
         };
         let (groups, grouped) = (
-            counter("wallet_transfer_groups_total"),
-            counter("wallet_transfers_grouped_total"),
+            counter("wallet_write_groups_total"),
+            counter("wallet_writes_grouped_total"),
         );
-        assert!(grouped > groups, "{grouped} transfers in {groups} groups");
+        assert!(grouped > groups, "{grouped} requests in {groups} groups");
     }
 }
 
 #[test]
-fn transfers_sent_together_get_the_same_answers_when_each_is_written_alone() {
+fn transfers_and_deposits_sent_together_get_the_same_answers_when_each_is_written_alone() {
     let app = Arc::new(TestApp::spawn_with(
-        |c| c.serve.db_transfer_group_max = 1,
+        |c| c.serve.db_group_max = 1,
         Arc::new(wallet::clock::SystemClock),
     ));
-    mixed_transfers_at_once(&app);
+    mixed_writes_at_once(&app);
 }
 
-/// 96 transfers at once, 12 of each case, so that groups mix them: plain ones, one request
-/// repeated (one 201, replays of it), one reference with different amounts (one 201,
-/// conflicts), oneself, an unknown user, a wallet that can pay only one of its transfers, a
-/// recipient named by username, and a frozen sender. Checks every answer and every balance.
-fn mixed_transfers_at_once(app: &Arc<TestApp>) {
+/// Requests of each case in `mixed_writes_at_once`.
+const PER_CASE: usize = 8;
+/// Cases in `mixed_writes_at_once`.
+const CASES: usize = 12;
+
+/// 96 transfers and deposits at once, 8 of each of 12 cases, so that groups mix them. Transfers:
+/// plain ones, one request repeated (one 201, replays of it), one reference with different
+/// amounts (one 201, conflicts), oneself, an unknown user, a wallet that can pay only one of
+/// its transfers, a recipient named by username, and a frozen sender. Deposits: plain ones,
+/// one repeated, one reference with different amounts, and into a frozen wallet (which may
+/// receive). Checks every answer and every balance.
+fn mixed_writes_at_once(app: &Arc<TestApp>) {
     let users: Vec<_> = ["a", "b", "c", "d", "e", "f"]
         .iter()
         .map(|n| app.register(&name(n)))
@@ -201,44 +208,51 @@ fn mixed_transfers_at_once(app: &Arc<TestApp>) {
     );
     assert_eq!(frozen.status, 200, "{:?}", frozen.body);
     let u = users.clone();
-    let replies = burst_replies(app, 96, move |i| {
-        let (from, body) = match i % 8 {
-            0 => (
+    let replies = burst_replies(app, PER_CASE * CASES, move |i| {
+        let nth = 1 + i / CASES;
+        let transfer = |from: usize, body| (from, "transfer", body);
+        let deposit = |into: usize, body| (into, "deposit", body);
+        let (who, path, body) = match i % CASES {
+            0 => transfer(
                 0,
                 json!({"to_user_id": u[1].id, "amount": "1", "reference": format!("p{i}")}),
             ),
-            1 => (
+            1 => transfer(
                 2,
                 json!({"to_user_id": u[3].id, "amount": "2", "reference": "dup"}),
             ),
-            2 => (
+            2 => transfer(
                 3,
-                json!({"to_user_id": u[0].id, "amount": format!("{}", 1 + i / 8), "reference": "conf"}),
+                json!({"to_user_id": u[0].id, "amount": format!("{nth}"), "reference": "conf"}),
             ),
-            3 => (
+            3 => transfer(
                 0,
                 json!({"to_user_id": u[0].id, "amount": "1", "reference": format!("s{i}")}),
             ),
-            4 => (
+            4 => transfer(
                 1,
                 json!({"to_username": "nobody-at-all", "amount": "1", "reference": format!("n{i}")}),
             ),
-            5 => (
+            5 => transfer(
                 4,
                 json!({"to_user_id": u[0].id, "amount": "30", "reference": format!("o{i}")}),
             ),
-            6 => (
+            6 => transfer(
                 1,
                 json!({"to_username": u[2].username, "amount": "1", "reference": format!("u{i}")}),
             ),
-            _ => (
+            7 => transfer(
                 5,
                 json!({"to_user_id": u[0].id, "amount": "1", "reference": format!("f{i}")}),
             ),
+            8 => deposit(1, json!({"amount": "1", "reference": format!("d{i}")})),
+            9 => deposit(2, json!({"amount": "3", "reference": "ddup"})),
+            10 => deposit(3, json!({"amount": format!("{nth}"), "reference": "dconf"})),
+            _ => deposit(5, json!({"amount": "1", "reference": format!("df{i}")})),
         };
         (
-            "/api/wallets/me/transfer".into(),
-            u[from].token.clone(),
+            format!("/api/wallets/me/{path}"),
+            u[who].token.clone(),
             body,
         )
     });
@@ -246,7 +260,7 @@ fn mixed_transfers_at_once(app: &Arc<TestApp>) {
         replies
             .iter()
             .enumerate()
-            .filter(|(i, _)| i % 8 == k)
+            .filter(|(i, _)| i % CASES == k)
             .map(|(_, r)| r)
             .collect()
     };
@@ -255,51 +269,71 @@ fn mixed_transfers_at_once(app: &Arc<TestApp>) {
         s.sort_unstable();
         s
     };
-    assert_eq!(statuses(0), [201; 12]);
-    // The repeated request: one 201, eleven replays naming the same transfer.
-    assert_eq!(statuses(1), [[200; 11].as_slice(), &[201]].concat());
-    let ids: std::collections::HashSet<_> = case(1)
-        .iter()
-        .map(|r| r.body["transfer_out"]["id"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(ids.len(), 1, "replays name one transfer");
-    assert!(case(1)
-        .iter()
-        .filter(|r| r.status == 200)
-        .all(|r| r.header("idempotent-replayed") == Some("true")));
-    assert_eq!(statuses(2), [[201].as_slice(), &[409; 11]].concat());
+    let all = |status: u16| vec![status; PER_CASE];
+    let one_then = |first: u16, rest: u16| {
+        let mut s = [vec![first], vec![rest; PER_CASE - 1]].concat();
+        s.sort_unstable();
+        s
+    };
+    // The amount of the one request of case `k` that was written.
+    let winner = |k: usize, field: &str| -> i64 {
+        let r = case(k).into_iter().find(|r| r.status == 201).unwrap();
+        let amount = if field.is_empty() {
+            &r.body["amount"]
+        } else {
+            &r.body[field]["amount"]
+        };
+        amount.as_str().unwrap().parse::<f64>().unwrap() as i64
+    };
+    assert_eq!(statuses(0), all(201));
+    // A repeated request: one 201, the others replays naming the same entry.
+    for (k, id) in [(1, "/transfer_out/id"), (9, "/id")] {
+        assert_eq!(statuses(k), one_then(201, 200));
+        let ids: std::collections::HashSet<_> = case(k)
+            .iter()
+            .map(|r| {
+                r.body
+                    .pointer(id)
+                    .and_then(|v| v.as_str())
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(ids.len(), 1, "replays name one entry");
+        assert!(case(k)
+            .iter()
+            .filter(|r| r.status == 200)
+            .all(|r| r.header("idempotent-replayed") == Some("true")));
+    }
+    assert_eq!(statuses(2), one_then(201, 409));
+    assert_eq!(statuses(10), one_then(201, 409));
     for (k, code) in [(3, "validation_error"), (4, "validation_error")] {
-        assert_eq!(statuses(k), [422; 12]);
+        assert_eq!(statuses(k), all(422));
         assert!(case(k).iter().all(|r| r.code() == code));
     }
-    assert_eq!(statuses(5), [[201].as_slice(), &[422; 11]].concat());
+    assert_eq!(statuses(5), one_then(201, 422));
     assert!(case(5)
         .iter()
         .filter(|r| r.status == 422)
         .all(|r| r.code() == "insufficient_funds"));
-    assert_eq!(statuses(6), [201; 12]);
-    assert_eq!(statuses(7), [403; 12]);
+    assert_eq!(statuses(6), all(201));
+    assert_eq!(statuses(7), all(403));
     assert!(case(7).iter().all(|r| r.code() == "wallet_frozen"));
-    // What moved, wallet by wallet: a sends 12, gets the conflict's winner, the overdraw's
-    // one 30; b gets 12 and sends 12; c sends one 2 and gets 12; d gets 2, sends the winner.
-    let won: i64 = case(2)
-        .iter()
-        .find(|r| r.status == 201)
-        .map(|r| {
-            r.body["transfer_out"]["amount"]
-                .as_str()
-                .unwrap()
-                .parse::<f64>()
-                .unwrap() as i64
-        })
-        .unwrap();
+    for k in [8, 11] {
+        assert_eq!(statuses(k), all(201));
+    }
+    // What moved, wallet by wallet: a sends n, gets the conflict's winner and the overdraw's
+    // one 30; b gets n, sends n and is paid n; c sends one 2, gets n and one deposit of 3;
+    // d gets 2, sends the winner and is paid the deposit conflict's winner; f is paid n.
+    let n = PER_CASE as i64;
+    let (won, deposit_won) = (winner(2, "transfer_out"), winner(10, ""));
     let expected = [
-        50 - 12 + won + 30,
-        50,
-        50 - 2 + 12,
-        50 + 2 - won,
+        50 - n + won + 30,
+        50 + n,
+        50 - 2 + n + 3,
+        50 + 2 - won + deposit_won,
         50 - 30,
-        10,
+        10 + n,
     ];
     for (u, want) in users.iter().zip(expected) {
         assert_eq!(app.balance(u), format!("{want}.00"), "{}", u.username);

@@ -79,10 +79,7 @@ pub fn metrics(svc: &Service, _: &Incoming, _: &Params) -> Result<Reply, AppErro
             &svc.writer.stats,
             &svc.clock.report(),
             stamps_ahead_micros,
-            (
-                left_for_staff,
-                svc.transfer_groups.as_ref().map(|g| g.stats()),
-            ),
+            (left_for_staff, svc.write_groups.as_ref().map(|g| g.stats())),
         ),
     ))
 }

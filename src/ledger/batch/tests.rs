@@ -1,4 +1,5 @@
-//! The group's plan, without a database: which transfers it writes, and what their entries say.
+//! The group's plan, without a database: which transfers and deposits it writes, and what
+//! their entries say.
 
 use super::*;
 use crate::domain::{Amount, Currency, Metadata, Reference};
@@ -19,20 +20,31 @@ fn wallet(key: i64) -> WalletRef {
     }
 }
 
-fn item(from: i64, to: i64, amount: i64, reference: &str) -> TransferItem {
-    TransferItem {
+fn movement(amount: i64, reference: &str) -> Movement {
+    Movement {
+        currency: usd(),
+        amount: Amount::parse_text(&amount.to_string(), &usd()).unwrap(),
+        reference: Reference::parse(reference).unwrap(),
+        metadata: Metadata::empty(),
+    }
+}
+
+fn item(from: i64, to: i64, amount: i64, reference: &str) -> GroupItem {
+    GroupItem::Transfer(TransferItem {
         sender_user_id: from,
         sender: wallet(from),
         req: TransferRequest {
             to: Recipient::UserId(to),
-            movement: Movement {
-                currency: usd(),
-                amount: Amount::parse_text(&amount.to_string(), &usd()).unwrap(),
-                reference: Reference::parse(reference).unwrap(),
-                metadata: Metadata::empty(),
-            },
+            movement: movement(amount, reference),
         },
-    }
+    })
+}
+
+fn deposit(into: i64, amount: i64, reference: &str) -> GroupItem {
+    GroupItem::Deposit(DepositItem {
+        wallet: wallet(into),
+        movement: movement(amount, reference),
+    })
 }
 
 fn now() -> Timestamp {
@@ -65,25 +77,36 @@ fn found(n: i64, balance: i64) -> Found {
     }
 }
 
-fn recipients(items: &[TransferItem]) -> Vec<Option<(i64, WalletRef)>> {
+fn recipients(items: &[GroupItem]) -> Vec<Option<(i64, WalletRef)>> {
     items
         .iter()
-        .map(|i| match i.req.to {
-            Recipient::UserId(id) => Some((id, wallet(id))),
-            Recipient::Username(_) => None,
+        .map(|i| match i {
+            GroupItem::Transfer(t) => match t.req.to {
+                Recipient::UserId(id) => Some((id, wallet(id))),
+                Recipient::Username(_) => None,
+            },
+            GroupItem::Deposit(_) => None,
         })
         .collect()
 }
 
-fn run(items: &[TransferItem], found: Found) -> Plan {
+fn run(items: &[GroupItem], found: Found) -> Plan {
     plan(now(), items, &recipients(items), &HashSet::new(), found)
+}
+
+/// The transfers a plan writes (every item of the test is one, and is written).
+fn transfers(plan: &Plan) -> Vec<TransferResult> {
+    plan.results
+        .iter()
+        .map(|r| r.clone().unwrap().into_transfer().unwrap())
+        .collect()
 }
 
 #[test]
 fn a_wallet_in_several_transfers_gets_running_balances_and_one_entry_per_round() {
     let items = [item(1, 2, 30, "a"), item(1, 3, 50, "b"), item(2, 1, 5, "c")];
     let plan = run(&items, found(3, 100));
-    let r: Vec<_> = plan.results.iter().map(|r| r.clone().unwrap()).collect();
+    let r = transfers(&plan);
     assert_eq!(r[0].transfer_out.balance_after, MinorUnits::new(70));
     assert_eq!(r[1].transfer_out.balance_after, MinorUnits::new(20));
     assert_eq!(r[2].transfer_in.balance_after, MinorUnits::new(25));
@@ -176,7 +199,7 @@ fn a_stamp_floor_ahead_of_now_pushes_the_stamps_after_it() {
     let ahead = now().plus_micros(500);
     f.floors.insert(WalletKey::from_storage(2), ahead);
     let items = [item(1, 2, 1, "x")];
-    let r = run(&items, f).results[0].clone().unwrap();
+    let r = transfers(&run(&items, f)).remove(0);
     assert_eq!(r.transfer_out.created_at, now());
     assert_eq!(r.transfer_in.created_at, ahead.plus_micros(1));
 }
@@ -199,11 +222,13 @@ fn a_wallet_moving_two_currencies_in_one_group_keeps_each_balance_and_one_entry_
         );
     }
     let mut in_eur = item(1, 2, 5, "e");
-    in_eur.req.movement.currency = eur.clone();
-    in_eur.req.movement.amount = Amount::parse_text("5", &eur).unwrap();
+    if let GroupItem::Transfer(t) = &mut in_eur {
+        t.req.movement.currency = eur.clone();
+        t.req.movement.amount = Amount::parse_text("5", &eur).unwrap();
+    }
     let items = [item(1, 2, 30, "u"), in_eur, item(1, 2, 70, "all")];
     let plan = run(&items, f);
-    let r: Vec<_> = plan.results.iter().map(|r| r.clone().unwrap()).collect();
+    let r = transfers(&plan);
     assert_eq!(r[0].transfer_out.balance_after, MinorUnits::new(70));
     assert_eq!(r[1].transfer_out.balance_after, MinorUnits::new(2));
     assert_eq!(r[1].transfer_in.balance_after, MinorUnits::new(12));
@@ -213,4 +238,66 @@ fn a_wallet_moving_two_currencies_in_one_group_keeps_each_balance_and_one_entry_
     // Three entries per wallet, whatever their currencies: three rounds.
     assert_eq!(plan.rounds.len(), 3);
     assert!(plan.rounds.iter().all(|round| round.len() == 2));
+}
+
+#[test]
+fn deposits_share_the_running_balances_and_rounds_of_the_transfers() {
+    // Wallet 1 pays out all it has, is paid 40 by a deposit, then pays 30 of it: the deposit
+    // is what makes the second transfer plain.
+    let items = [
+        item(1, 2, 100, "all"),
+        deposit(1, 40, "in"),
+        item(1, 2, 30, "more"),
+        deposit(3, 5, "x"),
+    ];
+    let plan = run(&items, found(3, 100));
+    let results: Vec<Written> = plan.results.iter().map(|r| r.clone().unwrap()).collect();
+    let Written::Deposit(d) = &results[1] else {
+        panic!("a deposit")
+    };
+    assert_eq!(d.kind, EntryKind::Deposit);
+    assert_eq!(d.balance_after, MinorUnits::new(40));
+    assert_eq!(
+        (d.counterparty_user_id, d.transfer_id.as_deref()),
+        (None, None)
+    );
+    assert_eq!(d.created_at, now().plus_micros(1));
+    let Written::Transfer(t) = &results[2] else {
+        panic!("a transfer")
+    };
+    assert_eq!(t.transfer_out.balance_after, MinorUnits::new(10));
+    // Wallet 1 has three entries in three rounds; wallet 3's deposit goes in the first.
+    assert_eq!(plan.rounds.len(), 3);
+    assert_eq!(plan.rounds[0].len(), 3);
+    let credit = &plan.rounds[1][0];
+    assert_eq!(
+        (credit.wallet_key, credit.delta),
+        (WalletKey::from_storage(1), MinorUnits::new(40))
+    );
+}
+
+#[test]
+fn a_deposit_that_is_not_plain_is_left_alone() {
+    let mut f = found(3, 10);
+    f.balances
+        .get_mut(&(WalletKey::from_storage(2), "USD".into()))
+        .unwrap()
+        .balance = MinorUnits::new(i64::MAX);
+    f.balances
+        .get_mut(&(WalletKey::from_storage(3), "USD".into()))
+        .unwrap()
+        .frozen = true;
+    let items = [
+        deposit(1, 1, "old"),  // stored already: a replay or a conflict, alone
+        deposit(1, 1, "new"),  // written
+        deposit(1, 2, "new"),  // the same reference again in the group
+        deposit(2, 1, "big"),  // past the largest balance
+        deposit(4, 1, "none"), // no balance in USD yet: the first credit creates it, alone
+        deposit(3, 1, "cold"), // a frozen wallet may still be paid
+        item(1, 2, 1, "new"),  // a transfer may share a deposit's reference, but not in one group
+    ];
+    let taken: HashSet<_> = [(WalletKey::from_storage(1), "old".to_string())].into();
+    let plan = plan(now(), &items, &recipients(&items), &taken, f);
+    let written: Vec<bool> = plan.results.iter().map(Option::is_some).collect();
+    assert_eq!(written, [false, true, false, false, false, true, false]);
 }
