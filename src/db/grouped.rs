@@ -1,5 +1,5 @@
 //! Requests of one kind gathered into one write: a set-based function writes a group of them
-//! in one transaction (`ledger::batch::transfers` on PostgreSQL), and each one it does not
+//! in one transaction (`ledger::batch::writes` on PostgreSQL), and each one it does not
 //! write goes back to its caller to be written alone.
 //!
 //! A lane thread takes whatever requests are waiting (up to `group_max`) and runs them as one
