@@ -4,7 +4,9 @@
 //!
 //! A lane thread takes whatever requests are waiting (up to `group_max`) and runs them as one
 //! job on the writer, so a group forms by itself under load and is a single request when
-//! idle: no request waits for others to arrive.
+//! idle: no request waits for others to arrive. A request the group could not take up now (a
+//! row it needs is busy in another transaction) goes first into the next group, a few times
+//! at most, and then is written alone.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,9 +18,24 @@ use crate::domain::Timestamp;
 use crate::error::AppError;
 use crate::store::Sql;
 
-/// Writes a group in the writer's transaction: per item, in order, its result when written,
-/// `None` when it is left to be written alone. An `Err` rolls the whole group back.
-pub type Many<I, O> = fn(&dyn Sql, Timestamp, &[I]) -> Result<Vec<Option<O>>, AppError>;
+/// Writes a group in the writer's transaction: per item, in order, what the group did with it.
+/// An `Err` rolls the whole group back.
+pub type Many<I, O> = fn(&dyn Sql, Timestamp, &[I]) -> Result<Vec<Fate<O>>, AppError>;
+
+/// What a group did with one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fate<O> {
+    /// Written, with this result (once the group commits).
+    Written(O),
+    /// Not the group's to write: the caller writes it alone.
+    Alone,
+    /// Not written now (a row it needs was busy): the next group tries it again.
+    Again,
+}
+
+/// How many groups in a row may put a request off (`Fate::Again`) before it is written alone,
+/// where it waits for its rows like any single write.
+pub const GROUP_TRIES_MAX: u8 = 3;
 
 /// What became of a request sent to a group.
 pub enum Grouping<I, O> {
@@ -31,6 +48,8 @@ pub enum Grouping<I, O> {
 struct Pending<I, O> {
     item: I,
     answer: SyncSender<Grouping<I, O>>,
+    /// Groups that put it off so far.
+    tries: u8,
 }
 
 #[derive(Clone)]
@@ -48,6 +67,8 @@ pub struct GroupStats {
     pub written: AtomicU64,
     /// Requests handed back to be written alone.
     pub handed_back: AtomicU64,
+    /// Times a group put a request off to the next one (a row it needs was busy).
+    pub put_off: AtomicU64,
 }
 
 /// Lane threads per group kind. One: while its group commits, the next one gathers in the
@@ -91,7 +112,11 @@ where
     /// writer's own queue then decides whether there is room).
     pub fn submit(&self, item: I) -> Grouping<I, O> {
         let (answer, rx) = sync_channel(1);
-        match self.queue.try_send(Pending { item, answer }) {
+        match self.queue.try_send(Pending {
+            item,
+            answer,
+            tries: 0,
+        }) {
             Ok(()) => rx.recv().unwrap_or_else(|_| {
                 Grouping::Done(Err(AppError::Internal("a group of writes panicked".into())))
             }),
@@ -109,13 +134,17 @@ fn run<I, O>(
     I: Clone + Send + Sync + 'static,
     O: Send + 'static,
 {
+    // Requests the last group put off: they go first into the next one.
+    let mut put_off: Vec<Pending<I, O>> = Vec::new();
     loop {
-        let mut group = Vec::new();
+        let mut group = std::mem::take(&mut put_off);
         {
             let Ok(queue) = rx.lock() else { return };
-            match queue.recv() {
-                Ok(p) => group.push(p),
-                Err(_) => return,
+            if group.is_empty() {
+                match queue.recv() {
+                    Ok(p) => group.push(p),
+                    Err(_) => return,
+                }
             }
             while group.len() < group_max {
                 match queue.try_recv() {
@@ -124,6 +153,7 @@ fn run<I, O>(
                 }
             }
         }
+        let tries: Vec<u8> = group.iter().map(|p| p.tries).collect();
         let (items, answers): (Vec<I>, Vec<_>) =
             group.into_iter().map(|p| (p.item, p.answer)).unzip();
         let items = Arc::new(items);
@@ -149,13 +179,23 @@ fn run<I, O>(
         match written {
             Ok(results) => {
                 stats.groups.fetch_add(1, Ordering::Relaxed);
-                for ((item, answer), result) in items.into_iter().zip(answers).zip(results) {
+                let each = items.into_iter().zip(answers).zip(tries).zip(results);
+                for (((item, answer), tries), result) in each {
                     let _ = answer.send(match result {
-                        Some(done) => {
+                        Fate::Written(done) => {
                             stats.written.fetch_add(1, Ordering::Relaxed);
                             Grouping::Done(Ok(done))
                         }
-                        None => {
+                        Fate::Again if tries + 1 < GROUP_TRIES_MAX => {
+                            stats.put_off.fetch_add(1, Ordering::Relaxed);
+                            put_off.push(Pending {
+                                item,
+                                answer,
+                                tries: tries + 1,
+                            });
+                            continue;
+                        }
+                        Fate::Alone | Fate::Again => {
                             stats.handed_back.fetch_add(1, Ordering::Relaxed);
                             Grouping::Alone(item)
                         }
@@ -186,15 +226,19 @@ mod tests {
     use crate::clock::SystemClock;
 
     /// A group writer over a table `t`: it writes the even numbers, leaves the odd ones alone,
-    /// and fails the whole group (after writing) when one is negative.
-    fn evens(conn: &dyn Sql, _: Timestamp, items: &[i64]) -> Result<Vec<Option<i64>>, AppError> {
+    /// puts off multiples of 1000 (every time), and fails the whole group (after writing)
+    /// when one is negative.
+    fn evens(conn: &dyn Sql, _: Timestamp, items: &[i64]) -> Result<Vec<Fate<i64>>, AppError> {
         let mut out = Vec::new();
         for &v in items {
-            if v % 2 == 0 {
+            if v != 0 && v % 1000 == 0 {
+                conn.execute("INSERT INTO tries (v) VALUES (?1)", &[&v])?;
+                out.push(Fate::Again);
+            } else if v % 2 == 0 {
                 conn.execute("INSERT INTO t (v) VALUES (?1)", &[&v])?;
-                out.push(Some(v * 10));
+                out.push(Fate::Written(v * 10));
             } else {
-                out.push(None);
+                out.push(Fate::Alone);
             }
         }
         if items.iter().any(|v| *v < 0) {
@@ -205,8 +249,10 @@ mod tests {
 
     fn writer() -> Writer {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
-        conn.execute_batch("CREATE TABLE t (v INTEGER NOT NULL)")
-            .unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t (v INTEGER NOT NULL); CREATE TABLE tries (v INTEGER NOT NULL)",
+        )
+        .unwrap();
         Writer::start(conn, Arc::new(SystemClock), 64, 64).0
     }
 
@@ -264,5 +310,28 @@ mod tests {
         // An even number alone is written by its group of one.
         assert!(matches!(g.submit(4), Grouping::Done(Ok(40))));
         assert_eq!(stored(&w), [4]);
+    }
+
+    #[test]
+    fn a_request_put_off_goes_into_the_next_groups_then_is_written_alone() {
+        let w = writer();
+        let g = Grouped::start("test-group", w.clone(), (64, 64), evens);
+        // 2000 is put off by every group: tried by `GROUP_TRIES_MAX` groups in a row (each
+        // commits the try it records), then handed back. The others sent with it are written
+        // as usual.
+        let got = send_together(&g, &[2000, 4, 6]);
+        assert_eq!(got, [Err(2000), Ok(40), Ok(60)]);
+        let tried = w
+            .execute(|c, _| {
+                c.query_one("SELECT count(*) FROM tries", &[])?
+                    .get::<i64>(0)
+            })
+            .unwrap();
+        assert_eq!(tried, i64::from(GROUP_TRIES_MAX));
+        assert_eq!(
+            g.stats().put_off.load(Ordering::Relaxed),
+            u64::from(GROUP_TRIES_MAX - 1)
+        );
+        assert_eq!(stored(&w), [4, 6]);
     }
 }

@@ -8,9 +8,11 @@
 //! steps together: the recipients in one statement, the references' locks in one, their
 //! lookups in one, the wallets' row locks in one (in key order, as every writer takes them),
 //! the balances in one, then one statement per round of entries (a wallet has at most one
-//! entry in a round: `plan`), then one commit. It waits for a lock at most
-//! `GROUP_LOCK_WAIT_MS_MAX`, so a row held elsewhere for long holds up only the requests that
-//! need it (each then written alone), not the whole group.
+//! entry in a round: `plan`), then one commit. It does not wait for a wallet another
+//! transaction holds (another process's group, a single write): the requests that need it go
+//! into the next group, and the rest are written now. It waits for any other lock (a
+//! reference's) at most `GROUP_LOCK_WAIT_MS_MAX`, so a lock held elsewhere for long holds up
+//! only the requests that need it (each then written alone), not the whole group.
 //!
 //! The group does only the plain case: a new reference, a known recipient, a balance in the
 //! currency on every side, and money available. Every other request (a replay, a conflict,
@@ -27,12 +29,13 @@ use serde_json::{json, Value};
 
 use super::entries::{self, Entry, WalletKey, WalletRef};
 use super::{Movement, Outcome, Recipient, TransferRequest, TransferResult};
+use crate::db::grouped::Fate;
 use crate::domain::{EntryKind, MinorUnits, Timestamp};
 use crate::error::AppError;
 use crate::store::{Engine, LockClass, Sql};
 
-/// How long a group waits for one lock, in milliseconds: longer than another group holds its
-/// wallets under load (tens of milliseconds), far shorter than the statement timeout.
+/// How long a group waits for one lock, in milliseconds: longer than a single write holds a
+/// reference's lock under load (a few milliseconds), far shorter than the statement timeout.
 pub const GROUP_LOCK_WAIT_MS_MAX: u32 = 250;
 
 /// One request of a group.
@@ -119,14 +122,15 @@ pub fn write_one(
 }
 
 /// Writes the plain requests of `items` in the caller's transaction. Returns, in `items`'
-/// order, the result of each one written, and `None` for each left to `write_one`.
+/// order, the result of each one written, `Alone` for each left to `write_one`, and `Again`
+/// for each that needs a wallet another transaction holds.
 pub fn writes(
     conn: &dyn Sql,
     now: Timestamp,
     items: &[GroupItem],
-) -> Result<Vec<Option<Outcome<Written>>>, AppError> {
+) -> Result<Vec<Fate<Outcome<Written>>>, AppError> {
     if conn.engine() != Engine::Postgres || items.is_empty() {
-        return Ok(items.iter().map(|_| None).collect());
+        return Ok(items.iter().map(|_| Fate::Alone).collect());
     }
     // A group waits for its locks only so long: a lock held elsewhere for longer (a stuck
     // client's transaction) fails the group, and each of its requests then waits alone,
@@ -141,7 +145,7 @@ pub fn writes(
     let mut keys: Vec<WalletKey> = items.iter().map(|i| i.parts().0.key).collect();
     keys.extend(recipients.iter().flatten().map(|(_, w)| w.key));
     let floors = lock_wallets(conn, &keys)?;
-    let balances = read_balances(conn, items, &recipients)?;
+    let balances = read_balances(conn, items, &recipients, &floors)?;
     let plan = plan(now, items, &recipients, &taken, Found { floors, balances });
     let mut seqs = HashMap::new();
     for round in &plan.rounds {
@@ -156,17 +160,20 @@ pub fn writes(
     plan.results
         .into_iter()
         .map(|r| {
-            r.map(|mut w| {
-                match &mut w {
-                    Written::Transfer(t) => {
-                        seq_of(&mut t.transfer_out)?;
-                        seq_of(&mut t.transfer_in)?;
+            Ok(match r {
+                Fate::Written(mut w) => {
+                    match &mut w {
+                        Written::Transfer(t) => {
+                            seq_of(&mut t.transfer_out)?;
+                            seq_of(&mut t.transfer_in)?;
+                        }
+                        Written::Deposit(e) => seq_of(e)?,
                     }
-                    Written::Deposit(e) => seq_of(e)?,
+                    Fate::Written(Outcome::new(w))
                 }
-                Ok(Outcome::new(w))
+                Fate::Alone => Fate::Alone,
+                Fate::Again => Fate::Again,
             })
-            .transpose()
         })
         .collect()
 }
@@ -282,7 +289,9 @@ fn references_taken(
 
 /// Locks the wallets' rows in key order and returns each one's stamp floor (`NO KEY UPDATE`,
 /// the lock an `UPDATE` of a wallet takes: it does not block other tables' foreign-key checks
-/// on the wallet).
+/// on the wallet). A wallet another transaction holds is skipped, not waited for: the
+/// requests that need it go into the next group (another process's group, which locks many
+/// of the same wallets, commits meanwhile), and the others are written now.
 fn lock_wallets(
     conn: &dyn Sql,
     keys: &[WalletKey],
@@ -291,7 +300,7 @@ fn lock_wallets(
     let rows = conn.query(
         "SELECT key, stamp_floor FROM wallets
          WHERE key IN (SELECT CAST(value AS BIGINT) FROM jsonb_array_elements_text(CAST(CAST(?1 AS TEXT) AS jsonb)))
-         ORDER BY key FOR NO KEY UPDATE",
+         ORDER BY key FOR NO KEY UPDATE SKIP LOCKED",
         &[&Value::from(keys).to_string()],
     )?;
     rows.into_iter()
@@ -312,18 +321,22 @@ pub(crate) struct Balance {
 
 type BalanceKey = (WalletKey, String);
 
+/// The balances the items move, of the wallets the group locked.
 fn read_balances(
     conn: &dyn Sql,
     items: &[GroupItem],
     recipients: &[Option<(i64, WalletRef)>],
+    locked: &HashMap<WalletKey, Timestamp>,
 ) -> Result<HashMap<BalanceKey, Balance>, AppError> {
     let mut wanted = Vec::new();
     for (item, to) in items.iter().zip(recipients) {
         let (wallet, m) = item.parts();
         let code = m.currency.code.as_str();
-        wanted.push(json!({"k": wallet.key.get(), "c": code}));
-        if let Some((_, w)) = to {
-            wanted.push(json!({"k": w.key.get(), "c": code}));
+        let to = to.as_ref().map(|(_, w)| w);
+        for w in std::iter::once(wallet).chain(to) {
+            if locked.contains_key(&w.key) {
+                wanted.push(json!({"k": w.key.get(), "c": code}));
+            }
         }
     }
     let rows = conn.query(
@@ -361,17 +374,17 @@ pub(crate) struct Planned {
 }
 
 pub(crate) struct Plan {
-    /// Per item, what the group writes for it, `None` when it is left alone.
-    pub results: Vec<Option<Written>>,
+    /// Per item, what the group writes for it, or why not.
+    pub results: Vec<Fate<Written>>,
     /// The entries in the order they are written: a wallet has at most one entry per round,
     /// and its entries are in its rounds in the order the group made them.
     pub rounds: Vec<Vec<Planned>>,
 }
 
 /// Decides, in `items`' order, which requests the group writes and what their entries say.
-/// A request is written only when its reference is new (stored or earlier in the group),
-/// every wallet it moves has a balance in its currency, and each credited balance stays
-/// within i64. A transfer also needs a recipient who is another known user, a sender whose
+/// A request that needs a wallet the group could not lock is put off (`Again`). Otherwise it
+/// is written only when its reference is new (stored or earlier in the group), every wallet
+/// it moves has a balance in its currency, and each credited balance stays within i64. A transfer also needs a recipient who is another known user, a sender whose
 /// balance is not frozen and whose `balance - held` covers the amount (the same rule as the
 /// one statement that moves a balance alone). Each entry is stamped just after its wallet's
 /// previous one, and no earlier than `now`.
@@ -394,18 +407,29 @@ pub(crate) fn plan(
         .zip(recipients)
         .map(|(item, to)| {
             let (wallet, m) = item.parts();
+            let to_wallet = to.as_ref().map(|(_, w)| w);
+            let locked = |w: &WalletRef| planner.found.floors.contains_key(&w.key);
+            if !std::iter::once(wallet).chain(to_wallet).all(locked) {
+                return Fate::Again;
+            }
             let reference = (wallet.key, m.reference.as_str().to_string());
             if taken.contains(&reference) || planner.seen.contains(&reference) {
-                return None;
+                return Fate::Alone;
             }
             let written = match item {
-                GroupItem::Transfer(t) => planner.transfer(t, to.as_ref()?).map(Written::Transfer),
+                GroupItem::Transfer(t) => to
+                    .as_ref()
+                    .and_then(|to| planner.transfer(t, to))
+                    .map(Written::Transfer),
                 GroupItem::Deposit(d) => planner.deposit(d).map(Written::Deposit),
             };
-            if written.is_some() {
-                planner.seen.insert(reference);
+            match written {
+                Some(w) => {
+                    planner.seen.insert(reference);
+                    Fate::Written(w)
+                }
+                None => Fate::Alone,
             }
-            written
         })
         .collect();
     Plan {
@@ -425,6 +449,7 @@ struct Planner {
     rounds: Vec<Vec<Planned>>,
 }
 
+/// Each method is called for a request whose wallets the group locked (`plan` checks).
 impl Planner {
     fn transfer(&mut self, item: &TransferItem, to: &(i64, WalletRef)) -> Option<TransferResult> {
         let (to_user_id, to_wallet) = to;
@@ -439,11 +464,7 @@ impl Planner {
             .checked_sub(amount)
             .filter(|after| !from.frozen && after >= &from.held)?;
         let credited = into.balance.checked_add(amount)?;
-        let floors = &self.found.floors;
-        if *to_user_id == item.sender_user_id
-            || !floors.contains_key(&item.sender.key)
-            || !floors.contains_key(&to_wallet.key)
-        {
+        if *to_user_id == item.sender_user_id {
             return None;
         }
         self.set_balance(from_key, debited);
@@ -478,9 +499,6 @@ impl Planner {
             .get(&key)?
             .balance
             .checked_add(m.amount.units())?;
-        if !self.found.floors.contains_key(&item.wallet.key) {
-            return None;
-        }
         self.set_balance(key, credited);
         let half = Half {
             kind: EntryKind::Deposit,

@@ -153,23 +153,25 @@ fn transfers_and_deposits_sent_together_each_get_the_answer_they_would_get_alone
     mixed_writes_at_once(&app);
     if app.on_postgres() {
         // Groups did form, and wrote several requests each.
-        let metrics = app.raw("GET", "/metrics", None, None, None);
-        let counter = |name: &str| -> u64 {
-            metrics
-                .body
-                .as_str()
-                .unwrap_or("")
-                .lines()
-                .find_map(|l| l.strip_prefix(&format!("{name} ")))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or_else(|| panic!("no {name} in /metrics"))
-        };
         let (groups, grouped) = (
-            counter("wallet_write_groups_total"),
-            counter("wallet_writes_grouped_total"),
+            counter(&app, "wallet_write_groups_total"),
+            counter(&app, "wallet_writes_grouped_total"),
         );
         assert!(grouped > groups, "{grouped} requests in {groups} groups");
     }
+}
+
+/// A counter of the server's `/metrics`.
+fn counter(app: &TestApp, name: &str) -> u64 {
+    let metrics = app.raw("GET", "/metrics", None, None, None);
+    metrics
+        .body
+        .as_str()
+        .unwrap_or("")
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
 }
 
 #[test]
@@ -345,10 +347,11 @@ fn mixed_writes_at_once(app: &Arc<TestApp>) {
 #[test]
 fn a_wallet_locked_elsewhere_holds_up_only_its_own_transfers() {
     // A transaction outside the server holds wallet a's row (a stuck client, an operator's
-    // session). A group that waits for it gives up after `GROUP_LOCK_WAIT_MS_MAX` and hands its
-    // transfers back: the ones that don't touch a are written while a is still held; a's own
-    // wait alone and are written once it is released. (Each of those holds a writer
-    // connection while it waits, so the server gets more writers than there are of them.)
+    // session). A group does not wait for it: it writes the transfers that don't touch a
+    // while a is still held, and puts a's own off to the next groups, then hands them back;
+    // alone, they wait for a and are written once it is released. (Each of those holds a
+    // writer connection while it waits, so the server gets more writers than there are of
+    // them.)
     let app = Arc::new(TestApp::spawn_with(
         |c| c.serve.db_writers = 8,
         Arc::new(wallet::clock::SystemClock),
@@ -403,6 +406,8 @@ fn a_wallet_locked_elsewhere_holds_up_only_its_own_transfers() {
         assert_eq!(status, 201);
         done.push(i);
     }
+    // a's transfers were put off by groups, not waited for.
+    assert!(counter(&app, "wallet_writes_put_off_total") >= 4);
     holder.execute("ROLLBACK", &[]).unwrap();
     for _ in 0..4 {
         let (i, status) = rx.recv_timeout(std::time::Duration::from_secs(20)).unwrap();

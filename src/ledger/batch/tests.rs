@@ -94,11 +94,34 @@ fn run(items: &[GroupItem], found: Found) -> Plan {
     plan(now(), items, &recipients(items), &HashSet::new(), found)
 }
 
-/// The transfers a plan writes (every item of the test is one, and is written).
-fn transfers(plan: &Plan) -> Vec<TransferResult> {
+/// What a plan writes, per item (every item is written).
+fn written(plan: &Plan) -> Vec<Written> {
     plan.results
         .iter()
-        .map(|r| r.clone().unwrap().into_transfer().unwrap())
+        .map(|r| match r {
+            Fate::Written(w) => w.clone(),
+            other => panic!("not written: {other:?}"),
+        })
+        .collect()
+}
+
+/// The transfers a plan writes (every item of the test is one, and is written).
+fn transfers(plan: &Plan) -> Vec<TransferResult> {
+    written(plan)
+        .into_iter()
+        .map(|w| w.into_transfer().unwrap())
+        .collect()
+}
+
+/// What a plan does with each item: written, alone or again.
+fn fates(plan: &Plan) -> Vec<&'static str> {
+    plan.results
+        .iter()
+        .map(|r| match r {
+            Fate::Written(_) => "written",
+            Fate::Alone => "alone",
+            Fate::Again => "again",
+        })
         .collect()
 }
 
@@ -161,11 +184,8 @@ fn what_is_not_plain_is_left_to_the_transfer_alone() {
     rec[8] = None;
     let taken: HashSet<_> = HashSet::new();
     let plan = plan(now(), &items, &rec, &taken, f);
-    let written: Vec<bool> = plan.results.iter().map(Option::is_some).collect();
-    assert_eq!(
-        written,
-        [true, false, true, false, false, false, true, false, false]
-    );
+    let (w, a) = ("written", "alone");
+    assert_eq!(fates(&plan), [w, a, w, a, a, a, w, a, a]);
 }
 
 #[test]
@@ -176,10 +196,11 @@ fn a_stored_reference_or_a_missing_balance_is_left_alone() {
         item(1, 3, 1, "x"),
     ];
     let taken: HashSet<_> = [(WalletKey::from_storage(1), "old".to_string())].into();
-    // Wallet 3 has no balance in USD yet: its first credit creates it, alone.
-    let plan = plan(now(), &items, &recipients(&items), &taken, found(2, 10));
-    let written: Vec<bool> = plan.results.iter().map(Option::is_some).collect();
-    assert_eq!(written, [false, true, false]);
+    // Wallet 3 (locked) has no balance in USD yet: its first credit creates it, alone.
+    let mut f = found(2, 10);
+    f.floors.insert(WalletKey::from_storage(3), now());
+    let plan = plan(now(), &items, &recipients(&items), &taken, f);
+    assert_eq!(fates(&plan), ["alone", "written", "alone"]);
 }
 
 #[test]
@@ -190,7 +211,7 @@ fn a_credit_past_the_largest_balance_is_left_alone() {
         .unwrap()
         .balance = MinorUnits::new(i64::MAX);
     let items = [item(1, 2, 1, "x")];
-    assert!(run(&items, f).results[0].is_none());
+    assert_eq!(fates(&run(&items, f)), ["alone"]);
 }
 
 #[test]
@@ -251,7 +272,7 @@ fn deposits_share_the_running_balances_and_rounds_of_the_transfers() {
         deposit(3, 5, "x"),
     ];
     let plan = run(&items, found(3, 100));
-    let results: Vec<Written> = plan.results.iter().map(|r| r.clone().unwrap()).collect();
+    let results = written(&plan);
     let Written::Deposit(d) = &results[1] else {
         panic!("a deposit")
     };
@@ -279,6 +300,7 @@ fn deposits_share_the_running_balances_and_rounds_of_the_transfers() {
 #[test]
 fn a_deposit_that_is_not_plain_is_left_alone() {
     let mut f = found(3, 10);
+    f.floors.insert(WalletKey::from_storage(4), now());
     f.balances
         .get_mut(&(WalletKey::from_storage(2), "USD".into()))
         .unwrap()
@@ -292,12 +314,40 @@ fn a_deposit_that_is_not_plain_is_left_alone() {
         deposit(1, 1, "new"),  // written
         deposit(1, 2, "new"),  // the same reference again in the group
         deposit(2, 1, "big"),  // past the largest balance
-        deposit(4, 1, "none"), // no balance in USD yet: the first credit creates it, alone
+        deposit(4, 1, "none"), // locked, no balance in USD yet: the first credit creates it, alone
         deposit(3, 1, "cold"), // a frozen wallet may still be paid
         item(1, 2, 1, "new"),  // a transfer may share a deposit's reference, but not in one group
     ];
     let taken: HashSet<_> = [(WalletKey::from_storage(1), "old".to_string())].into();
     let plan = plan(now(), &items, &recipients(&items), &taken, f);
-    let written: Vec<bool> = plan.results.iter().map(Option::is_some).collect();
-    assert_eq!(written, [false, true, false, false, false, true, false]);
+    let (w, a) = ("written", "alone");
+    assert_eq!(fates(&plan), [a, w, a, a, a, w, a]);
+}
+
+#[test]
+fn a_request_needing_a_wallet_held_elsewhere_is_put_off_and_moves_nothing() {
+    // Wallet 3 is held by another transaction: the group did not lock it.
+    let mut f = found(3, 10);
+    f.floors.remove(&WalletKey::from_storage(3));
+    f.balances
+        .remove(&(WalletKey::from_storage(3), "USD".to_string()));
+    let items = [
+        item(1, 3, 5, "to-held"),
+        item(3, 1, 5, "from-held"),
+        deposit(3, 5, "into-held"),
+        item(1, 2, 10, "all"), // the put-off transfer took nothing: all 10 are there
+        item(2, 9, 1, "unknown"), // an unknown recipient is still the transfer's own answer
+    ];
+    let mut rec = recipients(&items);
+    rec[4] = None;
+    let plan = plan(now(), &items, &rec, &HashSet::new(), f);
+    assert_eq!(
+        fates(&plan),
+        ["again", "again", "again", "written", "alone"]
+    );
+    assert!(plan
+        .rounds
+        .iter()
+        .flatten()
+        .all(|p| p.wallet_key != WalletKey::from_storage(3)));
 }
