@@ -75,7 +75,7 @@ pub struct ServeArgs {
     /// PostgreSQL only: most transfers and deposits written together in one transaction, a
     /// statement per step rather than per request (1: each in a transaction of its own; off
     /// while `--db-batch-max` is above 1).
-    #[arg(long, env = "WALLET_DB_GROUP_MAX", default_value_t = DB_GROUP_MAX_DEFAULT, value_parser = clap::value_parser!(u16).range(1..=DB_GROUP_MAX_CEILING as i64))]
+    #[arg(long, alias = "db-transfer-group-max", env = "WALLET_DB_GROUP_MAX", default_value_t = DB_GROUP_MAX_DEFAULT, value_parser = clap::value_parser!(u16).range(1..=DB_GROUP_MAX_CEILING as i64))]
     pub db_group_max: u16,
 
     /// Most writes waiting for the writer; beyond it requests get 503 instead of queueing forever.
