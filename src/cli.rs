@@ -8,7 +8,16 @@ use std::ffi::OsString;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use wallet::config::{ServeArgs, ENV_REQUESTS_MAX, ENV_REQUESTS_MAX_OLD};
+use wallet::config::{
+    ServeArgs, ENV_DB_GROUP_MAX, ENV_DB_GROUP_MAX_OLD, ENV_REQUESTS_MAX, ENV_REQUESTS_MAX_OLD,
+};
+
+/// Settings whose environment variable was renamed: `(argument id, variable, old variable)`.
+/// The old one is read when the new one is unset.
+const RENAMED_VARIABLES: [(&str, &str, &str); 2] = [
+    ("threads", ENV_REQUESTS_MAX, ENV_REQUESTS_MAX_OLD),
+    ("db_group_max", ENV_DB_GROUP_MAX, ENV_DB_GROUP_MAX_OLD),
+];
 
 #[derive(Parser, Debug)]
 #[command(
@@ -73,13 +82,14 @@ impl Cli {
     /// Parses `args` (the first is the program's name) and the environment. `--requests-max`
     /// was called `--threads`: the old flag is an alias, the old variable `WALLET_THREADS` is
     /// read when `WALLET_REQUESTS_MAX` is unset, and an error about a value given as
-    /// `--threads` names `--threads`, as the user wrote it.
+    /// `--threads` names `--threads`, as the user wrote it. `--db-group-max` likewise
+    /// (`RENAMED_VARIABLES`).
     pub fn try_parse_args(args: Vec<OsString>) -> Result<Cli, clap::Error> {
         let mut command = Cli::command();
-        if std::env::var_os(ENV_REQUESTS_MAX).is_none()
-            && std::env::var_os(ENV_REQUESTS_MAX_OLD).is_some()
-        {
-            command = command.mut_arg("threads", |a| a.env(ENV_REQUESTS_MAX_OLD));
+        for (id, variable, old) in RENAMED_VARIABLES {
+            if std::env::var_os(variable).is_none() && std::env::var_os(old).is_some() {
+                command = command.mut_arg(id, |a| a.env(old));
+            }
         }
         command
             .try_get_matches_from_mut(args.clone())

@@ -75,7 +75,7 @@ pub struct ServeArgs {
     /// PostgreSQL only: most transfers and deposits written together in one transaction, a
     /// statement per step rather than per request (1: each in a transaction of its own; off
     /// while `--db-batch-max` is above 1).
-    #[arg(long, alias = "db-transfer-group-max", env = "WALLET_DB_GROUP_MAX", default_value_t = DB_GROUP_MAX_DEFAULT, value_parser = clap::value_parser!(u16).range(1..=DB_GROUP_MAX_CEILING as i64))]
+    #[arg(long, alias = "db-transfer-group-max", env = ENV_DB_GROUP_MAX, default_value_t = DB_GROUP_MAX_DEFAULT, value_parser = clap::value_parser!(u16).range(1..=DB_GROUP_MAX_CEILING as i64))]
     pub db_group_max: u16,
 
     /// Most writes waiting for the writer; beyond it requests get 503 instead of queueing forever.
@@ -381,6 +381,10 @@ const _: () = assert!(
 /// The environment variable of `--requests-max`, and its older name, read when it is unset.
 pub const ENV_REQUESTS_MAX: &str = "WALLET_REQUESTS_MAX";
 pub const ENV_REQUESTS_MAX_OLD: &str = "WALLET_THREADS";
+/// The environment variable of `--db-group-max`, and its older name (of
+/// `--db-transfer-group-max`, before deposits joined the groups), read when it is unset.
+pub const ENV_DB_GROUP_MAX: &str = "WALLET_DB_GROUP_MAX";
+pub const ENV_DB_GROUP_MAX_OLD: &str = "WALLET_DB_TRANSFER_GROUP_MAX";
 
 /// The largest `--request-body-bytes-max` accepted.
 pub const REQUEST_BODY_BYTES_MAX_CEILING: usize = 16 * 1024 * 1024;

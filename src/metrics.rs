@@ -120,7 +120,7 @@ impl Metrics {
             for (name, help, v) in [
                 ("wallet_write_groups_total", "Groups of transfers and deposits committed (PostgreSQL).", &g.groups),
                 ("wallet_writes_grouped_total", "Transfers and deposits written by a group.", &g.written),
-                ("wallet_writes_handed_back_total", "Transfers and deposits sent to a group and written alone (not the plain case, or the group failed).", &g.handed_back),
+                ("wallet_writes_handed_back_total", "Transfers and deposits sent to a group and written alone (not the plain case, put off by too many groups, or the group failed).", &g.handed_back),
                 ("wallet_writes_put_off_total", "Times a group left a transfer or deposit to the next group because a wallet it needs was busy in another transaction.", &g.put_off),
             ] {
                 let v = v.load(Ordering::Relaxed);

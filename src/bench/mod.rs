@@ -178,7 +178,8 @@ impl Client {
         }
     }
 
-    /// Returns the status and body, or `None` on a transport error.
+    /// Returns the status and the body as JSON (`Null` if it is not), or `None` on a transport
+    /// error.
     fn call(
         &mut self,
         method: &str,
@@ -186,6 +187,21 @@ impl Client {
         token: Option<&str>,
         body: Option<&Value>,
     ) -> Option<(u16, Value)> {
+        let (status, bytes) = self.call_raw(method, path, token, body)?;
+        Some((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
+    }
+
+    /// Returns the status and the body's bytes, or `None` on a transport error.
+    fn call_raw(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Option<(u16, Vec<u8>)> {
         // One retry on a fresh connection: the server may have closed an idle one.
         for _ in 0..2 {
             if self.conn.is_none() {
@@ -210,7 +226,7 @@ impl Client {
         path: &str,
         token: Option<&str>,
         body: Option<&Value>,
-    ) -> std::io::Result<(u16, Value)> {
+    ) -> std::io::Result<(u16, Vec<u8>)> {
         use std::io::{BufRead, Read, Write};
         let conn = self
             .conn
@@ -264,9 +280,39 @@ impl Client {
         if close {
             self.conn = None;
         }
-        Ok((status, serde_json::from_slice(&buf).unwrap_or(Value::Null)))
+        Ok((status, buf))
     }
 }
+
+/// The PostgreSQL group counters of `/metrics`, summed over the servers: how the writes were
+/// written, which explains a throughput figure. `None` when a server does not report them
+/// (SQLite, or groups off).
+fn group_counters(bases: &[String]) -> Option<[u64; GROUP_COUNTERS.len()]> {
+    let mut sums = [0u64; GROUP_COUNTERS.len()];
+    for base in bases {
+        let (status, body) = Client::new(base).call_raw("GET", "/metrics", None, None)?;
+        if status != 200 {
+            return None;
+        }
+        let text = String::from_utf8_lossy(&body);
+        for (sum, name) in sums.iter_mut().zip(GROUP_COUNTERS) {
+            let value = text.lines().find_map(|line| {
+                let (metric, value) = line.split_once(' ')?;
+                (metric == name).then(|| value.trim().parse::<u64>().ok())?
+            })?;
+            *sum += value;
+        }
+    }
+    Some(sums)
+}
+
+/// In the order `group_counters` returns them.
+const GROUP_COUNTERS: [&str; 4] = [
+    "wallet_write_groups_total",
+    "wallet_writes_grouped_total",
+    "wallet_writes_put_off_total",
+    "wallet_writes_handed_back_total",
+];
 
 struct BenchUser {
     id: i64,
@@ -842,6 +888,8 @@ struct Checked {
     verify_findings: Value,
     /// Per child server, in start order.
     peak_rss_kib: Vec<Option<u64>>,
+    /// `GROUP_COUNTERS` over the mix (not the set-up), summed over the servers.
+    groups: Option<[u64; GROUP_COUNTERS.len()]>,
 }
 
 fn run_checked(args: &BenchArgs) -> Result<bool, String> {
@@ -862,7 +910,11 @@ fn run_checked(args: &BenchArgs) -> Result<bool, String> {
     let t0 = Instant::now();
     let users = Arc::new(setup_users(&bases, args.users, args.clients)?);
     let setup_s = t0.elapsed().as_secs_f64();
+    let groups_before = group_counters(&bases);
     let mut mix = run_mix(&bases, &users, args)?;
+    let groups = group_counters(&bases)
+        .zip(groups_before)
+        .map(|(after, before)| std::array::from_fn(|i| after[i].saturating_sub(before[i])));
 
     // The money invariant: the bench's users only trade among themselves, so their balances
     // must sum to what was deposited into them.
@@ -890,6 +942,7 @@ fn run_checked(args: &BenchArgs) -> Result<bool, String> {
         verify_ok,
         verify_findings,
         peak_rss_kib: servers.iter().map(ChildServer::peak_rss_kib).collect(),
+        groups,
     };
     drop(servers);
     let engine = db.as_ref().map(BenchDb::engine);
@@ -957,6 +1010,9 @@ fn report_json(
         "expected_total_minor": checked.expected_minor, "total_minor": checked.total_minor,
         "server_peak_rss_mib": rss_sum_kib.map(mib),
         "server_peak_rss_mib_per_process": rss.iter().map(|k| k.map(mib)).collect::<Vec<_>>(),
+        "write_groups": checked.groups.map(|[groups, grouped, put_off, handed_back]| json!({
+            "groups": groups, "writes_grouped": grouped, "put_off": put_off, "handed_back": handed_back,
+        })),
         "transfers": transfers,
         "deposits": deposits,
         "balance_reads": reads,
@@ -1066,6 +1122,19 @@ fn print_table(r: &Value) {
         );
     }
     println!("errors (non-422 4xx/5xx and transport): {}", r["errors"]);
+    let g = &r["write_groups"];
+    if let Some(groups) = g["groups"].as_u64() {
+        let grouped = g["writes_grouped"].as_u64().unwrap_or(0);
+        let mean = if groups == 0 {
+            0.0
+        } else {
+            grouped as f64 / groups as f64
+        };
+        println!(
+            "write groups: {groups} groups wrote {grouped} writes ({mean:.1} each); put off {}; handed back to be written alone {}",
+            g["put_off"], g["handed_back"]
+        );
+    }
     if let Some(rss) = r["server_peak_rss_mib"].as_f64() {
         let per_process = r["server_peak_rss_mib_per_process"]
             .as_array()

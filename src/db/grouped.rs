@@ -33,8 +33,9 @@ pub enum Fate<O> {
     Again,
 }
 
-/// How many groups in a row may put a request off (`Fate::Again`) before it is written alone,
-/// where it waits for its rows like any single write.
+/// How many groups in a row may try a request: after this many tries, each ending in
+/// `Fate::Again` (so `GROUP_TRIES_MAX - 1` put-offs), it is written alone, where it waits for
+/// its rows like any single write.
 pub const GROUP_TRIES_MAX: u8 = 3;
 
 /// What became of a request sent to a group.

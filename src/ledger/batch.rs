@@ -24,6 +24,7 @@
 //! disagree, nothing of the group is kept and each request runs alone.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
 
 use serde_json::{json, Value};
 
@@ -195,6 +196,10 @@ fn recipients(
             GroupItem::Deposit(_) => {}
         }
     }
+    if ids.is_empty() && names.is_empty() {
+        // Deposits only: nobody to look up.
+        return Ok(items.iter().map(|_| None).collect());
+    }
     let rows = conn.query(
         "SELECT w.user_id, w.key, w.id, CAST(NULL AS TEXT) FROM wallets w
          WHERE w.user_id IN (SELECT CAST(value AS BIGINT) FROM jsonb_array_elements_text(CAST(CAST(?1 AS TEXT) AS jsonb)))
@@ -269,23 +274,35 @@ fn references_taken(
             json!({"k": wallet.key.get(), "r": m.reference.as_str(), "kind": i.reference_kind().as_str()})
         })
         .collect();
-    let rows = conn.query(
-        // One index probe per reference (`entries_reference`, whose predicate the kinds
-        // named here imply), whatever the planner would guess of a JSON list's length: a
-        // join chose to scan the ledger instead.
-        "SELECT v.k, v.r
-         FROM jsonb_to_recordset(CAST(CAST(?1 AS TEXT) AS jsonb)) AS v(k BIGINT, r TEXT, kind TEXT)
-         CROSS JOIN LATERAL (
-             SELECT 1 FROM entries e
-             WHERE e.wallet_key = v.k AND (e.kind = 'TRANSFER_OUT' OR e.kind = 'DEPOSIT')
-                 AND e.kind = v.kind COLLATE \"C\" AND e.reference = v.r COLLATE \"C\"
-             LIMIT 1) AS e",
-        &[&Value::from(wanted).to_string()],
-    )?;
+    // Planned on each call: on a new database, the prepared plan kept from a ledger of a few
+    // rows read every entry for each reference, 10 ms a group instead of 0.17 ms once 40,000
+    // entries were written before autovacuum first analyzed them (2 bench runs in 9 fell to
+    // a third of the rate). Planning every statement of the group instead cost 30%: the
+    // rounds' plans for the values at hand are slower.
+    let rows =
+        conn.query_planned_now(&REFERENCES_TAKEN_SQL, &[&Value::from(wanted).to_string()])?;
     rows.into_iter()
         .map(|r| Ok((r.get(0)?, r.get(1)?)))
         .collect()
 }
+
+/// `references_taken`'s statement: one probe of `entries_reference` per reference, whatever
+/// the planner would guess of a JSON list's length (a join chose to scan the ledger instead).
+/// The last term repeats the index's predicate word for word, so that the index is usable
+/// without PostgreSQL having to prove anything.
+#[doc(hidden)]
+pub static REFERENCES_TAKEN_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT v.k, v.r
+         FROM jsonb_to_recordset(CAST(CAST(?1 AS TEXT) AS jsonb)) AS v(k BIGINT, r TEXT, kind TEXT)
+         CROSS JOIN LATERAL (
+             SELECT 1 FROM entries e
+             WHERE e.wallet_key = v.k AND e.kind = v.kind COLLATE \"C\"
+                 AND e.reference = v.r COLLATE \"C\" AND ({})
+             LIMIT 1) AS e",
+        super::kinds::unique_reference_condition("e.kind")
+    )
+});
 
 /// Locks the wallets' rows in key order and returns each one's stamp floor (`NO KEY UPDATE`,
 /// the lock an `UPDATE` of a wallet takes: it does not block other tables' foreign-key checks
@@ -607,7 +624,7 @@ fn write_round(conn: &dyn Sql, round: &[Planned]) -> Result<HashMap<String, i64>
     )?;
     if written.len() != round.len() {
         return Err(AppError::internal(
-            "transfer group",
+            "a write group",
             format!("{} of {} entries written", written.len(), round.len()),
         ));
     }

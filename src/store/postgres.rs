@@ -247,6 +247,29 @@ impl Sql for PgConn {
         rows.iter().map(row_of).collect()
     }
 
+    fn query_planned_now(&self, sql: &str, params: &[&dyn ToParam]) -> Result<Vec<Row>, AppError> {
+        // Not prepared: an unnamed statement with its parameters' types given is parsed,
+        // planned for these values and run in one round trip.
+        let bound = bind(params);
+        let typed: Vec<(&(dyn ToSql + Sync), Type)> = bound
+            .iter()
+            .map(|p| {
+                let ty = match p {
+                    Param::Int(_) => Type::INT8,
+                    Param::Blob(_) => Type::BYTEA,
+                    Param::Null | Param::Text(_) => Type::TEXT,
+                };
+                (p as &(dyn ToSql + Sync), ty)
+            })
+            .collect();
+        let rows = self
+            .client
+            .borrow_mut()
+            .query_typed(&dollar_params(sql), &typed)
+            .map_err(app_error)?;
+        rows.iter().map(row_of).collect()
+    }
+
     fn query_opt(&self, sql: &str, params: &[&dyn ToParam]) -> Result<Option<Row>, AppError> {
         // Not `Client::query_opt`, which fails when a statement returns more than one row.
         Ok(self.query(sql, params)?.into_iter().next())

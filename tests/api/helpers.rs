@@ -35,7 +35,8 @@ pub fn engine() -> Engine {
     }
 }
 
-fn postgres_url() -> Option<String> {
+/// The PostgreSQL server the suite runs on, if it does.
+pub fn postgres_url() -> Option<String> {
     std::env::var(POSTGRES_URL_VAR)
         .ok()
         .filter(|u| !u.is_empty())

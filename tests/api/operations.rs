@@ -497,6 +497,41 @@ fn bad_settings_exit_2_with_one_line_naming_the_setting() {
     }
 }
 
+#[test]
+fn renamed_settings_are_still_read_from_their_old_variables() {
+    // `WALLET_THREADS` and `WALLET_DB_TRANSFER_GROUP_MAX` are the old names of
+    // `WALLET_REQUESTS_MAX` and `WALLET_DB_GROUP_MAX`: a deployment that still sets them must
+    // not be silently ignored. Read, a 0 is refused (exit 2) naming the setting's flag; the
+    // new variable, when set, wins.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("wallet.db");
+    for (old, new, flag) in [
+        ("WALLET_THREADS", "WALLET_REQUESTS_MAX", "--requests-max"),
+        (
+            "WALLET_DB_TRANSFER_GROUP_MAX",
+            "WALLET_DB_GROUP_MAX",
+            "--db-group-max",
+        ),
+    ] {
+        let mut cmd = binary::wallet(&db);
+        cmd.args(["--listen", "127.0.0.1:0"])
+            .env(old, "0")
+            .env_remove(new);
+        let out = binary::run(cmd, None, Duration::from_secs(20));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{old}=0: {stderr}");
+        assert!(stderr.contains(flag), "{old}=0: {stderr}");
+
+        let mut cmd = binary::wallet(&db);
+        cmd.env(old, "0").env(new, "3");
+        let mut server = Server::start(cmd);
+        let reply = call(&agent(), &server.base, "GET", "/health", None, None, &[]).unwrap();
+        assert_eq!(reply.status, 200, "{new} set beside {old}");
+        server.sigterm();
+        assert!(server.wait_exit(Duration::from_secs(20)).success());
+    }
+}
+
 // ---- Logs and metrics ----------------------------------------------------------------------
 
 #[test]
@@ -650,6 +685,54 @@ fn bench_reports_every_figure_and_checks_the_money_invariant() {
     let transfers = report["transfers"]["count"].as_u64().unwrap();
     let created = report["transfers"]["statuses"]["201"].as_u64().unwrap_or(0);
     assert_eq!(transfers, created, "{report}");
+    assert!(
+        report["write_groups"].is_null(),
+        "SQLite writes no groups: {report}"
+    );
+}
+
+#[test]
+fn bench_on_postgres_reports_how_the_groups_wrote() {
+    // On PostgreSQL the report says how the writes were written (groups, requests grouped,
+    // put off, handed back; from the servers' `/metrics`), which explains its figures.
+    let Some(url) = crate::helpers::postgres_url() else {
+        eprintln!("not run: PostgreSQL only (SQLite writes no groups)");
+        return;
+    };
+    let database = format!("bench_{}", uuid::Uuid::new_v4().simple());
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = binary::wallet(dir.path().join("unused.db"));
+    cmd.args([
+        "bench",
+        "--db",
+        &crate::helpers::with_database(&url, &database),
+    ])
+    .args([
+        "--users",
+        "4",
+        "--clients",
+        "6",
+        "--duration",
+        "1",
+        "--json",
+    ]);
+    let out = binary::run(cmd, None, Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(report["invariant_held"], true, "{report}");
+    let groups = &report["write_groups"];
+    let grouped = groups["writes_grouped"].as_u64().expect("writes_grouped");
+    let written = report["transfers"]["count"].as_u64().unwrap()
+        + report["deposits"]["count"].as_u64().unwrap();
+    assert!(grouped > 0 && grouped <= written, "{report}");
+    assert!(groups["groups"].as_u64().unwrap() <= grouped, "{report}");
+    for field in ["put_off", "handed_back"] {
+        assert!(groups[field].as_u64().is_some(), "{field}: {report}");
+    }
 }
 
 /// The CPUs a thread of process `pid` may run on, from `/proc` (`Cpus_allowed_list`).
