@@ -274,11 +274,13 @@ fn references_taken(
             json!({"k": wallet.key.get(), "r": m.reference.as_str(), "kind": i.reference_kind().as_str()})
         })
         .collect();
-    // Planned on each call: on a new database, the prepared plan kept from a ledger of a few
-    // rows read every entry for each reference, 10 ms a group instead of 0.17 ms once 40,000
-    // entries were written before autovacuum first analyzed them (2 bench runs in 9 fell to
-    // a third of the rate). Planning every statement of the group instead cost 30%: the
-    // rounds' plans for the values at hand are slower.
+    // Planned on each call. On a new database the prepared plan, kept from its sixth run
+    // while the ledger had a few rows until autovacuum first analyzed `entries`, read every
+    // entry for each reference: 10 ms a group instead of 0.15 ms at 40,000 entries, and 6
+    // bench runs in 44 fell to a third of the rate. Planning each call costs about 4% of the
+    // rate (README, "On PostgreSQL"). Planning every statement of the group cost 30% (the
+    // rounds' plans for the values at hand are slower), and preparing the probe only past
+    // 10,000 entries measured slower still, for a reason not found.
     let rows =
         conn.query_planned_now(&REFERENCES_TAKEN_SQL, &[&Value::from(wanted).to_string()])?;
     rows.into_iter()
