@@ -61,7 +61,7 @@ pub struct BenchArgs {
     pub db_batch_max: u16,
     /// PostgreSQL only: `--db-group-max` of each child server (transfers and deposits
     /// written together; 1: each alone).
-    #[arg(long, default_value_t = DB_GROUP_MAX_DEFAULT, value_parser = clap::value_parser!(u16).range(1..=DB_GROUP_MAX_CEILING as i64))]
+    #[arg(long, alias = "db-transfer-group-max", default_value_t = DB_GROUP_MAX_DEFAULT, value_parser = clap::value_parser!(u16).range(1..=DB_GROUP_MAX_CEILING as i64))]
     pub db_group_max: u16,
     /// Users to register and fund.
     #[arg(long, default_value_t = 200)]
@@ -296,9 +296,10 @@ fn group_counters(bases: &[String]) -> Option<[u64; GROUP_COUNTERS.len()]> {
         }
         let text = String::from_utf8_lossy(&body);
         for (sum, name) in sums.iter_mut().zip(GROUP_COUNTERS) {
+            // A sample is `name value` (an optional time stamp may follow).
             let value = text.lines().find_map(|line| {
-                let (metric, value) = line.split_once(' ')?;
-                (metric == name).then(|| value.trim().parse::<u64>().ok())?
+                let mut fields = line.split_whitespace();
+                (fields.next() == Some(name)).then(|| fields.next()?.parse::<u64>().ok())?
             })?;
             *sum += value;
         }

@@ -36,8 +36,9 @@ pub enum Fate<O> {
 /// How many groups in a row may try a request: after this many tries, each ending in
 /// `Fate::Again` (so `GROUP_TRIES_MAX - 1` put-offs), it is written alone, where it waits for
 /// its rows like any single write. With two processes on one database, 3 tries left some
-/// 430 requests a run to be written alone and 6 left about 8, for 2% to 6% more transfers/s
-/// (README, "On PostgreSQL"); a put-off costs its request one group's time, a few ms.
+/// 430 requests a run to be written alone and 6 left about 8, for 0.4% to 5.7% more
+/// transfers/s (README, "On PostgreSQL"); a put-off costs its request one group's time, a
+/// few ms.
 pub const GROUP_TRIES_MAX: u8 = 6;
 
 /// What became of a request sent to a group.

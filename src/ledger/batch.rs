@@ -277,7 +277,7 @@ fn references_taken(
     // Planned on each call. On a new database the prepared plan, kept from its sixth run
     // while the ledger had a few rows until autovacuum first analyzed `entries`, read every
     // entry for each reference: 10 ms a group instead of 0.15 ms at 40,000 entries, and 6
-    // bench runs in 44 fell to a third of the rate. Planning each call costs about 4% of the
+    // bench runs in 62 fell to a third of the rate. Planning each call costs 3% to 5% of the
     // rate (README, "On PostgreSQL"). Planning every statement of the group cost 30% (the
     // rounds' plans for the values at hand are slower), and preparing the probe only past
     // 10,000 entries measured slower still, for a reason not found.
@@ -290,8 +290,8 @@ fn references_taken(
 
 /// `references_taken`'s statement: one probe of `entries_reference` per reference, whatever
 /// the planner would guess of a JSON list's length (a join chose to scan the ledger instead).
-/// The last term repeats the index's predicate word for word, so that the index is usable
-/// without PostgreSQL having to prove anything.
+/// The last term repeats the index's predicate word for word (from the one list of kinds
+/// that the schema's index is checked against), so the two cannot drift apart.
 #[doc(hidden)]
 pub static REFERENCES_TAKEN_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(

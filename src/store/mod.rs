@@ -223,9 +223,12 @@ pub trait Sql {
     fn execute(&self, sql: &str, params: &[&dyn ToParam]) -> Result<u64, AppError>;
 
     /// Every row, from a plan made for the tables as they are now. PostgreSQL otherwise
-    /// keeps a prepared statement's plan from its fifth run until the table is next analyzed:
+    /// keeps a prepared statement's plan from its sixth run until the table is next analyzed:
     /// one made while a table was nearly empty may scan it whole once it has grown. For a
-    /// statement run once per many requests, where a new plan each time costs little.
+    /// statement run once per many requests, where a new plan each time costs little. The
+    /// statement is not prepared first, so PostgreSQL infers no parameter types: an integer
+    /// is sent as a `BIGINT`, text as `TEXT`, bytes as `BYTEA` (a `NULL` is left for it to
+    /// infer); `CAST` a parameter where the column is of another type.
     fn query_planned_now(&self, sql: &str, params: &[&dyn ToParam]) -> Result<Vec<Row>, AppError> {
         self.query(sql, params)
     }

@@ -257,7 +257,8 @@ impl Sql for PgConn {
                 let ty = match p {
                     Param::Int(_) => Type::INT8,
                     Param::Blob(_) => Type::BYTEA,
-                    Param::Null | Param::Text(_) => Type::TEXT,
+                    Param::Text(_) => Type::TEXT,
+                    Param::Null => Type::UNKNOWN,
                 };
                 (p as &(dyn ToSql + Sync), ty)
             })
