@@ -297,6 +297,11 @@ impl Service {
             Some(groups) => match groups.submit(item) {
                 Grouping::Done(out) => return out,
                 Grouping::Alone(item) => item,
+                Grouping::Busy(item) => {
+                    return self
+                        .writer
+                        .execute(move |conn, now| batch::write_one_busy(conn, now, &item))
+                }
             },
         };
         self.writer

@@ -47,6 +47,10 @@ pub enum Grouping<I, O> {
     Done(Result<O, AppError>),
     /// Not written: the caller writes it alone.
     Alone(I),
+    /// Not written because a row it needs stayed busy through `GROUP_TRIES_MAX` groups: the
+    /// caller writes it alone, waiting for that row only so long (`batch::write_one_busy`),
+    /// so that requests for a row a stuck transaction holds cannot take every writer.
+    Busy(I),
 }
 
 struct Pending<I, O> {
@@ -199,9 +203,13 @@ fn run<I, O>(
                             });
                             continue;
                         }
-                        Fate::Alone | Fate::Again => {
+                        Fate::Alone => {
                             stats.handed_back.fetch_add(1, Ordering::Relaxed);
                             Grouping::Alone(item)
+                        }
+                        Fate::Again => {
+                            stats.handed_back.fetch_add(1, Ordering::Relaxed);
+                            Grouping::Busy(item)
                         }
                     });
                 }
@@ -270,8 +278,12 @@ mod tests {
         .unwrap()
     }
 
-    /// Sends `items` at once from threads of their own, and returns what became of each.
-    fn send_together(g: &Grouped<i64, i64>, items: &[i64]) -> Vec<Result<i64, i64>> {
+    /// Sends `items` at once from threads of their own, and returns what became of each: its
+    /// result, or how it was handed back.
+    fn send_together(
+        g: &Grouped<i64, i64>,
+        items: &[i64],
+    ) -> Vec<Result<i64, (i64, &'static str)>> {
         let barrier = Arc::new(std::sync::Barrier::new(items.len()));
         let handles: Vec<_> = items
             .iter()
@@ -281,7 +293,8 @@ mod tests {
                     barrier.wait();
                     match g.submit(v) {
                         Grouping::Done(r) => Ok(r.unwrap()),
-                        Grouping::Alone(v) => Err(v),
+                        Grouping::Alone(v) => Err((v, "alone")),
+                        Grouping::Busy(v) => Err((v, "busy")),
                     }
                 })
             })
@@ -298,7 +311,7 @@ mod tests {
         for (v, r) in items.iter().zip(&got) {
             match r {
                 Ok(done) => assert!(v % 2 == 0 && *done == v * 10, "{v}: {r:?}"),
-                Err(back) => assert!(v % 2 == 1 && back == v, "{v}: {r:?}"),
+                Err(back) => assert!(v % 2 == 1 && *back == (*v, "alone"), "{v}: {r:?}"),
             }
         }
         assert_eq!(stored(&w), (1..=10).map(|v| v * 2).collect::<Vec<_>>());
@@ -321,10 +334,10 @@ mod tests {
         let w = writer();
         let g = Grouped::start("test-group", w.clone(), (64, 64), evens);
         // 2000 is put off by every group: tried by `GROUP_TRIES_MAX` groups in a row (each
-        // commits the try it records), then handed back. The others sent with it are written
-        // as usual.
+        // commits the try it records), then handed back as busy. The others sent with it are
+        // written as usual.
         let got = send_together(&g, &[2000, 4, 6]);
-        assert_eq!(got, [Err(2000), Ok(40), Ok(60)]);
+        assert_eq!(got, [Err((2000, "busy")), Ok(40), Ok(60)]);
         let tried = w
             .execute(|c, _| {
                 c.query_one("SELECT count(*) FROM tries", &[])?

@@ -122,6 +122,30 @@ pub fn write_one(
     Ok(Outcome { value, replayed })
 }
 
+/// How long a request that groups kept putting off (a wallet it needs stayed busy) waits for
+/// its locks when written alone, in milliseconds, before it is refused with 503. Another
+/// process's group or a single write holds a wallet for a few milliseconds; a stuck
+/// transaction (an operator's session) holds it for as long as it lives, and without this
+/// bound each request for that wallet held one of the writer connections for the whole
+/// statement timeout (30 s), so a few of them stopped every write of the process.
+pub const BUSY_WALLET_WAIT_MS_MAX: u32 = 1_000;
+
+/// `write_one` for a request put off by `GROUP_TRIES_MAX` groups, waiting for its locks at
+/// most `BUSY_WALLET_WAIT_MS_MAX` (then `AppError::Unavailable`: the client tries again).
+pub fn write_one_busy(
+    conn: &dyn Sql,
+    now: Timestamp,
+    item: &GroupItem,
+) -> Result<Outcome<Written>, AppError> {
+    if conn.engine() == Engine::Postgres {
+        conn.execute(
+            &format!("SET LOCAL lock_timeout = {BUSY_WALLET_WAIT_MS_MAX}"),
+            &[],
+        )?;
+    }
+    write_one(conn, now, item)
+}
+
 /// Writes the plain requests of `items` in the caller's transaction. Returns, in `items`'
 /// order, the result of each one written, `Alone` for each left to `write_one`, and `Again`
 /// for each that needs a wallet another transaction holds.
