@@ -344,22 +344,25 @@ fn mixed_writes_at_once(app: &Arc<TestApp>) {
     assert!(report.ok(), "{:?}", report.findings);
 }
 
-#[test]
-fn a_wallet_locked_elsewhere_holds_up_only_its_own_transfers() {
-    // A transaction outside the server holds wallet a's row (a stuck client, an operator's
-    // session). A group does not wait for it: it writes the transfers that don't touch a
-    // while a is still held, and puts a's own off to the next groups, then hands them back;
-    // alone, each waits for a at most `BUSY_WALLET_WAIT_MS_MAX`: written if a is released by
-    // then, else refused with 503 having moved nothing. (Each holds a writer connection while
-    // it waits, so the server gets more writers than there are of them; the next test has
-    // fewer.)
+/// A server, its users a, b, c and d, and the connection whose transaction holds a's wallet.
+type HeldWallet = (
+    Arc<TestApp>,
+    Vec<crate::helpers::User>,
+    Box<dyn wallet::store::Sql>,
+);
+
+/// On PostgreSQL, a server with `db_writers` writer connections, users a, b, c and d with 10
+/// each, and a transaction outside the server that holds a's wallet row until it ends (a
+/// stuck client, an operator's session). `None` on SQLite, which has one writer: a held
+/// write lock holds all.
+fn a_held_by_a_transaction(db_writers: u16) -> Option<HeldWallet> {
     let app = Arc::new(TestApp::spawn_with(
-        |c| c.serve.db_writers = 8,
+        |c| c.serve.db_writers = db_writers,
         Arc::new(wallet::clock::SystemClock),
     ));
     if !app.on_postgres() {
         eprintln!("not run: PostgreSQL only (SQLite has one writer: a held write lock holds all)");
-        return;
+        return None;
     }
     let users: Vec<_> = ["a", "b", "c", "d"]
         .iter()
@@ -376,6 +379,21 @@ fn a_wallet_locked_elsewhere_holds_up_only_its_own_transfers() {
             &[&users[0].id],
         )
         .unwrap();
+    Some((app, users, holder))
+}
+
+#[test]
+fn a_wallet_locked_elsewhere_holds_up_only_its_own_transfers() {
+    // A transaction outside the server holds wallet a's row (a stuck client, an operator's
+    // session). A group does not wait for it: it writes the transfers that don't touch a
+    // while a is still held, and puts a's own off to the next groups, then hands them back;
+    // alone, each waits for a at most `BUSY_WALLET_WAIT_MS_MAX`: written if a is released by
+    // then, else refused with 503 having moved nothing. (Each holds a writer connection while
+    // it waits, so the server gets more writers than there are of them; the next test has
+    // fewer.)
+    let Some((app, users, holder)) = a_held_by_a_transaction(8) else {
+        return;
+    };
     let (tx, rx) = std::sync::mpsc::channel();
     for i in 0..12 {
         let (app, tx) = (app.clone(), tx.clone());
@@ -589,29 +607,9 @@ fn requests_for_a_wallet_held_elsewhere_never_take_every_writer() {
     // for a at most `BUSY_WALLET_WAIT_MS_MAX` and is refused with 503: the writers stay free,
     // and a transfer between two other wallets is written meanwhile (not after the 30 s
     // statement timeout, which is how long each waited before).
-    let app = Arc::new(TestApp::spawn_with(
-        |c| c.serve.db_writers = 2,
-        Arc::new(wallet::clock::SystemClock),
-    ));
-    if !app.on_postgres() {
-        eprintln!("not run: PostgreSQL only (SQLite has one writer: a held write lock holds all)");
+    let Some((app, users, holder)) = a_held_by_a_transaction(2) else {
         return;
-    }
-    let users: Vec<_> = ["a", "b", "c", "d"]
-        .iter()
-        .map(|n| app.register(&name(n)))
-        .collect();
-    for u in &users {
-        app.deposit(u, "10", "fund");
-    }
-    let holder = app.db();
-    holder.execute("BEGIN", &[]).unwrap();
-    holder
-        .query(
-            "SELECT key FROM wallets WHERE user_id = ?1 FOR NO KEY UPDATE",
-            &[&users[0].id],
-        )
-        .unwrap();
+    };
     let (tx, rx) = std::sync::mpsc::channel();
     let send = |i: usize, from: &crate::helpers::User, to: &crate::helpers::User| {
         let (app, tx, from, to) = (app.clone(), tx.clone(), from.clone(), to.clone());

@@ -641,11 +641,9 @@ fn metrics_count_money_moved_exactly_and_carry_no_user_data() {
     }
 }
 
-#[test]
-fn bench_reports_every_figure_and_checks_the_money_invariant() {
-    // The benchmark is a deliverable: a short run over real HTTP (a child server on a
-    // temporary database) and without HTTP must print one JSON object with the figures
-    // scripts read, no errors, and an invariant that held.
+/// `wallet bench` for 1 s with 4 users and 6 clients, and `extra`: its JSON report, once it
+/// exited 0.
+fn short_bench(extra: &[&str]) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = binary::wallet(dir.path().join("unused.db"));
     cmd.args([
@@ -656,16 +654,24 @@ fn bench_reports_every_figure_and_checks_the_money_invariant() {
         "6",
         "--duration",
         "1",
-        "--raw",
         "--json",
-    ]);
+    ])
+    .args(extra);
     let out = binary::run(cmd, None, Duration::from_secs(120));
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+#[test]
+fn bench_reports_every_figure_and_checks_the_money_invariant() {
+    // The benchmark is a deliverable: a short run over real HTTP (a child server on a
+    // temporary database) and without HTTP must print one JSON object with the figures
+    // scripts read, no errors, and an invariant that held.
+    let report = short_bench(&["--raw"]);
     for field in [
         "transfers_per_s",
         "raw_transfers_per_s",
@@ -700,29 +706,7 @@ fn bench_on_postgres_reports_how_the_groups_wrote() {
         return;
     };
     let database = format!("bench_{}", uuid::Uuid::new_v4().simple());
-    let dir = tempfile::tempdir().unwrap();
-    let mut cmd = binary::wallet(dir.path().join("unused.db"));
-    cmd.args([
-        "bench",
-        "--db",
-        &crate::helpers::with_database(&url, &database),
-    ])
-    .args([
-        "--users",
-        "4",
-        "--clients",
-        "6",
-        "--duration",
-        "1",
-        "--json",
-    ]);
-    let out = binary::run(cmd, None, Duration::from_secs(120));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let report = short_bench(&["--db", &crate::helpers::with_database(&url, &database)]);
     assert_eq!(report["invariant_held"], true, "{report}");
     let groups = &report["write_groups"];
     let grouped = groups["writes_grouped"].as_u64().expect("writes_grouped");
